@@ -1,0 +1,164 @@
+"""The read pipeline: fetch -> verify -> decrypt -> deliver in order, with backpressure.
+
+``Download`` is an ``IPushProducer``: it writes plaintext to any ``IConsumer``, keeping at most ``window``
+blocks fetched or decrypting ahead of the consumer, and stops fetching while the consumer has paused it.
+A byte range touches only the blocks it needs (and the manifest nodes on their path).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from zope.interface import implementer
+
+from . import cipher
+from .capability import ReadCap
+from .cid import CID
+from .errors import RangeNotSatisfiable, TamperedData
+from .manifest import Link, Metadata, Node, Root, data_links, decode_node, decode_root
+
+Runner = Callable[..., Deferred]
+Fetch = Callable[[CID], Deferred]  # -> verified block bytes
+
+
+@attrs.frozen
+class OpenFile:
+    """A file whose root manifest was fetched, verified and decrypted: enough to send headers."""
+
+    cap: ReadCap
+    root: Root
+    metadata: Metadata
+
+    @property
+    def size(self) -> int:
+        return self.metadata.size
+
+
+async def open_file(cap: ReadCap, fetch: Fetch) -> OpenFile:
+    raw = await fetch(cap.root)
+    root = decode_root(raw)
+    return OpenFile(cap, root, root.metadata(cap.key))
+
+
+def resolve_range(size: int, offset: int, length: int | None) -> tuple[int, int]:
+    """Clamp a request for ``length`` bytes at ``offset`` to the file; returns (offset, length)."""
+    if offset < 0 or (length is not None and length < 0):
+        raise RangeNotSatisfiable("negative range")
+    if offset > size or (offset == size and size > 0 and length != 0):
+        raise RangeNotSatisfiable(f"range starts at {offset}, past the end of a {size}-byte file")
+    end = size if length is None else min(size, offset + length)
+    return offset, end - offset
+
+
+@implementer(IPushProducer)
+class Download:
+    def __init__(self, f: OpenFile, fetch: Fetch, run: Runner, offset: int = 0, length: int | None = None, window: int = 4) -> None:
+        self.file = f
+        self._fetch, self._run, self._window = fetch, run, window
+        self.offset, self.length = resolve_range(f.size, offset, length)
+        self.written = 0
+        self._consumer: IConsumer | None = None
+        self._paused = False
+        self._unpause: Deferred | None = None
+        self._stopped = False
+        self._pending: deque[Deferred] = deque()
+
+    def start(self, consumer: IConsumer) -> Deferred:
+        """Register with ``consumer`` and stream; fires when the last byte was written (the producer is then
+        unregistered), or fails with TamperedData/CorruptBlock/BlockNotFound/CancelledError."""
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        d = ensureDeferred(self._stream())
+
+        def done(result: object) -> object:
+            consumer.unregisterProducer()
+            return result
+
+        return d.addBoth(done)
+
+    # -- IPushProducer ---------------------------------------------------------------------------------------
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._unpause is not None:
+            d, self._unpause = self._unpause, None
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        """The consumer went away: stop fetching and fail the stream with CancelledError."""
+        self._stopped = True
+        for d in self._pending:
+            d.cancel()
+        if self._unpause is not None:
+            d, self._unpause = self._unpause, None
+            d.errback(CancelledError("consumer stopped"))
+
+    # -- streaming -------------------------------------------------------------------------------------------
+    async def _stream(self) -> None:
+        if self.length == 0:
+            return
+        root, key = self.file.root, self.file.cap.key
+        seg = root.segment_size
+        first = self.offset // seg
+        last = (self.offset + self.length - 1) // seg
+        end = self.offset + self.length
+        size = self.file.size
+        try:
+            async for i, link in data_links(root, self._load_node, first, last + 1):
+                self._check()
+                if len(self._pending) >= self._window:
+                    await self._deliver()
+                lo = max(self.offset - i * seg, 0)
+                hi = min(end - i * seg, seg)
+                expect = min(seg, size - i * seg)
+                self._pending.append(self._segment(key, i, i == root.blocks - 1, link, expect, lo, hi))
+            while self._pending:
+                await self._deliver()
+        finally:
+            while self._pending:  # after a failure: stop the work ahead, swallow its outcome
+                d = self._pending.popleft()
+                d.addErrback(lambda _: None)
+                d.cancel()
+
+    def _check(self) -> None:
+        if self._stopped:
+            raise CancelledError("consumer stopped")
+
+    async def _deliver(self) -> None:
+        data = await self._pending[0]
+        self._pending.popleft()
+        while self._paused:
+            self._unpause = Deferred()
+            await self._unpause
+        self._check()
+        assert self._consumer is not None
+        self._consumer.write(data)
+        self.written += len(data)
+
+    def _segment(self, key: bytes, index: int, last: bool, link: Link, expect: int, lo: int, hi: int) -> Deferred:
+        d = self._fetch(link.cid)
+
+        def check(block: bytes) -> Deferred:
+            if len(block) != link.count:
+                raise TamperedData(f"block {index} has {len(block)} bytes, the manifest says {link.count}")
+            return self._run(_open, key, index, last, block, expect, lo, hi)
+
+        return d.addCallback(check)
+
+    async def _load_node(self, cid: CID) -> Node:
+        raw = await self._fetch(cid)
+        return decode_node(raw, self.file.root.segment_size)
+
+
+def _open(key: bytes, index: int, last: bool, block: bytes, expect: int, lo: int, hi: int) -> bytes:
+    """Worker thread: decrypt one block, check its length against the file size, cut the range."""
+    plain = cipher.open_segment(key, index, last, block)
+    if len(plain) != expect:
+        raise TamperedData(f"segment {index} holds {len(plain)} bytes where {expect} were expected")
+    return plain if (lo == 0 and hi >= len(plain)) else plain[lo:hi]

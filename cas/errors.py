@@ -1,0 +1,59 @@
+"""Exceptions with messages meant for people: every one of them is safe to show as a one-line error."""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base class: ``code`` is a short machine-readable name, ``str(e)`` a one-line message."""
+
+    code = "error"
+
+
+class MalformedKey(CasError):
+    code = "malformed_key"
+
+
+class MalformedManifest(CasError):
+    code = "malformed_manifest"
+
+
+class CorruptBlock(CasError):
+    """A block's bytes do not hash to its id (it has been quarantined)."""
+
+    code = "corrupt_block"
+
+
+class TamperedData(CasError):
+    """Authenticated decryption failed: the data was altered, reordered or truncated."""
+
+    code = "tampered"
+
+
+class BlockNotFound(CasError):
+    code = "not_found"
+
+
+class FileNotFound(CasError):
+    code = "not_found"
+
+
+class StorageFull(CasError):
+    """The storage limit or the disk is full; nothing partial was left behind."""
+
+    code = "storage_full"
+
+
+class StorageLimitExceeded(StorageFull):
+    code = "storage_limit"
+
+
+class DiskFull(StorageFull):
+    code = "disk_full"
+
+
+class DataDirError(CasError):
+    code = "data_dir"
+
+
+class RangeNotSatisfiable(CasError):
+    code = "range_not_satisfiable"

@@ -1,0 +1,115 @@
+"""The owner's index (SQLite): the files this node's owner stored, with their keys, and which blocks each
+file needs. It lives in the data dir (0600) because it holds read capabilities.
+
+``refs`` maps an owner (``file:<root>`` for a stored file, ``upload:<n>`` for an upload in progress) to the
+blocks it needs; a block no owner needs is garbage. Uploads record their blocks as they go, so memory stays
+flat and an upload cut short by a crash leaves only ``upload:`` rows, dropped at the next start.
+Calls are short and run on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Iterable
+
+import attrs
+
+from .cid import CID
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    root TEXT PRIMARY KEY,
+    key BLOB NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    blocks INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    owner TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    PRIMARY KEY (owner, cid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_by_cid ON refs (cid);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@attrs.frozen(repr=False)
+class FileRecord:
+    root: CID
+    key: bytes
+    name: str
+    content_type: str
+    size: int
+    blocks: int
+    created: int
+
+    def __repr__(self) -> str:
+        return f"FileRecord(root={self.root}, name={self.name!r}, size={self.size})"
+
+
+class Index:
+    def __init__(self, path: str) -> None:
+        fresh = not os.path.exists(path)
+        if fresh:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        # Uploads that did not finish before the last stop: their blocks become garbage.
+        self.db.execute("DELETE FROM refs WHERE owner LIKE 'upload:%'")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def new_upload_owner(self) -> str:
+        with self.db:
+            self.db.execute("INSERT INTO counters VALUES ('upload', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
+            (n,) = self.db.execute("SELECT value FROM counters WHERE name = 'upload'").fetchone()
+        return f"upload:{n}"
+
+    def add_refs(self, owner: str, cids: Iterable[CID]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((owner, str(c)) for c in cids))
+
+    def drop_owner(self, owner: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM refs WHERE owner = ?", (owner,))
+
+    def commit_file(self, upload_owner: str, rec: FileRecord) -> None:
+        """Turn an upload's refs into the file's refs and record the file, in one transaction."""
+        owner = f"file:{rec.root}"
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (str(rec.root), rec.key, rec.name, rec.content_type, rec.size, rec.blocks, rec.created),
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO refs SELECT ?, cid FROM refs WHERE owner = ?", (owner, upload_owner)
+            )
+            self.db.execute("DELETE FROM refs WHERE owner = ?", (upload_owner,))
+
+    def forget(self, root: CID) -> bool:
+        with self.db:
+            cur = self.db.execute("DELETE FROM files WHERE root = ?", (str(root),))
+            self.db.execute("DELETE FROM refs WHERE owner = ?", (f"file:{root}",))
+        return cur.rowcount > 0
+
+    def get(self, root: CID) -> FileRecord | None:
+        row = self.db.execute("SELECT * FROM files WHERE root = ?", (str(root),)).fetchone()
+        return _record(row) if row else None
+
+    def files(self) -> list[FileRecord]:
+        return [_record(r) for r in self.db.execute("SELECT * FROM files ORDER BY created, root")]
+
+    def referenced(self) -> set[CID]:
+        return {CID.parse(c) for (c,) in self.db.execute("SELECT DISTINCT cid FROM refs")}
+
+
+def _record(row: tuple) -> FileRecord:
+    root, key, name, ctype, size, blocks, created = row
+    return FileRecord(CID.parse(root), bytes(key), name, ctype, size, blocks, created)

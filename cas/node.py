@@ -1,0 +1,154 @@
+"""The node core: one object that owns the data dir, the block store, the index and the worker pool, and
+offers storing, reading, listing and forgetting files. The HTTP API and the CLI call this; it calls the
+upload/download pipelines, which call the block store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import FileBodyProducer
+
+from . import __version__, cipher
+from .blockstore import DiskBlockStore
+from .capability import ReadCap
+from .cid import CID
+from .collector import CollectResult, Pins, collect
+from .datadir import DataDir
+from .download import Download, OpenFile, open_file
+from .errors import FileNotFound
+from .index import FileRecord, Index
+from .manifest import FANOUT
+from .upload import StoredFile, Upload
+
+log = Logger()
+
+
+class Node:
+    def __init__(
+        self,
+        datadir: DataDir,
+        reactor: Any,
+        storage_limit: int | None = None,
+        workers: int = 4,
+        segment_size: int = cipher.SEGMENT_SIZE,
+        fanout: int = FANOUT,
+        window: int = 4,
+        run: Callable[..., Deferred] | None = None,
+    ) -> None:
+        self.datadir = datadir
+        self.reactor: IReactorTime = reactor
+        self.identity = datadir.identity()
+        self.store = DiskBlockStore(datadir.path, storage_limit)
+        self.index = Index(datadir.join("index.sqlite"))
+        self.pins = Pins()
+        self.segment_size, self.fanout, self.window = segment_size, fanout, window
+        self._pool: ThreadPool | None = None
+        if run is None:
+            self._pool = ThreadPool(minthreads=0, maxthreads=workers, name="cas-worker")
+            run = self._run_in_pool
+        self.run = run
+        self._gc_lock = DeferredLock()
+        self.started_at = time.time()
+
+    @property
+    def node_id(self) -> str:
+        return str(self.identity)
+
+    def _run_in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        assert self._pool is not None
+        return deferToThreadPool(self.reactor, self._pool, f, *args)  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        if self._pool is not None:
+            self._pool.start()
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+        self.index.close()
+
+    # -- storing -----------------------------------------------------------------------------------------------
+    def upload(self, name: str, content_type: str = "application/octet-stream") -> Upload:
+        """A consumer to write a file into; call ``finish()`` when the source is complete."""
+        return Upload(
+            store=self.store, index=self.index, pins=self.pins, run=self.run, clock=self.reactor,
+            name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
+            window=self.window,
+        )
+
+    def put_path(self, path: str, name: str | None = None, content_type: str = "application/octet-stream") -> Deferred[StoredFile]:
+        """Store a local file, streaming it through the pipeline."""
+        f = open(path, "rb")
+        up = self.upload(name if name is not None else os.path.basename(path), content_type)
+        producer = FileBodyProducer(f, readSize=256 * 1024)
+        up.registerProducer(producer, True)
+        d = producer.startProducing(up)
+
+        def source_done(result: object) -> Deferred[StoredFile]:
+            up.unregisterProducer()
+            f.close()
+            return up.finish()
+
+        def source_failed(failure: Any) -> Deferred[StoredFile]:
+            f.close()
+            up.abort(f"reading {path} failed: {failure.getErrorMessage()}")
+            return up.done
+
+        d.addCallbacks(source_done, source_failed)
+        return d
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def fetch(self, cid: CID) -> Deferred[bytes]:
+        """A verified block from the local store."""
+        return self.run(self.store.get, cid)
+
+    def open(self, cap: ReadCap) -> Deferred[OpenFile]:
+        return ensureDeferred(open_file(cap, self.fetch))
+
+    def download(self, f: OpenFile, offset: int = 0, length: int | None = None) -> Download:
+        return Download(f, self.fetch, self.run, offset, length, window=self.window)
+
+    # -- the owner's files -------------------------------------------------------------------------------------
+    def files(self) -> list[FileRecord]:
+        return self.index.files()
+
+    def forget(self, root: CID) -> Deferred[CollectResult]:
+        """Forget a file: its blocks are released and collected unless another file needs them."""
+        if not self.index.forget(root):
+            raise FileNotFound(f"no file with id {root} is stored by this node's owner")
+        return self.collect_garbage()
+
+    def collect_garbage(self) -> Deferred[CollectResult]:
+        """One collection pass on the worker pool; reads and writes go on meanwhile."""
+
+        def run(_: object) -> Deferred[CollectResult]:
+            self.pins.begin_pass()
+            referenced = self.index.referenced()
+            d = self.run(collect, self.store, self.pins, referenced)
+
+            def end(result: Any) -> Any:
+                self.pins.end_pass()
+                self._gc_lock.release()
+                return result
+
+            return d.addBoth(end)
+
+        return self._gc_lock.acquire().addCallback(run)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "version": __version__,
+            "uptime": max(0.0, time.time() - self.started_at),
+            "storage": {"used": self.store.used(), "free": self.store.free(), "limit": self.store.limit},
+            "files": len(self.index.files()),
+        }
+

@@ -1,0 +1,84 @@
+"""``twistd cas``: command-line options and the service maker."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from .datadir import prepare
+from .errors import DataDirError
+from .node import Node
+from .service import NodeService
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
+          "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40, "tb": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``500M``, ``10GiB``, ``2.5G``, ``1TB``: K/M/G/T and KiB.. are powers of 1024, KB.. of 1000."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise usage.UsageError(f"not a size: {text!r} (try 500M, 10G, 1TiB or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def default_data_dir(port: int) -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "cas", f"node-{port}")
+
+
+class Options(usage.Options):
+    synopsis = "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE]"
+    longdesc = (
+        "Run a cas storage node. --port is the peer-to-peer endpoint (a bare number means tcp:NUMBER). "
+        "--api defaults to 127.0.0.1 on the next port and --data-dir to $XDG_DATA_HOME/cas/node-PORT, "
+        "both only when --port is a plain number."
+    )
+    optParameters = [
+        ["port", "p", "3000", "Peer-to-peer listen endpoint or port number."],
+        ["api", "a", None, "HTTP API endpoint (default: tcp:PORT+1:interface=127.0.0.1)."],
+        ["data-dir", "d", None, "Data directory (default: $XDG_DATA_HOME/cas/node-PORT)."],
+        ["storage-limit", None, None, "Most bytes of blocks to keep on disk, e.g. 500M, 20G (default: the disk)."],
+    ]
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        port = self["port"].strip()
+        if re.fullmatch(r"\d+", port):
+            n = int(port)
+            if n > 65535:
+                raise usage.UsageError(f"--port {n}: a TCP port is at most 65535")
+            self["port"] = f"tcp:{n}"
+            if self["api"] is None:
+                self["api"] = f"tcp:{n + 1 if n else 0}:interface=127.0.0.1"
+            if self["data-dir"] is None:
+                self["data-dir"] = default_data_dir(n)
+        elif self["api"] is None or self["data-dir"] is None:
+            raise usage.UsageError("--api and --data-dir are required when --port is an endpoint, not a port number")
+        for name in ("port", "api"):
+            try:
+                endpoints.serverFromString(reactor, self[name])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}") from None
+        if self["storage-limit"] is not None:
+            self["storage-limit"] = parse_size(self["storage-limit"])
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    try:
+        datadir = prepare(options["data-dir"])
+        node = Node(datadir, reactor, storage_limit=options["storage-limit"])
+    except DataDirError as e:
+        raise SystemExit(f"cas: {e}") from None
+    return NodeService(node, reactor, options["port"], options["api"])

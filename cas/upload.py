@@ -1,0 +1,284 @@
+"""The store pipeline: source -> segment -> encrypt -> hash -> store, with bounded buffers.
+
+``Upload`` is an ``IConsumer``: register any Twisted producer (streaming or pull) and write plaintext to it,
+or call ``write`` directly. Plaintext is cut into segments; each segment is sealed, hashed and written
+durably on the worker pool, at most ``window`` at a time. When the window is full the producer is paused,
+so memory stays near ``window x 2 x segment size`` whatever the file size. The manifest tree is built as
+blocks complete, in order, and the root manifest is written last, after every block it names is durable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import cipher
+from .blockstore import IBlockStore
+from .capability import ReadCap
+from .cid import CID
+from .collector import Pins
+from .errors import CasError
+from .index import FileRecord, Index
+from .manifest import FANOUT, Link, ManifestBuilder, Metadata
+
+Runner = Callable[..., Deferred]
+log = Logger()
+
+
+@attrs.frozen
+class StoredFile:
+    cap: ReadCap
+    size: int
+    blocks: int
+    metadata: Metadata
+
+
+class UploadAborted(CasError):
+    code = "aborted"
+
+
+@implementer(IConsumer)
+class Upload:
+    def __init__(
+        self,
+        *,
+        store: IBlockStore,
+        index: Index,
+        pins: Pins,
+        run: Runner,
+        clock: IReactorTime,
+        name: str,
+        content_type: str = "application/octet-stream",
+        segment_size: int = cipher.SEGMENT_SIZE,
+        fanout: int = FANOUT,
+        window: int = 4,
+        ref_batch: int = 64,
+        key: bytes | None = None,
+    ) -> None:
+        self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
+        self.name, self.content_type = name, content_type
+        self._seg = segment_size
+        self._window = window
+        self._ref_batch = ref_batch
+        self._key = key or cipher.new_file_key()
+        self._owner = index.new_upload_owner()
+        self._builder = ManifestBuilder(fanout)
+        self._buf: list[bytes] = []
+        self._buflen = 0
+        self.size = 0  # plaintext bytes received
+        self.stored = 0  # plaintext bytes durably stored (progress)
+        self._next_segment = 0
+        self._next_link = 0
+        self._results: dict[int, Link] = {}
+        self._inflight = 0
+        self._pinned: list[CID] = []  # stored and pinned, reference not yet committed
+        self._producer: IPushProducer | IPullProducer | None = None
+        self._streaming = True
+        self._paused = False
+        self._pull_wanted = False
+        self._failure: Failure | None = None
+        self._finishing = False
+        self._drained: Deferred | None = None
+        self.done: Deferred[StoredFile] = Deferred()
+        self._settled = False
+
+    # -- IConsumer -----------------------------------------------------------------------------------------
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError("a producer is already registered")
+        self._producer, self._streaming, self._paused = producer, streaming, False
+        if not streaming:
+            self._pull_wanted = True
+            self._clock.callLater(0, self._pull)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._pull_wanted = False
+
+    def write(self, data: bytes) -> None:
+        if self._failure is not None or self._finishing:
+            return  # the outcome is reported through ``done``
+        if not data:
+            return
+        self._buf.append(bytes(data))
+        self._buflen += len(data)
+        self.size += len(data)
+        while self._buflen > self._seg:
+            joined = b"".join(self._buf)
+            self._buf, self._buflen = [joined[self._seg :]], len(joined) - self._seg
+            self._dispatch_segment(joined[: self._seg], last=False)
+        self._throttle()
+
+    # -- flow control --------------------------------------------------------------------------------------
+    def _full(self) -> bool:
+        return self._inflight >= self._window
+
+    def _throttle(self) -> None:
+        p = self._producer
+        if p is None or self._failure is not None:
+            return
+        if self._streaming:
+            if self._full() and not self._paused:
+                self._paused = True
+                p.pauseProducing()
+            elif not self._full() and self._paused:
+                self._paused = False
+                p.resumeProducing()
+        elif not self._full() and not self._pull_wanted:
+            self._pull_wanted = True
+            self._clock.callLater(0, self._pull)
+
+    def _pull(self) -> None:
+        self._pull_wanted = False
+        if self._producer is not None and not self._streaming and not self._full() and self._failure is None:
+            self._producer.resumeProducing()
+
+    # -- the pipeline ----------------------------------------------------------------------------------------
+    def _dispatch_segment(self, plaintext: bytes, last: bool) -> None:
+        index = self._next_segment
+        self._next_segment += 1
+        self._start(lambda link: self._sealed(link, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
+
+    def _start(self, on_success: Callable[[Any], None], f: Callable[..., Any], *args: Any) -> Deferred:
+        """Run ``f`` on the worker pool; ``on_success`` runs before the task counts as finished."""
+        self._inflight += 1
+        d = self._run(f, *args)
+        d.addCallbacks(on_success, self._fail)
+        d.addErrback(self._fail)
+        d.addBoth(self._task_done)
+        return d
+
+    def _seal_and_store(self, index: int, last: bool, plaintext: bytes) -> Link:
+        """Worker thread: encrypt, hash, pin and store one segment."""
+        block = cipher.seal_segment(self._key, index, last, plaintext)
+        cid = CID.of(block)
+        self._put(cid, block)
+        return Link(cid, len(block))
+
+    def _put(self, cid: CID, block: bytes) -> None:
+        """Worker thread: pin, then write; the pin is ours to release once the reference is committed."""
+        self._pins.pin(cid)
+        try:
+            self._store.put(cid, block)
+        except BaseException:
+            self._pins.release([cid])
+            raise
+
+    def _task_done(self, result: Any) -> Any:
+        self._inflight -= 1
+        self._throttle()
+        if self._inflight == 0 and self._drained is not None:
+            d, self._drained = self._drained, None
+            d.callback(None)
+        return result
+
+    def _sealed(self, link: Link, index: int, plain_len: int) -> None:
+        self._pinned.append(link.cid)
+        self.stored += plain_len
+        self._results[index] = link
+        while self._next_link in self._results and self._failure is None:
+            nodes = self._builder.add(self._results.pop(self._next_link))
+            self._next_link += 1
+            for cid, raw in nodes:
+                self._start(self._node_stored(cid), self._put, cid, raw)
+        if len(self._pinned) >= self._ref_batch:
+            self._commit_refs()
+
+    def _node_stored(self, cid: CID) -> Callable[[object], None]:
+        return lambda _: self._pinned.append(cid)
+
+    def _commit_refs(self) -> None:
+        batch, self._pinned = self._pinned, []
+        self._index.add_refs(self._owner, batch)
+        self._pins.release(batch)
+
+    def _fail(self, f: Failure) -> None:
+        if self._failure is None:
+            self._failure = f
+            if not f.check(UploadAborted):
+                log.warn("upload of {name!r} failed: {error}", name=self.name, error=f.getErrorMessage())
+            if self._producer is not None:
+                p, self._producer = self._producer, None
+                p.stopProducing()
+            if not self._finishing:
+                self._finishing = True
+                self._when_drained().addCallback(lambda _: self._settle_failure())
+
+    def _when_drained(self) -> Deferred:
+        if self._inflight == 0:
+            return succeed(None)
+        self._drained = Deferred()
+        return self._drained
+
+    def _settle_failure(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._pins.release(self._pinned)
+        self._pinned = []
+        self._index.drop_owner(self._owner)
+        self.done.errback(self._failure)
+
+    # -- ending ----------------------------------------------------------------------------------------------
+    def abort(self, reason: str = "upload aborted") -> None:
+        """The source went away (client disconnected): stop, and collect what was written."""
+        if self._failure is None and not self._settled:
+            self._fail(Failure(UploadAborted(reason)))
+
+    def finish(self) -> Deferred[StoredFile]:
+        """The source is complete: seal the last segment, write the manifest tree and the root, and record
+        the file. Fires ``done`` (also returned) with a StoredFile."""
+        if self._finishing or self._failure is not None:
+            return self.done
+        self._finishing = True
+        self._dispatch_segment(b"".join(self._buf), last=True)
+        self._buf, self._buflen = [], 0
+        self._when_drained().addCallback(lambda _: self._write_tree())
+        return self.done
+
+    def _write_tree(self) -> None:
+        if self._failure is not None:
+            self._settle_failure()
+            return
+        meta = Metadata(self.name, self.content_type, self.size, int(self._clock.seconds()))
+        nodes, root_cid, root_raw = self._builder.finish(self._seg, cipher.seal_metadata(self._key, meta.encode()))
+
+        def put_nodes() -> Deferred:
+            return gatherResults([self._start(self._node_stored(cid), self._put, cid, raw) for cid, raw in nodes])
+
+        def put_root(_: object) -> Deferred | None:
+            if self._failure is not None:
+                return None  # never write a root that names a missing block
+            return self._start(self._node_stored(root_cid), self._put, root_cid, root_raw)
+
+        def record(_: object) -> None:
+            if self._failure is not None:
+                self._settle_failure()
+                return
+            self._index.add_refs(self._owner, self._pinned)
+            blocks = self._builder.blocks
+            self._index.commit_file(
+                self._owner,
+                FileRecord(root_cid, self._key, meta.name, meta.content_type, meta.size, blocks, meta.created),
+            )
+            self._pins.release(self._pinned)
+            self._pinned = []
+            self._settled = True
+            self.done.callback(StoredFile(ReadCap(root_cid, self._key), self.size, blocks, meta))
+
+        d = put_nodes()
+        d.addCallback(put_root)
+        d.addCallback(record)
+        d.addErrback(self._record_failed)
+
+    def _record_failed(self, f: Failure) -> None:
+        if self._failure is None:
+            self._failure = f
+            log.failure("recording upload of {name!r} failed", f, name=self.name)
+        self._settle_failure()

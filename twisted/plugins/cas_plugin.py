@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+cas = ServiceMaker("cas", "cas.tap", "A cas storage node.", "cas")
