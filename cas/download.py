@@ -93,7 +93,7 @@ class Download:
     def stopProducing(self) -> None:
         """The consumer went away: stop fetching and fail the stream with CancelledError."""
         self._stopped = True
-        for d in self._pending:
+        for d in list(self._pending):
             d.cancel()
         if self._unpause is not None:
             d, self._unpause = self._unpause, None

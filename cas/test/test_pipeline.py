@@ -1,0 +1,337 @@
+"""The upload and download pipelines over a real block store, with the worker pool faked."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet.defer import CancelledError
+from twisted.trial.unittest import SynchronousTestCase
+
+from cas import cipher
+from cas.capability import ReadCap
+from cas.cid import CID
+from cas.errors import BlockNotFound, CorruptBlock, RangeNotSatisfiable, StorageLimitExceeded
+from cas.manifest import decode_root
+from cas.upload import UploadAborted
+
+from .util import Collector, FakeProducer, ManualRunner, make_node
+
+SEG = 1000
+
+
+def pattern(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+class RoundTrip(SynchronousTestCase):
+    def store(self, node, data: bytes, name: str = "f.bin", ctype: str = "application/x-test", chunk: int = 777):
+        up = node.upload(name, ctype)
+        for i in range(0, len(data), chunk):
+            up.write(data[i : i + chunk])
+        return self.successResultOf(up.finish())
+
+    def read(self, node, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        f = self.successResultOf(node.open(ReadCap.parse(key)))
+        c = Collector()
+        self.successResultOf(node.download(f, offset, length).start(c))
+        self.assertIsNone(c.producer, "download must unregister from its consumer")
+        self.assertTrue(c.streaming)
+        return c.data
+
+    def test_sizes(self) -> None:
+        """Empty, one byte, segment boundaries and multi-level manifest trees come back byte for byte."""
+        node = make_node(self, segment_size=SEG, fanout=3)
+        for size in (0, 1, SEG - 1, SEG, SEG + 1, 2 * SEG, 9 * SEG + 5, 40 * SEG + 1):
+            data = pattern(size, size)
+            stored = self.store(node, data)
+            self.assertEqual(stored.size, size)
+            self.assertEqual(stored.blocks, max(1, -(-size // SEG)))
+            self.assertEqual(self.read(node, str(stored.cap)), data, size)
+            f = self.successResultOf(node.open(stored.cap))
+            self.assertEqual((f.metadata.name, f.metadata.content_type, f.metadata.size), ("f.bin", "application/x-test", size))
+
+    def test_tree_depth(self) -> None:
+        """With fanout 3, 40 blocks need a root of depth 3 (27 < 40 <= 81)."""
+        node = make_node(self, segment_size=SEG, fanout=3)
+        stored = self.store(node, pattern(40 * SEG))
+        root = decode_root(node.store.get(stored.cap.root))
+        self.assertEqual((root.depth, root.blocks), (3, 40))
+
+    def test_every_block_is_ciphertext(self) -> None:
+        """No block file on disk contains a run of the plaintext."""
+        node = make_node(self, segment_size=SEG)
+        data = b"PLAINTEXT-MARKER-" * 500
+        self.store(node, data)
+        for cid in node.store.cids():
+            self.assertNotIn(b"PLAINTEXT-MARKER", node.store.get(cid))
+
+    def test_same_content_new_key(self) -> None:
+        """Each put draws a fresh file key: the same bytes stored twice give two different keys."""
+        node = make_node(self, segment_size=SEG)
+        a = self.store(node, b"x" * 3000)
+        b = self.store(node, b"x" * 3000)
+        self.assertNotEqual(a.cap.root, b.cap.root)
+        self.assertEqual(len(node.files()), 2)
+
+    @settings(max_examples=60, deadline=None)
+    @given(offset=st.integers(0, 5200), length=st.one_of(st.none(), st.integers(0, 6000)))
+    def test_ranges(self, offset: int, length: int | None) -> None:
+        if not hasattr(self, "_node"):
+            self._node = make_node(self, segment_size=SEG, fanout=2)
+            self._data = pattern(5 * SEG + 17)
+            self._key = str(self.store(self._node, self._data).cap)
+        size = len(self._data)
+        if offset > size or (offset == size and length != 0):
+            f = self.successResultOf(self._node.open(ReadCap.parse(self._key)))
+            self.assertRaises(RangeNotSatisfiable, self._node.download, f, offset, length)
+            return
+        end = size if length is None else min(size, offset + length)
+        self.assertEqual(self.read(self._node, self._key, offset, length), self._data[offset:end])
+
+    def test_range_reads_only_needed_blocks(self) -> None:
+        """A range inside one segment fetches the root and that one data block (plus tree nodes)."""
+        node = make_node(self, segment_size=SEG)
+        stored = self.store(node, pattern(20 * SEG))
+        f = self.successResultOf(node.open(stored.cap))
+        fetched = []
+        real = node.fetch
+        node.fetch = lambda cid: (fetched.append(cid), real(cid))[1]  # type: ignore[method-assign]
+        c = Collector()
+        self.successResultOf(node.download(f, 7 * SEG + 10, 20).start(c))
+        self.assertEqual(fetched, [f.root.links[7].cid])
+        self.assertEqual(len(c.data), 20)
+
+
+class Backpressure(SynchronousTestCase):
+    def test_upload_pauses_streaming_producer(self) -> None:
+        """At most ``window`` segments are in flight; the producer is paused at the limit and resumed after."""
+        runner = ManualRunner()
+        node = make_node(self, run=runner, segment_size=SEG, window=3)
+        up = node.upload("f")
+        producer = FakeProducer()
+        up.registerProducer(producer, True)
+        data = pattern(10 * SEG)
+        for i in range(0, 3 * SEG + 1, 500):
+            up.write(data[i : i + 500])
+        self.assertEqual(len(runner.queue), 3)
+        self.assertTrue(producer.paused)
+        runner.run_one()
+        self.assertFalse(producer.paused)
+        self.assertEqual(producer.resumes, 1)
+        pos = 3 * SEG + 1 + 499
+        while pos < len(data):
+            up.write(data[pos : pos + 500])
+            pos += 500
+            self.assertLessEqual(len(runner.queue), 3 + 1)  # a write may cut one more segment before pausing
+            while producer.paused:
+                runner.run_one()
+        up.unregisterProducer()
+        d = up.finish()
+        runner.run_all()
+        while runner.queue:
+            runner.run_all()
+        stored = self.successResultOf(d)
+        self.assertEqual(stored.size, len(data))
+        self.assertLessEqual(runner.max_queued, 4)
+
+    def test_upload_pull_producer(self) -> None:
+        """A pull producer is asked for more only while there is room."""
+        runner = ManualRunner()
+        node = make_node(self, run=runner, segment_size=SEG, window=2)
+        up = node.upload("f")
+        asked = []
+
+        class Pull:
+            def resumeProducing(self) -> None:
+                asked.append(1)
+                up.write(b"y" * SEG)
+
+            def stopProducing(self) -> None:
+                pass
+
+        up.registerProducer(Pull(), False)
+        clock = node.reactor
+        for _ in range(10):
+            clock.advance(0)
+        self.assertEqual(len(runner.queue), 2)  # window full: no more asking
+        n = len(asked)
+        clock.advance(0)
+        self.assertEqual(len(asked), n)
+        runner.run_one()
+        clock.advance(0)
+        self.assertEqual(len(asked), n + 1)
+
+    def test_download_honours_pause(self) -> None:
+        """A paused download writes nothing and fetches at most ``window`` blocks ahead."""
+        node = make_node(self, segment_size=SEG, window=2)
+        up = node.upload("f")
+        data = pattern(12 * SEG)
+        up.write(data)
+        stored = self.successResultOf(up.finish())
+        f = self.successResultOf(node.open(stored.cap))
+        fetched = []
+        real = node.fetch
+        node.fetch = lambda cid: (fetched.append(cid), real(cid))[1]  # type: ignore[method-assign]
+        c = Collector(pause_every=3)
+        dl = node.download(f)
+        d = dl.start(c)
+        self.assertNoResult(d)
+        self.assertEqual(len(c.chunks), 3)
+        # 3 delivered, at most ``window`` waiting, plus the one taken before the pause was seen
+        self.assertLessEqual(len(fetched), 3 + 2 + 1)
+        resumes = 0
+        while not d.called:
+            dl.resumeProducing()
+            resumes += 1
+        self.assertEqual(resumes, 4)  # 12 blocks, paused after every 3rd write
+        self.successResultOf(d)
+        self.assertEqual(c.data, data)
+
+    def test_download_stop(self) -> None:
+        """stopProducing (the consumer went away) ends the stream with CancelledError and stops fetching."""
+        runner = ManualRunner()
+        node = make_node(self, segment_size=SEG, window=2)
+        up = node.upload("f")
+        up.write(pattern(8 * SEG))
+        stored = self.successResultOf(up.finish())
+        f = self.successResultOf(node.open(stored.cap))
+        node.run = runner  # decrypt jobs now wait for the test
+        dl = node.download(f)
+        c = Collector()
+        d = dl.start(c)
+        runner.run_one()
+        dl.stopProducing()
+        self.failureResultOf(d, CancelledError)
+        runner.run_all()
+        self.assertLessEqual(len(c.chunks), 1)
+
+
+class Failures(SynchronousTestCase):
+    def test_storage_limit_mid_upload(self) -> None:
+        """The limit fails the upload clearly, the producer is stopped, and nothing of it stays behind."""
+        node = make_node(self, segment_size=SEG, storage_limit=5 * (SEG + 16))
+        up = node.upload("big")
+        producer = FakeProducer()
+        up.registerProducer(producer, True)
+        up.write(pattern(10 * SEG))
+        f = self.failureResultOf(up.finish(), StorageLimitExceeded)
+        self.assertIn("storage limit", f.getErrorMessage())
+        self.assertTrue(producer.stopped)
+        self.assertEqual(node.files(), [])
+        self.assertEqual(len(node.pins), 0)
+        self.successResultOf(node.collect_garbage())
+        self.assertEqual(list(node.store.cids()), [])
+        self.assertEqual(node.store.used(), 0)
+        # The node keeps working for what fits.
+        up = node.upload("small")
+        up.write(b"ok")
+        self.successResultOf(up.finish())
+
+    def test_abort(self) -> None:
+        node = make_node(self, segment_size=SEG)
+        up = node.upload("f")
+        up.write(pattern(5 * SEG))
+        up.abort("client went away")
+        self.failureResultOf(up.done, UploadAborted)
+        self.successResultOf(node.collect_garbage())
+        self.assertEqual(list(node.store.cids()), [])
+
+    def _stored(self):
+        node = make_node(self, segment_size=SEG)
+        up = node.upload("f")
+        up.write(pattern(6 * SEG))
+        stored = self.successResultOf(up.finish())
+        f = self.successResultOf(node.open(stored.cap))
+        return node, stored, f
+
+    def test_corrupt_block_on_read(self) -> None:
+        node, stored, f = self._stored()
+        path = node.store._path(f.root.links[2].cid)
+        with open(path, "r+b") as fh:
+            fh.seek(10)
+            b = fh.read(1)
+            fh.seek(10)
+            fh.write(bytes([b[0] ^ 1]))
+        c = Collector()
+        self.failureResultOf(node.download(f).start(c), CorruptBlock)
+        self.assertEqual(len(c.data), 2 * SEG, "bytes before the bad block were delivered, none after")
+        self.assertTrue(os.listdir(node.store.quarantine_dir))
+
+    def test_missing_last_block(self) -> None:
+        node, stored, f = self._stored()
+        node.store.delete(f.root.links[-1].cid)
+        c = Collector()
+        self.failureResultOf(node.download(f).start(c), BlockNotFound)
+        self.assertLess(len(c.data), 6 * SEG)
+
+    def test_forget_collects(self) -> None:
+        node, stored, f = self._stored()
+        up = node.upload("other")
+        up.write(b"keep me")
+        other = self.successResultOf(up.finish())
+        result = self.successResultOf(node.forget(stored.cap.root))
+        self.assertEqual(result.blocks, 7)  # 6 data blocks + root
+        self.assertEqual([r.root for r in node.files()], [other.cap.root])
+        c = Collector()
+        self.successResultOf(node.download(self.successResultOf(node.open(other.cap))).start(c))
+        self.assertEqual(c.data, b"keep me")
+
+
+class Beyond4GiB(SynchronousTestCase):
+    """64-bit sizes and offsets: a 4 GiB + 3 MiB file through both pipelines, with block bytes discarded
+    on write and re-created on read (the encryption is deterministic given key and position)."""
+
+    def test_past_4gib(self) -> None:
+        seg = cipher.SEGMENT_SIZE
+        nseg = 4 * 1024 + 3
+        key = bytes(range(32))
+
+        def plain(i: int) -> bytes:
+            return i.to_bytes(4, "big") * (seg // 4)
+
+        size = nseg * seg - 5
+        digests: dict[CID, int] = {}
+        node = make_node(self)
+
+        class DigestStore:
+            """Keeps which segment each data block was; manifests are kept whole."""
+
+            def __init__(self) -> None:
+                self.manifests: dict[CID, bytes] = {}
+
+            def put(self, cid: CID, data: bytes) -> bool:
+                if len(data) == seg + cipher.TAG_SIZE or (len(data) == seg - 5 + cipher.TAG_SIZE):
+                    digests[cid] = int.from_bytes(cipher.open_segment(key, len(digests), len(digests) == nseg - 1, data)[:4], "big")
+                else:
+                    self.manifests[cid] = data
+                return True
+
+            def get(self, cid: CID) -> bytes:
+                if cid in self.manifests:
+                    return self.manifests[cid]
+                i = digests[cid]
+                return cipher.seal_segment(key, i, i == nseg - 1, plain(i)[: size - i * seg])
+
+        store = DigestStore()
+        from cas.upload import Upload
+
+        up = Upload(store=store, index=node.index, pins=node.pins, run=node.run, clock=node.reactor, name="big", key=key)
+        for i in range(nseg):
+            up.write(plain(i)[: size - i * seg])
+        stored = self.successResultOf(up.finish())
+        self.assertEqual(stored.size, size)
+        self.assertGreater(stored.size, 1 << 32)
+        self.assertEqual(stored.blocks, nseg)
+        node.store = store  # type: ignore[assignment]
+        f = self.successResultOf(node.open(stored.cap))
+        self.assertEqual(f.size, size)
+        offset = (1 << 32) + 2 * seg + 123
+        c = Collector()
+        self.successResultOf(node.download(f, offset, 10).start(c))
+        i = offset // seg
+        self.assertEqual(c.data, plain(i)[offset - i * seg : offset - i * seg + 10])
+        c = Collector()
+        self.successResultOf(node.download(f, size - 7).start(c))
+        self.assertEqual(c.data, plain(nseg - 1)[seg - 12 : seg - 5])
