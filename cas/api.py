@@ -44,9 +44,9 @@ class Guard(resource.Resource):
         self._inner = inner
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
-        auth = request.getHeader(b"authorization") or ""
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token):
+        auth = request.getHeader(b"authorization") or b""
+        scheme, _, given = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
             return _Unauthorized()
         request.prepath.pop()
         request.postpath.insert(0, path)

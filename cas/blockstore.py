@@ -161,6 +161,7 @@ class DiskBlockStore:
             shard = self._shard(cid)
             self._makedirs_durably(shard)
             os.rename(tmp, path)
+            tmp = path  # from here on, a failure must remove the (uncounted) block itself
             _fsync_dir(shard)
         except OSError as e:
             try:
@@ -190,13 +191,21 @@ class DiskBlockStore:
             raise BlockNotFound(f"block {cid} is not stored here") from None
         if not cid.verify(data):
             with self._stripe(cid):
+                # A put may have replaced (or a delete removed) the copy we read: decide on the current one.
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read(MAX_BLOCK_SIZE + 1)
+                except FileNotFoundError:
+                    raise BlockNotFound(f"block {cid} is not stored here") from None
+                if cid.verify(data):
+                    return data
                 self._quarantine(cid, path, len(data))
             raise CorruptBlock(f"block {cid} is corrupt on disk and was quarantined")
         return data
 
     def _quarantine(self, cid: CID, path: str, size: int) -> None:
         """Move a block whose bytes fail verification out of the store (kept for inspection)."""
-        dest = os.path.join(self.quarantine_dir, f"{cid}.{os.getpid()}.{threading.get_ident()}")
+        dest = os.path.join(self.quarantine_dir, f"{cid}.{os.getpid()}.{os.urandom(8).hex()}")  # never overwrite
         try:
             os.rename(path, dest)
         except FileNotFoundError:
@@ -226,9 +235,11 @@ class DiskBlockStore:
             for b in sorted(_listdir(os.path.join(self.blocks_dir, a))):
                 for name in _listdir(os.path.join(self.blocks_dir, a, b)):
                     try:
-                        yield CID.parse(name)
+                        cid = CID.parse(name)
                     except Exception:
                         continue  # not ours: ignore foreign files
+                    if cid.digest.hex()[:4] == a + b:  # a block id in the wrong shard is not a stored block
+                        yield cid
 
 
 def _listdir(path: str) -> list[str]:
