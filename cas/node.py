@@ -27,6 +27,7 @@ from .errors import FileNotFound
 from .index import FileRecord, Index
 from .manifest import FANOUT
 from .upload import StoredFile, Upload
+from .verify import VerifyReport, verify_file
 
 log = Logger()
 
@@ -112,6 +113,10 @@ class Node:
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch))
+
+    def verify(self, root: CID) -> Deferred[VerifyReport]:
+        """Check every block of a file by its verify capability (no key needed, nothing decrypted)."""
+        return ensureDeferred(verify_file(root, self.fetch))
 
     def download(self, f: OpenFile, offset: int = 0, length: int | None = None) -> Download:
         return Download(f, self.fetch, self.run, offset, length, window=self.window)

@@ -335,3 +335,38 @@ class Beyond4GiB(SynchronousTestCase):
         c = Collector()
         self.successResultOf(node.download(f, size - 7).start(c))
         self.assertEqual(c.data, plain(nseg - 1)[seg - 12 : seg - 5])
+
+
+class VerifyCapability(SynchronousTestCase):
+    def test_verify_without_key(self) -> None:
+        """The root id alone checks every block; corruption and loss are reported per block."""
+        node = make_node(self, segment_size=SEG, fanout=2)
+        up = node.upload("f")
+        up.write(pattern(5 * SEG))
+        stored = self.successResultOf(up.finish())
+        report = self.successResultOf(node.verify(stored.cap.verify_cap))
+        self.assertTrue(report.ok)
+        self.assertEqual(report.blocks, 5)
+        self.assertEqual(report.nodes, 1 + 2 + 3)  # fanout 2, 5 blocks: 3 leaf nodes, 2 above them, the root
+        f = self.successResultOf(node.open(stored.cap))
+        links = []
+
+        async def collect() -> None:
+            from cas.manifest import data_links, decode_node
+
+            async def load(cid):
+                return decode_node(node.store.get(cid))
+
+            async for _i, link in data_links(f.root, load):
+                links.append(link)
+
+        from twisted.internet.defer import ensureDeferred
+
+        self.successResultOf(ensureDeferred(collect()))
+        with open(node.store._path(links[1].cid), "r+b") as fh:
+            fh.write(b"\0\0\0\0")
+        node.store.delete(links[3].cid)
+        report = self.successResultOf(node.verify(stored.cap.root))
+        self.assertFalse(report.ok)
+        self.assertEqual(report.blocks, 3)
+        self.assertEqual(sorted(c for c, _ in report.bad), sorted([str(links[1].cid), str(links[3].cid)]))
