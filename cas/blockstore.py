@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 from typing import Callable, Iterator
 
@@ -82,12 +83,16 @@ class DiskBlockStore:
         return self._stripes[cid.digest[0]]
 
     def _clean_tmp(self) -> None:
-        """Temporary files left by a crash are never complete blocks: remove them."""
+        """Temporary files left by a crash are never complete blocks: remove them (and anything else there)."""
         for name in os.listdir(self.tmp_dir):
-            try:
-                os.unlink(os.path.join(self.tmp_dir, name))
-            except FileNotFoundError:
-                pass
+            path = os.path.join(self.tmp_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
     # -- accounting --------------------------------------------------------------------------------------
     def used(self) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import attrs
 
@@ -66,24 +67,36 @@ class Index:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # With isolation_level=None, ``with self.db`` opens no transaction: each statement would commit alone.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def new_upload_owner(self) -> str:
-        with self.db:
+        with self._transaction():
             self.db.execute("INSERT INTO counters VALUES ('upload', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
             (n,) = self.db.execute("SELECT value FROM counters WHERE name = 'upload'").fetchone()
         return f"upload:{n}"
 
     def add_refs(self, owner: str, cids: Iterable[CID]) -> None:
-        with self.db:
+        with self._transaction():
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((owner, str(c)) for c in cids))
 
     def drop_owner(self, owner: str) -> None:
-        with self.db:
+        with self._transaction():
             self.db.execute("DELETE FROM refs WHERE owner = ?", (owner,))
 
     def commit_file(self, upload_owner: str, rec: FileRecord) -> None:
         """Turn an upload's refs into the file's refs and record the file, in one transaction."""
         owner = f"file:{rec.root}"
-        with self.db:
+        with self._transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(rec.root), rec.key, rec.name, rec.content_type, rec.size, rec.blocks, rec.created),
@@ -94,7 +107,7 @@ class Index:
             self.db.execute("DELETE FROM refs WHERE owner = ?", (upload_owner,))
 
     def forget(self, root: CID) -> bool:
-        with self.db:
+        with self._transaction():
             cur = self.db.execute("DELETE FROM files WHERE root = ?", (str(root),))
             self.db.execute("DELETE FROM refs WHERE owner = ?", (f"file:{root}",))
         return cur.rowcount > 0

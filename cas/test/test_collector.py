@@ -389,34 +389,6 @@ class CollectTests(SynchronousTestCase):
         self.assertEqual(self.store.get(cid), data)
         self.assertEqual(self.store.used(), len(data))
 
-    def test_put_under_lock_blocks_decision(self) -> None:
-        """A put holding the block's lock makes the decision wait for it; the pin taken before the put is
-        then seen and the block kept."""
-        cid, data = self.blocks[2]
-        self.store.delete(cid)
-        stripe = self.store._stripe(cid)
-        stripe.acquire()  # an upload's put is in progress on this block
-        try:
-            self.pins.pin(cid)  # ... and it pinned first, as uploads do
-            self.store._stripes[cid.digest[0]] = stripe
-            # Put the file in place as the in-flight put would, then let the collector decide.
-            finished = []
-
-            def collector() -> None:
-                finished.append(self.run_pass(set()))
-
-            t = threading.Thread(target=collector)
-            t.start()
-            with open(self.store._path(cid), "wb") as f:
-                f.write(data)
-            self.store._commit(0, len(data))
-        finally:
-            stripe.release()
-        t.join(30)
-        self.assertFalse(t.is_alive())
-        self.assertIn(cid, self.stored())
-        self.assertEqual(self.store.get(cid), data)
-
 
 class ConcurrentCollectionTests(SynchronousTestCase):
     def test_uploads_and_collector(self) -> None:
