@@ -17,6 +17,12 @@ class MalformedManifest(CasError):
     code = "malformed_manifest"
 
 
+class InvalidMetadata(CasError):
+    """A file name or content type that cas cannot record."""
+
+    code = "invalid_metadata"
+
+
 class CorruptBlock(CasError):
     """A block's bytes do not hash to its id (it has been quarantined)."""
 

@@ -8,7 +8,6 @@ of the same content is refused, so one file has exactly one address. See docs/fo
 
 from __future__ import annotations
 
-import math
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 import attrs
@@ -16,7 +15,7 @@ import cbor2
 
 from . import cipher
 from .cid import CID
-from .errors import MalformedManifest, TamperedData
+from .errors import InvalidMetadata, MalformedManifest, TamperedData
 
 VERSION = 1
 FANOUT = 20_000  # links per manifest block: 20,000 x <= 48 bytes stays under 1 MiB
@@ -40,6 +39,14 @@ class Link:
     count: int
 
 
+def check_name(name: str, content_type: str) -> None:
+    """Refuse, before any byte is stored, a name or type that the metadata decoder would refuse later."""
+    if not isinstance(name, str) or len(name) > MAX_NAME_LEN:
+        raise InvalidMetadata(f"file name longer than {MAX_NAME_LEN} characters")
+    if not isinstance(content_type, str) or len(content_type) > MAX_TYPE_LEN:
+        raise InvalidMetadata(f"content type longer than {MAX_TYPE_LEN} characters")
+
+
 @attrs.frozen
 class Metadata:
     """What the owner said about the file; sealed inside the root manifest."""
@@ -50,6 +57,7 @@ class Metadata:
     created: int  # Unix time, seconds
 
     def encode(self) -> bytes:
+        check_name(self.name, self.content_type)
         return cbor2.dumps(
             {"name": self.name, "type": self.content_type, "size": self.size, "created": self.created},
             canonical=True,
@@ -118,7 +126,7 @@ class Root:
 
 def blocks_for_size(size: int, segment_size: int) -> int:
     """Number of segments for ``size`` plaintext bytes: an empty file still has one (empty) segment."""
-    return max(1, math.ceil(size / segment_size))
+    return max(1, -(-size // segment_size))  # integer ceiling: float division is inexact above 2**53
 
 
 def _dumps(obj: dict) -> bytes:
@@ -190,7 +198,7 @@ def decode_root(raw: bytes) -> Root:
     obj = _loads(raw, "manifest")
     if not isinstance(obj, dict) or obj.get("type") != "root":
         raise MalformedManifest("not a root manifest")
-    if obj.get("v") != VERSION:
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:  # not True or 1.0, which compare equal to 1
         raise MalformedManifest(f"unsupported manifest version {obj.get('v')!r}")
     if set(obj) != {"v", "type", "segment_size", "blocks", "depth", "links", "meta"}:
         raise MalformedManifest("root manifest has unexpected fields")
@@ -214,7 +222,7 @@ def decode_node(raw: bytes, segment_size: int | None = None) -> Node:
     obj = _loads(raw, "manifest node")
     if not isinstance(obj, dict) or obj.get("type") != "node":
         raise MalformedManifest("not a manifest node")
-    if obj.get("v") != VERSION:
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:  # not True or 1.0, which compare equal to 1
         raise MalformedManifest(f"unsupported manifest version {obj.get('v')!r}")
     if set(obj) != {"v", "type", "depth", "links"}:
         raise MalformedManifest("manifest node has unexpected fields")

@@ -25,7 +25,7 @@ from .cid import CID
 from .collector import Pins
 from .errors import CasError
 from .index import FileRecord, Index
-from .manifest import FANOUT, Link, ManifestBuilder, Metadata
+from .manifest import FANOUT, Link, ManifestBuilder, Metadata, check_name
 
 Runner = Callable[..., Deferred]
 log = Logger()
@@ -61,6 +61,7 @@ class Upload:
         ref_batch: int = 64,
         key: bytes | None = None,
     ) -> None:
+        check_name(name, content_type)
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
         self.name, self.content_type = name, content_type
         self._seg = segment_size

@@ -370,3 +370,19 @@ class VerifyCapability(SynchronousTestCase):
         self.assertFalse(report.ok)
         self.assertEqual(report.blocks, 3)
         self.assertEqual(sorted(c for c, _ in report.bad), sorted([str(links[1].cid), str(links[3].cid)]))
+
+
+class Names(SynchronousTestCase):
+    def test_overlong_name_refused_up_front(self) -> None:
+        """A name the metadata decoder would refuse is refused before any byte is stored."""
+        from cas.errors import InvalidMetadata
+
+        node = make_node(self)
+        e = self.assertRaises(InvalidMetadata, node.upload, "n" * 4097)
+        self.assertIn("4096", str(e))
+        self.assertRaises(InvalidMetadata, node.upload, "ok", "t" * 257)
+        self.assertEqual(list(node.store.cids()), [])
+        up = node.upload("n" * 4096, "t" * 256)
+        up.write(b"x")
+        stored = self.successResultOf(up.finish())
+        self.assertEqual(self.successResultOf(node.open(stored.cap)).metadata.name, "n" * 4096)
