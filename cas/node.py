@@ -41,7 +41,7 @@ class Node:
         workers: int = 4,
         segment_size: int = cipher.SEGMENT_SIZE,
         fanout: int = FANOUT,
-        window: int = 4,
+        window: int = 8,
         run: Callable[..., Deferred] | None = None,
     ) -> None:
         self.datadir = datadir
@@ -89,7 +89,7 @@ class Node:
         """Store a local file, streaming it through the pipeline."""
         f = open(path, "rb")
         up = self.upload(name if name is not None else os.path.basename(path), content_type)
-        producer = FileBodyProducer(f, readSize=256 * 1024)
+        producer = FileBodyProducer(f, readSize=self.segment_size)
         up.registerProducer(producer, True)
         d = producer.startProducing(up)
 

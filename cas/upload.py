@@ -9,6 +9,7 @@ blocks complete, in order, and the root manifest is written last, after every bl
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable
 
 import attrs
@@ -70,7 +71,7 @@ class Upload:
         self._key = key or cipher.new_file_key()
         self._owner = index.new_upload_owner()
         self._builder = ManifestBuilder(fanout)
-        self._buf: list[bytes] = []
+        self._buf: deque[bytes | memoryview] = deque()
         self._buflen = 0
         self.size = 0  # plaintext bytes received
         self.stored = 0  # plaintext bytes durably stored (progress)
@@ -107,14 +108,38 @@ class Upload:
             return  # the outcome is reported through ``done``
         if not data:
             return
-        self._buf.append(bytes(data))
+        if type(data) is not bytes:
+            data = bytes(data)  # the producer may reuse a mutable buffer
+        self._buf.append(data)
         self._buflen += len(data)
         self.size += len(data)
-        while self._buflen > self._seg:
-            joined = b"".join(self._buf)
-            self._buf, self._buflen = [joined[self._seg :]], len(joined) - self._seg
-            self._dispatch_segment(joined[: self._seg], last=False)
+        while self._buflen > self._seg:  # more follows, so this segment is not the last
+            self._dispatch_segment(self._take(self._seg), last=False)
         self._throttle()
+
+    def _take(self, n: int) -> bytes | memoryview:
+        """Remove the first ``n`` buffered bytes, copying only when they span several writes."""
+        first = self._buf[0]
+        self._buflen -= n
+        if len(first) >= n:
+            if len(first) == n:
+                self._buf.popleft()
+                return first
+            view = memoryview(first)
+            self._buf[0] = view[n:]
+            return view[:n]
+        parts = []
+        while n:
+            piece = self._buf[0]
+            if len(piece) <= n:
+                parts.append(self._buf.popleft())
+                n -= len(piece)
+            else:
+                view = memoryview(piece)
+                parts.append(view[:n])
+                self._buf[0] = view[n:]
+                n = 0
+        return b"".join(parts)
 
     # -- flow control --------------------------------------------------------------------------------------
     def _full(self) -> bool:
@@ -141,7 +166,7 @@ class Upload:
             self._producer.resumeProducing()
 
     # -- the pipeline ----------------------------------------------------------------------------------------
-    def _dispatch_segment(self, plaintext: bytes, last: bool) -> None:
+    def _dispatch_segment(self, plaintext: bytes | memoryview, last: bool) -> None:
         index = self._next_segment
         self._next_segment += 1
         self._start(lambda link: self._sealed(link, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
@@ -155,18 +180,18 @@ class Upload:
         d.addBoth(self._task_done)
         return d
 
-    def _seal_and_store(self, index: int, last: bool, plaintext: bytes) -> Link:
+    def _seal_and_store(self, index: int, last: bool, plaintext: bytes | memoryview) -> Link:
         """Worker thread: encrypt, hash, pin and store one segment."""
         block = cipher.seal_segment(self._key, index, last, plaintext)
         cid = CID.of(block)
-        self._put(cid, block)
+        self._put(cid, block, True)
         return Link(cid, len(block))
 
-    def _put(self, cid: CID, block: bytes) -> None:
+    def _put(self, cid: CID, block: bytes, hashed_here: bool = False) -> None:
         """Worker thread: pin, then write; the pin is ours to release once the reference is committed."""
         self._pins.pin(cid)
         try:
-            self._store.put(cid, block)
+            self._store.put(cid, block, verified=hashed_here)
         except BaseException:
             self._pins.release([cid])
             raise
@@ -239,7 +264,8 @@ class Upload:
             return self.done
         self._finishing = True
         self._dispatch_segment(b"".join(self._buf), last=True)
-        self._buf, self._buflen = [], 0
+        self._buf.clear()
+        self._buflen = 0
         self._when_drained().addCallback(lambda _: self._write_tree())
         return self.done
 

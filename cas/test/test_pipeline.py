@@ -52,6 +52,29 @@ class RoundTrip(SynchronousTestCase):
             f = self.successResultOf(node.open(stored.cap))
             self.assertEqual((f.metadata.name, f.metadata.content_type, f.metadata.size), ("f.bin", "application/x-test", size))
 
+    @settings(max_examples=40, deadline=None)
+    @given(cuts=st.lists(st.integers(0, 3500), max_size=12), mutable=st.booleans())
+    def test_any_write_sizes(self, cuts: list[int], mutable: bool) -> None:
+        """Writes of any sizes (empty, smaller, larger than a segment, bytearrays reused by the producer)
+        store exactly the bytes written."""
+        if not hasattr(self, "_node"):
+            self._node = make_node(self, segment_size=SEG)
+        data = pattern(sum(cuts), len(cuts))
+        up = self._node.upload("f")
+        pos = 0
+        scratch = bytearray(4000)
+        for n in cuts:
+            if mutable:
+                scratch[:n] = data[pos : pos + n]
+                up.write(memoryview(scratch)[:n])
+                scratch[:n] = b"\xff" * n  # the producer reuses its buffer
+            else:
+                up.write(data[pos : pos + n])
+            pos += n
+        stored = self.successResultOf(up.finish())
+        self.assertEqual(stored.size, len(data))
+        self.assertEqual(self.read(self._node, str(stored.cap)), data)
+
     def test_tree_depth(self) -> None:
         """With fanout 3, 40 blocks need a root of depth 3 (27 < 40 <= 81)."""
         node = make_node(self, segment_size=SEG, fanout=3)
@@ -301,7 +324,7 @@ class Beyond4GiB(SynchronousTestCase):
             def __init__(self) -> None:
                 self.manifests: dict[CID, bytes] = {}
 
-            def put(self, cid: CID, data: bytes) -> bool:
+            def put(self, cid: CID, data: bytes, verified: bool = False) -> bool:
                 if len(data) == seg + cipher.TAG_SIZE or (len(data) == seg - 5 + cipher.TAG_SIZE):
                     digests[cid] = int.from_bytes(cipher.open_segment(key, len(digests), len(digests) == nseg - 1, data)[:4], "big")
                 else:
