@@ -1,30 +1,258 @@
-"""The node's local HTTP API (twisted.web). This issue serves ``GET /v1/status``; files, peers and the rest
-of the routes arrive with the API issue. Every route needs ``Authorization: Bearer <token>``.
+"""The node's local HTTP API (twisted.web, HTTP/1.1). Contract: docs/api.md.
+
+Uploads stream: stock twisted.web spools a request body before rendering, so ``ApiRequest`` takes the body
+as it arrives (``gotLength`` / ``handleContentChunk``, with the request line read from the channel's private
+``_command``/``_path``) and feeds it to the store pipeline, pausing the socket while the pipeline is full.
+Those private names are pinned by a canary test (``cas/test/test_api.py``) and the Twisted range in setup.cfg.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
+from email.utils import formatdate, parsedate_to_datetime
+from io import BytesIO
 from typing import Any
+from urllib.parse import parse_qs, quote
 
-from twisted.web import resource, server
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
 
+from .capability import ReadCap
+from .download import OpenFile
+from .errors import (
+    BlockNotFound, CasError, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
+    MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData,
+)
 from .node import Node
+from .upload import StoredFile, Upload
+
+log = Logger()
+DRAIN_LIMIT = 1 << 20  # body bytes read and discarded after an early error answer, before closing
+IDLE_TIMEOUT = 300
+_KEY_RE = re.compile(r"cas1[a-z2-7]+", re.I)
 
 
-def json_body(request: server.Request, code: int, obj: Any) -> bytes:
-    request.setResponseCode(code)
+def redact(text: str) -> str:
+    """Replace read capabilities in ``text`` by ``cas1…``."""
+    return _KEY_RE.sub("cas1…", text)
+
+
+_STATUS: list[tuple[type[BaseException], int]] = [
+    (MalformedKey, 400), (InvalidMetadata, 400), (FileNotFound, 404), (BlockNotFound, 404),
+    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416),
+    (CorruptBlock, 500), (TamperedData, 500), (MalformedManifest, 500),
+]
+
+
+def status_for(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, error code, message) for an exception; unknown ones are 500 ``internal``."""
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code, exc.code, str(exc)  # type: ignore[attr-defined]
+    return 500, "internal", "internal error (see the node's log)"
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": code, "message": message}).encode() + b"\n"
+
+
+def json_body(request: server.Request, status: int, obj: Any) -> bytes:
+    request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(obj, sort_keys=True).encode() + b"\n"
 
 
-def error(request: server.Request, code: int, name: str, message: str) -> bytes:
-    return json_body(request, code, {"error": name, "message": message})
+def error(request: server.Request, status: int, code: str, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return error_body(code, message)
 
 
-class Status(resource.Resource):
+def check_token(request: http.Request, token: bytes) -> bool:
+    auth = request.requestHeaders.getRawHeaders(b"authorization", [b""])[0]
+    scheme, _, given = auth.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+
+
+def file_json(cap: ReadCap, name: str, content_type: str, size: int, blocks: int, created: int | None = None) -> dict[str, Any]:
+    out = {"key": str(cap), "name": name, "content_type": content_type, "size": size, "blocks": blocks}
+    if created is not None:
+        out["created"] = created
+    return out
+
+
+# -- streaming uploads ---------------------------------------------------------------------------------------
+
+
+class _SocketBackpressure:
+    """The upload pipeline's view of the client: pausing it stops reading the socket (TCP slows the client)."""
+
+    def __init__(self, request: "ApiRequest") -> None:
+        self.request = request
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        ch = self.request.channel
+        if ch is not None and not self.paused:
+            self.paused = True
+            ch.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        ch = self.request.channel
+        if ch is not None and self.paused:
+            self.paused = False
+            ch.transport.resumeProducing()
+            ch.resetTimeout()  # the pipeline made progress: the client is not idle
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()  # the upload failed: keep reading so the body can be drained
+
+
+class ApiRequest(server.Request):
+    """A request that streams ``POST /v1/files`` bodies into the store pipeline instead of spooling them."""
+
+    _upload: Upload | None = None
+    _backpressure: _SocketBackpressure | None = None
+    _early_answer = False  # an answer was already written before the body ended
+    _drained = 0
+    _processing = False
+
+    def __repr__(self) -> str:
+        return redact(super().__repr__())
+
+    @property
+    def node(self) -> Node:
+        return self.channel.site.node  # type: ignore[no-any-return]
+
+    def gotLength(self, length: int | None) -> None:
+        ch = self.channel
+        command, path = getattr(ch, "_command", None), getattr(ch, "_path", None)
+        if command == b"POST" and isinstance(path, bytes) and path.partition(b"?")[0] in (b"/v1/files", b"/v1/files/"):
+            self.content = BytesIO()  # Twisted still calls tell/seek on it later
+            self._begin_upload(length, path.partition(b"?")[2])
+            return
+        super().gotLength(length)
+
+    def _begin_upload(self, length: int | None, query: bytes) -> None:
+        site = self.channel.site
+        if not check_token(self, site.token):
+            return self._answer_early(401, "unauthorized", "missing or wrong API token (see api.token in the data dir)")
+        store = self.node.store
+        if length is not None:
+            limit = store.limit
+            overhead = (length // self.node.segment_size + 2) * 16  # GCM tags; manifests are small
+            if limit is not None and length + overhead > limit - store.used():
+                return self._answer_early(413, "storage_limit", f"a {length}-byte file does not fit under the storage limit ({max(0, limit - store.used())} bytes free)")
+            free = store.free()
+            if free is not None and length + overhead > free:
+                return self._answer_early(507, "disk_full", f"a {length}-byte file does not fit on the disk ({free} bytes free)")
+        try:
+            params = parse_qs(query.decode("utf-8"), strict_parsing=False, errors="strict")
+            name = params.get("name", [""])[-1]
+            ctype = (self.requestHeaders.getRawHeaders(b"content-type", [b"application/octet-stream"])[0]).decode("ascii").strip()
+        except (UnicodeDecodeError, ValueError):
+            return self._answer_early(400, "bad_request", "the name must be UTF-8 (percent-encoded) and the content type ASCII")
+        try:
+            up = self.node.upload(name, ctype or "application/octet-stream")
+        except CasError as e:
+            status, code, message = status_for(e)
+            return self._answer_early(status, code, message)
+        self._upload = up
+        self._backpressure = _SocketBackpressure(self)
+        up.registerProducer(self._backpressure, True)
+        up.done.addBoth(self._upload_settled)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._upload is not None and not self._early_answer:
+            self._upload.write(data)
+        elif self._early_answer:
+            self._drained += len(data)
+            if self._drained > DRAIN_LIMIT and self.channel is not None:
+                self.channel.transport.loseConnection()
+        else:
+            super().handleContentChunk(data)
+
+    def _answer_early(self, status: int, code: str, message: str) -> None:
+        """Answer before the body has been read: raw bytes on the transport, ``Connection: close``; the rest
+        of the body is read and discarded (up to DRAIN_LIMIT), then the connection is closed."""
+        self._early_answer = True
+        body = error_body(code, message)
+        head = (
+            f"HTTP/1.1 {status} {http.RESPONSES.get(status, b'Error').decode()}\r\n"
+            f"Content-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n"
+            + ('WWW-Authenticate: Bearer realm="cas"\r\n' if status == 401 else "")
+            + "\r\n"
+        )
+        self.channel.transport.write(head.encode("ascii") + body)
+        self.code = status
+        log.info("upload rejected: {status} {code}: {message}", status=status, code=code, message=redact(message))
+
+    def process(self) -> None:
+        if self._early_answer:
+            # The whole body arrived after an early answer: nothing more to say.
+            if self.channel is not None:
+                self.channel.transport.loseConnection()
+            return
+        self._processing = True
+        super().process()
+
+    def _upload_settled(self, result: StoredFile | Failure) -> None:
+        if self._backpressure is not None:
+            self._backpressure.resumeProducing()
+        if self._disconnected:
+            return
+        if not self._processing:
+            # Failed while the body was still arriving: answer now, drain the rest.
+            assert isinstance(result, Failure)
+            status, code, message = status_for(result.value)
+            if not self._early_answer:
+                self._answer_early(status, code, message)
+            return
+        if isinstance(result, Failure):
+            status, code, message = status_for(result.value)
+            if status == 500:
+                log.failure("upload failed", result)
+            self.write(error(self, status, code, message))
+        else:
+            self.write(json_body(self, 201, file_json(result.cap, result.metadata.name, result.metadata.content_type, result.size, result.blocks)))
+        self.finish()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._upload is not None and not self._upload.done.called:
+            self._upload.abort("the client disconnected")
+        super().connectionLost(reason)
+
+
+class ApiChannel(http.HTTPChannel):
+    def _send100Continue(self) -> None:
+        # Never invite the body of an upload that was already answered (401/413/507).
+        if self.requests and getattr(self.requests[-1], "_early_answer", False):
+            return
+        super()._send100Continue()
+
+
+# -- resources -----------------------------------------------------------------------------------------------
+
+
+class _JsonResource(resource.Resource):
+    """Answers methods it does not implement with a JSON 405."""
+
+    def render(self, request: server.Request) -> Any:
+        try:
+            return super().render(request)
+        except server.UnsupportedMethod as e:
+            request.setHeader(b"allow", b", ".join(e.allowedMethods))
+            return error(request, 405, "method_not_allowed", f"{request.method.decode('ascii', 'replace')} is not allowed here")
+
+
+class Status(_JsonResource):
     isLeaf = True
 
     def __init__(self, node: Node) -> None:
@@ -33,6 +261,177 @@ class Status(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         return json_body(request, 200, self.node.status())
+
+
+class Files(_JsonResource):
+    """``/v1/files`` (list, upload) and ``/v1/files/KEY`` (read, forget)."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path == b"" and not request.postpath:
+            return self
+        if request.postpath:
+            return _NotFound()
+        return File(self.node, path)
+
+    def render_GET(self, request: server.Request) -> bytes:
+        files = [file_json(ReadCap(r.root, r.key), r.name, r.content_type, r.size, r.blocks, r.created) for r in self.node.files()]
+        return json_body(request, 200, {"files": files})
+
+    def render_POST(self, request: server.Request) -> bytes | int:
+        up = getattr(request, "_upload", None)
+        if up is None:
+            return error(request, 500, "internal", "upload pipeline missing")
+        up.unregisterProducer()
+        up.finish()  # the outcome arrives through ApiRequest._upload_settled
+        return server.NOT_DONE_YET
+
+
+def parse_range(header: bytes, size: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range -> (offset, length); None to serve the whole file (absent, invalid or several
+    ranges: RFC 9110 lets a server ignore them); raises RangeNotSatisfiable."""
+    m = re.fullmatch(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if first:
+        start = int(first)
+        end = int(last) if last else size - 1
+        if last and end < start:
+            return None  # invalid: ignore
+        if start >= size:
+            raise RangeNotSatisfiable(f"range starts at {start}, the file has {size} bytes")
+        return start, min(end, size - 1) - start + 1
+    suffix = int(last)
+    if suffix == 0 or size == 0:
+        raise RangeNotSatisfiable("empty suffix range")
+    return max(0, size - suffix), min(suffix, size)
+
+
+def content_disposition(name: str) -> bytes:
+    """RFC 6266: an ASCII fallback plus the exact name in ``filename*`` (RFC 8187)."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\/%' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}".encode("ascii")
+
+
+class File(_JsonResource):
+    isLeaf = True
+
+    def __init__(self, node: Node, key: bytes) -> None:
+        super().__init__()
+        self.node = node
+        self.key = key
+
+    def _cap(self) -> ReadCap:
+        try:
+            return ReadCap.parse(self.key.decode("ascii"))
+        except UnicodeDecodeError:
+            raise MalformedKey("not a cas key: keys are ASCII") from None
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        return self._serve(request, body=True)
+
+    def render_HEAD(self, request: server.Request) -> bytes | int:
+        return self._serve(request, body=False)
+
+    def _serve(self, request: server.Request, body: bool) -> bytes | int:
+        try:
+            cap = self._cap()
+        except MalformedKey as e:
+            return error(request, 400, e.code, str(e))
+        d = self.node.open(cap)
+        d.addCallback(self._opened, request, body)
+        d.addErrback(self._failed_before_headers, request)
+        return server.NOT_DONE_YET
+
+    def _failed_before_headers(self, f: Failure, request: server.Request) -> None:
+        if request._disconnected:  # type: ignore[attr-defined]
+            return
+        status, code, message = status_for(f.value)
+        if isinstance(f.value, BlockNotFound):
+            message = "no file with this key is stored on this node"
+        elif status == 500:
+            log.failure("reading a file failed", f)
+        request.write(error(request, status, code, message))
+        request.finish()
+
+    def _opened(self, f: OpenFile, request: server.Request, body: bool) -> None:
+        size = f.size
+        etag = f'"{f.cap.root}"'.encode("ascii")
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"last-modified", formatdate(f.metadata.created, usegmt=True).encode("ascii"))
+        request.setHeader(b"cache-control", b"private, max-age=31536000, immutable")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", b"sandbox; default-src 'none'")
+        request.setHeader(b"content-disposition", content_disposition(f.metadata.name))
+        offset, length = 0, size
+        rng = request.getHeader(b"range")
+        if rng is not None and self._if_range_holds(request, etag, f.metadata.created):
+            try:
+                r = parse_range(rng, size)
+            except RangeNotSatisfiable as e:
+                request.setHeader(b"content-range", f"bytes */{size}".encode())
+                request.write(error(request, 416, e.code, str(e)))
+                request.finish()
+                return
+            if r is not None:
+                offset, length = r
+                request.setResponseCode(206)
+                request.setHeader(b"content-range", f"bytes {offset}-{offset + length - 1}/{size}".encode())
+        request.setHeader(b"content-type", f.metadata.content_type.encode("ascii", "replace") or b"application/octet-stream")
+        request.setHeader(b"content-length", str(length).encode())
+        if not body or length == 0:
+            request.finish()
+            return
+        download = self.node.download(f, offset, length)
+        d = download.start(request)
+        d.addCallbacks(lambda _: request.finish(), self._failed_mid_stream, errbackArgs=(request,))
+
+    @staticmethod
+    def _if_range_holds(request: server.Request, etag: bytes, created: int) -> bool:
+        cond = request.getHeader(b"if-range")
+        if cond is None:
+            return True
+        cond = cond.strip()
+        if cond.startswith(b'"') or cond.startswith(b"W/"):
+            return hmac.compare_digest(cond, etag)  # strong comparison; weak validators never match
+        try:
+            return int(parsedate_to_datetime(cond.decode("ascii")).timestamp()) == created
+        except (ValueError, TypeError, UnicodeDecodeError):
+            return False
+
+    def _failed_mid_stream(self, f: Failure, request: server.Request) -> None:
+        """Headers are out: abort the connection so that no client takes the truncated body as complete."""
+        if f.check(CancelledError) or request._disconnected:  # type: ignore[attr-defined]
+            return  # the client went away
+        log.failure("download failed after the headers were sent; aborting the connection", f)
+        request.channel.transport.abortConnection()
+
+    def render_DELETE(self, request: server.Request) -> bytes | int:
+        try:
+            cap = self._cap()
+        except MalformedKey as e:
+            return error(request, 400, e.code, str(e))
+        rec = self.node.index.get(cap.root)
+        if rec is None or not hmac.compare_digest(rec.key, cap.key):
+            return error(request, 404, "not_found", "the owner of this node has no file with this key")
+        d = self.node.forget(cap.root)
+
+        def done(result: Any) -> None:
+            request.write(json_body(request, 200, {"forgotten": True, "blocks_freed": result.blocks, "bytes_freed": result.bytes}))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            log.failure("forgetting a file failed", f)
+            request.write(error(request, 500, "internal", "the file was forgotten but collecting its blocks failed"))
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
 
 
 class Guard(resource.Resource):
@@ -44,9 +443,7 @@ class Guard(resource.Resource):
         self._inner = inner
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
-        auth = request.getHeader(b"authorization") or b""
-        scheme, _, given = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+        if not check_token(request, self._token):
             return _Unauthorized()
         request.prepath.pop()
         request.postpath.insert(0, path)
@@ -74,12 +471,32 @@ class _Routes(resource.Resource):
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         return _NotFound()
 
+    def render(self, request: server.Request) -> bytes:
+        return error(request, 404, "not_found", "no such route")
 
-def make_site(node: Node, token: str) -> server.Site:
-    v1 = _Routes()
-    v1.putChild(b"status", Status(node))
-    root = _Routes()
-    root.putChild(b"v1", v1)
-    site = server.Site(Guard(token, root))
-    site.displayTracebacks = False
-    return site
+
+class ApiSite(server.Site):
+    """The API's site: HTTP/1.1 channels, streaming uploads, and an access log with keys redacted."""
+
+    protocol = ApiChannel
+    requestFactory = ApiRequest
+    displayTracebacks = False
+
+    def __init__(self, node: Node, token: str, reactor: Any = None) -> None:
+        v1 = _Routes()
+        v1.putChild(b"status", Status(node))
+        v1.putChild(b"files", Files(node))
+        root = _Routes()
+        root.putChild(b"v1", v1)
+        super().__init__(Guard(token, root), timeout=IDLE_TIMEOUT, reactor=reactor)
+        self.node = node
+        self.token = token.encode("ascii")
+
+    def log(self, request: http.Request) -> None:
+        line = http.combinedLogFormatter(self._logDateTime, request)
+        log.info("{line}", line=redact(line))
+
+
+def make_site(node: Node, token: str, reactor: Any = None) -> ApiSite:
+    return ApiSite(node, token, reactor)
+

@@ -59,7 +59,7 @@ class NodeService(service.Service):
         super().privilegedStartService()
         try:
             peer = self._listen(self.peer_endpoint, Factory.forProtocol(_NotYet), "peer")
-            api = self._listen(self.api_endpoint, make_site(self.node, self.node.datadir.read_token()), "API")
+            api = self._listen(self.api_endpoint, make_site(self.node, self.node.datadir.read_token(), self.reactor), "API")
         except SystemExit:
             for p in self.ports:
                 p.stopListening()
