@@ -57,21 +57,21 @@ def status_for(exc: BaseException) -> tuple[int, str, str]:
 
 
 def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": code, "message": message}).encode() + b"\n"
+    return json.dumps({"error": code, "message": message}, sort_keys=True).encode() + b"\n"
 
 
 def json_body(request: server.Request, status: int, obj: Any) -> bytes:
+    """Set the status and JSON headers (with Content-Length) and return the body to write."""
+    body = json.dumps(obj, sort_keys=True).encode() + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj, sort_keys=True).encode() + b"\n"
+    request.setHeader(b"content-length", str(len(body)).encode())
+    return body
 
 
 def error(request: server.Request, status: int, code: str, message: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return error_body(code, message)
+    return json_body(request, status, {"error": code, "message": message})
 
 
 def check_token(request: http.Request, token: bytes) -> bool:

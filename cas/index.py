@@ -117,7 +117,7 @@ class Index:
         return _record(row) if row else None
 
     def files(self) -> list[FileRecord]:
-        return [_record(r) for r in self.db.execute("SELECT * FROM files ORDER BY created, root")]
+        return [_record(r) for r in self.db.execute("SELECT * FROM files ORDER BY created, rowid")]
 
     def referenced(self) -> set[CID]:
         return {CID.parse(c) for (c,) in self.db.execute("SELECT DISTINCT cid FROM refs")}
