@@ -119,6 +119,10 @@ class Index:
     def files(self) -> list[FileRecord]:
         return [_record(r) for r in self.db.execute("SELECT * FROM files ORDER BY created, rowid")]
 
+    def count(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM files").fetchone()
+        return int(n)
+
     def referenced(self) -> set[CID]:
         return {CID.parse(c) for (c,) in self.db.execute("SELECT DISTINCT cid FROM refs")}
 

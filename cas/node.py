@@ -154,6 +154,6 @@ class Node:
             "version": __version__,
             "uptime": max(0.0, time.time() - self.started_at),
             "storage": {"used": self.store.used(), "free": self.store.free(), "limit": self.store.limit},
-            "files": len(self.index.files()),
+            "files": self.index.count(),
         }
 
