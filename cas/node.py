@@ -70,6 +70,8 @@ class Node:
     def start(self) -> None:
         if self._pool is not None:
             self._pool.start()
+        # Blocks of uploads cut short by a crash (their refs were dropped when the index opened).
+        self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
 
     def stop(self) -> None:
         if self._pool is not None:
@@ -79,11 +81,18 @@ class Node:
     # -- storing -----------------------------------------------------------------------------------------------
     def upload(self, name: str, content_type: str = "application/octet-stream") -> Upload:
         """A consumer to write a file into; call ``finish()`` when the source is complete."""
-        return Upload(
+        up = Upload(
             store=self.store, index=self.index, pins=self.pins, run=self.run, clock=self.reactor,
             name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
             window=self.window,
         )
+        up.done.addErrback(self._collect_after_failure)
+        return up
+
+    def _collect_after_failure(self, failure: Any) -> Any:
+        """A failed upload leaves unreferenced blocks: free their space now rather than at the next start."""
+        self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
+        return failure
 
     def put_path(self, path: str, name: str | None = None, content_type: str = "application/octet-stream") -> Deferred[StoredFile]:
         """Store a local file, streaming it through the pipeline."""

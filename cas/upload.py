@@ -113,7 +113,7 @@ class Upload:
         self._buf.append(data)
         self._buflen += len(data)
         self.size += len(data)
-        while self._buflen > self._seg:  # more follows, so this segment is not the last
+        while self._buflen > self._seg and self._failure is None:  # more follows: not the last segment
             self._dispatch_segment(self._take(self._seg), last=False)
         self._throttle()
 
@@ -204,8 +204,14 @@ class Upload:
             d.callback(None)
         return result
 
+    def _keep_pinned(self, cid: CID) -> None:
+        if self._settled:  # a job that finished after the upload failed: its block is garbage
+            self._pins.release([cid])
+        else:
+            self._pinned.append(cid)
+
     def _sealed(self, link: Link, index: int, plain_len: int) -> None:
-        self._pinned.append(link.cid)
+        self._keep_pinned(link.cid)
         self.stored += plain_len
         self._results[index] = link
         while self._next_link in self._results and self._failure is None:
@@ -217,7 +223,7 @@ class Upload:
             self._commit_refs()
 
     def _node_stored(self, cid: CID) -> Callable[[object], None]:
-        return lambda _: self._pinned.append(cid)
+        return lambda _: self._keep_pinned(cid)
 
     def _commit_refs(self) -> None:
         batch, self._pinned = self._pinned, []

@@ -409,3 +409,26 @@ class Names(SynchronousTestCase):
         up.write(b"x")
         stored = self.successResultOf(up.finish())
         self.assertEqual(self.successResultOf(node.open(stored.cap)).metadata.name, "n" * 4096)
+
+
+class GarbageAfterFailure(SynchronousTestCase):
+    def test_failed_upload_frees_space_at_once(self) -> None:
+        node = make_node(self, segment_size=SEG, storage_limit=5 * (SEG + 16))
+        up = node.upload("big")
+        up.write(pattern(10 * SEG))
+        self.failureResultOf(up.finish(), StorageLimitExceeded)
+        self.assertEqual(node.store.used(), 0, "no explicit collection needed")
+
+    def test_start_collects_blocks_of_a_crashed_upload(self) -> None:
+        node = make_node(self, segment_size=SEG)
+        up = node.upload("f")
+        up.write(pattern(5 * SEG))  # blocks written, upload never finished: then the process "dies"
+        self.assertGreater(node.store.used(), 0)
+        node.stop()
+        from cas.node import Node
+
+        again = Node(node.datadir, node.reactor, run=node.run, segment_size=SEG)
+        again.start()
+        self.addCleanup(again.stop)
+        self.assertEqual(again.store.used(), 0)
+        self.assertEqual(list(again.store.cids()), [])

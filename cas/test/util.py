@@ -45,6 +45,9 @@ def make_node(testcase: Any, run: Callable[..., Deferred] = sync_run, **kw: Any)
     clock = task.Clock()
     node = Node(prepare(testcase.mktemp()), clock, run=run, **kw)
     node.start()
+    if isinstance(run, ManualRunner):  # the start-up collection pass
+        run.run_all()
+        run.max_queued = 0
     testcase.addCleanup(node.stop)
     return node
 
