@@ -14,7 +14,6 @@ import threading
 from typing import Callable, Iterable
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from .blockstore import IBlockStore
 from .cid import CID
