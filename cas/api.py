@@ -167,6 +167,12 @@ class ApiRequest(server.Request):
         self._backpressure = _SocketBackpressure(self)
         up.registerProducer(self._backpressure, True)
         up.done.addBoth(self._upload_settled)
+        # Read the body in segment-size pieces rather than Twisted's default 64 KiB (FileDescriptor.bufferSize):
+        # 16x fewer reactor iterations, recv calls and handleContentChunk/Upload.write calls per segment.
+        transport = self.channel.transport
+        default = getattr(type(transport), "bufferSize", None)
+        if isinstance(default, int) and default < self.node.segment_size:  # a socket transport (not a test double)
+            transport.bufferSize = self.node.segment_size
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._upload is not None and not self._early_answer:
@@ -204,6 +210,9 @@ class ApiRequest(server.Request):
         super().process()
 
     def _upload_settled(self, result: StoredFile | Failure) -> None:
+        ch = self.channel
+        if ch is not None and "bufferSize" in vars(ch.transport):
+            del ch.transport.bufferSize  # back to the default for the answer (write buffering) and later requests
         if self._backpressure is not None:
             self._backpressure.resumeProducing()
         if self._disconnected:
