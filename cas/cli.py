@@ -27,6 +27,8 @@ import unicodedata
 import urllib.parse
 from typing import IO, Any, Callable, Iterator, NoReturn
 
+from .paths import default_data_dir
+
 CHUNK = 1 << 20
 DEFAULT_PORT = 3000
 DEFAULT_TIMEOUT = 300.0
@@ -167,13 +169,6 @@ def content_disposition_filename(value: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Where the node is
-
-
-def default_data_dir(port: int, environ: Any = None) -> str:
-    """Same as ``cas.tap.default_data_dir`` (that module imports Twisted, this one must not)."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "cas", f"node-{port}")
 
 
 class Node:

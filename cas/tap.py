@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
@@ -13,6 +12,7 @@ from twisted.python import usage
 from .datadir import prepare
 from .errors import DataDirError
 from .node import Node
+from .paths import default_data_dir
 from .service import NodeService
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
@@ -26,11 +26,6 @@ def parse_size(text: str) -> int:
     if not m or unit not in _UNITS:
         raise usage.UsageError(f"not a size: {text!r} (try 500M, 10G, 1TiB or a number of bytes)")
     return int(float(m.group(1)) * _UNITS[unit])
-
-
-def default_data_dir(port: int) -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "cas", f"node-{port}")
 
 
 class Options(usage.Options):
