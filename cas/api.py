@@ -397,7 +397,20 @@ class File(_JsonResource):
             request.finish()
             return
         download = self.node.download(f, offset, length)
+        transport = request.channel.transport
+        default = getattr(type(transport), "bufferSize", None)
+        if isinstance(default, int) and default < 2 * self.node.segment_size:  # a socket, not a test double
+            # Twisted pauses a producer once 64 KiB are buffered, i.e. after every 1 MiB segment; allow two.
+            transport.bufferSize = 2 * self.node.segment_size
         d = download.start(request)
+
+        def restore(result: object) -> object:
+            ch = request.channel
+            if ch is not None and "bufferSize" in vars(ch.transport):
+                del ch.transport.bufferSize
+            return result
+
+        d.addBoth(restore)
         d.addCallbacks(lambda _: request.finish(), self._failed_mid_stream, errbackArgs=(request,))
 
     @staticmethod
