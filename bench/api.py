@@ -198,6 +198,10 @@ def run_client(args: list[str], stdout_path: str, stderr_path: str, node_pid: in
         sampler.start()
         try:
             _pid, status, ru = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the client running
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             dt = time.perf_counter() - t0
             done.set()
@@ -445,6 +449,10 @@ def table(all_sizes: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--child-b3sum":
         child_b3sum(sys.argv[2])
@@ -461,6 +469,7 @@ def main() -> None:
     a = p.parse_args()
     if not a.size:
         p.error("give at least one --size")
+    signal.signal(signal.SIGTERM, _terminate)  # so that the node is stopped and the temp dir removed
     os.makedirs(a.dir, exist_ok=True)
     # source + one store (pipeline's, then the node's) + one read-back at a time
     a.repeat = max(1, a.repeat)
