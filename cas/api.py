@@ -87,6 +87,19 @@ def file_json(cap: ReadCap, name: str, content_type: str, size: int, blocks: int
     return out
 
 
+def widen_buffer(transport: Any, size: int) -> None:
+    """Raise a socket transport's ``bufferSize`` (its recv size and the write-buffer level at which it pauses
+    a producer) for one transfer; test doubles without the attribute are left alone."""
+    default = getattr(type(transport), "bufferSize", None)
+    if isinstance(default, int) and default < size:
+        transport.bufferSize = size
+
+
+def restore_buffer(transport: Any) -> None:
+    if "bufferSize" in vars(transport):
+        del transport.bufferSize
+
+
 # -- streaming uploads ---------------------------------------------------------------------------------------
 
 
@@ -167,12 +180,9 @@ class ApiRequest(server.Request):
         self._backpressure = _SocketBackpressure(self)
         up.registerProducer(self._backpressure, True)
         up.done.addBoth(self._upload_settled)
-        # Read the body in segment-size pieces rather than Twisted's default 64 KiB (FileDescriptor.bufferSize):
-        # 16x fewer reactor iterations, recv calls and handleContentChunk/Upload.write calls per segment.
-        transport = self.channel.transport
-        default = getattr(type(transport), "bufferSize", None)
-        if isinstance(default, int) and default < self.node.segment_size:  # a socket transport (not a test double)
-            transport.bufferSize = self.node.segment_size
+        # Read the body in segment-size pieces rather than Twisted's 64 KiB: 16x fewer reactor iterations,
+        # recv calls and Upload.write calls per segment.
+        widen_buffer(self.channel.transport, self.node.segment_size)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._upload is not None and not self._early_answer:
@@ -210,9 +220,8 @@ class ApiRequest(server.Request):
         super().process()
 
     def _upload_settled(self, result: StoredFile | Failure) -> None:
-        ch = self.channel
-        if ch is not None and "bufferSize" in vars(ch.transport):
-            del ch.transport.bufferSize  # back to the default for the answer (write buffering) and later requests
+        if self.channel is not None:
+            restore_buffer(self.channel.transport)  # the default for the answer and later requests
         if self._backpressure is not None:
             self._backpressure.resumeProducing()
         if self._disconnected:
@@ -397,17 +406,13 @@ class File(_JsonResource):
             request.finish()
             return
         download = self.node.download(f, offset, length)
-        transport = request.channel.transport
-        default = getattr(type(transport), "bufferSize", None)
-        if isinstance(default, int) and default < 2 * self.node.segment_size:  # a socket, not a test double
-            # Twisted pauses a producer once 64 KiB are buffered, i.e. after every 1 MiB segment; allow two.
-            transport.bufferSize = 2 * self.node.segment_size
+        # Twisted pauses a producer once 64 KiB are buffered, i.e. after every 1 MiB segment; allow two.
+        widen_buffer(request.channel.transport, 2 * self.node.segment_size)
         d = download.start(request)
 
         def restore(result: object) -> object:
-            ch = request.channel
-            if ch is not None and "bufferSize" in vars(ch.transport):
-                del ch.transport.bufferSize
+            if request.channel is not None:
+                restore_buffer(request.channel.transport)
             return result
 
         d.addBoth(restore)
