@@ -12,13 +12,15 @@ import hmac
 
 import attrs
 
-from . import cipher
 from .cid import CID, CID_BYTES_LEN, b32decode, b32encode, digest
 from .errors import MalformedKey
 
 TAG = "cas1"
 CHECKSUM_LEN = 4
-PAYLOAD_LEN = CID_BYTES_LEN + cipher.KEY_SIZE
+# The file key's size (AES-256), the same as cipher.KEY_SIZE (a test checks): not imported from there so that
+# parsing a key (the CLI does it) does not load the cryptography library.
+KEY_SIZE = 32
+PAYLOAD_LEN = CID_BYTES_LEN + KEY_SIZE
 TOKEN_LEN = len(TAG) + len(b32encode(bytes(PAYLOAD_LEN + CHECKSUM_LEN)))
 _CHECK_DOMAIN = b"cas/readcap/v1"
 
@@ -30,7 +32,7 @@ def _checksum(payload: bytes) -> bytes:
 @attrs.frozen(repr=False)
 class ReadCap:
     root: CID
-    key: bytes = attrs.field(validator=lambda _s, _a, v: len(v) == cipher.KEY_SIZE or _bad_key_len())
+    key: bytes = attrs.field(validator=lambda _s, _a, v: len(v) == KEY_SIZE or _bad_key_len())
 
     @property
     def verify_cap(self) -> CID:

@@ -737,6 +737,9 @@ class _Sink:
         self.tmp = tmp
         self.force = force
         self.label = os.path.basename(final) if final else None
+        self.written = 0  # bytes written to fd
+        self.started = 0  # bytes whose write-back was started
+        self.write_behind = _write_behind() if tmp is not None else None
 
     @classmethod
     def open(cls, output: str | None, name: str | None, force: bool) -> "_Sink":
@@ -786,6 +789,11 @@ class _Sink:
             while data:
                 n = os.write(self.fd, data)
                 data = data[n:]
+                self.written += n
+            if self.write_behind is not None and self.written - self.started >= WRITE_BEHIND:
+                # Start writing back what is behind us now, so the fsync before the rename has little left.
+                self.write_behind(self.fd, self.started, self.written - self.started)
+                self.started = self.written
         except OSError as e:
             raise CliError(f"cannot write {fs_name(self.final or self.path or '')}: {e.strerror}", EXIT_FAILED) from None
 
@@ -854,6 +862,36 @@ class _Sink:
             except OSError:
                 pass
             self.tmp = None
+
+
+WRITE_BEHIND = 16 << 20  # start write-back of a download file every this many bytes
+
+
+def _write_behind() -> Callable[[int, int, int], int] | None:
+    """Linux's sync_file_range(SYNC_FILE_RANGE_WRITE): start write-back of a range without waiting for it.
+
+    A download ends with an fsync (a file renamed into place must be complete on disk). Left alone, the
+    kernel holds gigabytes dirty and that fsync takes seconds; started as we go, it finds little left.
+    Elsewhere (or if the call is missing) None: the final fsync does all the work, as before.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError, ImportError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    sync_file_range_write = 2
+
+    def start(fd: int, offset: int, length: int) -> int:
+        # Advisory: a failure here (an exotic file system) is not an error, the final fsync still reports any.
+        return int(call(fd, offset, length, sync_file_range_write))
+
+    return start
 
 
 def _umask() -> int:

@@ -297,14 +297,55 @@ class InProcessExitCodeTests(SynchronousTestCase):
         self.assertEqual(code, cli.EXIT_USAGE)
 
 
+class SinkWriteBehindTests(SynchronousTestCase):
+    """A download file has its write-back started as it grows, so the final fsync has little left."""
+
+    def test_write_back_started_over_contiguous_ranges(self) -> None:
+        d = self.mktemp()
+        os.mkdir(d)
+        sink = cli._Sink.open(os.path.join(d, "out"), None, False)
+        self.assertIsNotNone(sink.tmp)
+        calls: list[tuple[int, int]] = []
+        sink.write_behind = lambda fd, offset, length: calls.append((offset, length))
+        chunk = os.urandom(1 << 20)
+        total = 2 * cli.WRITE_BEHIND + 3 * len(chunk)
+        for _ in range(total // len(chunk)):
+            sink.write(memoryview(chunk))
+        sink.commit()
+        self.assertEqual(calls, [(0, cli.WRITE_BEHIND), (cli.WRITE_BEHIND, cli.WRITE_BEHIND)])
+        with open(os.path.join(d, "out"), "rb") as f:
+            self.assertEqual(f.read(), chunk * (total // len(chunk)))
+
+    def test_not_for_stdout_or_devices(self) -> None:
+        self.assertIsNone(cli._Sink.open("-", None, False).write_behind)
+        dev = cli._Sink.open(os.devnull, None, False)
+        self.addCleanup(dev.abort)
+        self.assertIsNone(dev.write_behind)
+
+    def test_real_call_on_linux(self) -> None:
+        start = cli._write_behind()
+        if not sys.platform.startswith("linux"):
+            self.assertIsNone(start)
+            return
+        assert start is not None
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"x" * 100000)
+            f.flush()
+            self.assertEqual(start(f.fileno(), 0, 100000), 0)  # accepted, and the file is unchanged
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"x" * 100000)
+
+
 class NoTwistedTests(SynchronousTestCase):
     def test_cli_does_not_import_twisted(self) -> None:
+        # Nor cryptography: parsing a key must stay light (start-up time and client RSS).
         code = (
             "import sys\n"
             "import cas.cli\n"
             "assert cas.cli.main(['--node', 'http://127.0.0.1:9/', 'get', 'cas1x']) == 2\n"
             "assert cas.cli.main(['--node', 'http://127.0.0.1:9/', 'get', '-o', '-', sys.argv[1]]) == 4\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope', 'OpenSSL', 'tqdm')))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope', 'OpenSSL', 'tqdm', 'cryptography')))\n"
         )
         out = subprocess.run([sys.executable, "-c", code, make_key()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=cli_env({"CAS_TOKEN": "t"}), timeout=60)

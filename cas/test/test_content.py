@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cas import cipher, manifest
+from cas import capability, cipher, manifest
 from cas.capability import TOKEN_LEN, ReadCap
 from cas.cid import CID, CID_STR_LEN, PREFIX
 from cas.errors import MalformedKey, MalformedManifest, TamperedData
@@ -1015,6 +1015,11 @@ class RootMetadataTests(SynchronousTestCase):
 
 # ===========================================================================================================
 class CapabilityTests(SynchronousTestCase):
+    def test_key_size_is_the_cipher_key_size(self) -> None:
+        # capability.py keeps its own copy so that parsing a key does not load cryptography.
+        self.assertEqual(capability.KEY_SIZE, cipher.KEY_SIZE)
+        self.assertEqual(len(cipher.new_file_key()), capability.KEY_SIZE)
+
     @FAST
     @given(digests, keys)
     def test_round_trip(self, d: bytes, key: bytes) -> None:
