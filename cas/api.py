@@ -281,6 +281,21 @@ class Status(_JsonResource):
         return json_body(request, 200, self.node.status())
 
 
+class Peers(_JsonResource):
+    """``/v1/peers``: the peer table (docs/api.md)."""
+
+    isLeaf = True
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request: server.Request) -> bytes:
+        peers = self.node.peers.describe() if self.node.peers is not None else []
+        members = sum(1 for p in peers if p["member"])
+        return json_body(request, 200, {"node_id": self.node.node_id, "members": members, "peers": peers})
+
+
 class Files(_JsonResource):
     """``/v1/files`` (list, upload) and ``/v1/files/KEY`` (read, forget)."""
 
@@ -513,6 +528,7 @@ class ApiSite(server.Site):
         v1 = _Routes()
         v1.putChild(b"status", Status(node))
         v1.putChild(b"files", Files(node))
+        v1.putChild(b"peers", Peers(node))
         root = _Routes()
         root.putChild(b"v1", v1)
         super().__init__(Guard(token, root), timeout=IDLE_TIMEOUT, reactor=reactor)

@@ -23,6 +23,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 import unicodedata
 import urllib.parse
 from typing import IO, Any, Callable, Iterator, NoReturn
@@ -974,6 +975,36 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
     return EXIT_OK
 
 
+def cmd_peers(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    answer = client_for().json("GET", "v1/peers")
+    peers = answer.get("peers") if isinstance(answer, dict) else None
+    if not isinstance(peers, list):
+        raise CliError("the node's peer table is not in the expected form", EXIT_FAILED)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    rows = []
+    for p in peers:
+        if not isinstance(p, dict):
+            continue
+        rtt = p.get("rtt_ms")
+        seen = p.get("last_seen")
+        addresses = p.get("addresses") if isinstance(p.get("addresses"), list) else []
+        rows.append((
+            printable(str(p.get("node_id", "?")), 200),
+            printable(str(p.get("state", "?")), 20),
+            f"{rtt:.1f}ms" if isinstance(rtt, (int, float)) else "-",
+            human_duration(max(0.0, time.time() - seen)) + " ago" if isinstance(seen, (int, float)) else "never",
+            printable(" ".join(str(a) for a in addresses), 300) or "-",
+        ))
+    if sys.stdout.isatty() and rows:
+        rows.insert(0, ("NODE", "STATE", "RTT", "SEEN", "ADDRESSES"))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+    for r in rows:
+        print_out("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+    return EXIT_OK
+
+
 def cmd_rm(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     key = read_key(args)
     answer = client_for().json("DELETE", "v1/files/" + key)
@@ -1071,6 +1102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="show the node's status")
     p.add_argument("--json", action="store_true", help="print the node's JSON answer")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("peers", parents=[common], help="show the node's peer table",
+                       description="One line per known peer: node id, state (new, connected, alive, suspect, dead), "
+                       "round-trip time, last contact, addresses.")
+    p.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    p.set_defaults(func=cmd_peers)
 
     p = sub.add_parser("rm", parents=[common], help="forget a file (its blocks are freed)")
     key_options(p)

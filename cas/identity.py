@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from .cid import b32encode, digest
+from . import nodeid
+from .cid import digest
 
 CERT_VALIDITY = datetime.timedelta(days=3650)
 
@@ -26,7 +27,8 @@ def node_id_of(public_key: object) -> bytes:
 
 
 def format_node_id(node_id: bytes) -> str:
-    return b32encode(node_id)
+    """The human form (base32 with check characters, in groups): see cas/nodeid.py."""
+    return nodeid.format_node_id(node_id)
 
 
 @attrs.frozen(repr=False)

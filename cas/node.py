@@ -58,6 +58,7 @@ class Node:
         self.run = run
         self._gc_lock = DeferredLock()
         self.started_at = time.time()
+        self.peers: Any = None  # the PeerManager, set by the service (a node can run without peers in tests)
 
     @property
     def node_id(self) -> str:
@@ -119,6 +120,30 @@ class Node:
     def fetch(self, cid: CID) -> Deferred[bytes]:
         """A verified block from the local store."""
         return self.run(self.store.get, cid)
+
+    def has_blocks(self, cids: list[CID]) -> Deferred[list[bool]]:
+        return self.run(lambda: [self.store.has(c) for c in cids])
+
+    def hold_block(self, owner: str, cid: CID, data: bytes | memoryview) -> Deferred[bool]:
+        """Store a block a peer sent (checked against its id, written durably) and keep it for ``owner``
+        (``hold:<peer>``) until that owner lets go. Fires with False if the block was already here."""
+
+        def work() -> bool:
+            self.pins.pin(cid)  # garbage collection must not take it before its reference commits
+            try:
+                return self.store.put(cid, data)  # type: ignore[arg-type]
+            except BaseException:
+                self.pins.release([cid])
+                raise
+
+        def recorded(stored: bool) -> bool:
+            try:
+                self.index.add_refs(owner, [cid])
+            finally:
+                self.pins.release([cid])
+            return stored
+
+        return self.run(work).addCallback(recorded)
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch))

@@ -6,23 +6,20 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from .api import make_site
 from .node import Node
+from .peers import Bootstrap, PeerManager, PeerSettings
+from .peertls import server_creator
+from .records import Address
 
 log = Logger()
-
-
-class _NotYet(Protocol):
-    """The peer protocol lands with the peers issue; until then a peer connection is closed at once."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 def describe(port: IListeningPort) -> str:
@@ -32,16 +29,28 @@ def describe(port: IListeningPort) -> str:
 
 
 class NodeService(service.Service):
-    def __init__(self, node: Node, reactor: Any, peer_endpoint: str, api_endpoint: str) -> None:
+    def __init__(
+        self, node: Node, reactor: Any, peer_endpoint: str, api_endpoint: str,
+        advertise: list[Address] | None = None, bootstrap: list[Bootstrap] | None = None,
+        settings: PeerSettings | None = None,
+    ) -> None:
         self.node = node
         self.reactor = reactor
         self.peer_endpoint = peer_endpoint
         self.api_endpoint = api_endpoint
+        self.advertise = advertise  # None: derived from the peer port once bound
+        self.peers = PeerManager(
+            node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
+        )
+        node.peers = self.peers
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
-    def _listen(self, description: str, factory: Factory, what: str) -> IListeningPort:
-        d = endpoints.serverFromString(self.reactor, description).listen(factory)
+    def _listen(self, description: str, factory: Factory, what: str, tls: bool = False) -> IListeningPort:
+        endpoint = endpoints.serverFromString(self.reactor, description)
+        if tls:  # the peer port: TLS 1.3 with client certificates, whatever the endpoint kind
+            endpoint = endpoints.wrapServerTLS(server_creator(self.node.identity), endpoint)
+        d = endpoint.listen(factory)
         result: list[Any] = []
         d.addBoth(result.append)
         if not result:
@@ -58,7 +67,7 @@ class NodeService(service.Service):
         # Bind here so that a busy port stops twistd with a one-line error before the reactor runs.
         super().privilegedStartService()
         try:
-            peer = self._listen(self.peer_endpoint, Factory.forProtocol(_NotYet), "peer")
+            peer = self._listen(self.peer_endpoint, self.peers.server_factory(), "peer", tls=True)
             api = self._listen(self.api_endpoint, make_site(self.node, self.node.datadir.read_token(), self.reactor), "API")
         except SystemExit:
             for p in self.ports:
@@ -72,20 +81,39 @@ class NodeService(service.Service):
         self.api_url = f"http://{host}:{h.port}/" if hasattr(h, "port") else None
         if self.api_url:
             self.node.datadir.write_public("api.url", self.api_url + "\n")
+        if self.advertise is None:
+            self.advertise = default_advertise(peer)
+            if not self.advertise:
+                log.warn(
+                    "the peer port {peer} listens on every interface: peers cannot learn an address for this node "
+                    "(it can still dial them); give --advertise HOST:PORT", peer=describe(peer),
+                )
+        self.peers.advertise = list(self.advertise)
         log.info(
-            "cas node {node_id} listening for peers on {peer}, API on {api}, data dir {dir}",
-            node_id=self.node.node_id, peer=describe(peer), api=describe(api), dir=self.node.datadir.path,
+            "cas node {node_id} listening for peers on {peer} (advertised: {adv}), API on {api}, data dir {dir}",
+            node_id=self.node.node_id, peer=describe(peer), adv=", ".join(map(str, self.advertise)) or "none",
+            api=describe(api), dir=self.node.datadir.path,
         )
 
     def startService(self) -> None:
         if not self.ports:
             self.privilegedStartService()
         self.node.start()
+        self.peers.start()
         super().startService()
 
     def stopService(self) -> Any:
         super().stopService()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
+        d.addBoth(lambda _: self.peers.stop())
         d.addBoth(lambda _: self.node.stop())
         return d
+
+
+def default_advertise(port: IListeningPort) -> list[Address]:
+    """The bound address when it is a specific IP (tcp:3000:interface=10.0.0.5), else nothing."""
+    h = port.getHost()
+    if not isinstance(h, (IPv4Address, IPv6Address)) or h.type != "TCP" or h.host in ("0.0.0.0", "::", ""):
+        return []
+    return [Address("tcp", h.host, h.port)]

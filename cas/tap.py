@@ -13,6 +13,8 @@ from .datadir import prepare
 from .errors import DataDirError
 from .node import Node
 from .paths import default_data_dir
+from .peers import Bootstrap, PeerSettings
+from .records import Address, InvalidRecord, parse_operator_address
 from .service import NodeService
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
@@ -29,7 +31,10 @@ def parse_size(text: str) -> int:
 
 
 class Options(usage.Options):
-    synopsis = "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE]"
+    synopsis = (
+        "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] "
+        "[--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
+    )
     longdesc = (
         "Run a cas storage node. --port is the peer-to-peer endpoint (a bare number means tcp:NUMBER). "
         "--api defaults to 127.0.0.1 on the next port and --data-dir to $XDG_DATA_HOME/cas/node-PORT, "
@@ -40,7 +45,33 @@ class Options(usage.Options):
         ["api", "a", None, "HTTP API endpoint (default: tcp:PORT+1:interface=127.0.0.1)."],
         ["data-dir", "d", None, "Data directory (default: $XDG_DATA_HOME/cas/node-PORT)."],
         ["storage-limit", None, None, "Most bytes of blocks to keep on disk, e.g. 500M, 20G (default: the disk)."],
+        ["gossip-interval", None, 5.0, "Seconds between gossip rounds (jittered by +-25%).", float],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["bootstrap"] = []
+        self["advertise"] = []
+
+    def opt_bootstrap(self, value: str) -> None:
+        """A peer to contact first: [NODEID@]HOST:PORT (repeatable). With NODEID the contact is pinned,
+        without it trusted on first use."""
+        try:
+            node_id, host, port = parse_operator_address(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--bootstrap {value!r}: {e}") from None
+        self["bootstrap"].append(Bootstrap(node_id, host, port))
+
+    def opt_advertise(self, value: str) -> None:
+        """An address peers can reach this node at, HOST:PORT with HOST an IP address (repeatable).
+        Default: the --port interface when it is a specific address."""
+        try:
+            node_id, host, port = parse_operator_address(value)
+            if node_id is not None:
+                raise ValueError("a node id has no place here")
+            self["advertise"].append(Address.from_cbor(["tcp", host, port]))
+        except (ValueError, InvalidRecord) as e:
+            raise usage.UsageError(f"--advertise {value!r}: {e} (give an IP address and a port)") from None
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
@@ -64,6 +95,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}") from None
         if self["storage-limit"] is not None:
             self["storage-limit"] = parse_size(self["storage-limit"])
+        if not self["gossip-interval"] > 0:
+            raise usage.UsageError("--gossip-interval must be a positive number of seconds")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -76,4 +109,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         node = Node(datadir, reactor, storage_limit=options["storage-limit"])
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
-    return NodeService(node, reactor, options["port"], options["api"])
+    settings = PeerSettings(gossip_interval=options["gossip-interval"])
+    return NodeService(
+        node, reactor, options["port"], options["api"],
+        advertise=options["advertise"] or None, bootstrap=options["bootstrap"], settings=settings,
+    )

@@ -1,0 +1,547 @@
+"""One peer connection: framed, multiplexed requests over TLS, with flow control both ways.
+
+``PeerProtocol`` speaks docs/protocol.md on top of a TLS transport. It sends HELLO at once, accepts the peer
+only once the peer's HELLO arrives (and names the key of its certificate), then carries many requests at a
+time, matched by request id, each with a deadline. Outgoing frames wait in three queues (control, our
+requests with payloads, our responses with payloads) and are written by a push producer registered on the
+transport, so a slow reader pauses us instead of growing our memory; a window of unacknowledged request
+bytes bounds what we send, and a cap on requests being answered bounds what a peer can make us hold (past
+it we stop reading the socket). Anything malformed closes this connection, with a logged reason, and
+affects nothing else.
+
+What the node does with requests (blocks, gossip) is the ``PeerHost``'s business; this module only moves
+frames.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol as TypingProtocol
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import frames
+from .frames import Frame, FrameDecoder, FrameError
+from .nodeid import format_node_id, short_node_id
+from .peertls import peer_node_id
+
+log = Logger()
+
+PROTOCOL_VERSIONS = (1,)
+REQUEST_TIMEOUT = 30.0  # default deadline of a request, seconds
+HELLO_TIMEOUT = 15.0  # the TLS handshake and the peer's HELLO must be done by then
+KEEPALIVE = 15.0  # a PING after this long without receiving anything
+IDLE_LIMIT = 60.0  # a connection silent this long is half-open: closed
+SEND_WINDOW = 8 << 20  # unacknowledged request payload bytes per connection
+MAX_SERVING = 16  # peer requests being answered at once; past it we stop reading the socket
+
+# Error codes of error responses (docs/protocol.md).
+NOT_FOUND = "not_found"
+TOO_LARGE = "too_large"
+OVER_QUOTA = "over_quota"
+BAD_REQUEST = "bad_request"
+SHUTTING_DOWN = "shutting_down"
+BUSY = "busy"
+INTERNAL = "internal"
+ERROR_CODES = frozenset({NOT_FOUND, TOO_LARGE, OVER_QUOTA, BAD_REQUEST, SHUTTING_DOWN, BUSY, INTERNAL})
+
+
+class PeerError(Exception):
+    """A request that did not get an answer: the connection failed, the deadline passed, or the peer erred."""
+
+
+class RemoteError(PeerError):
+    """The peer answered with an error response (or a handler wants to send one)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RequestTimeout(PeerError):
+    pass
+
+
+class ConnectionClosed(PeerError):
+    pass
+
+
+@attrs.frozen
+class Response:
+    header: dict[str, Any]
+    payload: bytes | memoryview
+
+
+@attrs.frozen
+class HelloInfo:
+    """What a peer said about itself in its HELLO."""
+
+    node_id: bytes
+    version: int
+    software: str
+    addresses: list[Any]
+    record: bytes | None
+    nonce: bytes  # random per connection: with the dialler's id, it names the connection the same way on both sides
+
+
+class PeerHost(TypingProtocol):
+    """The node side of every connection: our HELLO, what to do with requests, and connection events."""
+
+    node_id: bytes
+
+    def hello(self) -> dict[str, Any]:
+        """Our HELLO header, without ``versions`` and ``node_id`` (the protocol adds them)."""
+
+    def accepted(self, conn: PeerProtocol) -> None:
+        """The peer sent a valid HELLO: the connection may carry requests."""
+
+    def lost(self, conn: PeerProtocol, reason: str) -> None:
+        """The connection is gone (after ``accepted`` or not)."""
+
+    def handle(self, conn: PeerProtocol, frame: Frame) -> Deferred[Response] | Response:
+        """Answer a PEERS/PUT_BLOCK/GET_BLOCK/HAS request; raise ``RemoteError`` for an error response."""
+
+
+@attrs.define
+class _Pending:
+    deferred: Deferred[Response]
+    type: int
+    size: int  # payload bytes counted in the window
+    timer: IDelayedCall | None
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class PeerProtocol(Protocol):
+    """The framed protocol of one connection. ``initiator`` is True on the side that dialled."""
+
+    def __init__(
+        self, host: PeerHost, clock: IReactorTime, initiator: bool, expected: bytes | None = None,
+        identify: Callable[[Any], bytes | None] = peer_node_id,
+    ) -> None:
+        self.host = host
+        self.identify = identify  # the peer's node id from the transport (its TLS certificate)
+        self.clock = clock
+        self.initiator = initiator
+        self.expected = expected
+        self.peer_id: bytes | None = None  # from the certificate, once the handshake completed
+        self.hello_info: HelloInfo | None = None
+        self.accepted = False
+        self.closing = False
+        self._lose_called = False
+        self.duplicate = False  # another connection to this peer won; no new requests go here
+        self.close_reason: str | None = None
+        self.remote = "?"
+        self._decoder = FrameDecoder()
+        self._ids = itertools.count(1)
+        self._last_id = 0
+        self._pending: dict[int, _Pending] = {}
+        self._unacked = 0  # request payload bytes sent or queued and not yet answered
+        self._waiting: deque[tuple[Frame, _Pending, int]] = deque()  # requests waiting for window room
+        self._serving: dict[int, Deferred[Any]] = {}
+        self._reading_paused = False
+        self._control: deque[Frame] = deque()
+        self._bulk_requests: deque[Frame] = deque()
+        self._bulk_responses: deque[Frame] = deque()
+        self._turn = 0
+        self._paused = False
+        self._hello_timer: IDelayedCall | None = None
+        self._keepalive_timer: IDelayedCall | None = None
+        self._last_rx = 0.0
+        self._last_tx = 0.0
+        self._connected = False
+        self.rtt: float | None = None
+        self.nonce = os.urandom(8)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.ready: Deferred[PeerProtocol] = Deferred()  # fires once accepted, fails if lost before
+        self.last_used = 0.0  # last request either way, PINGs aside (for closing idle connections)
+        self._closed_waiters: list[Deferred[None]] = []
+
+    # -- naming --------------------------------------------------------------------------------------------
+    def dialler_key(self, own_id: bytes) -> tuple[bytes, bytes]:
+        """(dialler's node id, dialler's nonce): the same for this connection on both sides, so that two
+        nodes holding two connections to each other agree on which one to keep (the lower key)."""
+        assert self.peer_id is not None and self.hello_info is not None
+        return (own_id, self.nonce) if self.initiator else (self.peer_id, self.hello_info.nonce)
+
+    def label(self) -> str:
+        who = short_node_id(self.peer_id) if self.peer_id else "?"
+        return f"peer {who} at {self.remote}"
+
+    def __repr__(self) -> str:
+        return f"<PeerProtocol {self.label()}{' accepted' if self.accepted else ''}>"
+
+    # -- connection life -----------------------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        self._connected = True
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        self.remote = f"{host}:{peer.port}" if host is not None else str(peer)  # type: ignore[attr-defined]
+        self._last_rx = self._last_tx = self.last_used = self.clock.seconds()
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._hello_timer = self.clock.callLater(HELLO_TIMEOUT, self._hello_timeout)
+        header = dict(self.host.hello())
+        header["versions"] = list(PROTOCOL_VERSIONS)
+        header["node_id"] = self.host.node_id
+        header["nonce"] = self.nonce
+        self._send(Frame(frames.HELLO, header=header), self._control)
+
+    def handshakeCompleted(self) -> None:
+        self.peer_id = self.identify(self.transport)
+        if self.peer_id is None:
+            self.fail("no peer certificate after the handshake")
+        elif self.peer_id == self.host.node_id:
+            self.fail("connected to ourselves")
+        elif self.expected is not None and self.peer_id != self.expected:  # the verify callback already refuses this
+            self.fail(f"presented node {format_node_id(self.peer_id)}, expected {format_node_id(self.expected)}")
+
+    def _hello_timeout(self) -> None:
+        self._hello_timer = None
+        self.fail(f"no HELLO within {HELLO_TIMEOUT:.0f} s")
+
+    def fail(self, reason: str) -> None:
+        """Close at once because of a protocol violation or a local decision (logged once)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+            log.info("closing connection to {peer}: {reason}", peer=self.label(), reason=reason)
+        if self._connected:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def close(self, reason: str) -> None:
+        """A clean close: BYE, then whatever is queued goes out before the connection closes."""
+        if self.closing or not self._connected:
+            return
+        self.closing = True
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._send(Frame(frames.BYE, header={"reason": reason}), self._control)  # closes once the queues drain
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._connected = False
+        why = self.close_reason or (reason.getErrorMessage() if reason is not None else "connection lost")
+        for t in (self._hello_timer, self._keepalive_timer):
+            if t is not None and t.active():
+                t.cancel()
+        self._hello_timer = self._keepalive_timer = None
+        pending, self._pending = self._pending, {}
+        waiting, self._waiting = self._waiting, deque()
+        for p in list(pending.values()) + [w[1] for w in waiting]:
+            if p.timer is not None and p.timer.active():
+                p.timer.cancel()
+            p.deferred.errback(ConnectionClosed(f"connection to {self.label()} closed: {why}"))
+        serving, self._serving = self._serving, {}
+        for d in serving.values():
+            d.cancel()
+        self._control.clear()
+        self._bulk_requests.clear()
+        self._bulk_responses.clear()
+        if not self.ready.called:
+            self.ready.errback(ConnectionClosed(f"connection to {self.label()} failed: {why}"))
+            self.ready.addErrback(lambda _f: None)  # nobody waited (an inbound connection): not an unhandled error
+        self.host.lost(self, why)
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the connection is closed (at once if it already is)."""
+        d: Deferred[None] = Deferred()
+        if self._connected or self.transport is None:
+            self._closed_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    # -- receiving -----------------------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if not self._connected:
+            return
+        self._last_rx = self.clock.seconds()
+        self.bytes_in += len(data)
+        try:
+            received = self._decoder.feed(data)
+        except FrameError as e:
+            received = None
+            error = str(e)
+        for frame in received or ():
+            if not self._connected:
+                return
+            try:
+                self._dispatch(frame)
+            except FrameError as e:
+                self.fail(str(e))
+                return
+        if received is None:
+            self.fail(error)
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.type == frames.HELLO:
+            return self._on_hello(frame)
+        if not self.accepted:
+            raise FrameError(f"{frames.TYPE_NAMES[frame.type]} before HELLO")
+        if frame.is_response:
+            return self._on_response(frame)
+        if frame.type == frames.PING:
+            return self._respond(frame.request_id, frames.PING, Response({}, b""))
+        if frame.type == frames.CANCEL:
+            return self._on_cancel(frame)
+        if frame.type == frames.BYE:
+            reason = frame.header.get("reason")
+            self.close_reason = f"peer said goodbye: {reason if isinstance(reason, str) else '?'}"
+            self.closing = True
+            return None
+        return self._serve(frame)
+
+    def _on_hello(self, frame: Frame) -> None:
+        if self.accepted:
+            raise FrameError("a second HELLO")
+        h = frame.header
+        versions = h.get("versions")
+        node_id = h.get("node_id")
+        if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
+            raise FrameError("HELLO without a list of versions")
+        if not isinstance(node_id, bytes) or len(node_id) != 32:
+            raise FrameError("HELLO without a 32-byte node_id")
+        if self.peer_id is None:
+            self.peer_id = self.identify(self.transport)
+        if self.peer_id is None or node_id != self.peer_id:
+            raise FrameError("HELLO names another node than the certificate's key")
+        if node_id == self.host.node_id:
+            raise FrameError("connected to ourselves")
+        common = set(versions) & set(PROTOCOL_VERSIONS)
+        if not common:
+            self.close(f"no common protocol version (peer speaks {sorted(versions)[:8]}, we speak {list(PROTOCOL_VERSIONS)})")
+            return
+        nonce = h.get("nonce")
+        if not isinstance(nonce, bytes) or len(nonce) != 8:
+            raise FrameError("HELLO without an 8-byte nonce")
+        software = h.get("software")
+        addresses = h.get("addresses")
+        record = h.get("record")
+        self.hello_info = HelloInfo(
+            node_id=node_id,
+            version=max(common),
+            software=software if isinstance(software, str) else "?",
+            addresses=addresses if isinstance(addresses, list) else [],
+            record=record if isinstance(record, bytes) else None,
+            nonce=nonce,
+        )
+        self.accepted = True
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        self._schedule_keepalive()
+        self.host.accepted(self)
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def _on_response(self, frame: Frame) -> None:
+        p = self._pending.pop(frame.request_id, None)
+        if p is None:
+            if 0 < frame.request_id <= self._last_id:
+                return  # a late answer to a request we gave up on (deadline): ignored
+            raise FrameError(f"response to request {frame.request_id}, which was never sent")
+        if p.timer is not None and p.timer.active():
+            p.timer.cancel()
+        self._release(p.size)
+        if frame.is_error:
+            code, message = frame.header.get("code"), frame.header.get("message")
+            p.deferred.errback(RemoteError(code if isinstance(code, str) else INTERNAL, message if isinstance(message, str) else ""))
+        else:
+            p.deferred.callback(Response(frame.header, frame.payload))
+
+    def _on_cancel(self, frame: Frame) -> None:
+        rid = frame.header.get("id")
+        d = self._serving.get(rid) if isinstance(rid, int) else None
+        if d is not None:
+            d.cancel()
+
+    def _serve(self, frame: Frame) -> None:
+        rid = frame.request_id
+        if rid in self._serving:
+            raise FrameError(f"request id {rid} reused while still being answered")
+        self.last_used = self.clock.seconds()
+        if self.closing:
+            self._respond_error(rid, frame.type, SHUTTING_DOWN, "the connection is closing")
+            return
+        d = maybeDeferred(self.host.handle, self, frame)
+        if d.called:  # answered at once (HAS from memory, an error): no need to track it
+            d.addBoth(self._answer, rid, frame.type)
+            return
+        self._serving[rid] = d
+        d.addBoth(self._answer, rid, frame.type)
+        if len(self._serving) >= MAX_SERVING and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _answer(self, result: Any, rid: int, type: int) -> None:
+        self._serving.pop(rid, None)
+        if self._reading_paused and len(self._serving) < MAX_SERVING // 2 and self._connected:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        if not self._connected:
+            return
+        if isinstance(result, Failure):
+            if result.check(CancelledError):
+                return  # the peer cancelled, or we are closing: no answer
+            if result.check(RemoteError):
+                err: RemoteError = result.value  # type: ignore[assignment]
+                self._respond_error(rid, type, err.code, err.message)
+            else:
+                log.failure("answering {peer} failed", result, peer=self.label())
+                self._respond_error(rid, type, INTERNAL, "the node failed to answer")
+            return
+        self._respond(rid, type, result)
+
+    def _respond(self, rid: int, type: int, response: Response) -> None:
+        frame = Frame(type, frames.RESPONSE, rid, response.header, response.payload)
+        self._send(frame, self._bulk_responses if len(response.payload) else self._control)
+
+    def _respond_error(self, rid: int, type: int, code: str, message: str) -> None:
+        self._send(Frame(type, frames.RESPONSE | frames.ERROR, rid, {"code": code, "message": message}), self._control)
+
+    # -- requests ------------------------------------------------------------------------------------------
+    def request(
+        self, type: int, header: dict[str, Any] | None = None, payload: bytes | memoryview = b"",
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> Deferred[Response]:
+        """Send a request; fires with its ``Response``, or fails with ``RemoteError``/``RequestTimeout``/
+        ``ConnectionClosed``. A request with a payload waits for room in the send window."""
+        if not self._connected or not self.accepted or self.closing:
+            raise ConnectionClosed(f"connection to {self.label()} is not open for requests")
+        if type != frames.PING:
+            self.last_used = self.clock.seconds()
+        rid = next(self._ids)
+        if rid > 0xFFFFFFFF:  # after 4 billion requests: start again (old ids are long answered)
+            self._ids = itertools.count(2)
+            rid = 1
+        self._last_id = rid
+        frame = Frame(type, 0, rid, header or {}, payload)
+        d: Deferred[Response] = Deferred(lambda _d: self._give_up(rid, "cancelled"))
+        p = _Pending(d, type, len(payload), None)
+        p.timer = self.clock.callLater(timeout, self._give_up, rid, f"no answer within {timeout:g} s")
+        if p.size and self._unacked + p.size > SEND_WINDOW and self._unacked > 0:
+            self._waiting.append((frame, p, rid))
+            return d
+        self._launch(frame, p, rid)
+        return d
+
+    def _launch(self, frame: Frame, p: _Pending, rid: int) -> None:
+        self._unacked += p.size
+        self._pending[rid] = p
+        self._send(frame, self._bulk_requests if p.size else self._control)
+
+    def _give_up(self, rid: int, why: str) -> None:
+        p = self._pending.pop(rid, None)
+        if p is None:
+            for i, (_f, wp, wrid) in enumerate(self._waiting):
+                if wrid == rid:
+                    del self._waiting[i]
+                    p = wp
+                    break
+            else:
+                return
+        else:
+            self._release(p.size)
+            if self._connected:
+                self._send(Frame(frames.CANCEL, header={"id": rid}), self._control)
+        if p.timer is not None and p.timer.active():
+            p.timer.cancel()
+        if not p.deferred.called:
+            err = RequestTimeout if why.startswith("no answer") else CancelledError
+            p.deferred.errback(err(f"{frames.TYPE_NAMES[p.type]} to {self.label()}: {why}"))
+
+    def _release(self, size: int) -> None:
+        self._unacked -= size
+        while self._waiting:
+            frame, p, rid = self._waiting[0]
+            if self._unacked > 0 and self._unacked + p.size > SEND_WINDOW:
+                break
+            self._waiting.popleft()
+            self._launch(frame, p, rid)
+
+    # -- sending -------------------------------------------------------------------------------------------
+    def _send(self, frame: Frame, queue: deque[Frame]) -> None:
+        queue.append(frame)
+        self._pump()
+
+    def _next(self) -> Frame | None:
+        if self._control:
+            return self._control.popleft()
+        lanes = (self._bulk_requests, self._bulk_responses)
+        for i in range(2):
+            lane = lanes[(self._turn + i) % 2]
+            if lane:
+                self._turn = (self._turn + i + 1) % 2
+                return lane.popleft()
+        return None
+
+    def _pump(self) -> None:
+        while not self._paused and self._connected:
+            frame = self._next()
+            if frame is None:
+                if self.closing and not self._lose_called:
+                    # Everything queued is written: a transport with a registered producer only closes once
+                    # the producer is unregistered.
+                    self._lose_called = True
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            pieces = frames.encode(frame)
+            self._last_tx = self.clock.seconds()
+            self.bytes_out += sum(len(p) for p in pieces)
+            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    # -- keepalive -----------------------------------------------------------------------------------------
+    def _schedule_keepalive(self) -> None:
+        self._keepalive_timer = self.clock.callLater(KEEPALIVE, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._keepalive_timer = None
+        if not self._connected:
+            return
+        now = self.clock.seconds()
+        silent = now - self._last_rx
+        if silent >= IDLE_LIMIT:
+            self.fail(f"silent for {silent:.0f} s")
+            return
+        if silent >= KEEPALIVE and not self.closing:
+            self.ping(timeout=IDLE_LIMIT - silent).addErrback(lambda _f: None)
+        self._schedule_keepalive()
+
+    def ping(self, timeout: float = REQUEST_TIMEOUT) -> Deferred[float]:
+        """Round-trip time of a PING, in seconds (also kept in ``rtt``)."""
+        start = self.clock.seconds()
+
+        def done(_r: Response) -> float:
+            self.rtt = self.clock.seconds() - start
+            return self.rtt
+
+        return self.request(frames.PING, timeout=timeout).addCallback(done)
+
+    @property
+    def idle_since(self) -> float:
+        """When this connection last carried a request either way, keepalive PINGs aside (now if busy)."""
+        if self._pending or self._serving or self._waiting:
+            return self.clock.seconds()
+        return self.last_used

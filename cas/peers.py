@@ -1,0 +1,655 @@
+"""The peer layer of a node: connections, dialling, bootstrap, failure detection and membership.
+
+``PeerManager`` is the ``PeerHost`` of every ``PeerProtocol``. It keeps at most one connection per peer
+(two nodes dialling each other at once keep the connection dialled by the lower node id), opens connections
+on demand (``connect``) and closes idle ones, answers block and gossip requests, probes peers in turn to
+detect failures (suspect at the first failed contact, dead after ``dead_after`` seconds of failures), retries
+with exponential backoff and jitter, and tells subscribers when membership changes. Addresses learned from
+the network are dialled only through ``records.Address.endpoint`` (an allow-list), never ``clientFromString``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import __version__, frames
+from .cid import CID
+from .connection import (
+    BAD_REQUEST, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
+    RemoteError, Response,
+)
+from .errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
+from .gossip import Gossip
+from .nodeid import format_node_id, short_node_id
+from .peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
+from .peertls import client_creator
+from .records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
+
+log = Logger()
+
+MAX_HAS = 1024
+MAX_BLOCK = (1 << 20) + 64  # a sealed segment is 1 MiB + 16; manifest blocks are at most 1 MiB
+
+
+@attrs.define
+class Bootstrap:
+    """An operator-given contact: ``host:port``, with the node id to pin or None (trust on first use)."""
+
+    node_id: bytes | None
+    host: str
+    port: int
+    done: bool = False
+    failures: int = 0
+    next_attempt: float = 0.0
+    is_self: bool = False
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (format_node_id(self.node_id) + "@" if self.node_id else "") + f"{host}:{self.port}"
+
+
+@attrs.frozen
+class MembershipChange:
+    node_id: bytes
+    member: bool  # True: joined (or came back), False: left (dead, or its record expired)
+
+
+@attrs.define
+class PeerSettings:
+    gossip_interval: float = 5.0
+    probe_interval: float = 2.0
+    dead_after: float = 30.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    max_connections: int = 64
+    idle_close: float = 120.0
+    record_ttl: int = 3600
+    duplicate_grace: float = 5.0
+    connect_timeout: float = 10.0
+
+
+class PeerManager:
+    def __init__(
+        self,
+        node: Any,
+        reactor: Any,
+        advertise: Sequence[Address] = (),
+        bootstrap: Sequence[Bootstrap] = (),
+        settings: PeerSettings | None = None,
+        table_path: str | None = None,
+        rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.identity = node.identity
+        self.node_id: bytes = node.identity.node_id
+        self.advertise = list(advertise)
+        self.bootstrap = list(bootstrap)
+        self.settings = settings or PeerSettings()
+        self.rng = rng or random.Random()
+        self.wall = wall
+        self.table = PeerTable(table_path, self.node_id)
+        self.connections: dict[bytes, PeerProtocol] = {}  # the one accepted connection per peer
+        self.all: set[PeerProtocol] = set()  # every open connection, accepted or not, duplicates too
+        self._dialing: dict[bytes, Deferred[PeerProtocol]] = {}
+        self._subscribers: list[Callable[[MembershipChange], None]] = []
+        self._members: set[bytes] = set()
+        self._probe_queue: list[bytes] = []
+        self._timers: dict[str, IDelayedCall] = {}
+        self._stopping = False
+        self._dials: set[Deferred[Any]] = set()
+        self._grace: dict[PeerProtocol, IDelayedCall] = {}  # duplicates closed after a grace period
+        self.gossip = Gossip(
+            self.table, reactor, wall, self._send_records, self._publish, rng=self.rng,
+            interval=self.settings.gossip_interval,
+        )
+        self.own_record: PeerRecord | None = None
+        self._seq = 0
+
+    # -- life ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        n = self.table.load(self.wall())
+        if n:
+            log.info("peer table: {n} peers from {path}", n=n, path=self.table.path)
+        self._sign()
+        self._members = {e.node_id for e in self.table.members(self.wall())}
+        self.gossip.start()
+        self._every("probe", self.settings.probe_interval, self._probe)
+        self._every("bootstrap", 1.0, self._bootstrap_tick)
+        self._every("save", 10.0, self._save)
+        self._bootstrap_tick()
+
+    def stop(self) -> Deferred[None]:
+        """Say BYE on every connection, save the table; fires once the connections are closed (at most 2 s)."""
+        self._stopping = True
+        self.gossip.stop()
+        for t in self._timers.values():
+            if t.active():
+                t.cancel()
+        self._timers.clear()
+        for d in list(self._dials):
+            d.cancel()
+        for t in self._grace.values():
+            if t.active():
+                t.cancel()
+        self._grace.clear()
+        waits = []
+        for conn in list(self.all):
+            waits.append(conn.when_closed())
+            conn.close("shutting down")
+        self._save()
+        done: Deferred[None] = Deferred()
+        timer = self.reactor.callLater(2.0, lambda: done.called or done.callback(None))
+
+        def all_closed(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        DeferredList(waits).addCallback(all_closed)
+        for conn in list(self.all):  # whatever did not close within the grace period is cut
+            done.addCallback(lambda _r, c=conn: c.fail("shutting down") if c._connected else None)
+        return done
+
+    def _every(self, name: str, interval: float, f: Callable[[], Any]) -> None:
+        def tick() -> None:
+            try:
+                f()
+            except Exception:
+                log.failure("peer layer: {name} failed", name=name)
+            if not self._stopping:
+                self._timers[name] = self.reactor.callLater(interval * self.rng.uniform(0.75, 1.25), tick)
+
+        self._timers[name] = self.reactor.callLater(interval * self.rng.uniform(0.5, 1.0), tick)
+
+    def _save(self) -> None:
+        if self.table.dirty:
+            try:
+                self.table.save()
+            except OSError as e:
+                log.warn("cannot save the peer table: {e}", e=e.strerror)
+
+    def _sign(self) -> None:
+        now = self.wall()
+        self._seq = next_seq(self._seq or None, now)
+        self.own_record = sign_record(self.identity, self.advertise, self._seq, int(now) + self.settings.record_ttl)
+        self.gossip.own_record = self.own_record
+
+    # -- PeerHost ------------------------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        if self.own_record is None or self.own_record.expires - self.wall() < self.settings.record_ttl / 2:
+            self._sign()
+        assert self.own_record is not None
+        return {
+            "software": f"cas/{__version__}",
+            "addresses": [a.to_cbor() for a in self.advertise],
+            "record": self.own_record.encode(),
+        }
+
+    def server_factory(self) -> Factory:
+        """Protocol factory for the listening endpoint (wrapped in TLS by ``listen_endpoint``)."""
+        manager = self
+
+        class _Factory(Factory):
+            def buildProtocol(self, addr: Any) -> PeerProtocol | None:  # type: ignore[override]
+                if manager._stopping:
+                    return None
+                p = PeerProtocol(manager, manager.reactor, initiator=False)
+                p.factory = self
+                manager.all.add(p)
+                return p
+
+        return _Factory()
+
+    def accepted(self, conn: PeerProtocol) -> None:
+        peer = conn.peer_id
+        assert peer is not None and conn.hello_info is not None
+        existing = self.connections.get(peer)
+        if existing is not None and existing is not conn and existing.accepted and not existing.closing:
+            # Two connections to one peer: keep the one dialled by the lower node id (and, if one side dialled
+            # twice, with the lower nonce). Both sides compute the same keys, so they keep the same connection.
+            if existing.dialler_key(self.node_id) <= conn.dialler_key(self.node_id):
+                keep, drop = existing, conn
+            else:
+                keep, drop = conn, existing
+            self.connections[peer] = keep
+            drop.duplicate = True
+            self._grace[drop] = self.reactor.callLater(
+                self.settings.duplicate_grace, self._close_voluntarily, drop, "duplicate connection")
+            if keep is existing:
+                return
+        self.connections[peer] = conn
+        entry = self.table.add(peer)
+        if conn.hello_info.record is not None:
+            try:
+                record = decode_record(conn.hello_info.record, self.wall())
+            except InvalidRecord as e:
+                log.info("{peer} sent an invalid record in HELLO: {e}", peer=conn.label(), e=str(e))
+            else:
+                if record.node_id == peer:
+                    self.gossip.apply(record, None)
+        if entry is not None:
+            entry.software = conn.hello_info.software
+            self._contact_ok(entry)
+            entry.state = CONNECTED
+        log.info("{peer} connected ({dir}, {sw})", peer=conn.label(), dir="out" if conn.initiator else "in", sw=conn.hello_info.software)
+        self._publish()
+        self._enforce_connection_limit()
+
+    def lost(self, conn: PeerProtocol, reason: str) -> None:
+        self.all.discard(conn)
+        t = self._grace.pop(conn, None)
+        if t is not None and t.active():
+            t.cancel()
+        peer = conn.peer_id
+        if peer is None or self.connections.get(peer) is not conn:
+            return
+        del self.connections[peer]
+        entry = self.table.get(peer)
+        if entry is None:
+            return
+        if getattr(conn, "voluntary", False) or self._stopping:
+            entry.state = ALIVE
+        else:
+            log.info("lost {peer}: {reason}", peer=conn.label(), reason=reason)
+            self._contact_failed(entry, reason)
+        self._publish()
+
+    def handle(self, conn: PeerProtocol, frame: frames.Frame) -> Deferred[Response] | Response:
+        h = frame.header
+        if frame.type == frames.PEERS:
+            try:
+                self.gossip.receive(conn.peer_id, h.get("records"))  # type: ignore[arg-type]
+            except ValueError as e:
+                raise RemoteError(TOO_LARGE if "at most" in str(e) else BAD_REQUEST, str(e)) from None
+            return Response({"records": self.gossip.sample(exclude=conn.peer_id)}, b"")
+        if frame.type == frames.GET_BLOCK:
+            cid = _cid(h.get("cid"))
+            d = self.node.fetch(cid)
+            d.addCallbacks(lambda block: Response({}, block), _block_error, errbackArgs=(False,))
+            return d
+        if frame.type == frames.PUT_BLOCK:
+            cid = _cid(h.get("cid"))
+            if len(frame.payload) > MAX_BLOCK:
+                raise RemoteError(TOO_LARGE, f"a block is at most {MAX_BLOCK} bytes")
+            assert conn.peer_id is not None
+            d = self.node.hold_block("hold:" + conn.peer_id.hex(), cid, frame.payload)
+            d.addCallbacks(lambda _stored: Response({}, b""), _block_error, errbackArgs=(True,))
+            return d
+        if frame.type == frames.HAS:
+            cids = h.get("cids")
+            if not isinstance(cids, list):
+                raise RemoteError(BAD_REQUEST, "cids must be a list")
+            if len(cids) > MAX_HAS:
+                raise RemoteError(TOO_LARGE, f"at most {MAX_HAS} ids per HAS")
+            parsed = [_cid(c) for c in cids]
+            return self.node.has_blocks(parsed).addCallback(lambda held: Response({"bitmap": bitmap(held)}, b""))
+        raise RemoteError(BAD_REQUEST, f"{frames.TYPE_NAMES.get(frame.type, frame.type)} is not a request")
+
+    # -- connecting ----------------------------------------------------------------------------------------
+    def connect(self, node_id: bytes) -> Deferred[PeerProtocol]:
+        """An accepted connection to ``node_id``: the open one, or a new one dialled at its addresses."""
+        if node_id == self.node_id:
+            return fail(PeerError("a node does not dial itself"))
+        c = self.connections.get(node_id)
+        if c is not None and c.accepted and not c.closing:
+            return succeed(c)
+        if self._stopping:
+            return fail(ConnectionClosed("the node is stopping"))
+        if node_id in self._dialing:
+            waiter: Deferred[PeerProtocol] = Deferred()
+            self._dialing[node_id].addBoth(_forward(waiter))
+            return waiter
+        entry = self.table.get(node_id)
+        if entry is None or not entry.addresses:
+            return fail(PeerError(f"no address known for node {short_node_id(node_id)}"))
+        d = self._dial_addresses(entry.addresses, node_id)
+        self._dialing[node_id] = d
+
+        def done(result: Any) -> Any:
+            self._dialing.pop(node_id, None)
+            if isinstance(result, Failure):
+                e = self.table.get(node_id)
+                if e is not None:
+                    self._contact_failed(e, result.getErrorMessage())
+                    self._publish()
+            return result
+
+        d.addBoth(done)
+        out: Deferred[PeerProtocol] = Deferred()
+        d.addBoth(_forward(out))
+        return out
+
+    def _dial_addresses(self, addresses: Sequence[Address], expected: bytes) -> Deferred[PeerProtocol]:
+        async def attempt() -> PeerProtocol:
+            errors = []
+            for a in addresses:
+                try:
+                    return await self.dial(a.endpoint(self.reactor, timeout=self.settings.connect_timeout), expected)
+                except Exception as e:  # noqa: BLE001 - every failure means: try the next address
+                    errors.append(f"{a}: {e}")
+            raise PeerError(f"cannot reach node {short_node_id(expected)}: " + "; ".join(errors))
+
+        return Deferred.fromCoroutine(attempt())
+
+    def dial(self, endpoint: IStreamClientEndpoint, expected: bytes | None) -> Deferred[PeerProtocol]:
+        """Connect over TLS to ``endpoint`` expecting node ``expected`` (None: trust on first use); fires
+        with the accepted connection to that peer (the surviving one, if two raced)."""
+
+        def mismatch(want: bytes, seen: bytes) -> None:
+            log.warn("dropped a connection: the peer presented node {seen}, expected {want}",
+                     seen=format_node_id(seen), want=format_node_id(want))
+
+        proto = PeerProtocol(self, self.reactor, initiator=True, expected=expected)
+        tls = endpoints.wrapClientTLS(client_creator(self.identity, expected, mismatch), endpoint)
+        d = endpoints.connectProtocol(tls, proto)
+        self._dials.add(d)
+
+        def connected(_p: Any) -> Deferred[PeerProtocol]:
+            self._dials.discard(d)
+            self.all.add(proto)
+            if self._stopping:
+                proto.fail("shutting down")
+            return proto.ready
+
+        def not_connected(f: Failure) -> Failure:
+            self._dials.discard(d)
+            return f
+
+        def winner(p: PeerProtocol) -> PeerProtocol:
+            assert p.peer_id is not None
+            return self.connections.get(p.peer_id, p)
+
+        return d.addCallbacks(connected, not_connected).addCallback(winner)
+
+    def _close_voluntarily(self, conn: PeerProtocol, reason: str) -> None:
+        self._grace.pop(conn, None)
+        conn.voluntary = True  # type: ignore[attr-defined]
+        conn.close(reason)
+
+    def _enforce_connection_limit(self) -> None:
+        now = self.reactor.seconds()
+        conns = [c for c in self.connections.values() if c.accepted and not c.closing]
+        for c in conns:
+            if now - c.idle_since > self.settings.idle_close:
+                self._close_voluntarily(c, "idle")
+        conns = [c for c in conns if not c.closing]
+        excess = len(conns) - self.settings.max_connections
+        if excess > 0:
+            for c in sorted(conns, key=lambda c: c.idle_since)[:excess]:
+                self._close_voluntarily(c, "too many connections")
+
+    # -- health --------------------------------------------------------------------------------------------
+    def _contact_ok(self, entry: PeerEntry) -> None:
+        entry.last_seen = self.wall()
+        entry.failures = 0
+        entry.suspect_since = None
+        entry.next_attempt = 0.0
+        if entry.state != CONNECTED:
+            entry.state = CONNECTED if entry.node_id in self.connections else ALIVE
+        self.table.dirty = True
+
+    def _contact_failed(self, entry: PeerEntry, reason: str) -> None:
+        now = self.wall()
+        entry.failures += 1
+        if entry.state in (NEW, CONNECTED, ALIVE):
+            entry.state = SUSPECT
+            entry.suspect_since = now
+            log.info("node {peer} is suspect: {reason}", peer=short_node_id(entry.node_id), reason=reason)
+        elif entry.state == SUSPECT and entry.suspect_since is not None and now - entry.suspect_since >= self.settings.dead_after:
+            entry.state = DEAD
+            log.info("node {peer} is dead: unreachable for {s:.0f} s", peer=short_node_id(entry.node_id), s=now - entry.suspect_since)
+        if entry.state == SUSPECT:
+            # Probe a suspect again soon, so that it is confirmed dead (or alive) about dead_after later.
+            delay = min(self.settings.dead_after / 3, self.settings.backoff_base * 2 ** min(entry.failures, 16))
+        else:
+            delay = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** min(entry.failures, 16))
+        entry.next_attempt = self.reactor.seconds() + delay * self.rng.uniform(0.5, 1.5)
+        self.table.dirty = True
+
+    def _probe(self) -> None:
+        """Contact the next peer in a shuffled round: connect if need be and PING it."""
+        self._enforce_connection_limit()
+        self._expire()
+        now = self.reactor.seconds()
+        for _ in range(2):
+            while self._probe_queue:
+                node_id = self._probe_queue.pop()
+                e = self.table.get(node_id)
+                if e is None or e.next_attempt > now or not e.addresses and node_id not in self.connections:
+                    continue
+                c = self.connections.get(node_id)
+                if c is not None and c.accepted and now - c._last_rx < self.settings.probe_interval:
+                    continue  # heard from it just now
+                self._ping(node_id)
+                return
+            self._probe_queue = [e.node_id for e in self.table]
+            self.rng.shuffle(self._probe_queue)
+
+    def _ping(self, node_id: bytes) -> Deferred[Any]:
+        """A failed dial is recorded by ``connect``; an unanswered PING cuts the connection (half-open), which
+        ``lost`` records. So only success needs recording here."""
+
+        def ok(rtt: float) -> None:
+            e = self.table.get(node_id)
+            if e is not None:
+                e.rtt = rtt
+                self._contact_ok(e)
+                self._publish()
+
+        def pinged(c: PeerProtocol) -> Deferred[Any]:
+            d = c.ping(timeout=min(10.0, self.settings.dead_after / 2))
+
+            def unanswered(f: Failure) -> None:
+                c.fail(f"no answer to PING: {f.getErrorMessage()}")
+
+            return d.addCallbacks(ok, unanswered)
+
+        d = self.connect(node_id)
+        d.addCallback(pinged)
+        d.addErrback(lambda _f: None)
+        return d
+
+    def _expire(self) -> None:
+        now = self.wall()
+        changed = False
+        for e in self.table:
+            if e.record is not None and e.record.expires <= now and e.state != CONNECTED:
+                # An expired record is no longer a member; its addresses are kept to ask for a fresh one.
+                e.record = None
+                changed = True
+            if e.state == DEAD and e.record is None and not e.pinned and e.last_seen is not None and now - e.last_seen > 7 * 86400:
+                self.table.remove(e.node_id)
+        if self.own_record is not None and self.own_record.expires - now < self.settings.record_ttl / 2:
+            self._sign()
+        if changed:
+            self.table.dirty = True
+            self._publish()
+
+    # -- bootstrap -----------------------------------------------------------------------------------------
+    def _bootstrap_tick(self) -> None:
+        now = self.reactor.seconds()
+        if not any(e.member(self.wall()) and e.state != DEAD for e in self.table):
+            for b in self.bootstrap:  # alone again: go back to the bootstrap contacts
+                b.done = False
+        for b in self.bootstrap:
+            if b.done or b.is_self or b.next_attempt > now:
+                continue
+            b.next_attempt = float("inf")  # one attempt at a time
+            self._try_bootstrap(b)
+
+    def _try_bootstrap(self, b: Bootstrap) -> None:
+        if b.node_id is not None and (b.node_id in self.connections or b.node_id in self._dialing):
+            b.done = True
+            return
+        endpoint = bootstrap_endpoint(self.reactor, b.host, b.port, self.settings.connect_timeout)
+        d = self.dial(endpoint, b.node_id)
+
+        def ok(conn: PeerProtocol) -> None:
+            b.done, b.failures = True, 0
+            b.next_attempt = 0.0
+            assert conn.peer_id is not None
+            if b.node_id is None:
+                log.info("bootstrap {b}: trusting node {peer} on first use (no node id given)", b=str(b), peer=format_node_id(conn.peer_id))
+            e = self.table.get(conn.peer_id)
+            if e is not None:
+                e.pinned = e.pinned or b.node_id is not None
+            self.gossip.exchange(conn.peer_id)
+
+        def failed(f: Failure) -> None:
+            if "connected to ourselves" in f.getErrorMessage():
+                b.is_self = True
+                log.info("bootstrap {b} is this node: skipped", b=str(b))
+                return
+            b.failures += 1
+            delay = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** min(b.failures, 16)) * self.rng.uniform(0.5, 1.5)
+            b.next_attempt = self.reactor.seconds() + delay
+            log.info("bootstrap {b} unreachable ({e}); retrying in {d:.0f} s", b=str(b), e=f.getErrorMessage(), d=delay)
+
+        d.addCallbacks(ok, failed)
+
+    # -- requests to peers ---------------------------------------------------------------------------------
+    def _send_records(self, node_id: bytes, records: list[bytes]) -> Deferred[Any]:
+        d = self.connect(node_id)
+        d.addCallback(lambda c: c.request(frames.PEERS, {"records": records}))
+        d.addCallback(lambda r: r.header.get("records"))
+        return d
+
+    def put_block(self, node_id: bytes, cid: CID, block: bytes | memoryview) -> Deferred[None]:
+        d = self.connect(node_id)
+        d.addCallback(lambda c: c.request(frames.PUT_BLOCK, {"cid": cid.to_bytes()}, block))
+        return d.addCallback(lambda _r: None)
+
+    def get_block(self, node_id: bytes, cid: CID) -> Deferred[bytes]:
+        """A block from ``node_id``, checked against its id (a peer cannot feed us other bytes)."""
+
+        def check(r: Response) -> bytes:
+            data = bytes(r.payload)
+            if not cid.verify(data):
+                raise CorruptBlock(f"node {short_node_id(node_id)} sent bytes that do not match block {cid}")
+            return data
+
+        d = self.connect(node_id)
+        d.addCallback(lambda c: c.request(frames.GET_BLOCK, {"cid": cid.to_bytes()}))
+        return d.addCallback(check)
+
+    def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]:
+        if len(cids) > MAX_HAS:
+            raise ValueError(f"at most {MAX_HAS} ids per HAS")
+        d = self.connect(node_id)
+        d.addCallback(lambda c: c.request(frames.HAS, {"cids": [c.to_bytes() for c in cids]}))
+        return d.addCallback(lambda r: unpack_bitmap(r.header.get("bitmap"), len(cids)))
+
+    # -- membership ----------------------------------------------------------------------------------------
+    def members(self) -> list[bytes]:
+        return sorted(e.node_id for e in self.table.members(self.wall()))
+
+    def subscribe(self, callback: Callable[[MembershipChange], None]) -> Callable[[], None]:
+        """Call ``callback`` on every membership change; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _publish(self) -> None:
+        now = self.wall()
+        current = {e.node_id for e in self.table.members(now)}
+        joined, left = current - self._members, self._members - current
+        self._members = current
+        for node_id in sorted(joined):
+            self._notify(MembershipChange(node_id, True))
+        for node_id in sorted(left):
+            self._notify(MembershipChange(node_id, False))
+
+    def _notify(self, change: MembershipChange) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(change)
+            except Exception:
+                log.failure("a membership subscriber failed")
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The table as shown by ``GET /v1/peers`` and ``cas peers``."""
+        now = self.wall()
+        out = []
+        for e in sorted(self.table, key=lambda e: e.node_id):
+            c = self.connections.get(e.node_id)
+            out.append({
+                "node_id": format_node_id(e.node_id),
+                "state": e.state,
+                "member": e.member(now),
+                "addresses": [str(a) for a in e.addresses],
+                "last_seen": e.last_seen,
+                "rtt_ms": round(e.rtt * 1000, 3) if e.rtt is not None else None,
+                "software": e.software,
+                "connected": c is not None and c.accepted,
+                "record_seq": e.record.seq if e.record else None,
+                "record_expires": e.record.expires if e.record else None,
+            })
+        return out
+
+
+def _forward(target: Deferred[Any]) -> Callable[[Any], Any]:
+    def forward(result: Any) -> Any:
+        if isinstance(result, Failure):
+            target.errback(result)
+            return None
+        target.callback(result)
+        return result
+
+    return forward
+
+
+def _cid(value: Any) -> CID:
+    if not isinstance(value, bytes):
+        raise RemoteError(BAD_REQUEST, "cid must be a byte string")
+    try:
+        return CID.from_bytes(value)
+    except MalformedKey as e:
+        raise RemoteError(BAD_REQUEST, str(e)) from None
+
+
+def _block_error(f: Failure, put: bool) -> Any:
+    if f.check(BlockNotFound):
+        raise RemoteError(NOT_FOUND, "no such block here")
+    if f.check(CorruptBlock):
+        if put:  # the sender's bytes do not match the id (or the block is too large)
+            raise RemoteError(BAD_REQUEST, f.getErrorMessage())
+        raise RemoteError(NOT_FOUND, "the copy here was corrupt (quarantined)")
+    if f.check(StorageFull):
+        raise RemoteError(OVER_QUOTA, f.getErrorMessage())
+    if f.check(RemoteError):
+        return f
+    log.failure("serving a block failed", f)
+    raise RemoteError(INTERNAL, "the node failed to read or write the block")
+
+
+def bitmap(flags: Sequence[bool]) -> bytes:
+    out = bytearray((len(flags) + 7) // 8)
+    for i, held in enumerate(flags):
+        if held:
+            out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def unpack_bitmap(value: Any, n: int) -> list[bool]:
+    if not isinstance(value, bytes) or len(value) != (n + 7) // 8:
+        raise PeerError("HAS answer: the bitmap does not match the request")
+    return [bool(value[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
+
+
+def bootstrap_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """The operator typed this address, so a host name is allowed here (never for addresses from peers)."""
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+

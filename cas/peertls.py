@@ -1,0 +1,170 @@
+"""TLS between peers: TLS 1.3 only, both sides present a self-signed Ed25519 certificate, identity = key hash.
+
+There is no CA and no host name: a peer is who its key says it is (`node_id_of`), and TLS 1.3's
+CertificateVerify proves it holds that key. Certificate chains are refused; the dates and the self-signature
+of the leaf are not checked, so a node can renew (or let expire) its certificate and keep its id.
+See docs/protocol.md, "Transport and identity".
+
+Under TLS 1.3 a client finishes its handshake before the server has checked the client's certificate, so the
+caller must count a peer as accepted only once its first application message has arrived.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from OpenSSL import SSL
+from OpenSSL.crypto import X509
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .identity import Identity, format_node_id, node_id_of
+
+log = Logger()
+
+OnMismatch = Callable[[bytes, bytes], None]
+
+
+class PeerVerificationError(Exception):
+    """The peer's certificate was refused during the handshake; `expected`/`seen` are set for a pin mismatch.
+
+    It is the reason given to the protocol's connectionLost on the side that refused."""
+
+    def __init__(self, message: str, expected: bytes | None = None, seen: bytes | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.seen = seen
+
+
+def _key_id(cert: X509) -> bytes | None:
+    """The node id of a certificate's key, or None unless it is an Ed25519 key.
+
+    Only the key is parsed (not the whole certificate with cryptography's stricter parser): the key is what counts.
+    """
+    key = cert.get_pubkey().to_cryptography_key()
+    if not isinstance(key, Ed25519PublicKey):
+        return None
+    return node_id_of(key)
+
+
+def _fail(conn: SSL.Connection, error: PeerVerificationError) -> None:
+    """Abort the TLS protocol driving `conn` with `error` as the reason its application protocol will see."""
+    tls = conn.get_app_data()  # Twisted's TLSMemoryBIOProtocol, set by its connection factory
+    fail = getattr(tls, "failVerification", None)
+    if fail is not None:
+        fail(Failure(error))
+
+
+def _check_leaf(conn: SSL.Connection, cert: X509, depth: int, expected: bytes | None, on_mismatch: OnMismatch | None) -> bool:
+    """The verification policy for one call of OpenSSL's verify callback (module-level so tests can observe it)."""
+    if depth > 0:
+        # Only one certificate: anything above the leaf means the peer sent a chain.
+        _fail(conn, PeerVerificationError("certificate chains are refused"))
+        return False
+    seen = _key_id(cert)
+    if seen is None:
+        _fail(conn, PeerVerificationError("peer certificate key is not Ed25519"))
+        return False
+    if expected is not None and not hmac.compare_digest(seen, expected):
+        if on_mismatch is not None:
+            try:
+                on_mismatch(expected, seen)
+            except Exception:
+                log.failure("in the node id mismatch callback")
+        _fail(
+            conn,
+            PeerVerificationError(f"peer is {format_node_id(seen)}, expected {format_node_id(expected)}", expected, seen),
+        )
+        return False
+    # At depth 0 OpenSSL reports "self-signed", "expired", "unable to get issuer"...: all fine, the key counts.
+    return True
+
+
+def _verifier(expected: bytes | None, on_mismatch: OnMismatch | None) -> Callable[[SSL.Connection, X509, int, int, int], bool]:
+    """An OpenSSL verify callback applying `_check_leaf`; it never raises (pyOpenSSL would re-raise a
+    non-SSL exception out of the handshake, past Twisted's error handling)."""
+
+    def verify(conn: SSL.Connection, cert: X509, errno: int, depth: int, ok: int) -> bool:
+        try:
+            return _check_leaf(conn, cert, depth, expected, on_mismatch)
+        except BaseException:
+            log.failure("while verifying a peer certificate")
+            return False
+
+    return verify
+
+
+def _context(identity: Identity, expected: bytes | None, on_mismatch: OnMismatch | None) -> SSL.Context:
+    """A TLS 1.3-only context presenting `identity` and requiring the peer's certificate."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    # No resumption: a resumed TLS 1.3 session (PSK) skips the certificates, so the peer's key would not be
+    # checked again on that connection. No tickets and no session cache, so every handshake is a full one and
+    # authenticates both certificates. (Our clients never offer a saved session either.)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.use_certificate(identity.certificate)
+    ctx.use_privatekey(identity.key)
+    ctx.check_privatekey()
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verifier(expected, on_mismatch))
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerCreator:
+    """Accepts any peer with one self-signed Ed25519 leaf; who it is is read after the handshake."""
+
+    def __init__(self, identity: Identity) -> None:
+        self._context = _context(identity, None, None)
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        # Twisted's TLS factory sets the accept state and app data (the TLS protocol) on what we return.
+        return SSL.Connection(self._context, None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientCreator:
+    """Dials one peer: checks its key against the expected node id, if any, during the handshake."""
+
+    def __init__(self, identity: Identity, expected: bytes | None, on_mismatch: OnMismatch | None) -> None:
+        self._context = _context(identity, expected, on_mismatch)
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = SSL.Connection(self._context, None)
+        conn.set_connect_state()
+        return conn
+
+
+def server_creator(identity: Identity) -> IOpenSSLServerConnectionCreator:
+    """For wrapServerTLS: one context (built now) for every accepted connection."""
+    return _ServerCreator(identity)
+
+
+def client_creator(identity: Identity, expected: bytes | None, on_mismatch: OnMismatch | None = None) -> IOpenSSLClientConnectionCreator:
+    """For wrapClientTLS: pin the server's key to `expected` (32-byte node id), or trust on first use if None.
+
+    On a mismatch `on_mismatch(expected, seen)` is called and the handshake fails; the client protocol's
+    connectionLost gets a PeerVerificationError. No host name is checked: peers are ids, not names.
+    """
+    if expected is not None and len(expected) != 32:
+        raise ValueError("expected node id must be 32 bytes")
+    return _ClientCreator(identity, expected, on_mismatch)
+
+
+def peer_node_id(transport: object) -> bytes | None:
+    """The node id of the peer's certificate key on a TLS transport, or None (not TLS, or no certificate).
+
+    Call it once the handshake has completed (IHandshakeListener.handshakeCompleted or later).
+    """
+    get = getattr(transport, "getPeerCertificate", None)
+    if get is None:
+        return None
+    try:
+        cert = get()
+        return None if cert is None else _key_id(cert)
+    except Exception:  # e.g. the TLS connection is already torn down
+        return None

@@ -1,0 +1,326 @@
+"""Peer TLS over real 127.0.0.1 sockets: key-hash identities, pinning, and everything the server must refuse."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from OpenSSL.crypto import X509
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, DeferredQueue
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+    wrapServerTLS,
+)
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from cas import peertls
+from cas.identity import Identity, make_certificate
+from cas.peertls import PeerVerificationError, client_creator, peer_node_id, server_creator
+
+
+def new_identity(now: datetime.datetime | None = None) -> Identity:
+    key = Ed25519PrivateKey.generate()
+    return Identity(key, make_certificate(key, now))
+
+
+def self_signed(key: Any, name: str = "x", issuer_key: Any = None, issuer: str | None = None) -> x509.Certificate:
+    """A certificate for `key`, self-signed unless an issuer key and name are given."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    signer = issuer_key or key
+    algorithm = None if isinstance(signer, Ed25519PrivateKey) else hashes.SHA256()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(signer, algorithm)
+    )
+
+
+@implementer(IHandshakeListener)
+class Peer(Protocol):
+    """One end of a test connection: the client sends b"hi", the server echoes; records what it saw."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.received = b""
+        self.handshake_id: bytes | None = None
+        self.handshaken = False
+        self.got_data: Deferred[bytes] = Deferred()
+        self.lost: Deferred[None] = Deferred()  # fires with None: the reason is in self.reason
+        self.reason: Failure | None = None
+
+    def connectionMade(self) -> None:
+        if not self.echo:
+            self.transport.write(b"hi")  # type: ignore[union-attr]  # buffered until the handshake is done
+
+    def handshakeCompleted(self) -> None:
+        self.handshaken = True
+        self.handshake_id = peer_node_id(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.echo:
+            self.transport.write(data)  # type: ignore[union-attr]
+        if not self.got_data.called:
+            self.got_data.callback(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class Servers(Factory):
+    def __init__(self) -> None:
+        self.accepted: DeferredQueue[Peer] = DeferredQueue()
+
+    def buildProtocol(self, addr: Any) -> Peer:
+        p = Peer(echo=True)
+        self.accepted.put(p)
+        return p
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class RawClient:
+    """A client that does not follow our rules: no certificate, another key type, a chain, or old TLS."""
+
+    def __init__(self, cert: x509.Certificate | None = None, key: Any = None, chain: Sequence[x509.Certificate] = (), max_version: int = 0) -> None:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        if max_version:
+            ctx.set_max_proto_version(max_version)
+        if cert is not None:
+            ctx.use_certificate(cert)
+            ctx.use_privatekey(key)
+        for c in chain:
+            ctx.add_extra_chain_cert(c)
+        ctx.set_verify(SSL.VERIFY_NONE)
+        self.ctx = ctx
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = SSL.Connection(self.ctx, None)
+        conn.set_connect_state()
+        return conn
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ContextServer:
+    """A server on a given context (here: one that also sends a CA certificate)."""
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self.ctx = ctx
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.ctx, None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class Resuming:
+    """Wraps a creator and offers the session saved from an earlier connection, trying to resume it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.session: SSL.Session | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = self.inner.clientConnectionForTLS(tlsProtocol)
+        if self.session is not None:
+            conn.set_session(self.session)
+        return conn
+
+
+class PeerTLSTests(TestCase):
+    timeout = 10
+
+    async def listen(self, identity: Identity) -> tuple[Servers, int]:
+        servers = Servers()
+        endpoint = wrapServerTLS(server_creator(identity), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = await endpoint.listen(servers)
+        self.addCleanup(port.stopListening)
+        return servers, port.getHost().port
+
+    async def dial(self, creator: Any, port: int) -> Peer:
+        client = Peer(echo=False)
+        self.addCleanup(self.close, client)
+        await connectProtocol(wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", port)), client)
+        return client
+
+    async def accept(self, servers: Servers) -> Peer:
+        server = await servers.accepted.get()
+        self.addCleanup(self.close, server)
+        return server
+
+    async def close(self, p: Peer) -> None:
+        """Cleanup for a test that failed half-way: no connection left behind."""
+        if not p.lost.called and p.transport is not None:
+            p.transport.abortConnection()  # type: ignore[attr-defined]
+            await p.lost
+
+    async def echoed(self, client: Peer) -> None:
+        """Wait for the echo of b"hi", failing at once (not at the timeout) if the connection is lost instead."""
+        await DeferredList([client.got_data, client.lost], fireOnOneCallback=True)
+        self.assertEqual(client.received, b"hi", f"no echo; connection lost: {client.reason}")
+
+    async def exchange(self, server_identity: Identity, creator: Any) -> tuple[Peer, Peer]:
+        """Connect, send b"hi", get it echoed, then close both ends cleanly."""
+        servers, port = await self.listen(server_identity)
+        client = await self.dial(creator, port)
+        server = await self.accept(servers)
+        await self.echoed(client)
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+        await server.lost
+        return client, server
+
+    async def refused(self, server_identity: Identity, creator: Any) -> tuple[Peer, Peer]:
+        """Connect and expect the handshake to fail: both ends lose the connection, no data crosses."""
+        servers, port = await self.listen(server_identity)
+        return await self.refused_on(servers, port, creator)
+
+    async def refused_on(self, servers: Servers, port: int, creator: Any) -> tuple[Peer, Peer]:
+        client = await self.dial(creator, port)
+        server = await self.accept(servers)
+        # Fail at once, rather than time out, if the connection is wrongly accepted and the echo comes back.
+        await DeferredList([client.lost, client.got_data], fireOnOneCallback=True)
+        self.assertEqual(client.received, b"", "the connection was accepted")
+        await client.lost
+        await server.lost
+        self.assertEqual(server.received, b"")
+        self.assertEqual(client.received, b"")
+        self.assertFalse(server.handshaken)
+        return client, server
+
+    async def test_pinned_connect(self) -> None:
+        """Each side sees the other's node id, at handshake time and after data."""
+        a, b = new_identity(), new_identity()
+        mismatches: list[tuple[bytes, bytes]] = []
+        servers, port = await self.listen(b)
+        client = await self.dial(client_creator(a, b.node_id, lambda e, s: mismatches.append((e, s))), port)
+        server = await self.accept(servers)
+        await self.echoed(client)
+        self.assertEqual(server.received, b"hi")
+        self.assertEqual(client.handshake_id, b.node_id)
+        self.assertEqual(server.handshake_id, a.node_id)
+        self.assertEqual(peer_node_id(client.transport), b.node_id)
+        self.assertEqual(peer_node_id(server.transport), a.node_id)
+        self.assertEqual(mismatches, [])
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+        await server.lost
+
+    async def test_impostor_refused(self) -> None:
+        """Dialling id X and meeting key Y fails the handshake, reports (X, Y), and the reason carries both."""
+        a, x, y = new_identity(), new_identity(), new_identity()
+        mismatches: list[tuple[bytes, bytes]] = []
+        client, _ = await self.refused(y, client_creator(a, x.node_id, lambda e, s: mismatches.append((e, s))))
+        self.assertEqual(mismatches, [(x.node_id, y.node_id)])
+        self.assertFalse(client.handshaken)
+        assert client.reason is not None
+        err = client.reason.value
+        self.assertIsInstance(err, PeerVerificationError)
+        self.assertEqual((err.expected, err.seen), (x.node_id, y.node_id))
+
+    async def test_client_without_certificate_refused(self) -> None:
+        await self.refused(new_identity(), RawClient())
+
+    async def test_client_with_p256_certificate_refused(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _, server = await self.refused(new_identity(), RawClient(self_signed(key), key))
+        assert server.reason is not None
+        self.assertIsInstance(server.reason.value, PeerVerificationError)
+
+    async def test_client_chain_refused(self) -> None:
+        """An Ed25519 leaf signed by a CA, with the CA certificate sent along, is refused: no chains."""
+        ca_key, leaf_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        ca = self_signed(ca_key, "ca")
+        leaf = self_signed(leaf_key, "leaf", issuer_key=ca_key, issuer="ca")
+        _, server = await self.refused(new_identity(), RawClient(leaf, leaf_key, chain=[ca]))
+        assert server.reason is not None
+        self.assertIsInstance(server.reason.value, PeerVerificationError)
+        self.assertIn("chain", str(server.reason.value))
+
+    async def test_server_chain_refused_by_client(self) -> None:
+        """The same rule on the client side, for a server presenting a chain (TOFU: any id would do)."""
+        ca_key, leaf_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        ca = self_signed(ca_key, "ca")
+        leaf = self_signed(leaf_key, "leaf", issuer_key=ca_key, issuer="ca")
+        chained = peertls._context(Identity(leaf_key, leaf), None, None)
+        chained.add_extra_chain_cert(ca)
+        servers = Servers()
+        endpoint = wrapServerTLS(ContextServer(chained), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = await endpoint.listen(servers)
+        self.addCleanup(port.stopListening)
+        client, _ = await self.refused_on(servers, port.getHost().port, client_creator(new_identity(), None))
+        assert client.reason is not None
+        self.assertIsInstance(client.reason.value, PeerVerificationError)
+
+    async def test_trust_on_first_use(self) -> None:
+        a, b = new_identity(), new_identity()
+        client, server = await self.exchange(b, client_creator(a, None))
+        self.assertEqual(client.handshake_id, b.node_id)
+        self.assertEqual(server.handshake_id, a.node_id)
+
+    async def test_tls12_client_refused(self) -> None:
+        a = new_identity()
+        client, _ = await self.refused(new_identity(), RawClient(a.certificate, a.key, max_version=SSL.TLS1_2_VERSION))
+        self.assertFalse(client.handshaken)
+
+    async def test_expired_certificates_accepted(self) -> None:
+        """Dates are not checked: the key is what counts, on both sides."""
+        long_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=365 * 20)
+        a, b = new_identity(long_ago), new_identity(long_ago)
+        self.assertLess(b.certificate.not_valid_after_utc, datetime.datetime.now(datetime.timezone.utc))
+        client, server = await self.exchange(b, client_creator(a, b.node_id))
+        self.assertEqual(client.handshake_id, b.node_id)
+        self.assertEqual(server.handshake_id, a.node_id)
+
+    async def test_every_connection_verifies_both_certificates(self) -> None:
+        """A second connection offering the first one's session still checks both certificates (no resumption)."""
+        seen: list[bytes | None] = []
+        check = peertls._check_leaf
+
+        def counting(conn: SSL.Connection, cert: X509, depth: int, *rest: Any) -> bool:
+            if depth == 0:
+                seen.append(peertls._key_id(cert))
+            return check(conn, cert, depth, *rest)
+
+        self.patch(peertls, "_check_leaf", counting)
+        a, b = new_identity(), new_identity()
+        servers, port = await self.listen(b)
+        creator = Resuming(client_creator(a, b.node_id))
+        for attempt in range(2):
+            del seen[:]
+            client = await self.dial(creator, port)
+            server = await self.accept(servers)
+            await self.echoed(client)
+            self.assertIn(b.node_id, seen)  # the client checked the server's key
+            self.assertIn(a.node_id, seen)  # the server checked the client's key
+            self.assertEqual(peer_node_id(server.transport), a.node_id)
+            if attempt == 0:
+                creator.session = client.transport.getHandle().get_session()  # type: ignore[union-attr]
+            client.transport.loseConnection()  # type: ignore[union-attr]
+            await client.lost
+            await server.lost
+
+    def test_peer_node_id_without_tls(self) -> None:
+        self.assertIsNone(peer_node_id(object()))
+
+    def test_expected_id_length(self) -> None:
+        self.assertRaises(ValueError, client_creator, new_identity(), b"short")
