@@ -203,7 +203,9 @@ class PeerManager:
         """Protocol factory for the listening endpoint (wrapped in TLS by ``listen_endpoint``)."""
         manager = self
 
-        class _Factory(Factory):
+        class PeerFactory(Factory):
+            noisy = False
+
             def buildProtocol(self, addr: Any) -> PeerProtocol | None:  # type: ignore[override]
                 if manager._stopping:
                     return None
@@ -212,7 +214,7 @@ class PeerManager:
                 manager.all.add(p)
                 return p
 
-        return _Factory()
+        return PeerFactory()
 
     def accepted(self, conn: PeerProtocol) -> None:
         peer = conn.peer_id
@@ -355,7 +357,7 @@ class PeerManager:
 
         proto = PeerProtocol(self, self.reactor, initiator=True, expected=expected)
         tls = endpoints.wrapClientTLS(client_creator(self.identity, expected, mismatch), endpoint)
-        d = endpoints.connectProtocol(tls, proto)
+        d = tls.connect(_OneConnection(proto))
         self._dials.add(d)
 
         def connected(_p: Any) -> Deferred[PeerProtocol]:
@@ -585,19 +587,35 @@ class PeerManager:
         out = []
         for e in sorted(self.table, key=lambda e: e.node_id):
             c = self.connections.get(e.node_id)
+            rtt, seen = e.rtt, e.last_seen
+            if c is not None and c.accepted:
+                rtt = c.rtt if c.rtt is not None else rtt
+                seen = now - max(0.0, self.reactor.seconds() - c._last_rx)  # the last frame received
             out.append({
                 "node_id": format_node_id(e.node_id),
                 "state": e.state,
                 "member": e.member(now),
                 "addresses": [str(a) for a in e.addresses],
-                "last_seen": e.last_seen,
-                "rtt_ms": round(e.rtt * 1000, 3) if e.rtt is not None else None,
+                "last_seen": seen,
+                "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
                 "software": e.software,
                 "connected": c is not None and c.accepted,
                 "record_seq": e.record.seq if e.record else None,
                 "record_expires": e.record.expires if e.record else None,
             })
         return out
+
+
+class _OneConnection(Factory):
+    """Client factory for one dial: hands out the given protocol, quietly (no log line per dial)."""
+
+    noisy = False
+
+    def __init__(self, proto: PeerProtocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        return self.proto
 
 
 def _forward(target: Deferred[Any]) -> Callable[[Any], Any]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -41,10 +42,12 @@ class Net:
         self.services: list[NodeService] = []
         testcase.addCleanup(self.stop_all)
 
-    def start(self, path: str | None = None, bootstrap: list[Bootstrap] | None = None) -> NodeService:
+    def start(
+        self, path: str | None = None, bootstrap: list[Bootstrap] | None = None, settings: PeerSettings = FAST,
+    ) -> NodeService:
         node = Node(prepare(path or self.tc.mktemp()), reactor, run=sync_run)
         s = NodeService(node, reactor, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1",
-                        bootstrap=bootstrap, settings=FAST)
+                        bootstrap=bootstrap, settings=settings)
         s.startService()
         self.services.append(s)
         return s
@@ -192,6 +195,62 @@ class TwoNodeTests(TestCase):
         # The loser is closed after the grace period; one connection each way remains.
         await wait_for(lambda: len(a.peers.all) == 1 and len(b.peers.all) == 1, "the duplicate to close", timeout=15)
         self.assertEqual(await ca.ping() >= 0, True)
+
+
+class ConnectionManagementTests(TestCase):
+    timeout = 30
+
+    async def test_idle_connections_close_and_reopen_on_demand(self) -> None:
+        net = Net(self)
+        quiet = PeerSettings(gossip_interval=1000, probe_interval=0.1, idle_close=0.5, dead_after=1.0)
+        a = net.start(settings=quiet)
+        b = net.start(settings=quiet, bootstrap=[net.bootstrap_to(a, pinned=True)])
+        a_id = a.node.identity.node_id
+        await wait_for(lambda: a_id in members(b), "b to know a")
+        conn = await b.peers.connect(a_id)
+        # Keepalive and probe PINGs do not count as use: the connection closes once idle.
+        await wait_for(lambda: a_id not in b.peers.connections, "the idle connection to close")
+        self.assertFalse(conn._connected)
+        self.assertEqual(b.peers.table.get(a_id).state, "alive")  # closed on purpose: not suspect
+        again = await b.peers.connect(a_id)  # opened again on demand
+        self.assertIsNot(again, conn)
+        self.assertEqual(await b.peers.has(a_id, [CID.of(b"x")]), [False])
+
+    async def test_connection_limit_closes_least_recently_used(self) -> None:
+        net = Net(self)
+        limited = PeerSettings(gossip_interval=1000, probe_interval=0.1, max_connections=1, dead_after=1.0)
+        a, b = net.start(), net.start()
+        c = net.start(settings=limited)
+        for other in (a, b):
+            c.peers.table.add(other.node.identity.node_id).addresses = (Address("tcp", "127.0.0.1", net.port(other)),)
+        await c.peers.connect(a.node.identity.node_id)
+        await c.peers.connect(b.node.identity.node_id)
+        await wait_for(lambda: len(c.peers.connections) == 1, "one connection to be closed")
+        self.assertIn(b.node.identity.node_id, c.peers.connections)  # the most recently used stays
+
+    async def test_garbage_on_the_peer_port_affects_nothing_else(self) -> None:
+        net = Net(self)
+        a = net.start()
+        b = net.start(bootstrap=[net.bootstrap_to(a, pinned=True)])
+        a_id = a.node.identity.node_id
+        await wait_for(lambda: a_id in members(b), "b to know a")
+        conn = await b.peers.connect(a_id)
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        closed: Deferred[None] = Deferred()
+
+        class Garbage(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"\x00\xff" * 5000 + b"GET / HTTP/1.1\r\n\r\n")
+
+            def connectionLost(self, reason: object = None) -> None:
+                closed.callback(None)
+
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", net.port(a)), Garbage())
+        await closed  # the node closed it
+        self.assertGreaterEqual(await conn.ping(), 0)  # the real peer connection is unaffected
+        self.assertIs(a.peers.connections[b.node.identity.node_id].accepted, True)
 
 
 class NetworkTests(TestCase):
