@@ -90,7 +90,8 @@ def block_path(data: str, cid_text: str, digest_hex: str) -> str:
 
 def child_mkblocks(a: argparse.Namespace) -> None:
     """N random blocks (AES-256-CTR keystream) stored with DiskBlockStore.put (durable, as a node stores), 8
-    at a time on threads so the fsyncs overlap; the ids in order to a file; the receiver's data dir too."""
+    at a time on threads so the fsyncs overlap, and referenced in the index (owner ``hold:bench``) so that the
+    node's start-up garbage collection keeps them; the ids in order to a file; the receiver's data dir too."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -98,6 +99,7 @@ def child_mkblocks(a: argparse.Namespace) -> None:
     from cas.blockstore import DiskBlockStore
     from cas.cid import CID
     from cas.datadir import prepare
+    from cas.index import Index
 
     t0 = time.perf_counter()
     s = prepare(a.data)
@@ -121,6 +123,10 @@ def child_mkblocks(a: argparse.Namespace) -> None:
             if made < n:
                 futures.append(pool.submit(put, enc.update(zeros)))
                 made += 1
+    # Referenced, as blocks held for a peer are (Node.hold_block): a node collects unreferenced blocks at start.
+    index = Index(s.join("index.sqlite"))
+    index.add_refs("hold:bench", [CID.parse(c) for c in cids])
+    index.close()
     with open(a.cids, "w") as f:
         f.write("\n".join(cids) + "\n")
     for c in cids:  # the baseline reads these paths: check the layout assumption once
@@ -237,15 +243,16 @@ def child_serve0(a: argparse.Namespace) -> None:
 
 def child_recv0(a: argparse.Namespace) -> None:
     """The bare receiver: dials S0 (TLS 1.3, R's identity, S's key pinned), sends one byte, counts and
-    discards what arrives (with --hash, joins each block and checks its BLAKE3 against its id)."""
+    discards what arrives (with --hash, also checks each block's BLAKE3 against its id, hashing as it arrives)."""
     import hmac
 
+    import blake3
     from twisted.internet import endpoints, reactor
     from twisted.internet.interfaces import IHandshakeListener
     from twisted.internet.protocol import Protocol
     from zope.interface import implementer
 
-    from cas.cid import CID, digest
+    from cas.cid import CID
     from cas.datadir import prepare
     from cas.nodeid import parse_node_id
     from cas.peertls import client_creator
@@ -260,7 +267,7 @@ def child_recv0(a: argparse.Namespace) -> None:
     class Counter(Protocol):
         def __init__(self) -> None:
             self.n = 0
-            self.pieces: list[bytes] = []
+            self.hasher = blake3.blake3(max_threads=1)
             self.held = 0
             self.block = 0
 
@@ -281,19 +288,20 @@ def child_recv0(a: argparse.Namespace) -> None:
                 result["cpu_seconds_timed"] = pipeline.cpu_now() - self.cpu0
 
         def _hash(self, data: bytes) -> None:
+            # Incremental BLAKE3 over each block's bytes as they arrive: the hashing work cas does on receipt,
+            # without any copy (cas also joins each frame and copies each payload).
             view = memoryview(data)
             while view:
                 take = min(len(view), BLOCK - self.held)
-                self.pieces.append(view[:take])  # views of immutable bytes: joined once per block
+                self.hasher.update(view[:take])
                 self.held += take
                 view = view[take:]
                 if self.held == BLOCK:
-                    block = b"".join(self.pieces)
-                    self.pieces, self.held = [], 0
-                    if not hmac.compare_digest(digest(block), digests[self.block]):
+                    if not hmac.compare_digest(self.hasher.digest(), digests[self.block]):
                         result["error"] = f"block {self.block} does not match its id"
                         self.transport.abortConnection()
                         return
+                    self.hasher, self.held = blake3.blake3(max_threads=1), 0
                     self.block += 1
 
         def connectionLost(self, reason: Any = None) -> None:
@@ -343,6 +351,9 @@ def child_recv(a: argparse.Namespace) -> None:
     def finish(error: str | None = None) -> None:
         if error and "error" not in result:
             result["error"] = error
+        if st.get("finished"):
+            return
+        st["finished"] = True
         d = pm.stop()
         d.addBoth(lambda _r: reactor.stop())
 
@@ -443,6 +454,7 @@ def run_receiver(cmd: list[str], work: str, name: str, timeout: float, sender_pi
     the receiver's whole life (from /proc)."""
     out_path, err_path = os.path.join(work, f"{name}.stdout"), os.path.join(work, f"{name}.stderr")
     s_cpu0 = apibench.proc_cpu(sender_pid) if sender_pid else None
+    s_flt0 = proc_minflt(sender_pid) if sender_pid else None
     s_io0 = apibench.proc_io(sender_pid) if sender_pid else None
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
@@ -504,7 +516,14 @@ def run_receiver(cmd: list[str], work: str, name: str, timeout: float, sender_pi
         r["send_cpu_user_seconds"], r["send_cpu_sys_seconds"] = c1[0] - s_cpu0[0], c1[1] - s_cpu0[1]
         r["send_cpu_seconds"] = r["send_cpu_user_seconds"] + r["send_cpu_sys_seconds"]
         r["send_disk_read_mib"] = io1.get("read_bytes", 0) - s_io0.get("read_bytes", 0)
+        r["send_minor_faults"] = proc_minflt(sender_pid) - (s_flt0 or 0)
     return r
+
+
+def proc_minflt(pid: int) -> int:
+    """Minor page faults of a process (all threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])  # field 10
 
 
 def wait_file(path: str, proc: subprocess.Popen, what: str, log: str) -> None:
@@ -553,8 +572,9 @@ def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bo
     if server.returncode != 0:
         raise SystemExit(f"FAIL: the bare TLS server exited {server.returncode}:\n{tail(s_err)}")
     gib = r["bytes"] / (1 << 30)
-    r.update(loadavg_before=load, send_cpu_seconds=srv["cpu_seconds"], send_peak_rss_mib=srv["peak_rss_mib"],
-             send_disk_read_mib=srv.get("disk_read_mib"), send_bytes=srv["bytes"])
+    r.update(loadavg_before=load, send_cpu_seconds=srv["cpu_seconds"], send_cpu_user_seconds=srv.get("cpu_user_seconds"),
+             send_cpu_sys_seconds=srv.get("cpu_sys_seconds"), send_minor_faults=srv.get("minor_faults"),
+             send_peak_rss_mib=srv["peak_rss_mib"], send_disk_read_mib=srv.get("disk_read_mib"), send_bytes=srv["bytes"])
     r["send_cpu_s_per_gib"] = r["send_cpu_seconds"] / gib
     say(name, r)
     return r
@@ -736,6 +756,19 @@ def table(all_sizes: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured and any uncommitted change under cas/ (the code the node and receiver ran)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", REPO, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "dirty_cas_files": [l[3:] for l in git("status", "--porcelain", "--", "cas").splitlines()]}
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -796,6 +829,8 @@ def main() -> None:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"peers-{sizes}-r{a.repeat}.json")
     env = pipeline.environment()
+    env["git"] = git_state()
+    env["window"] = a.window
     try:
         results = [bench_size(size, a) for size in a.size]
     finally:

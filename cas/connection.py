@@ -138,6 +138,7 @@ class PeerProtocol(Protocol):
         self.accepted = False
         self.closing = False
         self._lose_called = False
+        self._bye_sent = False  # we closed: the transport is closed once the queues drain
         self.duplicate = False  # another connection to this peer won; no new requests go here
         self.close_reason: str | None = None
         self.remote = "?"
@@ -149,9 +150,11 @@ class PeerProtocol(Protocol):
         self._waiting: deque[tuple[Frame, _Pending, int]] = deque()  # requests waiting for window room
         self._serving: dict[int, Deferred[Any]] = {}
         self._reading_paused = False
-        self._control: deque[Frame] = deque()
-        self._bulk_requests: deque[Frame] = deque()
-        self._bulk_responses: deque[Frame] = deque()
+        self._backlog: deque[Frame] = deque()  # frames read past the serving cap: dispatched as answers go out
+        # outgoing frames, encoded when queued
+        self._control: deque[tuple[Frame, list[bytes | memoryview]]] = deque()
+        self._bulk_requests: deque[tuple[Frame, list[bytes | memoryview]]] = deque()
+        self._bulk_responses: deque[tuple[Frame, list[bytes | memoryview]]] = deque()
         self._turn = 0
         self._paused = False
         self._hello_timer: IDelayedCall | None = None
@@ -222,6 +225,7 @@ class PeerProtocol(Protocol):
         if self.closing or not self._connected:
             return
         self.closing = True
+        self._bye_sent = True
         if self.close_reason is None:
             self.close_reason = reason
         self._send(Frame(frames.BYE, header={"reason": reason}), self._control)  # closes once the queues drain
@@ -242,6 +246,7 @@ class PeerProtocol(Protocol):
         serving, self._serving = self._serving, {}
         for d in serving.values():
             d.cancel()
+        self._backlog.clear()
         self._control.clear()
         self._bulk_requests.clear()
         self._bulk_responses.clear()
@@ -271,18 +276,21 @@ class PeerProtocol(Protocol):
         try:
             received = self._decoder.feed(data)
         except FrameError as e:
-            received = None
-            error = str(e)
-        for frame in received or ():
-            if not self._connected:
-                return
+            self.fail(str(e))
+            return
+        self._backlog.extend(received)
+        self._dispatch_backlog()
+
+    def _dispatch_backlog(self) -> None:
+        """Dispatch the frames read, stopping at the serving cap: the rest wait as unread bytes would."""
+        while self._backlog and self._connected and not self._reading_paused:
+            frame = self._backlog.popleft()
             try:
                 self._dispatch(frame)
             except FrameError as e:
+                self._backlog.clear()
                 self.fail(str(e))
                 return
-        if received is None:
-            self.fail(error)
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.type == frames.HELLO:
@@ -316,6 +324,8 @@ class PeerProtocol(Protocol):
             self.peer_id = self.identify(self.transport)
         if self.peer_id is None or node_id != self.peer_id:
             raise FrameError("HELLO names another node than the certificate's key")
+        if self.expected is not None and node_id != self.expected:  # handshakeCompleted checks this too, if called
+            raise FrameError(f"HELLO from node {format_node_id(node_id)}, expected {format_node_id(self.expected)}")
         if node_id == self.host.node_id:
             raise FrameError("connected to ourselves")
         common = set(versions) & set(PROTOCOL_VERSIONS)
@@ -386,11 +396,15 @@ class PeerProtocol(Protocol):
 
     def _answer(self, result: Any, rid: int, type: int) -> None:
         self._serving.pop(rid, None)
-        if self._reading_paused and len(self._serving) < MAX_SERVING // 2 and self._connected:
+        if self._connected:
+            self._send_answer(result, rid, type)
+        if self._reading_paused and len(self._serving) <= MAX_SERVING // 2 and self._connected:
             self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-        if not self._connected:
-            return
+            self._dispatch_backlog()  # frames already read go first; they may reach the cap again
+            if not self._reading_paused:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _send_answer(self, result: Any, rid: int, type: int) -> None:
         if isinstance(result, Failure):
             if result.check(CancelledError):
                 return  # the peer cancelled, or we are closing: no answer
@@ -401,7 +415,11 @@ class PeerProtocol(Protocol):
                 log.failure("answering {peer} failed", result, peer=self.label())
                 self._respond_error(rid, type, INTERNAL, "the node failed to answer")
             return
-        self._respond(rid, type, result)
+        try:
+            self._respond(rid, type, result)
+        except Exception:  # not a Response, or a header we cannot encode
+            log.failure("answering {peer} failed: cannot send {result!r}", peer=self.label(), result=result)
+            self._respond_error(rid, type, INTERNAL, "the node failed to answer")
 
     def _respond(self, rid: int, type: int, response: Response) -> None:
         frame = Frame(type, frames.RESPONSE, rid, response.header, response.payload)
@@ -419,18 +437,19 @@ class PeerProtocol(Protocol):
         ``ConnectionClosed``. A request with a payload waits for room in the send window."""
         if not self._connected or not self.accepted or self.closing:
             raise ConnectionClosed(f"connection to {self.label()} is not open for requests")
-        if type != frames.PING:
-            self.last_used = self.clock.seconds()
         rid = next(self._ids)
         if rid > 0xFFFFFFFF:  # after 4 billion requests: start again (old ids are long answered)
             self._ids = itertools.count(2)
             rid = 1
-        self._last_id = rid
         frame = Frame(type, 0, rid, header or {}, payload)
+        frames.encode(frame)  # ValueError now, before anything is registered, rather than when it is written
+        if type != frames.PING:
+            self.last_used = self.clock.seconds()
+        self._last_id = rid
         d: Deferred[Response] = Deferred(lambda _d: self._give_up(rid, "cancelled"))
         p = _Pending(d, type, len(payload), None)
         p.timer = self.clock.callLater(timeout, self._give_up, rid, f"no answer within {timeout:g} s")
-        if p.size and self._unacked + p.size > SEND_WINDOW and self._unacked > 0:
+        if p.size and (self._waiting or (self._unacked + p.size > SEND_WINDOW and self._unacked > 0)):  # in order
             self._waiting.append((frame, p, rid))
             return d
         self._launch(frame, p, rid)
@@ -448,18 +467,28 @@ class PeerProtocol(Protocol):
                 if wrid == rid:
                     del self._waiting[i]
                     p = wp
+                    self._release(0)  # those behind it may fit now
                     break
             else:
                 return
         else:
+            unsent = self._unqueue(rid, self._bulk_requests if p.size else self._control)
             self._release(p.size)
-            if self._connected:
+            if not unsent and self._connected:
                 self._send(Frame(frames.CANCEL, header={"id": rid}), self._control)
         if p.timer is not None and p.timer.active():
             p.timer.cancel()
         if not p.deferred.called:
             err = RequestTimeout if why.startswith("no answer") else CancelledError
             p.deferred.errback(err(f"{frames.TYPE_NAMES[p.type]} to {self.label()}: {why}"))
+
+    def _unqueue(self, rid: int, queue: deque[tuple[Frame, list[bytes | memoryview]]]) -> bool:
+        """Drop our request ``rid`` if it is still queued, not written; True if it was."""
+        for i, (f, _pieces) in enumerate(queue):
+            if f.request_id == rid and not f.is_response:
+                del queue[i]
+                return True
+        return False
 
     def _release(self, size: int) -> None:
         self._unacked -= size
@@ -471,11 +500,11 @@ class PeerProtocol(Protocol):
             self._launch(frame, p, rid)
 
     # -- sending -------------------------------------------------------------------------------------------
-    def _send(self, frame: Frame, queue: deque[Frame]) -> None:
-        queue.append(frame)
+    def _send(self, frame: Frame, queue: deque[tuple[Frame, list[bytes | memoryview]]]) -> None:
+        queue.append((frame, frames.encode(frame)))  # a ValueError reaches the caller, not resumeProducing
         self._pump()
 
-    def _next(self) -> Frame | None:
+    def _next(self) -> tuple[Frame, list[bytes | memoryview]] | None:
         if self._control:
             return self._control.popleft()
         lanes = (self._bulk_requests, self._bulk_responses)
@@ -488,16 +517,16 @@ class PeerProtocol(Protocol):
 
     def _pump(self) -> None:
         while not self._paused and self._connected:
-            frame = self._next()
-            if frame is None:
-                if self.closing and not self._lose_called:
+            item = self._next()
+            if item is None:
+                if self._bye_sent and not self._lose_called:
                     # Everything queued is written: a transport with a registered producer only closes once
                     # the producer is unregistered.
                     self._lose_called = True
                     self.transport.unregisterProducer()  # type: ignore[union-attr]
                     self.transport.loseConnection()  # type: ignore[union-attr]
                 return
-            pieces = frames.encode(frame)
+            pieces = item[1]
             self._last_tx = self.clock.seconds()
             self.bytes_out += sum(len(p) for p in pieces)
             self.transport.writeSequence(pieces)  # type: ignore[union-attr]
@@ -513,8 +542,8 @@ class PeerProtocol(Protocol):
         self._paused = True
 
     # -- keepalive -----------------------------------------------------------------------------------------
-    def _schedule_keepalive(self) -> None:
-        self._keepalive_timer = self.clock.callLater(KEEPALIVE, self._keepalive)
+    def _schedule_keepalive(self, delay: float = KEEPALIVE) -> None:
+        self._keepalive_timer = self.clock.callLater(delay, self._keepalive)
 
     def _keepalive(self) -> None:
         self._keepalive_timer = None
@@ -527,7 +556,8 @@ class PeerProtocol(Protocol):
             return
         if silent >= KEEPALIVE and not self.closing:
             self.ping(timeout=IDLE_LIMIT - silent).addErrback(lambda _f: None)
-        self._schedule_keepalive()
+        # next: when KEEPALIVE s of silence are reached, then every KEEPALIVE s until IDLE_LIMIT
+        self._schedule_keepalive(KEEPALIVE - silent if silent < KEEPALIVE else min(KEEPALIVE, IDLE_LIMIT - silent))
 
     def ping(self, timeout: float = REQUEST_TIMEOUT) -> Deferred[float]:
         """Round-trip time of a PING, in seconds (also kept in ``rtt``)."""
@@ -542,6 +572,6 @@ class PeerProtocol(Protocol):
     @property
     def idle_since(self) -> float:
         """When this connection last carried a request either way, keepalive PINGs aside (now if busy)."""
-        if self._pending or self._serving or self._waiting:
+        if self._serving or self._waiting or any(p.type != frames.PING for p in self._pending.values()):
             return self.clock.seconds()
         return self.last_used

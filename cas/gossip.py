@@ -68,14 +68,17 @@ class Gossip:
         self.own_record: PeerRecord | None = None
         self._buckets: dict[bytes, _Bucket] = {}
         self._timer: IDelayedCall | None = None
+        self._running = False
         self.rounds = 0
         self.rejected = 0
 
     # -- rounds --------------------------------------------------------------------------------------------
     def start(self) -> None:
+        self._running = True
         self._schedule()
 
     def stop(self) -> None:
+        self._running = False  # a round still in flight must not schedule another
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -91,7 +94,7 @@ class Gossip:
         targets = self.rng.sample(candidates, min(self.fanout, len(candidates)))
         ds = [self.exchange(t) for t in targets]
         d = DeferredList(ds, consumeErrors=True)
-        d.addBoth(lambda _r: self._schedule() if self._timer is None else None)
+        d.addBoth(lambda _r: self._schedule() if self._running and self._timer is None else None)
         return d
 
     def exchange(self, node_id: bytes) -> Deferred[int]:
@@ -152,8 +155,10 @@ class Gossip:
                 return False
         elif entry.record is not None and record.seq <= entry.record.seq:
             return False  # stale or the same
-        if entry.state == DEAD and entry.record is not None:
-            entry.state = NEW  # it signed a new record: it may be back, probe it again
+        if entry.state == DEAD:
+            # It signed a new record: it may be back, probe it again. (Also when the record we held has
+            # expired and been dropped meanwhile: any live record is news then.)
+            entry.state = NEW
             entry.failures = 0
             entry.next_attempt = 0.0
         entry.record = record

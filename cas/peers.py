@@ -39,6 +39,8 @@ from .records import Address, InvalidRecord, PeerRecord, decode_record, next_seq
 log = Logger()
 
 MAX_HAS = 1024
+PEER_BYE = "peer said goodbye: "  # how PeerProtocol records a BYE it received
+VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 MAX_BLOCK = (1 << 20) + 64  # a sealed segment is 1 MiB + 16; manifest blocks are at most 1 MiB
 
 
@@ -263,7 +265,11 @@ class PeerManager:
         entry = self.table.get(peer)
         if entry is None:
             return
-        if getattr(conn, "voluntary", False) or self._stopping:
+        # Closed on purpose by either side (idle, duplicate, too many connections) is not a failure; a peer
+        # that said it is shutting down is suspect until it answers again.
+        said = conn.close_reason or ""
+        benign_bye = said.startswith(PEER_BYE) and said[len(PEER_BYE):] in VOLUNTARY_REASONS
+        if getattr(conn, "voluntary", False) or benign_bye or self._stopping:
             entry.state = ALIVE
         else:
             log.info("lost {peer}: {reason}", peer=conn.label(), reason=reason)
@@ -427,6 +433,7 @@ class PeerManager:
         self._enforce_connection_limit()
         self._expire()
         now = self.reactor.seconds()
+        wall = self.wall()
         for _ in range(2):
             while self._probe_queue:
                 node_id = self._probe_queue.pop()
@@ -436,6 +443,8 @@ class PeerManager:
                 c = self.connections.get(node_id)
                 if c is not None and c.accepted and now - c._last_rx < self.settings.probe_interval:
                     continue  # heard from it just now
+                if c is None and e.state == ALIVE and e.last_seen is not None and wall - e.last_seen < self.settings.dead_after / 2:
+                    continue  # reached a moment ago (its connection was closed as idle): no need to dial again yet
                 self._ping(node_id)
                 return
             self._probe_queue = [e.node_id for e in self.table]

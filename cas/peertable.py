@@ -13,6 +13,7 @@ even when a record expired while the node was down, so that it can be dialled to
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -130,7 +131,7 @@ class PeerTable:
             peers = data["peers"]
             if not isinstance(peers, list):
                 raise ValueError("no peer list")
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly deep JSON
             log.warn("ignoring the saved peer table {path}: {error}", path=self.path, error=str(e))
             return 0
         for item in peers:
@@ -141,11 +142,9 @@ class PeerTable:
         return len(self.entries)
 
     def _load_entry(self, item: dict[str, Any], now: float) -> None:
+        # Everything is checked before the entry is made, so that a damaged item leaves nothing behind.
         node_id = bytes.fromhex(item["node_id"])
         if len(node_id) != 32 or node_id == self.own_id:
-            return
-        e = self.add(node_id)
-        if e is None:
             return
         record = None
         if item.get("record"):
@@ -155,16 +154,25 @@ class PeerTable:
                 record = None  # expired while we were down: dial the addresses to get a fresh one
             if record is not None and record.node_id != node_id:
                 raise ValueError("record of another node")
-        e.record = record
         addresses = []
         for value in item.get("addresses") or ():
             try:
                 addresses.append(Address.from_cbor(value))
             except InvalidRecord:
                 continue
+        last_seen, rtt, software = item.get("last_seen"), item.get("rtt"), item.get("software")
+        for name, v in (("last_seen", last_seen), ("rtt", rtt)):
+            if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number")
+        if software is not None and not isinstance(software, str):
+            raise ValueError("software must be text")
+        e = self.add(node_id)
+        if e is None:
+            return
+        e.record = record
         e.addresses = record.dialable if record is not None and record.dialable else tuple(addresses)
-        e.last_seen = item.get("last_seen")
-        e.rtt = item.get("rtt")
-        e.software = item.get("software")
+        e.last_seen = last_seen
+        e.rtt = rtt
+        e.software = software
         e.pinned = bool(item.get("pinned"))
         e.state = NEW  # until contacted again

@@ -404,6 +404,64 @@ class Routes(ApiTestCase):
         self.assertEqual((r.status, r.json()["error"]), (405, "method_not_allowed"))
 
 
+class FakePeers:
+    """Stands for the PeerManager: only what ``GET /v1/peers`` uses."""
+
+    def __init__(self, entries: list[dict]) -> None:
+        self.entries = entries
+        self.calls = 0
+
+    def describe(self) -> list[dict]:
+        self.calls += 1
+        return self.entries
+
+
+PEER_ENTRIES = [
+    {"node_id": "aaaqea-yeauda-ocajbi-fqydio-b4ibce-qtcqkr-mfyyde-nbwha5-dypqmy", "state": "connected", "member": True,
+     "addresses": ["tcp:192.0.2.1:3000", "tcp:[2001:db8::1]:3000"], "last_seen": 1767225600.5, "rtt_ms": 1.25,
+     "software": "cas/0.1.0", "connected": True, "record_seq": 1767225600000, "record_expires": 1767229200},
+    {"node_id": "wty5cu-bcvius-eyhxse-g2vbfi-zui5ja-ij3l64-ij3fb6-ppjwak-3ewady", "state": "dead", "member": False,
+     "addresses": [], "last_seen": None, "rtt_ms": None, "software": None, "connected": False,
+     "record_seq": None, "record_expires": None},
+]
+
+
+class PeersRoute(ApiTestCase):
+    def test_peers(self) -> None:
+        self.node.peers = FakePeers(PEER_ENTRIES)
+        r = self.request("GET", "/v1/peers")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.headers["content-type"], "application/json")
+        self.assertEqual(r.headers["cache-control"], "no-store")
+        self.assertEqual(int(r.headers["content-length"]), len(r.body))
+        self.assertEqual(r.json(), {"node_id": self.node.node_id, "members": 1, "peers": PEER_ENTRIES})
+
+    def test_members_counted(self) -> None:
+        entries = [dict(PEER_ENTRIES[0], node_id=str(i)) for i in range(3)] + [PEER_ENTRIES[1]]
+        self.node.peers = FakePeers(entries)
+        self.assertEqual(self.request("GET", "/v1/peers").json()["members"], 3)
+
+    def test_without_peer_layer(self) -> None:
+        self.assertIsNone(self.node.peers)
+        r = self.request("GET", "/v1/peers")
+        self.assertEqual((r.status, r.json()), (200, {"node_id": self.node.node_id, "members": 0, "peers": []}))
+
+    def test_needs_the_token(self) -> None:
+        self.node.peers = peers = FakePeers(PEER_ENTRIES)
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {self.token}"},
+                        {"Authorization": f"Bearer {self.token}x"}):
+            r = self.request("GET", "/v1/peers", headers=headers, auth=False)
+            self.assertEqual((r.status, r.json()["error"]), (401, "unauthorized"), headers)
+            self.assertNotIn(b"aaaqea", r.body)
+        self.assertEqual(peers.calls, 0, "the table is not even read")
+
+    def test_only_get(self) -> None:
+        self.node.peers = FakePeers(PEER_ENTRIES)
+        for method in ("POST", "DELETE", "PUT"):
+            r = self.request(method, "/v1/peers", b"")
+            self.assertEqual((r.status, r.json()["error"]), (405, "method_not_allowed"), method)
+
+
 class Redaction(ApiTestCase):
     def test_keys_never_logged(self) -> None:
         events: list[dict] = []

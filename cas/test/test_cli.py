@@ -29,6 +29,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from cas import cli
 from cas.capability import ReadCap
 from cas.cid import CID
+from cas.nodeid import format_node_id
 
 from .util_cli import CLI, assert_one_line_error, cli_env, run_cli, write_node_dir
 
@@ -69,6 +70,8 @@ class ParseArgsTests(SynchronousTestCase):
         self.assertEqual((a.key, a.key_file, a.output, a.force), (None, "kf", None, False))
 
     def test_rm_and_json_flags(self) -> None:
+        self.assertTrue(cli.parse_args(["peers", "--json"]).json)
+        self.assertFalse(cli.parse_args(["peers"]).json)
         self.assertEqual(cli.parse_args(["rm", "K", "--json"]).key, "K")
         self.assertTrue(cli.parse_args(["ls", "--json"]).json)
         self.assertTrue(cli.parse_args(["status", "--json"]).json)
@@ -370,7 +373,8 @@ class QuietServer(http.server.ThreadingHTTPServer):
 
 class FakeNode:
     """docs/api.md in memory. Knobs: ``mode`` (truncate/reset/stall), ``fail`` (status, code, message),
-    ``disposition`` (a raw Content-Disposition), ``plain_error`` (a non-JSON error body)."""
+    ``disposition`` (a raw Content-Disposition), ``plain_error`` (a non-JSON error body), ``peer_table`` (the
+    answer to ``GET /v1/peers``, any JSON value)."""
 
     def __init__(self, token: str = TOKEN) -> None:
         self.token = token
@@ -384,6 +388,7 @@ class FakeNode:
         self.drained = 0
         self.release = threading.Event()
         self.started = time.time()
+        self.peer_table: Any = {"node_id": "n" * 62, "members": 0, "peers": []}
         fake = self
 
         class Handler(FakeHandler):
@@ -518,6 +523,10 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
             return self.send_json(200, {"node_id": "n" * 52, "version": "0.1.0", "uptime": time.time() - node.started,
                                         "storage": {"used": used, "free": 10 << 30, "limit": None},
                                         "files": len(node.files)})
+        if path == "/v1/peers":
+            if method != "GET":
+                return self.error(405, "method_not_allowed", "use GET")
+            return self.send_json(200, node.peer_table)
         if path == "/v1/files":
             if method == "POST":
                 body = self.read_body()
@@ -917,6 +926,96 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(json.loads(self.ok("rm", "--json", stdin=k2.encode() + b"\n")), self.node.answers[-1])
         self.assertEqual(self.node.files, {})
         self.fails(3, "rm", k1, fragments=("no such file",))
+
+    # -- peers
+
+    ID1, ID2 = format_node_id(bytes(range(32))), format_node_id(bytes(32))
+
+    def peer_table(self) -> dict[str, Any]:
+        now = time.time()
+        return {"node_id": "n" * 62, "members": 1, "peers": [
+            {"node_id": self.ID1, "state": "connected", "member": True, "addresses": ["tcp:192.0.2.1:3000", "tcp:[2001:db8::1]:3000"],
+             "last_seen": now - 7200, "rtt_ms": 12.345, "software": "cas/0.1.0", "connected": True,
+             "record_seq": 1, "record_expires": 2},
+            {"node_id": self.ID2, "state": "new", "member": False, "addresses": [], "last_seen": None, "rtt_ms": None,
+             "software": None, "connected": False, "record_seq": None, "record_expires": None},
+        ]}
+
+    @staticmethod
+    def columns(line: str) -> list[int]:
+        """Where the second to fifth columns start (columns are separated by two spaces or more)."""
+        return [m.end() for m in re.finditer(r" {2,}", line)]
+
+    def test_peers(self) -> None:
+        self.node.peer_table = self.peer_table()
+        lines = self.ok("peers").decode().splitlines()
+        self.assertEqual(len(lines), 2, "one line per peer, no header: stdout is not a terminal")
+        first, second = (re.split(r" {2,}", line) for line in lines)
+        self.assertEqual(first[:3] + first[4:], [self.ID1, "connected", "12.3ms", "tcp:192.0.2.1:3000 tcp:[2001:db8::1]:3000"])
+        self.assertRegex(first[3], r"^2h 0m \d+s ago$")
+        self.assertEqual(second, [self.ID2, "new", "-", "never", "-"])
+        self.assertEqual(self.columns(lines[0]), self.columns(lines[1]), "aligned")
+        self.assertEqual([r["path"] for r in self.node.requests], ["/v1/peers"])
+
+    def test_peers_hostile_values_escaped(self) -> None:
+        table = self.peer_table()
+        table["peers"] = [{"node_id": "evil\x1b[2J", "state": "sus\npect", "addresses": ["tcp:\x1b]0;x\x07", 5],
+                           "last_seen": time.time() + 3600, "rtt_ms": 0}, "not a peer", 7, None, table["peers"][1]]
+        self.node.peer_table = table
+        lines = self.ok("peers").decode().splitlines()
+        self.assertEqual(len(lines), 2, "items that are not peers are left out")
+        self.assertEqual(re.split(r" {2,}", lines[0]), ["evil\\x1b[2J", "sus\\npect", "0.0ms", "0s ago", "tcp:\\x1b]0;x\\x07 5"])
+        self.assertEqual(re.split(r" {2,}", lines[1])[0], self.ID2)
+
+    def test_peers_empty(self) -> None:
+        self.assertEqual(self.ok("peers"), b"")
+
+    def test_peers_json(self) -> None:
+        self.node.peer_table = self.peer_table()
+        self.assertEqual(json.loads(self.ok("peers", "--json")), self.node.peer_table)
+
+    def test_peers_header_on_a_terminal(self) -> None:
+        self.node.peer_table = self.peer_table()
+        master, slave = os.openpty()
+        try:
+            proc = subprocess.run([*CLI, "--node", self.node_dir, "peers"], cwd=self.cwd, env=cli_env(),
+                                  stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, timeout=60)
+            os.close(slave)
+            slave = -1
+            out = b""
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: nothing more to read
+                    break
+                if not data:
+                    break
+                out += data
+        finally:
+            if slave >= 0:
+                os.close(slave)
+            os.close(master)
+        self.assertEqual((proc.returncode, proc.stderr), (0, b""))
+        lines = out.decode().splitlines()
+        self.assertEqual(len(lines), 3)
+        self.assertEqual(re.split(r" {2,}", lines[0].rstrip()), ["NODE", "STATE", "RTT", "SEEN", "ADDRESSES"])
+        self.assertEqual(self.columns(lines[0]), self.columns(lines[1]))
+        self.assertTrue(lines[1].startswith(self.ID1))
+
+    def test_peers_malformed_answer(self) -> None:
+        for answer in ({"peers": "nope"}, {"peers": None}, {"peers": {"a": 1}}, {}, [1, 2], "text", 5, None):
+            self.node.peer_table = answer
+            for args in (["peers"], ["peers", "--json"]):
+                line = self.fails(1, *args, fragments=("peer table is not in the expected form",))
+                self.assertNotIn("Traceback", line)
+
+    def test_peers_errors(self) -> None:
+        self.node.fail = (500, "internal", "internal error (see the node's log)")
+        self.fails(1, "peers", fragments=("internal error",))
+        self.node.fail = None
+        with open(os.path.join(self.node_dir, "api.token"), "w") as f:
+            f.write("wrong\n")
+        self.fails(4, "peers", fragments=("wrong API token",))
 
     # -- errors
 

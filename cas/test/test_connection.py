@@ -1259,7 +1259,8 @@ class CloseTests(SynchronousTestCase):
         pair.ha.handler = pair.ha.hold
         e = pair.b.request(GET_BLOCK, {"cid": CID})  # a's host is answering this one
         pair.pump()
-        pair.b.pauseProducing()  # b's socket is full: its answers queue up
+        pair.b.pauseProducing()  # b's socket is full: its answers (with blocks) queue up
+        pair.hb.handler = lambda conn, f: Response({}, b"block")
         ds = [pair.a.request(GET_BLOCK, {"cid": cid(i)}) for i in range(2)]
         pair.pump()
         pair.b.close("stopping")
@@ -1274,7 +1275,7 @@ class CloseTests(SynchronousTestCase):
         self.assertFalse(pair.ta.disconnecting)  # a did not stop reading
         pair.a.dataReceived(data[bye_end:])
         for d in ds:
-            self.successResultOf(d)
+            self.assertEqual(bytes(self.successResultOf(d).payload), b"block")
         self.assertTrue(pair.tb.disconnecting)
         pair.disconnect()
         self.failureResultOf(e, ConnectionClosed)  # b had stopped reading

@@ -161,7 +161,7 @@ class TwoNodeTests(TestCase):
         port = net.port(a)
         path = a.node.datadir.path
         await net.stop(a)
-        b = net.start(bootstrap=[Bootstrap(None, "127.0.0.1", port)])
+        b = net.start(bootstrap=[Bootstrap(a.node.identity.node_id, "127.0.0.1", port)])
         await wait_for(lambda: b.peers.bootstrap[0].failures >= 2, "two failed bootstrap attempts")
         # a comes back on the same port: b gets in.
         node = Node(prepare(path), reactor, run=sync_run)
@@ -219,8 +219,9 @@ class ConnectionManagementTests(TestCase):
     async def test_connection_limit_closes_least_recently_used(self) -> None:
         net = Net(self)
         limited = PeerSettings(gossip_interval=1000, probe_interval=0.1, max_connections=1, dead_after=1.0)
-        a, b = net.start(), net.start()
-        c = net.start(settings=limited)
+        # a and b neither gossip nor probe, so that only c's own requests open and use connections.
+        silent = PeerSettings(gossip_interval=1000, probe_interval=1000)
+        a, b, c = net.start(settings=silent), net.start(settings=silent), net.start(settings=limited)
         for other in (a, b):
             c.peers.table.add(other.node.identity.node_id).addresses = (Address("tcp", "127.0.0.1", net.port(other)),)
         await c.peers.connect(a.node.identity.node_id)

@@ -19,6 +19,9 @@ from cas.cid import digest
 from cas.datadir import prepare
 from cas.errors import DataDirError
 from cas.identity import format_node_id, load_or_create, make_certificate
+from cas.nodeid import ALPHABET
+from cas.peers import Bootstrap
+from cas.records import Address
 
 from .util import make_node
 
@@ -68,6 +71,121 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(parse("--storage-limit", text)["storage-limit"], n)
         for bad in ("", "abc", "10X", "-5", "1e9"):
             self.assertRaises(usage.UsageError, tap.parse_size, bad)
+
+
+class PeerOptionsTests(SynchronousTestCase):
+    """--bootstrap, --advertise and --gossip-interval."""
+
+    NODE = bytes(range(32))
+    HUMAN = format_node_id(NODE)  # aaaqea-yeauda-...
+
+    def peer(self, *argv: str) -> tap.Options:
+        return parse("--port", "0", "--data-dir", "/d", *argv)
+
+    def refused(self, *argv: str) -> str:
+        e = self.assertRaises(usage.UsageError, self.peer, *argv)
+        self.assertNotIn("\n", str(e))
+        return str(e)
+
+    def test_defaults(self) -> None:
+        o = self.peer()
+        self.assertEqual((o["bootstrap"], o["advertise"]), ([], []))
+        self.assertEqual(o["gossip-interval"], 5.0)
+        self.assertIsInstance(o["gossip-interval"], float)
+
+    def test_options_are_not_shared(self) -> None:
+        self.peer("--bootstrap", "192.0.2.1:3000", "--advertise", "192.0.2.1:3000")
+        o = self.peer()
+        self.assertEqual((o["bootstrap"], o["advertise"]), ([], []))
+
+    def test_bootstrap_repeatable(self) -> None:
+        o = self.peer(
+            "--bootstrap", f"{self.HUMAN}@192.0.2.1:3000",
+            "--bootstrap", "192.0.2.2:3001",
+            "--bootstrap", "[::1]:3000",
+            "--bootstrap", f"{self.HUMAN}@[2001:DB8:0::1]:4000",
+            "--bootstrap", "seed-1.example.org:3000",
+            "--bootstrap", "localhost:3000",
+        )
+        self.assertEqual(o["bootstrap"], [
+            Bootstrap(self.NODE, "192.0.2.1", 3000),
+            Bootstrap(None, "192.0.2.2", 3001),
+            Bootstrap(None, "::1", 3000),
+            Bootstrap(self.NODE, "2001:db8::1", 4000),
+            Bootstrap(None, "seed-1.example.org", 3000),
+            Bootstrap(None, "localhost", 3000),
+        ])
+        self.assertEqual(str(o["bootstrap"][3]), f"{self.HUMAN}@[2001:db8::1]:4000")
+
+    def test_bootstrap_id_without_dashes_any_case(self) -> None:
+        plain = self.HUMAN.replace("-", "")
+        for text in (plain, plain.upper(), self.HUMAN.upper(), f"  {self.HUMAN}"):
+            [b] = self.peer("--bootstrap", f"{text}@192.0.2.1:3000")["bootstrap"]
+            self.assertEqual(b.node_id, self.NODE, text)
+
+    def test_bootstrap_bad_port(self) -> None:
+        for value in ("192.0.2.1:0", "192.0.2.1:65536", "host:http", "host:", "[::1]:-1", "host:3000x"):
+            message = self.refused("--bootstrap", value)
+            self.assertIn(f"--bootstrap {value!r}", message)
+            self.assertIn("the port must be a number in 1..65535", message)
+
+    def test_bootstrap_bad_host(self) -> None:
+        for value, fragment in [
+            ("::1:3000", "write an IPv6 address in brackets, as in [::1]:3000"),
+            ("192.0.2.1", "expected HOST:PORT"),
+            (":3000", "expected HOST:PORT"),
+            ("[::1:3000", "expected [IPV6]:PORT"),
+            ("[fe80::1%eth0]:3000", "zone ids"),
+            ("[192.0.2.1]:3000", "not an IPv6 address"),
+            ("192.0.2.256:3000", "not an IPv4 address"),
+            ("bad_host:3000", "not a host name or IP address"),
+            ("-x.example:3000", "not a host name or IP address"),
+        ]:
+            self.assertIn(fragment, self.refused("--bootstrap", value), value)
+
+    def test_bootstrap_bad_node_id(self) -> None:
+        i = 7  # a letter of the second group
+        wrong = ALPHABET[(ALPHABET.index(self.HUMAN[i]) + 1) % 32]
+        typo = self.HUMAN[:i] + wrong + self.HUMAN[i + 1:]
+        message = self.refused("--bootstrap", f"{typo}@192.0.2.1:3000")
+        self.assertIn("bad node id before '@'", message)
+        self.assertIn("check characters do not match: a typo?", message)
+        short = self.HUMAN.replace("-", "")[:52]
+        self.assertIn("no check characters", self.refused("--bootstrap", f"{short}@192.0.2.1:3000"))
+        self.assertIn("bad node id", self.refused("--bootstrap", "@192.0.2.1:3000"))
+        self.assertIn("not base32", self.refused("--bootstrap", f"{self.HUMAN[:-1]}1@192.0.2.1:3000"))
+
+    def test_advertise(self) -> None:
+        o = self.peer("--advertise", "192.0.2.1:3000", "--advertise", "[2001:db8::1]:3000", "--advertise", "127.0.0.1:4000")
+        self.assertEqual(o["advertise"], [Address.tcp("192.0.2.1", 3000), Address.tcp("2001:db8::1", 3000), Address.tcp("127.0.0.1", 4000)])
+
+    def test_advertise_needs_an_ip_address(self) -> None:
+        for value, fragment in [
+            ("example.com:3000", "not an IP address (names are not allowed)"),
+            ("localhost:3000", "not an IP address"),
+            ("0.0.0.0:3000", "cannot be dialled"),
+            ("[::]:3000", "cannot be dialled"),
+            ("224.0.0.1:3000", "cannot be dialled"),
+            ("[::ffff:192.0.2.1]:3000", "write an IPv4-mapped address as IPv4"),
+            ("192.0.2.1:0", "1..65535"),
+            ("::1:3000", "in brackets"),
+            (f"{self.HUMAN}@192.0.2.1:3000", "a node id has no place here"),
+        ]:
+            message = self.refused("--advertise", value)
+            self.assertIn(f"--advertise {value!r}", message)
+            self.assertIn(fragment, message, value)
+
+    def test_gossip_interval(self) -> None:
+        for text, value in (("0.5", 0.5), ("2", 2.0), ("60", 60.0), ("1e-3", 0.001)):
+            o = self.peer("--gossip-interval", text)
+            self.assertEqual(o["gossip-interval"], value)
+            self.assertIsInstance(o["gossip-interval"], float)
+
+    def test_gossip_interval_must_be_positive(self) -> None:
+        for text in ("0", "-1", "-0.5", "0.0", "nan"):
+            self.assertIn("--gossip-interval must be a positive number", self.refused("--gossip-interval", text), text)
+        self.refused("--gossip-interval", "soon")
+        self.refused("--gossip-interval", "")
 
 
 class DataDirTests(SynchronousTestCase):
