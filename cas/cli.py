@@ -14,6 +14,7 @@ import argparse
 import getpass
 import http.client
 import json
+import math
 import mimetypes
 import os
 import re
@@ -993,8 +994,8 @@ def cmd_peers(args: argparse.Namespace, client_for: Callable[[], Client]) -> int
         rows.append((
             printable(str(p.get("node_id", "?")), 200),
             printable(str(p.get("state", "?")), 20),
-            f"{rtt:.1f}ms" if isinstance(rtt, (int, float)) else "-",
-            human_duration(max(0.0, time.time() - seen)) + " ago" if isinstance(seen, (int, float)) else "never",
+            f"{rtt:.1f}ms" if _finite(rtt) else "-",
+            human_duration(max(0.0, time.time() - seen)) + " ago" if _finite(seen) else "never",
             printable(" ".join(str(a) for a in addresses), 300) or "-",
         ))
     if sys.stdout.isatty() and rows:
@@ -1003,6 +1004,10 @@ def cmd_peers(args: argparse.Namespace, client_for: Callable[[], Client]) -> int
     for r in rows:
         print_out("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
     return EXIT_OK
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def cmd_rm(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -59,7 +60,7 @@ class Options(usage.Options):
         try:
             node_id, host, port = parse_operator_address(value)
         except ValueError as e:
-            raise usage.UsageError(f"--bootstrap {value!r}: {e}") from None
+            raise usage.UsageError(f"--bootstrap: {e}") from None
         self["bootstrap"].append(Bootstrap(node_id, host, port))
 
     def opt_advertise(self, value: str) -> None:
@@ -71,7 +72,7 @@ class Options(usage.Options):
                 raise ValueError("a node id has no place here")
             self["advertise"].append(Address.from_cbor(["tcp", host, port]))
         except (ValueError, InvalidRecord) as e:
-            raise usage.UsageError(f"--advertise {value!r}: {e} (give an IP address and a port)") from None
+            raise usage.UsageError(f"--advertise {value!r}: {e}") from None
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
@@ -95,7 +96,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}") from None
         if self["storage-limit"] is not None:
             self["storage-limit"] = parse_size(self["storage-limit"])
-        if not self["gossip-interval"] > 0:
+        if not (math.isfinite(self["gossip-interval"]) and self["gossip-interval"] > 0):
             raise usage.UsageError("--gossip-interval must be a positive number of seconds")
 
 

@@ -310,9 +310,11 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(lone.proto.hello_info, HelloInfo(B_ID, 1, "?", [], None, NONCE))
 
     def test_highest_common_version(self) -> None:
+        self.patch(connection, "PROTOCOL_VERSIONS", (1, 2, 3))
         lone = Lone()
-        lone.feed(hello(versions=[7, 1, 3]))
-        self.assertEqual(lone.proto.hello_info.version, 1)  # type: ignore[union-attr]
+        self.assertEqual(lone.written()[0].header["versions"], [1, 2, 3])
+        lone.feed(hello(versions=[7, 1, 2]))
+        self.assertEqual(lone.proto.hello_info.version, 2)  # type: ignore[union-attr]
 
     def test_hello_timer_cancelled(self) -> None:
         pair = Pair()
@@ -1332,6 +1334,10 @@ class IdleTests(SynchronousTestCase):
         pair.pump()
         self.assertEqual((pair.a.last_used, pair.b.last_used), (0, 0))
         self.assertEqual((pair.a.idle_since, pair.b.idle_since), (0, 0))
+        pair.a.ping()  # unanswered for now: a PING in flight does not make the connection busy
+        pair.clock.advance(5)
+        self.assertEqual(pair.a.idle_since, 0)
+        pair.pump()
 
     def test_requests_count(self) -> None:
         pair = Pair()

@@ -126,7 +126,7 @@ class PeerOptionsTests(SynchronousTestCase):
     def test_bootstrap_bad_port(self) -> None:
         for value in ("192.0.2.1:0", "192.0.2.1:65536", "host:http", "host:", "[::1]:-1", "host:3000x"):
             message = self.refused("--bootstrap", value)
-            self.assertIn(f"--bootstrap {value!r}", message)
+            self.assertIn(f"--bootstrap: {value!r}", message)
             self.assertIn("the port must be a number in 1..65535", message)
 
     def test_bootstrap_bad_host(self) -> None:
