@@ -296,6 +296,9 @@ class PeerProtocol(Protocol):
         if frame.type == frames.HELLO:
             return self._on_hello(frame)
         if not self.accepted:
+            if frame.type == frames.BYE:  # e.g. no common version: the peer's reason is the one to log
+                reason = frame.header.get("reason")
+                raise FrameError(f"peer closed before HELLO: {reason if isinstance(reason, str) else '?'}")
             raise FrameError(f"{frames.TYPE_NAMES[frame.type]} before HELLO")
         if frame.is_response:
             return self._on_response(frame)
@@ -356,11 +359,15 @@ class PeerProtocol(Protocol):
             self.ready.callback(self)
 
     def _on_response(self, frame: Frame) -> None:
-        p = self._pending.pop(frame.request_id, None)
+        p = self._pending.get(frame.request_id)
         if p is None:
             if 0 < frame.request_id <= self._last_id:
                 return  # a late answer to a request we gave up on (deadline): ignored
             raise FrameError(f"response to request {frame.request_id}, which was never sent")
+        if frame.type != p.type:
+            raise FrameError(
+                f"{frames.TYPE_NAMES[frame.type]} response to {frames.TYPE_NAMES[p.type]} request {frame.request_id}")
+        del self._pending[frame.request_id]
         if p.timer is not None and p.timer.active():
             p.timer.cancel()
         self._release(p.size)

@@ -738,6 +738,25 @@ class DeadlineTests(SynchronousTestCase):
         lone.feed(Frame(GET_BLOCK, RESPONSE, rid2, {}, b"on time"))
         self.assertEqual(bytes(self.successResultOf(d2).payload), b"on time")
 
+    def test_response_of_another_type(self) -> None:
+        """A response must carry its request's type: a PING answer to a GET_BLOCK is a protocol violation."""
+        lone = Lone()
+        lone.accept()
+        d = lone.proto.request(GET_BLOCK, {"cid": CID})
+        rid = lone.written()[-1].request_id
+        lone.feed(Frame(PING, RESPONSE, rid))
+        self.assertTrue(lone.t.disconnected)
+        lone.lose()
+        self.assertIn(f"PING response to GET_BLOCK request {rid}", lone.host.lost_reasons[0])
+        self.failureResultOf(d, ConnectionClosed)
+
+    def test_bye_before_hello_keeps_the_peers_reason(self) -> None:
+        lone = Lone()
+        lone.feed(Frame(BYE, header={"reason": "no common protocol version"}))
+        self.assertTrue(lone.t.disconnected)
+        lone.lose()
+        self.assertIn("peer closed before HELLO: no common protocol version", lone.host.lost_reasons[0])
+
     def test_response_never_sent(self) -> None:
         lone = Lone()
         lone.accept()
