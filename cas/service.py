@@ -58,7 +58,10 @@ class NodeService(service.Service):
         port = result[0]
         if not IListeningPort.providedBy(port):
             err = port.value
-            why = err.socketError.strerror if isinstance(err, CannotListenError) and hasattr(err.socketError, "strerror") else str(err)
+            if isinstance(err, CannotListenError):
+                why = getattr(err.socketError, "strerror", None) or str(err.socketError) or str(err)
+            else:
+                why = str(err)
             raise SystemExit(f"cas: cannot listen on {what} endpoint {description!r}: {why}")
         self.ports.append(port)
         return port

@@ -8,6 +8,8 @@ few seconds. Conditions are polled on the real reactor with a deadline; no test 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -44,9 +46,10 @@ class Net:
 
     def start(
         self, path: str | None = None, bootstrap: list[Bootstrap] | None = None, settings: PeerSettings = FAST,
+        peer_endpoint: str = "tcp:0:interface=127.0.0.1",
     ) -> NodeService:
         node = Node(prepare(path or self.tc.mktemp()), reactor, run=sync_run)
-        s = NodeService(node, reactor, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1",
+        s = NodeService(node, reactor, peer_endpoint, "tcp:0:interface=127.0.0.1",
                         bootstrap=bootstrap, settings=settings)
         s.startService()
         self.services.append(s)
@@ -228,6 +231,24 @@ class ConnectionManagementTests(TestCase):
         await c.peers.connect(b.node.identity.node_id)
         await wait_for(lambda: len(c.peers.connections) == 1, "one connection to be closed")
         self.assertIn(b.node.identity.node_id, c.peers.connections)  # the most recently used stays
+
+    async def test_any_stream_endpoint_carries_the_protocol(self) -> None:
+        """The transport seam is the endpoint: a node listening on a unix socket speaks the same TLS and frames."""
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        short = tempfile.mkdtemp(prefix="cas-")  # a unix socket path must be short (108 bytes)
+        self.addCleanup(shutil.rmtree, short, True)  # after the nodes stop (cleanups run last-in first-out)
+        net = Net(self)
+        sock = os.path.join(short, "peer.sock")
+        a = net.start(peer_endpoint=f"unix:{sock}")
+        self.assertEqual(a.peers.advertise, [])  # nothing dialable to advertise
+        b = net.start()
+        a_id = a.node.identity.node_id
+        conn = await b.peers.dial(UNIXClientEndpoint(reactor, sock), a_id)
+        self.assertEqual(conn.peer_id, a_id)
+        block = os.urandom(5000)
+        await b.peers.put_block(a_id, CID.of(block), block)
+        self.assertEqual(await b.peers.get_block(a_id, CID.of(block)), block)
 
     async def test_garbage_on_the_peer_port_affects_nothing_else(self) -> None:
         net = Net(self)
