@@ -13,8 +13,9 @@ For each size, in one run (see bench/README.md, "bench/peers.py"):
   ``cas.peertls.server_creator``); child R0 dials it (R's identity, S's key pinned, ``client_creator``) and
   sends one byte; S0 then streams the block files in order with a registered push producer (no framing) and
   R0 counts and discards the bytes. Timed in R0 from that byte to the last byte received.
-- **bare TLS + BLAKE3** (context, ``--no-hash-baseline`` skips it): the same, R0 also joins each block's
-  bytes and checks its BLAKE3 against the block id (part of the work cas does on receipt).
+- **bare TLS + BLAKE3** (context, ``--no-hash-baseline`` skips it): the same, R0 also hashes each block's
+  bytes as they arrive (incremental BLAKE3, no copy) and checks the digest against the block id (part of the
+  work cas does on receipt).
 - **cas GET_BLOCK**: S is a real node, ``twistd --nodaemon cas`` on data dir S with its peer port on
   127.0.0.1; child R creates a ``Node`` + ``PeerManager`` on data dir R, dials S with S's node id pinned
   (``PeerManager.dial``) and fetches every block with ``PeerManager.get_block`` (which checks each block
@@ -45,8 +46,8 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import api as apibench  # noqa: E402  (standard library only at import time)
-import pipeline  # noqa: E402  (standard library only at import time)
+import api as apibench  # standard library only at import time
+import pipeline  # standard library only at import time
 
 MiB = pipeline.MiB
 BLOCK = (1 << 20) + 16  # a sealed 1 MiB segment: the largest data block
@@ -595,7 +596,7 @@ def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str,
     cmd += ["cas", "--port", "tcp:0:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1", "--data-dir", setup["data"]]
     env = apibench.child_env()
     env["PYTHONUNBUFFERED"] = "1"  # the log line with the peer port must reach the file at once
-    logf = open(log_path, "wb")
+    logf = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below, after the node is reaped
     t0 = time.perf_counter()
     node = spawn(cmd, logf, subprocess.STDOUT, env=env, cwd=work)
     try:
@@ -663,7 +664,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         proc = subprocess.run(child_cmd("mkblocks", argparse.Namespace(profile=None), data=setup["data"],
                                         recv_data=setup["recv_data"], cids=setup["cids"], blocks=blocks),
-                              stdout=subprocess.PIPE, text=True, env=apibench.child_env())
+                              stdout=subprocess.PIPE, text=True, env=apibench.child_env(), check=False)
         if proc.returncode != 0:
             raise SystemExit(f"FAIL: writing the blocks failed (exit {proc.returncode})")
         made = parse_result(proc.stdout, "mkblocks")
@@ -679,17 +680,13 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
             rwork = os.path.join(work, f"r{n}")
             os.makedirs(rwork, exist_ok=True)
             rows: dict[str, dict[str, Any]] = {}
-
-            def bare_side() -> None:
-                rows["bare"] = bare_op(setup, rwork, a, False)
-                if a.hash_baseline:
-                    rows["bare_b3"] = bare_op(setup, rwork, a, True)
-
-            def cas_side() -> None:
-                rows["cas"] = cas_op(setup, rwork, a)
-
-            for side in ((cas_side, bare_side) if cas_first else (bare_side, cas_side)):
-                side()
+            for side in (("cas", "bare") if cas_first else ("bare", "cas")):
+                if side == "cas":
+                    rows["cas"] = cas_op(setup, rwork, a)
+                else:
+                    rows["bare"] = bare_op(setup, rwork, a, False)
+                    if a.hash_baseline:
+                        rows["bare_b3"] = bare_op(setup, rwork, a, True)
             rounds.append(rows)
         return {"size": size, "blocks": blocks, "block_bytes": BLOCK, "bytes": blocks * BLOCK,
                 "setup_seconds": made["seconds"], "node_id": made["node_id"], "rounds": rounds,
@@ -761,7 +758,7 @@ def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", "-C", REPO, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, timeout=10).stdout
+                                  text=True, timeout=10, check=False).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -843,7 +840,7 @@ def main() -> None:
     print(text, end="")
     env["loadavg_end"] = pipeline.loadavg()
     env["parent_peak_rss_mib"] = pipeline.mem_status().get("VmHWM")
-    env["date_end"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    env["date_end"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     doc = {"environment": env, "repeat": a.repeat, "window": a.window, "block_bytes": BLOCK,
            "targets": {"ratio_vs_bare": TARGET_RATIO}, "sizes": results, "table": text}
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

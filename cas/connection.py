@@ -26,6 +26,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -157,6 +158,7 @@ class PeerProtocol(Protocol):
         self._bulk_responses: deque[tuple[Frame, list[bytes | memoryview]]] = deque()
         self._turn = 0
         self._paused = False
+        self._views = False
         self._hello_timer: IDelayedCall | None = None
         self._keepalive_timer: IDelayedCall | None = None
         self._last_rx = 0.0
@@ -187,6 +189,7 @@ class PeerProtocol(Protocol):
     # -- connection life -----------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         self._connected = True
+        self._views = isinstance(self.transport, TLSMemoryBIOProtocol)  # TLS takes memoryviews (see _pump)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         self.remote = f"{host}:{peer.port}" if host is not None else str(peer)  # type: ignore[attr-defined]
@@ -536,7 +539,9 @@ class PeerProtocol(Protocol):
             pieces = item[1]
             self._last_tx = self.clock.seconds()
             self.bytes_out += sum(len(p) for p in pieces)
-            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
+            # One call: Twisted's TLS transport joins what it is given into one buffer either way (it also
+            # aggregates separate small writes), and plain transports take bytes only.
+            self.transport.writeSequence(pieces if self._views else [bytes(p) for p in pieces])  # type: ignore[union-attr]
 
     def pauseProducing(self) -> None:
         self._paused = True
