@@ -332,6 +332,10 @@ def child_recv0(a: argparse.Namespace) -> None:
 def child_recv(a: argparse.Namespace) -> None:
     """The cas receiver: Node + PeerManager on data dir R, dial S pinned, GET_BLOCK every block with a
     window of requests in flight (PeerManager.get_block checks each against its id), discard."""
+    from cas.malloc import tune
+
+    tune()  # the receiver stands for a node: the same allocator settings as twistd cas
+
     from twisted.internet import reactor
     from twisted.python.failure import Failure
 

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from .datadir import prepare
 from .errors import DataDirError
+from .malloc import tune as tune_allocator
 from .node import Node
 from .paths import default_data_dir
 from .peers import Bootstrap, PeerSettings
@@ -105,6 +106,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    tune_allocator()  # this process is a node: large block buffers are reused instead of re-faulted
     try:
         datadir = prepare(options["data-dir"])
         node = Node(datadir, reactor, storage_limit=options["storage-limit"])
