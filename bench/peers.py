@@ -140,6 +140,11 @@ def child_mkblocks(a: argparse.Namespace) -> None:
 def child_serve0(a: argparse.Namespace) -> None:
     """The bare sender: a TLS 1.3 server (cas.peertls, S's identity) that, once the client's one byte
     arrives, streams the block files in order through a registered push producer, then closes."""
+    if a.tune:  # the same allocator settings as a cas node
+        from cas.malloc import tune
+
+        tune()
+
     from twisted.internet import endpoints, reactor
     from twisted.internet.interfaces import IPushProducer
     from twisted.internet.protocol import Factory, Protocol
@@ -245,6 +250,11 @@ def child_serve0(a: argparse.Namespace) -> None:
 def child_recv0(a: argparse.Namespace) -> None:
     """The bare receiver: dials S0 (TLS 1.3, R's identity, S's key pinned), sends one byte, counts and
     discards what arrives (with --hash, also checks each block's BLAKE3 against its id, hashing as it arrives)."""
+    if a.tune:  # the same allocator settings as a cas node
+        from cas.malloc import tune
+
+        tune()
+
     import hmac
 
     import blake3
@@ -549,15 +559,16 @@ def tail(path: str, n: int = 30) -> str:
         return ""
 
 
-def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool) -> dict[str, Any]:
-    """S0 (bare TLS server streaming the block files) and R0 (bare TLS client), both fresh processes."""
-    name = "bare-b3" if hashing else "bare"
+def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool, tuned: bool = False) -> dict[str, Any]:
+    """S0 (bare TLS server streaming the block files) and R0 (bare TLS client), both fresh processes; with
+    ``tuned`` both apply cas's allocator settings (cas.malloc.tune), as a cas node does."""
+    name = ("bare-b3" if hashing else "bare") + ("-tuned" if tuned else "")
     port_file = os.path.join(work, f"{name}.port")
     if os.path.exists(port_file):
         os.unlink(port_file)
     s_out, s_err = os.path.join(work, f"{name}-serve.stdout"), os.path.join(work, f"{name}-serve.stderr")
     with open(s_out, "wb") as so, open(s_err, "wb") as se:
-        server = spawn(child_cmd("serve0", a, data=setup["data"], cids=setup["cids"], port_file=port_file), so, se)
+        server = spawn(child_cmd("serve0", a, data=setup["data"], cids=setup["cids"], port_file=port_file, tune=tuned), so, se)
     try:
         wait_file(port_file, server, "the bare TLS server", s_err)
         with open(port_file) as f:
@@ -565,7 +576,7 @@ def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bo
         load = pipeline.loadavg()
         r = run_receiver(
             child_cmd("recv0", a, recv_data=setup["recv_data"], cids=setup["cids"], peer_port=port_text,
-                      node_id=node_id, hash=hashing),
+                      node_id=node_id, hash=hashing, tune=tuned),
             work, f"{name}-recv", setup["timeout"], None)
         reap(server, STOP_TIMEOUT)
     finally:
@@ -647,7 +658,8 @@ def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str,
     return r
 
 
-LABELS = {"bare": "bare TLS stream", "bare_b3": "bare TLS + BLAKE3", "cas": "cas GET_BLOCK"}
+LABELS = {"bare": "bare TLS stream", "bare_tuned": "bare, cas malloc", "bare_b3": "bare TLS + BLAKE3",
+          "cas": "cas GET_BLOCK"}
 
 
 def say(name: str, r: dict[str, Any]) -> None:
@@ -689,6 +701,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
                     rows["cas"] = cas_op(setup, rwork, a)
                 else:
                     rows["bare"] = bare_op(setup, rwork, a, False)
+                    rows["bare_tuned"] = bare_op(setup, rwork, a, False, tuned=True)
                     if a.hash_baseline:
                         rows["bare_b3"] = bare_op(setup, rwork, a, True)
             rounds.append(rows)
@@ -722,7 +735,12 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
     x = out["cas"]
     x["ratio_vs_bare"] = x["mib_s"] / out["bare"]["mib_s"]
     x["ratio_per_round"] = [r["cas"]["mib_s"] / r["bare"]["mib_s"] for r in rounds]
-    x["target_met"] = x["ratio_vs_bare"] >= TARGET_RATIO
+    x["ratio_vs_bare_tuned"] = x["mib_s"] / out["bare_tuned"]["mib_s"]
+    out["bare_tuned"]["ratio_vs_bare"] = out["bare_tuned"]["mib_s"] / out["bare"]["mib_s"]
+    # The target is met against the faster of the two bare streams: the baseline must not be handicapped by
+    # glibc's defaults that cas itself tunes away (cas.malloc).
+    x["ratio_vs_best_bare"] = min(x["ratio_vs_bare"], x["ratio_vs_bare_tuned"])
+    x["target_met"] = x["ratio_vs_best_bare"] >= TARGET_RATIO
     if "bare_b3" in out:
         x["ratio_vs_bare_b3"] = x["mib_s"] / out["bare_b3"]["mib_s"]
         out["bare_b3"]["ratio_vs_bare"] = out["bare_b3"]["mib_s"] / out["bare"]["mib_s"]
@@ -744,7 +762,8 @@ def table(all_sizes: list[dict[str, Any]], repeat: int) -> str:
             if "ratio_vs_bare" in x:
                 ratio = f"{x['ratio_vs_bare']:.3f}"
             if key == "cas":
-                target = f">= {TARGET_RATIO:.2f}: {'ok' if x['target_met'] else 'MISSED'}"
+                target = (f">= {TARGET_RATIO:.2f} of the faster bare: {'ok' if x['target_met'] else 'MISSED'} "
+                          f"(vs bare with cas malloc: {x['ratio_vs_bare_tuned']:.3f})")
                 if "ratio_vs_bare_b3" in x:
                     target += f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})"
             speed = f"{x['mib_s']:.1f}"
@@ -806,6 +825,7 @@ def main() -> None:
     p.add_argument("--blocks", type=int, help=argparse.SUPPRESS)
     p.add_argument("--peer-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--hash", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tune", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.profile:
         a.profile = os.path.abspath(a.profile)

@@ -162,6 +162,7 @@ class PeerProtocol(Protocol):
         self._hello_timer: IDelayedCall | None = None
         self._keepalive_timer: IDelayedCall | None = None
         self._last_rx = 0.0
+        self._rx_bytes_seen = 0  # bytes_in at the last keepalive check
         self._last_tx = 0.0
         self._connected = False
         self.rtt: float | None = None
@@ -272,17 +273,21 @@ class PeerProtocol(Protocol):
 
     # -- receiving -----------------------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
+        # Called for every TLS record (16 KiB at most): kept to the minimum, no clock read. ``_last_rx`` moves
+        # when a frame completes; the keepalive also counts bytes that arrived without completing one.
         if not self._connected:
             return
-        self._last_rx = self.clock.seconds()
         self.bytes_in += len(data)
         try:
             received = self._decoder.feed(data)
         except FrameError as e:
             self.fail(str(e))
             return
-        self._backlog.extend(received)
-        self._dispatch_backlog()
+        if received:
+            self._last_rx = self.clock.seconds()
+            self._rx_bytes_seen = self.bytes_in
+            self._backlog.extend(received)
+            self._dispatch_backlog()
 
     def _dispatch_backlog(self) -> None:
         """Dispatch the frames read, stopping at the serving cap: the rest wait as unread bytes would."""
@@ -562,6 +567,10 @@ class PeerProtocol(Protocol):
         if not self._connected:
             return
         now = self.clock.seconds()
+        if self.bytes_in != self._rx_bytes_seen or self._reading_paused:
+            # Part of a frame arrived since the last check, or we are the ones not reading: not silent.
+            self._rx_bytes_seen = self.bytes_in
+            self._last_rx = max(self._last_rx, now)
         silent = now - self._last_rx
         if silent >= IDLE_LIMIT:
             self.fail(f"silent for {silent:.0f} s")

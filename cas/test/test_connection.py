@@ -1113,6 +1113,26 @@ class KeepaliveTests(SynchronousTestCase):
         (why,) = pair.ha.lost_reasons
         self.assertIn("silent for 60 s", why)
 
+    def test_part_of_a_frame_counts_as_traffic(self) -> None:
+        """A large frame still arriving is not silence, although no frame completed (dataReceived reads no clock)."""
+        lone = Lone()
+        lone.accept()
+        lone.t.clear()
+        lone.clock.advance(10)
+        lone.feed(raw(Frame(PUT_BLOCK, 0, 1, {"cid": CID}, b"x" * 5000))[:3000])  # part of a frame at t=10
+        lone.clock.advance(5.5)  # t=15.5: the check at 15 saw bytes arrive
+        self.assertEqual(lone.written(), [])
+        lone.clock.advance(15)  # t=30.5: nothing since t=15
+        self.assertEqual(kinds(lone.written()), [("PING", False)])
+
+    def test_not_reading_is_not_silence(self) -> None:
+        """While we do not read (serving cap), the peer cannot be heard: that is not a reason to close."""
+        lone = Lone()
+        lone.accept()
+        lone.proto._reading_paused = True
+        lone.clock.advance(IDLE_LIMIT + 30)
+        self.assertFalse(lone.t.disconnecting)
+
     def test_traffic_resets(self) -> None:
         pair = Pair()
         pair.clock.advance(10)
