@@ -44,6 +44,8 @@ KEEPALIVE = 15.0  # a PING after this long without receiving anything
 IDLE_LIMIT = 60.0  # a connection silent this long is half-open: closed
 SEND_WINDOW = 8 << 20  # unacknowledged request payload bytes per connection
 MAX_SERVING = 16  # peer requests being answered at once; past it we stop reading the socket
+ANSWERS_PAUSE = 4 << 20  # bytes of our answers waiting to be written; past it we stop reading the socket
+ANSWERS_LIMIT = 32 << 20  # past this the peer is not reading what it asked for: the connection is cut
 
 # Error codes of error responses (docs/protocol.md).
 NOT_FOUND = "not_found"
@@ -151,6 +153,9 @@ class PeerProtocol(Protocol):
         self._waiting: deque[tuple[Frame, _Pending, int]] = deque()  # requests waiting for window room
         self._serving: dict[int, Deferred[Any]] = {}
         self._reading_paused = False
+        self._dispatching = False
+        self._answer_bytes = 0  # bytes of response frames queued, not yet written
+        self._suppressed: set[int] = set()  # requests the peer cancelled: no answer when their work ends
         self._backlog: deque[Frame] = deque()  # frames read past the serving cap: dispatched as answers go out
         # outgoing frames, encoded when queued
         self._control: deque[tuple[Frame, list[bytes | memoryview]]] = deque()
@@ -254,6 +259,8 @@ class PeerProtocol(Protocol):
         self._control.clear()
         self._bulk_requests.clear()
         self._bulk_responses.clear()
+        self._answer_bytes = 0
+        self._suppressed.clear()
         if not self.ready.called:
             self.ready.errback(ConnectionClosed(f"connection to {self.label()} failed: {why}"))
             self.ready.addErrback(lambda _f: None)  # nobody waited (an inbound connection): not an unhandled error
@@ -289,16 +296,42 @@ class PeerProtocol(Protocol):
             self._backlog.extend(received)
             self._dispatch_backlog()
 
+    def _busy(self) -> bool:
+        return len(self._serving) >= MAX_SERVING or self._answer_bytes >= ANSWERS_PAUSE
+
+    def _calm(self) -> bool:
+        return len(self._serving) <= MAX_SERVING // 2 and self._answer_bytes <= ANSWERS_PAUSE // 2
+
     def _dispatch_backlog(self) -> None:
-        """Dispatch the frames read, stopping at the serving cap: the rest wait as unread bytes would."""
-        while self._backlog and self._connected and not self._reading_paused:
-            frame = self._backlog.popleft()
-            try:
-                self._dispatch(frame)
-            except FrameError as e:
-                self._backlog.clear()
-                self.fail(str(e))
-                return
+        """Dispatch the frames read while we are not busy (too many requests being answered, or too many
+        answer bytes the peer has not read yet); pause reading the socket when busy and resume once calm,
+        so that a peer can make us hold only a bounded amount whatever it sends or fails to read."""
+        if self._dispatching:
+            return  # called again from inside a dispatch: the loop below goes on
+        self._dispatching = True
+        try:
+            while self._connected:
+                if self._busy():
+                    if not self._reading_paused:
+                        self._reading_paused = True
+                        self.transport.pauseProducing()  # type: ignore[union-attr]
+                    return
+                if self._reading_paused:
+                    if not self._calm():
+                        return
+                    self._reading_paused = False
+                    self.transport.resumeProducing()  # type: ignore[union-attr]
+                if not self._backlog:
+                    return
+                frame = self._backlog.popleft()
+                try:
+                    self._dispatch(frame)
+                except FrameError as e:
+                    self._backlog.clear()
+                    self.fail(str(e))
+                    return
+        finally:
+            self._dispatching = False
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.type == frames.HELLO:
@@ -386,10 +419,12 @@ class PeerProtocol(Protocol):
             p.deferred.callback(Response(frame.header, frame.payload))
 
     def _on_cancel(self, frame: Frame) -> None:
+        # The work is not cancelled (a block write must finish and be recorded, and it runs on a thread):
+        # its answer is dropped, and it keeps its serving slot until it ends, so CANCEL cannot be used to
+        # pile up work beyond MAX_SERVING.
         rid = frame.header.get("id")
-        d = self._serving.get(rid) if isinstance(rid, int) else None
-        if d is not None:
-            d.cancel()
+        if isinstance(rid, int) and rid in self._serving:
+            self._suppressed.add(rid)
 
     def _serve(self, frame: Frame) -> None:
         rid = frame.request_id
@@ -405,20 +440,17 @@ class PeerProtocol(Protocol):
             return
         self._serving[rid] = d
         d.addBoth(self._answer, rid, frame.type)
-        if len(self._serving) >= MAX_SERVING and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _answer(self, result: Any, rid: int, type: int) -> None:
         self._serving.pop(rid, None)
-        if self._connected:
+        if rid in self._suppressed:
+            self._suppressed.discard(rid)
+            if isinstance(result, Failure):
+                result = None  # cancelled by the peer: whatever happened, nobody waits for it
+        elif self._connected:
             self._send_answer(result, rid, type)
-        if self._reading_paused and len(self._serving) <= MAX_SERVING // 2 and self._connected:
-            self._reading_paused = False
-            self._dispatch_backlog()  # frames already read go first; they may reach the cap again
-            if not self._reading_paused:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
-
+        if self._connected and self._reading_paused:
+            self._dispatch_backlog()  # resumes reading once calm
     def _send_answer(self, result: Any, rid: int, type: int) -> None:
         if isinstance(result, Failure):
             if result.check(CancelledError):
@@ -516,7 +548,13 @@ class PeerProtocol(Protocol):
 
     # -- sending -------------------------------------------------------------------------------------------
     def _send(self, frame: Frame, queue: deque[tuple[Frame, list[bytes | memoryview]]]) -> None:
-        queue.append((frame, frames.encode(frame)))  # a ValueError reaches the caller, not resumeProducing
+        pieces = frames.encode(frame)  # a ValueError reaches the caller, not resumeProducing
+        if frame.is_response:
+            self._answer_bytes += sum(len(p) for p in pieces)
+            if self._answer_bytes > ANSWERS_LIMIT:
+                self.fail(f"the peer does not read its answers ({self._answer_bytes >> 20} MiB waiting)")
+                return
+        queue.append((frame, pieces))
         self._pump()
 
     def _next(self) -> tuple[Frame, list[bytes | memoryview]] | None:
@@ -543,7 +581,10 @@ class PeerProtocol(Protocol):
                 return
             pieces = item[1]
             self._last_tx = self.clock.seconds()
-            self.bytes_out += sum(len(p) for p in pieces)
+            size = sum(len(p) for p in pieces)
+            self.bytes_out += size
+            if item[0].is_response:
+                self._answer_bytes -= size
             # One call: Twisted's TLS transport joins what it is given into one buffer either way (it also
             # aggregates separate small writes), and plain transports take bytes only.
             self.transport.writeSequence(pieces if self._views else [bytes(p) for p in pieces])  # type: ignore[union-attr]
@@ -554,6 +595,8 @@ class PeerProtocol(Protocol):
     def resumeProducing(self) -> None:
         self._paused = False
         self._pump()
+        if self._reading_paused and self._connected:
+            self._dispatch_backlog()  # answers went out: read again once calm
 
     def stopProducing(self) -> None:
         self._paused = True

@@ -708,10 +708,13 @@ class DeadlineTests(SynchronousTestCase):
         self.assertIn("no answer within 5 s", str(self.failureResultOf(d, RequestTimeout).value))
         (cancel,) = pair.written(pair.a)
         self.assertEqual((cancel.type, cancel.flags, cancel.request_id, cancel.header), (CANCEL, 0, 0, {"id": rid}))
-        # 6. the peer's host gives up too, and no answer comes back
+        # 6. the peer's work is not cancelled (it keeps its slot until it ends), but its answer is dropped
         pair.pump()
-        self.assertEqual(pair.hb.cancelled, [rid])
+        self.assertEqual(pair.hb.cancelled, [])
+        self.assertIn(rid, pair.b._serving)
+        pair.hb.answer(rid, payload=b"too late")
         self.assertEqual(pair.take(pair.b), [])
+        self.assertNotIn(rid, pair.b._serving)
         self.assertEqual(pair.b.idle_since, pair.b.last_used)  # nothing being served any more
 
     def test_default_timeout(self) -> None:
@@ -787,7 +790,8 @@ class DeadlineTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         pair.pump()
         self.assertEqual([(f.type, f.header) for f in pair.take(pair.a)], [(CANCEL, {"id": rid})])
-        self.assertEqual(pair.hb.cancelled, [rid])
+        self.assertEqual(pair.hb.cancelled, [])  # the work goes on; its answer will be dropped
+        pair.hb.answer(rid)
         self.assertEqual(pair.take(pair.b), [])
         # the deadline is gone: only the two keepalive timers are left
         self.assertEqual([c.getTime() for c in pair.clock.getDelayedCalls()], [KEEPALIVE, KEEPALIVE])
@@ -996,6 +1000,51 @@ class ServingCapTests(SynchronousTestCase):
         for d in self.ds:
             self.successResultOf(d)
         self.assertEqual(pair.tb.producerState, "producing")
+
+    def test_unread_answers_pause_reading(self) -> None:
+        """A peer that asks and never reads: once 4 MiB of answers wait, we stop reading its requests."""
+        lone = Lone()
+        lone.accept()
+        lone.host.handler = lambda conn, f: Response({}, b"x" * MIB)  # answered at once, 1 MiB each
+        lone.proto.pauseProducing()  # the transport is full: the peer does not read
+        for rid in range(1, 11):
+            lone.feed(Frame(GET_BLOCK, 0, rid, {"cid": CID}))
+        self.assertEqual(len(lone.host.requests), 4)  # 4 answers of 1 MiB + headers reach the 4 MiB mark
+        self.assertEqual(lone.t.producerState, "paused")
+        lone.proto.resumeProducing()  # the peer reads again: answers go out, the rest are served
+        self.assertEqual(len(lone.host.requests), 10)
+        self.assertEqual(lone.t.producerState, "producing")
+        self.assertEqual(sum(1 for f in lone.written() if f.is_response), 10)
+
+    def test_answers_never_read_cut_the_connection(self) -> None:
+        self.patch(connection, "ANSWERS_LIMIT", 3 * MIB)
+        self.patch(connection, "ANSWERS_PAUSE", 8 * MIB)
+        lone = Lone()
+        lone.accept()
+        lone.host.handler = lambda conn, f: Response({}, b"x" * MIB)
+        lone.proto.pauseProducing()
+        for rid in range(1, 5):
+            lone.feed(Frame(GET_BLOCK, 0, rid, {"cid": CID}))
+        self.assertTrue(lone.t.disconnected)
+        lone.lose()
+        self.assertIn("does not read its answers", lone.host.lost_reasons[0])
+
+    def test_cancelled_work_keeps_its_slot(self) -> None:
+        """CANCEL cannot be used to pile up work: a cancelled request is held until its work ends."""
+        pair = self.pair
+        self.send(MAX_SERVING)
+        pair.pump()
+        self.assertEqual(pair.tb.producerState, "paused")
+        for d in self.ds:
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        pair.pump()
+        self.assertEqual(len(pair.hb.held), MAX_SERVING)
+        self.assertEqual(pair.tb.producerState, "paused")
+        while pair.hb.held:
+            pair.hb.answer(min(pair.hb.held))
+        self.assertEqual(pair.tb.producerState, "producing")
+        self.assertEqual([f for f in pair.take(pair.b) if f.is_response], [])  # no answers to cancelled requests
 
     def test_immediate_answers_do_not_count(self) -> None:
         self.pair.hb.handler = self.pair.hb.echo

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Balance and movement of rendezvous placement (cas/placement.py), for docs/placement.md.
+
+For 100,000 stripes over 10, 100 and 1,000 nodes (random node ids, fixed seed), with 3 replicas:
+- balance: stripes held per node (min, max, standard deviation, max/mean), and as first holder;
+- movement when one node joins, and when one node leaves: the share of stripes whose holder set changes,
+  against the ideal (a joiner takes 3/(n+1) of the stripe-replicas; a leaver frees 3/n).
+
+Pure computation, no network: ``python bench/placement.py [--stripes N] [--nodes 10,100,1000]``. Uses both
+cores (one process per node count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cas.placement import Rendezvous, stripe_key  # noqa: E402
+
+REPLICAS = 3
+
+
+def measure(n_nodes: int, n_stripes: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    nodes = [rng.randbytes(32) for _ in range(n_nodes)]
+    joiner = rng.randbytes(32)
+    leaver = nodes[rng.randrange(n_nodes)]
+    p = Rendezvous()
+    held = dict.fromkeys(nodes, 0)
+    first = dict.fromkeys(nodes, 0)
+    moved_join = moved_leave = 0
+    t = time.perf_counter()
+    for i in range(n_stripes):
+        key = stripe_key(b"bench-file-%d" % (i // 1000), i % 1000)
+        scores = sorted(((p.score(key, m), m) for m in nodes), reverse=True)
+        top = [m for _, m in scores[: REPLICAS + 1]]
+        holders = top[:REPLICAS]
+        for h in holders:
+            held[h] += 1
+        first[holders[0]] += 1
+        # A joiner enters the holder set iff it outscores the third holder.
+        if p.score(key, joiner) > scores[REPLICAS - 1][0]:
+            moved_join += 1
+        if leaver in holders:
+            moved_leave += 1
+    seconds = time.perf_counter() - t
+    counts = list(held.values())
+    mean = n_stripes * REPLICAS / n_nodes
+    return {
+        "nodes": n_nodes,
+        "stripes": n_stripes,
+        "replicas": REPLICAS,
+        "held_mean": mean,
+        "held_min": min(counts),
+        "held_max": max(counts),
+        "held_stdev": statistics.pstdev(counts),
+        "held_max_over_mean": max(counts) / mean,
+        "held_min_over_mean": min(counts) / mean,
+        "first_max_over_mean": max(first.values()) / (n_stripes / n_nodes),
+        "moved_on_join": moved_join / n_stripes,
+        "ideal_on_join": REPLICAS / (n_nodes + 1),
+        "moved_on_leave": moved_leave / n_stripes,
+        "ideal_on_leave": REPLICAS / n_nodes,
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stripes", type=int, default=100_000)
+    ap.add_argument("--nodes", default="10,100,1000")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    counts = [int(x) for x in a.nodes.split(",")]
+    with ProcessPoolExecutor(max_workers=2) as ex:
+        results = list(ex.map(measure, counts, [a.stripes] * len(counts), [a.seed] * len(counts)))
+    print(f"{a.stripes:,} stripes, {REPLICAS} replicas, rendezvous (BLAKE3) placement")
+    print(f"{'nodes':>6} {'mean':>9} {'min':>7} {'max':>7} {'stdev':>7} {'max/mean':>8} {'min/mean':>8} "
+          f"{'1st max/mean':>12} {'join moves':>10} {'ideal':>6} {'leave moves':>11} {'ideal':>6}")
+    for r in results:
+        print(f"{r['nodes']:>6} {r['held_mean']:>9.1f} {r['held_min']:>7} {r['held_max']:>7} {r['held_stdev']:>7.1f} "
+              f"{r['held_max_over_mean']:>8.3f} {r['held_min_over_mean']:>8.3f} {r['first_max_over_mean']:>12.3f} "
+              f"{r['moved_on_join']:>10.4f} {r['ideal_on_join']:>6.4f} {r['moved_on_leave']:>11.4f} {r['ideal_on_leave']:>6.4f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
