@@ -177,10 +177,14 @@ class _RefuseAllTags(dict):
 
 
 _NO_TAGS = _RefuseAllTags()
+CBOR_NO_TAGS = {"tag_hook": None, "semantic_decoders": _NO_TAGS}  # filled below: decoder options refusing every tag
 
 
 def _refuse_tag(decoder: object, tag: cbor2.CBORTag) -> NoReturn:
     raise _TagRefused(tag.tag)
+
+
+CBOR_NO_TAGS["tag_hook"] = _refuse_tag
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,6 +12,7 @@ the gossip of others; the table itself has a fixed capacity.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from .records import InvalidRecord, PeerRecord, decode_record
 log = Logger()
 
 MAX_RECORDS = 64  # records in one PEERS message, either way
+REVIVE_SKEW = 60.0  # seconds of clock difference allowed between a record's signer and us (see apply)
 
 
 class _Bucket:
@@ -66,7 +68,7 @@ class Gossip:
         self.interval, self.fanout, self.max_records = interval, fanout, max_records
         self.new_per_source, self.refill = new_per_source, refill
         self.own_record: PeerRecord | None = None
-        self._buckets: dict[bytes, _Bucket] = {}
+        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._timer: IDelayedCall | None = None
         self._running = False
         self.rounds = 0
@@ -155,10 +157,12 @@ class Gossip:
                 return False
         elif entry.record is not None and record.seq <= entry.record.seq:
             return False  # stale or the same
-        if entry.state == DEAD:
-            # It signed a new record: it may be back, probe it again. (Also when the record we held has
-            # expired and been dropped meanwhile: any live record is news then.)
+        if entry.state == DEAD and (entry.dead_since is None or record.seq / 1000 > entry.dead_since - REVIVE_SKEW):
+            # It signed a record after we found it dead: it may be back, probe it again. A record signed
+            # before (still travelling through the network) does not revive it. Also when the record we
+            # held has expired and been dropped meanwhile.
             entry.state = NEW
+            entry.dead_since = None
             entry.failures = 0
             entry.next_attempt = 0.0
         entry.record = record
@@ -167,10 +171,19 @@ class Gossip:
         return True
 
     def _bucket(self, source: bytes) -> _Bucket:
+        """The allowance of ``source`` (a node id, or a remote address for HELLOs). At most ``4 x capacity``
+        are remembered; the least recently used is forgotten first, so rotating sources gains nothing
+        over waiting."""
         b = self._buckets.get(source)
         if b is None:
-            if len(self._buckets) > 4 * self.table.capacity:
-                self._buckets.clear()
+            if len(self._buckets) >= 4 * self.table.capacity:
+                self._buckets.popitem(last=False)
             b = self._buckets[source] = _Bucket(self.new_per_source, self.refill, self.clock.seconds())
+        else:
+            self._buckets.move_to_end(source)
         return b
+
+    def allow_new(self, source: bytes) -> bool:
+        """Take one token of ``source``'s allowance for introducing an unknown node."""
+        return self._bucket(source).take(self.clock.seconds())
 

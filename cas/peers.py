@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -55,6 +55,13 @@ class Bootstrap:
     failures: int = 0
     next_attempt: float = 0.0
     is_self: bool = False
+
+    def address(self) -> Address | None:
+        """As a dialable address, when the host is an IP address (a name is not kept: it may change)."""
+        try:
+            return Address("tcp", self.host, self.port)
+        except (ValueError, InvalidRecord):
+            return None
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -125,6 +132,14 @@ class PeerManager:
         n = self.table.load(self.wall())
         if n:
             log.info("peer table: {n} peers from {path}", n=n, path=self.table.path)
+        for b in self.bootstrap:  # a contact trusted on first use in an earlier run stays pinned to that key
+            address = b.address()
+            if b.node_id is None and address is not None:
+                for e in self.table:
+                    if address in e.operator_addresses:
+                        b.node_id = e.node_id
+                        log.info("bootstrap {b}: pinned to the node first trusted there", b=str(b))
+                        break
         self._sign()
         self._members = {e.node_id for e in self.table.members(self.wall())}
         self.gossip.start()
@@ -186,7 +201,9 @@ class PeerManager:
 
     def _sign(self) -> None:
         now = self.wall()
-        self._seq = next_seq(self._seq or None, now)
+        self._seq = next_seq(max(self._seq, self.table.own_seq) or None, now)
+        self.table.own_seq = self._seq
+        self.table.dirty = True
         self.own_record = sign_record(self.identity, self.advertise, self._seq, int(now) + self.settings.record_ttl)
         self.gossip.own_record = self.own_record
 
@@ -235,6 +252,12 @@ class PeerManager:
                 self.settings.duplicate_grace, self._close_voluntarily, drop, "duplicate connection")
             if keep is existing:
                 return
+        if self.table.get(peer) is None and not conn.initiator:
+            # A new identity dialling in: one address cannot introduce identities faster than gossip allows.
+            host = conn.remote.rsplit(":", 1)[0]
+            if not self.gossip.allow_new(b"addr:" + host.encode()):
+                conn.fail("too many new node identities from this address")
+                return
         self.connections[peer] = conn
         entry = self.table.add(peer)
         if conn.hello_info.record is not None:
@@ -246,7 +269,7 @@ class PeerManager:
                 if record.node_id == peer:
                     self.gossip.apply(record, None)
         if entry is not None:
-            entry.software = conn.hello_info.software
+            entry.software = printable(conn.hello_info.software)
             self._contact_ok(entry)
             entry.state = CONNECTED
         log.info("{peer} connected ({dir}, {sw})", peer=conn.label(), dir="out" if conn.initiator else "in", sw=conn.hello_info.software)
@@ -317,36 +340,42 @@ class PeerManager:
             return succeed(c)
         if self._stopping:
             return fail(ConnectionClosed("the node is stopping"))
-        if node_id in self._dialing:
-            waiter: Deferred[PeerProtocol] = Deferred()
-            self._dialing[node_id].addBoth(_forward(waiter))
+        waiter: Deferred[PeerProtocol] = Deferred()
+        if node_id in self._dialing:  # one dial per peer; every caller gets its outcome
+            self._dialing[node_id].append(waiter)
             return waiter
         entry = self.table.get(node_id)
-        if entry is None or not entry.addresses:
+        addresses = entry.dial_addresses() if entry is not None else ()
+        if not addresses:
             return fail(PeerError(f"no address known for node {short_node_id(node_id)}"))
-        d = self._dial_addresses(entry.addresses, node_id)
-        self._dialing[node_id] = d
+        waiters = self._dialing[node_id] = [waiter]
 
-        def done(result: Any) -> Any:
-            self._dialing.pop(node_id, None)
+        def done(result: Any) -> None:
+            del self._dialing[node_id]
             if isinstance(result, Failure):
                 e = self.table.get(node_id)
-                if e is not None:
+                if e is not None and not self._stopping:
                     self._contact_failed(e, result.getErrorMessage())
                     self._publish()
-            return result
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
 
-        d.addBoth(done)
-        out: Deferred[PeerProtocol] = Deferred()
-        d.addBoth(_forward(out))
-        return out
+        self._dial_addresses(addresses, node_id).addBoth(done)
+        return waiter
 
     def _dial_addresses(self, addresses: Sequence[Address], expected: bytes) -> Deferred[PeerProtocol]:
         async def attempt() -> PeerProtocol:
             errors = []
             for a in addresses:
+                if self._stopping:
+                    raise ConnectionClosed("the node is stopping")
                 try:
                     return await self.dial(a.endpoint(self.reactor, timeout=self.settings.connect_timeout), expected)
+                except CancelledError:
+                    raise
                 except Exception as e:  # noqa: BLE001 - every failure means: try the next address
                     errors.append(f"{a}: {e}")
             raise PeerError(f"cannot reach node {short_node_id(expected)}: " + "; ".join(errors))
@@ -417,9 +446,8 @@ class PeerManager:
             entry.state = SUSPECT
             entry.suspect_since = now
             log.info("node {peer} is suspect: {reason}", peer=short_node_id(entry.node_id), reason=reason)
-        elif entry.state == SUSPECT and entry.suspect_since is not None and now - entry.suspect_since >= self.settings.dead_after:
-            entry.state = DEAD
-            log.info("node {peer} is dead: unreachable for {s:.0f} s", peer=short_node_id(entry.node_id), s=now - entry.suspect_since)
+        elif entry.state == SUSPECT:
+            self._maybe_dead(entry, now)
         if entry.state == SUSPECT:
             # Probe a suspect again soon, so that it is confirmed dead (or alive) about dead_after later.
             delay = min(self.settings.dead_after / 3, self.settings.backoff_base * 2 ** min(entry.failures, 16))
@@ -428,17 +456,34 @@ class PeerManager:
         entry.next_attempt = self.reactor.seconds() + delay * self.rng.uniform(0.5, 1.5)
         self.table.dirty = True
 
+    def _maybe_dead(self, entry: PeerEntry, now: float) -> None:
+        """A suspect that has not been reached for ``dead_after`` seconds is dead."""
+        if entry.state == SUSPECT and entry.suspect_since is not None and now - entry.suspect_since >= self.settings.dead_after \
+                and entry.node_id not in self.connections:
+            entry.state = DEAD
+            entry.dead_since = now
+            self.table.dirty = True
+            log.info("node {peer} is dead: unreachable for {s:.0f} s", peer=short_node_id(entry.node_id), s=now - entry.suspect_since)
+
     def _probe(self) -> None:
-        """Contact the next peer in a shuffled round: connect if need be and PING it."""
+        """Contact one peer: a suspect (or a never-reached peer) that is due first, so that failures are
+        confirmed about ``dead_after`` after they start whatever the size of the table; else the next peer of
+        a shuffled round. Connect if need be, then PING."""
         self._enforce_connection_limit()
         self._expire()
         now = self.reactor.seconds()
         wall = self.wall()
+        due = [e for e in self.table if e.state in (SUSPECT, NEW) and e.next_attempt <= now
+               and e.node_id not in self.connections and e.node_id not in self._dialing and e.dial_addresses()]
+        if due:
+            due.sort(key=lambda e: (e.state != SUSPECT, e.next_attempt))
+            self._ping(due[0].node_id)
+            return
         for _ in range(2):
             while self._probe_queue:
                 node_id = self._probe_queue.pop()
                 e = self.table.get(node_id)
-                if e is None or e.next_attempt > now or not e.addresses and node_id not in self.connections:
+                if e is None or e.next_attempt > now or not e.dial_addresses() and node_id not in self.connections:
                     continue
                 c = self.connections.get(node_id)
                 if c is not None and c.accepted and now - c._last_rx < self.settings.probe_interval:
@@ -478,6 +523,10 @@ class PeerManager:
         now = self.wall()
         changed = False
         for e in self.table:
+            if e.state == SUSPECT:  # also those that cannot be dialled (no address): time alone decides
+                before = e.state
+                self._maybe_dead(e, now)
+                changed = changed or e.state != before
             if e.record is not None and e.record.expires <= now and e.state != CONNECTED:
                 # An expired record is no longer a member; its addresses are kept to ask for a fresh one.
                 e.record = None
@@ -493,7 +542,7 @@ class PeerManager:
     # -- bootstrap -----------------------------------------------------------------------------------------
     def _bootstrap_tick(self) -> None:
         now = self.reactor.seconds()
-        if not any(e.member(self.wall()) and e.state != DEAD for e in self.table):
+        if not self.connections and not any(e.member(self.wall()) for e in self.table):
             for b in self.bootstrap:  # alone again: go back to the bootstrap contacts
                 b.done = False
         for b in self.bootstrap:
@@ -514,13 +563,21 @@ class PeerManager:
             b.next_attempt = 0.0
             assert conn.peer_id is not None
             if b.node_id is None:
-                log.info("bootstrap {b}: trusting node {peer} on first use (no node id given)", b=str(b), peer=format_node_id(conn.peer_id))
+                log.info("bootstrap {b}: trusting node {peer} on first use (no node id given); pinned from now on",
+                         b=str(b), peer=format_node_id(conn.peer_id))
+                b.node_id = conn.peer_id  # later dials of this contact check this key
             e = self.table.get(conn.peer_id)
             if e is not None:
-                e.pinned = e.pinned or b.node_id is not None
+                e.pinned = True
+                address = b.address()
+                if address is not None and address not in e.operator_addresses:
+                    e.operator_addresses += (address,)  # kept (and saved): the node may advertise no address
+                self.table.dirty = True
             self.gossip.exchange(conn.peer_id)
 
         def failed(f: Failure) -> None:
+            if self._stopping:
+                return
             if "connected to ourselves" in f.getErrorMessage():
                 b.is_self = True
                 log.info("bootstrap {b} is this node: skipped", b=str(b))
@@ -628,15 +685,9 @@ class _OneConnection(Factory):
         return self.proto
 
 
-def _forward(target: Deferred[Any]) -> Callable[[Any], Any]:
-    def forward(result: Any) -> Any:
-        if isinstance(result, Failure):
-            target.errback(result)
-            return None
-        target.callback(result)
-        return result
-
-    return forward
+def printable(text: str, limit: int = 64) -> str:
+    """Peer-supplied text for logs, the table and the API: printable ASCII only, bounded."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
 def _cid(value: Any) -> CID:
@@ -649,6 +700,8 @@ def _cid(value: Any) -> CID:
 
 
 def _block_error(f: Failure, put: bool) -> Any:
+    if f.check(CancelledError):
+        return f  # the connection went away: nobody to answer, nothing to log
     if f.check(BlockNotFound):
         raise RemoteError(NOT_FOUND, "no such block here")
     if f.check(CorruptBlock):

@@ -42,10 +42,16 @@ class PeerEntry:
     failures: int = 0  # consecutive failed contacts
     next_attempt: float = 0.0  # no dial before this (backoff)
     software: str | None = None
-    pinned: bool = False  # an operator gave this id (bootstrap NODEID@HOST:PORT)
+    pinned: bool = False  # an operator gave this id (bootstrap NODEID@HOST:PORT), or we trusted it on first use
+    operator_addresses: tuple[Address, ...] = ()  # where an operator's --bootstrap reached it: kept, dialled too
+    dead_since: float | None = None  # wall clock; a record signed before this does not revive the node
 
     def member(self, now: float) -> bool:
         return self.record is not None and self.record.expires > now and self.state != DEAD
+
+    def dial_addresses(self) -> tuple[Address, ...]:
+        """The record's addresses, then those an operator gave (a node may advertise none)."""
+        return self.addresses + tuple(a for a in self.operator_addresses if a not in self.addresses)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,8 @@ class PeerEntry:
             "rtt": self.rtt,
             "software": self.software,
             "pinned": self.pinned,
+            "operator_addresses": [a.to_cbor() for a in self.operator_addresses],
+            "dead_since": self.dead_since,
         }
 
 
@@ -69,6 +77,7 @@ class PeerTable:
         self.capacity = capacity
         self.entries: dict[bytes, PeerEntry] = {}
         self.dirty = False
+        self.own_seq = 0  # the sequence number of our last signed record: a clock stepped back cannot reuse it
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -92,9 +101,9 @@ class PeerTable:
         return e
 
     def _evict(self) -> bool:
-        """Make room by dropping one dead or record-less peer that is not pinned."""
+        """Make room by dropping one unpinned peer that is dead, has no record, or was never reached."""
         for e in self.entries.values():
-            if not e.pinned and (e.state == DEAD or e.record is None):
+            if not e.pinned and (e.state == DEAD or e.record is None or (e.state == NEW and e.last_seen is None)):
                 del self.entries[e.node_id]
                 return True
         return False
@@ -110,7 +119,7 @@ class PeerTable:
     def save(self) -> None:
         if self.path is None:
             return
-        data = {"format": TABLE_FORMAT, "peers": [e.to_json() for e in self.entries.values()]}
+        data = {"format": TABLE_FORMAT, "own_seq": self.own_seq, "peers": [e.to_json() for e in self.entries.values()]}
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
@@ -131,6 +140,9 @@ class PeerTable:
             peers = data["peers"]
             if not isinstance(peers, list):
                 raise ValueError("no peer list")
+            own_seq = data.get("own_seq", 0)
+            if type(own_seq) is int and own_seq >= 0:
+                self.own_seq = own_seq
         except (OSError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly deep JSON
             log.warn("ignoring the saved peer table {path}: {error}", path=self.path, error=str(e))
             return 0
@@ -154,14 +166,16 @@ class PeerTable:
                 record = None  # expired while we were down: dial the addresses to get a fresh one
             if record is not None and record.node_id != node_id:
                 raise ValueError("record of another node")
-        addresses = []
-        for value in item.get("addresses") or ():
-            try:
-                addresses.append(Address.from_cbor(value))
-            except InvalidRecord:
-                continue
+        addresses, operator = [], []
+        for field, out in (("addresses", addresses), ("operator_addresses", operator)):
+            for value in item.get(field) or ():
+                try:
+                    out.append(Address.from_cbor(value))
+                except InvalidRecord:
+                    continue
         last_seen, rtt, software = item.get("last_seen"), item.get("rtt"), item.get("software")
-        for name, v in (("last_seen", last_seen), ("rtt", rtt)):
+        dead_since = item.get("dead_since")
+        for name, v in (("last_seen", last_seen), ("rtt", rtt), ("dead_since", dead_since)):
             if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
                 raise ValueError(f"{name} must be a finite number")
         if software is not None and not isinstance(software, str):
@@ -175,4 +189,8 @@ class PeerTable:
         e.rtt = rtt
         e.software = software
         e.pinned = bool(item.get("pinned"))
-        e.state = NEW  # until contacted again
+        e.operator_addresses = tuple(operator)
+        if item.get("state") == DEAD and dead_since is not None:
+            e.state, e.dead_since = DEAD, dead_since  # still dead after a restart, until it answers or re-signs
+        else:
+            e.state = NEW  # until contacted again

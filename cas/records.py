@@ -21,6 +21,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from .errors import CasError
+from .frames import CBOR_NO_TAGS
 from .identity import Identity, node_id_of
 from .nodeid import parse_node_id
 
@@ -295,7 +296,7 @@ def decode_record(data: bytes, now: float, max_ttl: int = MAX_TTL) -> PeerRecord
     if len(data) > MAX_RECORD_SIZE:
         raise InvalidRecord(f"record larger than {MAX_RECORD_SIZE} bytes")
     try:
-        obj = cbor2.loads(data, max_depth=4, allow_indefinite=False, allow_duplicate_keys=False)
+        obj = cbor2.loads(data, max_depth=4, allow_indefinite=False, allow_duplicate_keys=False, **CBOR_NO_TAGS)
     except Exception as e:  # cbor2 raises several types on garbage
         raise InvalidRecord(f"record is not valid CBOR ({e.__class__.__name__})") from None
     try:

@@ -286,11 +286,31 @@ class CapacityTests(GossipCase):
         self.assertTrue(self.gossip.apply(first, None))
         self.assertIsNone(self.table.get(bare.node_id))
         self.assertIsNotNone(self.table.get(pinned.node_id), "an operator's peer stays")
-        self.assertFalse(self.gossip.apply(make_record(new_identity()), None), "only the pinned one is left to evict")
-        self.assertEqual({e.node_id for e in self.table}, {a.node_id, pinned.node_id, first.node_id})
+        # first was never reached: a newcomer may take its place (a flood churns itself, not reached peers)
+        second = make_record(new_identity())
+        self.assertTrue(self.gossip.apply(second, None))
+        self.assertIsNone(self.table.get(first.node_id))
+        self.table.get(second.node_id).last_seen = WALL0  # reached once: it stays
+        self.assertFalse(self.gossip.apply(make_record(new_identity()), None), "only reached or pinned peers are left")
+        self.assertEqual({e.node_id for e in self.table}, {a.node_id, pinned.node_id, second.node_id})
 
 
 class DeadPeerTests(GossipCase):
+    def test_record_signed_before_death_does_not_revive(self) -> None:
+        """A record signed before we found the node dead (still travelling) leaves it dead."""
+        p = new_identity()
+        self.known(p, DEAD, seq=1)
+        e = self.table.get(p.node_id)
+        assert e is not None
+        e.dead_since = WALL0
+        old = make_record(p, (addr(2),), seq=int((WALL0 - 600) * 1000))
+        self.gossip.apply(old, p.node_id)
+        self.assertEqual(e.state, DEAD)
+        fresh = make_record(p, (addr(3),), seq=int((WALL0 + 5) * 1000))
+        self.assertTrue(self.gossip.apply(fresh, p.node_id))
+        self.assertEqual(e.state, NEW)
+        self.assertIsNone(e.dead_since)
+
     def test_newer_record_of_dead_peer_probes_again(self) -> None:
         p = new_identity()
         self.known(p, DEAD, seq=1)

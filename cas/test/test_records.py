@@ -506,7 +506,7 @@ class RecordTests(SynchronousTestCase):
         dup = b"\xa6" + canonical[1:] + cbor2.dumps("seq") + cbor2.dumps(r.seq)
         self.assertInvalid(dup, "CBOR")
         # the same record as a CBOR tag
-        self.assertInvalid(cbor2.dumps(cbor2.CBORTag(24, canonical)), "map")
+        self.assertInvalid(cbor2.dumps(cbor2.CBORTag(24, canonical)), "CBOR")  # tags are refused while decoding
 
     def test_fields_and_types(self) -> None:
         i = self.ident
