@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import FileBodyProducer
 
@@ -143,7 +144,23 @@ class Node:
                 self.pins.release([cid])
             return stored
 
-        return self.run(work).addCallback(recorded)
+        # The write goes on to its reference even if the caller stops waiting (a peer cancelled, or its
+        # connection dropped): a cancelled outer Deferred must not skip ``recorded`` and leak the pin.
+        outer: Deferred[bool] = Deferred()
+        inner = self.run(work).addCallback(recorded)
+
+        def settle(result: Any) -> None:
+            if outer.called:  # cancelled: nobody waits for the outcome
+                if isinstance(result, Failure):
+                    log.info("storing block {cid} for {owner} failed after the request was cancelled: {e}",
+                             cid=str(cid), owner=owner, e=result.getErrorMessage())
+            elif isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+
+        inner.addBoth(settle)
+        return outer
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch))

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from cas import frames
 from cas.cid import CID
-from cas.connection import RemoteError
+from cas.connection import PeerError, RemoteError
 from cas.datadir import prepare
 from cas.node import Node
 from cas.peers import Bootstrap, MembershipChange, PeerSettings
@@ -273,6 +273,79 @@ class ConnectionManagementTests(TestCase):
         await closed  # the node closed it
         self.assertGreaterEqual(await conn.ping(), 0)  # the real peer connection is unaffected
         self.assertIs(a.peers.connections[b.node.identity.node_id].accepted, True)
+
+
+class ReviewTests(TestCase):
+    """Cases found in review of the peer layer."""
+
+    timeout = 60
+
+    async def test_every_waiter_of_one_dial_gets_its_outcome(self) -> None:
+        net = Net(self)
+        a = net.start()
+        ghost = os.urandom(32)
+        a.peers.table.add(ghost).addresses = (Address("tcp", "127.0.0.1", 9),)  # nothing listens there
+        d1, d2, d3 = (a.peers.connect(ghost) for _ in range(3))
+        for d in (d1, d2, d3):
+            with self.assertRaises(PeerError):
+                await d
+
+    async def test_suspect_without_address_dies_by_time(self) -> None:
+        """A peer that advertises nothing cannot be probed: time alone makes it dead."""
+        net = Net(self)
+        a = net.start()
+        hidden = net.start(peer_endpoint="tcp:0", bootstrap=[net.bootstrap_to(a, pinned=True)])  # advertises nothing
+        hid = hidden.node.identity.node_id
+        self.assertEqual(hidden.peers.advertise, [])
+        await wait_for(lambda: hid in members(a), "a to know the hidden node")
+        await net.kill(hidden)
+        await wait_for(lambda: a.peers.table.get(hid).state == DEAD, "the hidden node to be marked dead")
+        self.assertNotIn(hid, members(a))
+
+    async def test_trust_on_first_use_is_remembered(self) -> None:
+        net = Net(self)
+        a = net.start()
+        b_path = self.mktemp()
+        b = net.start(path=b_path, bootstrap=[net.bootstrap_to(a, pinned=False)])
+        a_id = a.node.identity.node_id
+        await wait_for(lambda: a_id in members(b), "b to reach a")
+        self.assertEqual(b.peers.bootstrap[0].node_id, a_id)  # pinned from now on
+        e = b.peers.table.get(a_id)
+        self.assertTrue(e.pinned)
+        self.assertIn(Address("tcp", "127.0.0.1", net.port(a)), e.operator_addresses)
+        await net.stop(b)
+        again = net.start(path=b_path, bootstrap=[net.bootstrap_to(a, pinned=False)])
+        self.assertEqual(again.peers.bootstrap[0].node_id, a_id)  # the earlier first use pins it
+
+    async def test_new_identities_from_one_address_are_limited(self) -> None:
+        net = Net(self)
+        a = net.start()
+        a_id = a.node.identity.node_id
+        allowed = a.peers.gossip.new_per_source
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from cas.identity import Identity, make_certificate
+        from cas.peers import PeerManager
+
+        class Fake:
+            def __init__(self) -> None:
+                key = Ed25519PrivateKey.generate()
+                self.identity = Identity(key, make_certificate(key))
+
+        managers = []
+        for _ in range(allowed + 2):
+            m = PeerManager(Fake(), reactor)
+            managers.append(m)
+            try:
+                await m.dial(Address("tcp", "127.0.0.1", net.port(a)).endpoint(reactor), a_id)
+            except PeerError:
+                pass  # refused before our side saw a's HELLO
+        # a kept the first `allowed` identities and closed the connections of the others.
+        await wait_for(lambda: len(a.peers.all) == allowed, "a to close the connections past the allowance")
+        self.assertEqual(len(a.peers.connections), allowed)
+        self.assertEqual(len(a.peers.table), allowed)
+        for m in managers:
+            await m.stop()
 
 
 class NetworkTests(TestCase):

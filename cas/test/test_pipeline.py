@@ -432,3 +432,31 @@ class GarbageAfterFailure(SynchronousTestCase):
         self.addCleanup(again.stop)
         self.assertEqual(again.store.used(), 0)
         self.assertEqual(list(again.store.cids()), [])
+
+
+class HoldBlockTests(SynchronousTestCase):
+    """Blocks stored for peers (PUT_BLOCK): verified, referenced for their owner, pins always released."""
+
+    def test_stored_verified_and_referenced(self) -> None:
+        node = make_node(self)
+        block = os.urandom(1000)
+        cid = CID.of(block)
+        self.assertTrue(self.successResultOf(node.hold_block("hold:peer", cid, block)))
+        self.assertFalse(self.successResultOf(node.hold_block("hold:peer", cid, block)))  # already there
+        self.assertIn(cid, node.index.referenced())
+        self.assertEqual(len(node.pins), 0)
+        self.failureResultOf(node.hold_block("hold:peer", CID.of(b"other"), block), CorruptBlock)
+        self.assertEqual(len(node.pins), 0)
+
+    def test_cancelled_write_still_recorded_and_unpinned(self) -> None:
+        runner = ManualRunner()
+        node = make_node(self, run=runner)
+        block = os.urandom(1000)
+        cid = CID.of(block)
+        d = node.hold_block("hold:peer", cid, block)
+        d.cancel()  # the peer cancelled while the write waits for a worker
+        self.failureResultOf(d, CancelledError)
+        runner.run_all()
+        self.assertTrue(node.store.has(cid))
+        self.assertIn(cid, node.index.referenced())
+        self.assertEqual(len(node.pins), 0)
