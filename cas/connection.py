@@ -123,7 +123,7 @@ class _Pending:
     timer: IDelayedCall | None
 
 
-def _text(value: Any, limit: int = 100) -> str:
+def peer_text(value: Any, limit: int = 100) -> str:
     """Peer-supplied text as it may be logged: printable ASCII, bounded."""
     if not isinstance(value, str):
         return "?"
@@ -346,7 +346,7 @@ class PeerProtocol(Protocol):
         if not self.accepted:
             if frame.type == frames.BYE:  # e.g. no common version: the peer's reason is the one to log
                 reason = frame.header.get("reason")
-                raise FrameError(f"peer closed before HELLO: {_text(reason)}")
+                raise FrameError(f"peer closed before HELLO: {peer_text(reason)}")
             raise FrameError(f"{frames.TYPE_NAMES[frame.type]} before HELLO")
         if frame.is_response:
             return self._on_response(frame)
@@ -356,7 +356,7 @@ class PeerProtocol(Protocol):
             return self._on_cancel(frame)
         if frame.type == frames.BYE:
             reason = frame.header.get("reason")
-            self.close_reason = f"peer said goodbye: {_text(reason)}"
+            self.close_reason = f"peer said goodbye: {peer_text(reason)}"
             self.closing = True
             return None
         return self._serve(frame)

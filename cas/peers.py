@@ -27,7 +27,7 @@ from . import __version__, frames
 from .cid import CID
 from .connection import (
     BAD_REQUEST, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
-    RemoteError, Response,
+    RemoteError, Response, peer_text,
 )
 from .errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
 from .gossip import Gossip
@@ -269,7 +269,7 @@ class PeerManager:
                 if record.node_id == peer:
                     self.gossip.apply(record, None)
         if entry is not None:
-            entry.software = printable(conn.hello_info.software)
+            entry.software = peer_text(conn.hello_info.software, 64)
             self._contact_ok(entry)
             entry.state = CONNECTED
         log.info("{peer} connected ({dir}, {sw})", peer=conn.label(), dir="out" if conn.initiator else "in", sw=conn.hello_info.software)
@@ -683,11 +683,6 @@ class _OneConnection(Factory):
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         return self.proto
-
-
-def printable(text: str, limit: int = 64) -> str:
-    """Peer-supplied text for logs, the table and the API: printable ASCII only, bounded."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
 def _cid(value: Any) -> CID:

@@ -890,6 +890,7 @@ class WindowTests(SynchronousTestCase):
         self.pair.pump()
         self.failureResultOf(d1, RemoteError)
         self.assertEqual(self.served(), [8, 8])
+        self.assertNoResult(d2)  # sent once the error freed the window, and now being answered
 
     def test_oversized_payload_alone(self) -> None:
         """A payload larger than the whole window still goes, when nothing else is in flight."""
