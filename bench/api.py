@@ -175,6 +175,42 @@ class RunningNode:
         return self.proc.returncode
 
 
+def wait_sampled(proc: subprocess.Popen, t0: float, timeout: float | None = None) -> tuple[Any, dict[str, float], float]:
+    """Reap ``proc`` with ``wait4`` while a thread samples its ``VmHWM`` every 20 ms; kill it past ``timeout``
+    seconds or if we are interrupted. Sets ``proc.returncode``; returns (rusage, {"hwm": MiB, "n": samples},
+    seconds since ``t0``)."""
+    samples = {"hwm": 0.0, "n": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            hwm = proc_status(proc.pid).get("VmHWM")
+            if hwm is not None:
+                samples["hwm"] = max(samples["hwm"], hwm)
+                samples["n"] += 1
+            done.wait(SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    killer = threading.Timer(timeout, proc.kill) if timeout else None
+    if killer is not None:
+        killer.start()
+    try:
+        _pid, status, ru = os.wait4(proc.pid, 0)
+    except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if killer is not None:
+            killer.cancel()
+        dt = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+    return ru, samples, dt
+
+
 def run_client(args: list[str], stdout_path: str, stderr_path: str, node_pid: int, nbytes: int) -> dict[str, Any]:
     """Run ``cas ARGS`` as a subprocess; wall clock from just before the spawn to the reap. Peak RSS from
     ``wait4``'s ``ru_maxrss`` and from ``VmHWM`` sampled every 20 ms (the larger is reported)."""
@@ -183,30 +219,7 @@ def run_client(args: list[str], stdout_path: str, stderr_path: str, node_pid: in
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=child_env(), cwd=os.path.dirname(stdout_path))
-        samples = {"hwm": 0.0, "n": 0}
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                hwm = proc_status(proc.pid).get("VmHWM")
-                if hwm is not None:
-                    samples["hwm"] = max(samples["hwm"], hwm)
-                    samples["n"] += 1
-                done.wait(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            _pid, status, ru = os.wait4(proc.pid, 0)
-        except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the client running
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            dt = time.perf_counter() - t0
-            done.set()
-            sampler.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+        ru, samples, dt = wait_sampled(proc, t0)
     node_cpu1, node_io1 = proc_cpu(node_pid), proc_io(node_pid)
     with open(stdout_path, "rb") as f:
         stdout = f.read().decode("utf-8", "replace")

@@ -41,7 +41,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -55,7 +54,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
 
 TARGET_RATIO = 0.80  # cas GET_BLOCK >= 80% of the bare TLS stream
-SAMPLE_S = 0.020
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 RUN_TIMEOUT_S_PER_GIB = 120.0  # a transfer slower than ~8.5 MiB/s is a hang: kill it
@@ -474,34 +472,10 @@ def run_receiver(cmd: list[str], work: str, name: str, timeout: float, sender_pi
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = spawn(cmd, out, err)
-        samples = {"hwm": 0.0, "n": 0}
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                hwm = apibench.proc_status(proc.pid).get("VmHWM")
-                if hwm is not None:
-                    samples["hwm"] = max(samples["hwm"], hwm)
-                    samples["n"] += 1
-                done.wait(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
         try:
-            _pid, status, ru = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+            ru, samples, wall = apibench.wait_sampled(proc, t0, timeout)
         finally:
-            killer.cancel()
-            wall = time.perf_counter() - t0
-            done.set()
-            sampler.join()
             _children.discard(proc)
-        proc.returncode = os.waitstatus_to_exitcode(status)
     with open(out_path, "rb") as f:
         stdout = f.read().decode("utf-8", "replace")
     with open(err_path, "rb") as f:
