@@ -199,6 +199,17 @@ class PeerManager:
             except OSError as e:
                 log.warn("cannot save the peer table: {e}", e=e.strerror)
 
+    def _save_soon(self) -> None:
+        """Save within a second: membership changed, and a node killed now should restart knowing it."""
+        if self._stopping or ("save_soon" in self._timers and self._timers["save_soon"].active()):
+            return
+
+        def save() -> None:
+            self._timers.pop("save_soon", None)
+            self._save()
+
+        self._timers["save_soon"] = self.reactor.callLater(1.0, save)
+
     def _sign(self) -> None:
         now = self.wall()
         self._seq = next_seq(max(self._seq, self.table.own_seq) or None, now)
@@ -636,6 +647,8 @@ class PeerManager:
         current = {e.node_id for e in self.table.members(now)}
         joined, left = current - self._members, self._members - current
         self._members = current
+        if joined or left:
+            self._save_soon()
         for node_id in sorted(joined):
             self._notify(MembershipChange(node_id, True))
         for node_id in sorted(left):
