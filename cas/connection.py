@@ -76,7 +76,12 @@ class RequestTimeout(PeerError):
 
 
 class ConnectionClosed(PeerError):
-    pass
+    """The connection ended before an answer. ``clean``: it was being closed with a BYE (by either side: idle,
+    duplicate, shutting down), so the same request may well succeed on a new connection."""
+
+    def __init__(self, message: str, clean: bool = False) -> None:
+        super().__init__(message)
+        self.clean = clean
 
 
 @attrs.frozen
@@ -258,7 +263,7 @@ class PeerProtocol(Protocol):
         for p in list(pending.values()) + [w[1] for w in waiting]:
             if p.timer is not None and p.timer.active():
                 p.timer.cancel()
-            p.deferred.errback(ConnectionClosed(f"connection to {self.label()} closed: {why}"))
+            p.deferred.errback(ConnectionClosed(f"connection to {self.label()} closed: {why}", clean=self.closing))
         serving, self._serving = self._serving, {}
         for d in serving.values():
             d.cancel()
@@ -458,6 +463,7 @@ class PeerProtocol(Protocol):
             self._send_answer(result, rid, type)
         if self._connected and self._reading_paused:
             self._dispatch_backlog()  # resumes reading once calm
+
     def _send_answer(self, result: Any, rid: int, type: int) -> None:
         if isinstance(result, Failure):
             if result.check(CancelledError):
@@ -490,7 +496,7 @@ class PeerProtocol(Protocol):
         """Send a request; fires with its ``Response``, or fails with ``RemoteError``/``RequestTimeout``/
         ``ConnectionClosed``. A request with a payload waits for room in the send window."""
         if not self._connected or not self.accepted or self.closing:
-            raise ConnectionClosed(f"connection to {self.label()} is not open for requests")
+            raise ConnectionClosed(f"connection to {self.label()} is not open for requests", clean=self.closing)
         rid = next(self._ids)
         if rid > 0xFFFFFFFF:  # after 4 billion requests: start again (old ids are long answered)
             self._ids = itertools.count(2)

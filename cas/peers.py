@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from . import __version__, frames
 from .cid import CID
 from .connection import (
+    REQUEST_TIMEOUT,
     BAD_REQUEST, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
     RemoteError, Response, peer_text,
 )
@@ -601,15 +602,34 @@ class PeerManager:
         d.addCallbacks(ok, failed)
 
     # -- requests to peers ---------------------------------------------------------------------------------
+    def request(
+        self, node_id: bytes, type: int, header: dict[str, Any], payload: bytes | memoryview = b"",
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> Deferred[Response]:
+        """A request to ``node_id`` on its connection, opened if need be. If that connection was being closed
+        cleanly (idle, duplicate, the peer's BYE) as the request crossed it, it is sent once more on a new one."""
+
+        def attempt(retry: bool) -> Deferred[Response]:
+            d = self.connect(node_id)
+            d.addCallback(lambda c: c.request(type, header, payload, timeout))
+            if retry:
+                def again(f: Failure) -> Any:
+                    f.trap(ConnectionClosed)
+                    if not f.value.clean or self._stopping:  # type: ignore[attr-defined]
+                        return f
+                    return attempt(False)
+
+                d.addErrback(again)
+            return d
+
+        return attempt(True)
+
     def _send_records(self, node_id: bytes, records: list[bytes]) -> Deferred[Any]:
-        d = self.connect(node_id)
-        d.addCallback(lambda c: c.request(frames.PEERS, {"records": records}))
-        d.addCallback(lambda r: r.header.get("records"))
-        return d
+        d = self.request(node_id, frames.PEERS, {"records": records})
+        return d.addCallback(lambda r: r.header.get("records"))
 
     def put_block(self, node_id: bytes, cid: CID, block: bytes | memoryview) -> Deferred[None]:
-        d = self.connect(node_id)
-        d.addCallback(lambda c: c.request(frames.PUT_BLOCK, {"cid": cid.to_bytes()}, block))
+        d = self.request(node_id, frames.PUT_BLOCK, {"cid": cid.to_bytes()}, block)
         return d.addCallback(lambda _r: None)
 
     def get_block(self, node_id: bytes, cid: CID) -> Deferred[bytes | memoryview]:
@@ -622,15 +642,12 @@ class PeerManager:
                 raise CorruptBlock(f"node {short_node_id(node_id)} sent bytes that do not match block {cid}")
             return data
 
-        d = self.connect(node_id)
-        d.addCallback(lambda c: c.request(frames.GET_BLOCK, {"cid": cid.to_bytes()}))
-        return d.addCallback(check)
+        return self.request(node_id, frames.GET_BLOCK, {"cid": cid.to_bytes()}).addCallback(check)
 
     def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]:
         if len(cids) > MAX_HAS:
             raise ValueError(f"at most {MAX_HAS} ids per HAS")
-        d = self.connect(node_id)
-        d.addCallback(lambda c: c.request(frames.HAS, {"cids": [c.to_bytes() for c in cids]}))
+        d = self.request(node_id, frames.HAS, {"cids": [c.to_bytes() for c in cids]})
         return d.addCallback(lambda r: unpack_bitmap(r.header.get("bitmap"), len(cids)))
 
     # -- membership ----------------------------------------------------------------------------------------

@@ -290,6 +290,21 @@ class ReviewTests(TestCase):
             with self.assertRaises(PeerError):
                 await d
 
+    async def test_request_crossing_a_clean_close_is_sent_again(self) -> None:
+        """a closes its idle connection to b just as b asks something: b asks again on a new connection."""
+        net = Net(self)
+        a = net.start()
+        b = net.start(bootstrap=[net.bootstrap_to(a, pinned=True)])
+        a_id, b_id = a.node.identity.node_id, b.node.identity.node_id
+        await wait_for(lambda: a_id in members(b) and b_id in a.peers.connections, "a and b connected")
+        block = os.urandom(3000)
+        await b.peers.put_block(a_id, CID.of(block), block)
+        old = b.peers.connections[a_id]
+        a.peers._close_voluntarily(a.peers.connections[b_id], "idle")  # BYE goes out now
+        self.assertEqual(await b.peers.get_block(a_id, CID.of(block)), block)  # asked before b saw the BYE
+        self.assertIsNot(b.peers.connections[a_id], old)
+        self.assertFalse(old._connected)
+
     async def test_suspect_without_address_dies_by_time(self) -> None:
         """A peer that advertises nothing cannot be probed: time alone makes it dead."""
         net = Net(self)
