@@ -29,7 +29,9 @@ MAX_RECORDS = 64  # records in one PEERS message, either way
 REVIVE_SKEW = 60.0  # seconds of clock difference allowed between a record's signer and us (see apply)
 
 
-class _Bucket:
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``capacity`` per ``refill`` seconds."""
+
     def __init__(self, capacity: int, refill: float, now: float) -> None:
         self.capacity, self.refill = capacity, refill
         self.tokens = float(capacity)
@@ -68,7 +70,7 @@ class Gossip:
         self.interval, self.fanout, self.max_records = interval, fanout, max_records
         self.new_per_source, self.refill = new_per_source, refill
         self.own_record: PeerRecord | None = None
-        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
         self._timer: IDelayedCall | None = None
         self._running = False
         self.rounds = 0
@@ -170,7 +172,7 @@ class Gossip:
         self.table.dirty = True
         return True
 
-    def _bucket(self, source: bytes) -> _Bucket:
+    def _bucket(self, source: bytes) -> TokenBucket:
         """The allowance of ``source`` (a node id, or a remote address for HELLOs). At most ``4 x capacity``
         are remembered; the least recently used is forgotten first, so rotating sources gains nothing
         over waiting."""
@@ -178,7 +180,7 @@ class Gossip:
         if b is None:
             if len(self._buckets) >= 4 * self.table.capacity:
                 self._buckets.popitem(last=False)
-            b = self._buckets[source] = _Bucket(self.new_per_source, self.refill, self.clock.seconds())
+            b = self._buckets[source] = TokenBucket(self.new_per_source, self.refill, self.clock.seconds())
         else:
             self._buckets.move_to_end(source)
         return b

@@ -27,11 +27,11 @@ from . import __version__, frames
 from .cid import CID
 from .connection import (
     REQUEST_TIMEOUT,
-    BAD_REQUEST, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
+    BAD_REQUEST, BUSY, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
     RemoteError, Response, peer_text,
 )
 from .errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
-from .gossip import Gossip
+from .gossip import Gossip, TokenBucket
 from .nodeid import format_node_id, short_node_id
 from .peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
 from .peertls import client_creator
@@ -40,6 +40,7 @@ from .records import Address, InvalidRecord, PeerRecord, decode_record, next_seq
 log = Logger()
 
 MAX_HAS = 1024
+PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 PEER_BYE = "peer said goodbye: "  # how PeerProtocol records a BYE it received
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 MAX_BLOCK = (1 << 20) + 64  # a sealed segment is 1 MiB + 16; manifest blocks are at most 1 MiB
@@ -113,7 +114,7 @@ class PeerManager:
         self.table = PeerTable(table_path, self.node_id)
         self.connections: dict[bytes, PeerProtocol] = {}  # the one accepted connection per peer
         self.all: set[PeerProtocol] = set()  # every open connection, accepted or not, duplicates too
-        self._dialing: dict[bytes, Deferred[PeerProtocol]] = {}
+        self._dialing: dict[bytes, list[Deferred[PeerProtocol]]] = {}  # waiters of the dial in progress
         self._subscribers: list[Callable[[MembershipChange], None]] = []
         self._members: set[bytes] = set()
         self._probe_queue: list[bytes] = []
@@ -121,6 +122,7 @@ class PeerManager:
         self._stopping = False
         self._dials: set[Deferred[Any]] = set()
         self._grace: dict[PeerProtocol, IDelayedCall] = {}  # duplicates closed after a grace period
+        self._peers_asked: dict[PeerProtocol, TokenBucket] = {}  # PEERS allowance of each connection
         self.gossip = Gossip(
             self.table, reactor, wall, self._send_records, self._publish, rng=self.rng,
             interval=self.settings.gossip_interval,
@@ -284,12 +286,14 @@ class PeerManager:
             entry.software = peer_text(conn.hello_info.software, 64)
             self._contact_ok(entry)
             entry.state = CONNECTED
-        log.info("{peer} connected ({dir}, {sw})", peer=conn.label(), dir="out" if conn.initiator else "in", sw=conn.hello_info.software)
+        log.info("{peer} connected ({dir}, {sw})", peer=conn.label(), dir="out" if conn.initiator else "in",
+                 sw=peer_text(conn.hello_info.software, 64))
         self._publish()
         self._enforce_connection_limit()
 
     def lost(self, conn: PeerProtocol, reason: str) -> None:
         self.all.discard(conn)
+        self._peers_asked.pop(conn, None)
         t = self._grace.pop(conn, None)
         if t is not None and t.active():
             t.cancel()
@@ -314,6 +318,13 @@ class PeerManager:
     def handle(self, conn: PeerProtocol, frame: frames.Frame) -> Deferred[Response] | Response:
         h = frame.header
         if frame.type == frames.PEERS:
+            # A gossip exchange walks the table: a few per second per connection is plenty.
+            now = self.reactor.seconds()
+            bucket = self._peers_asked.get(conn)
+            if bucket is None:
+                bucket = self._peers_asked[conn] = TokenBucket(PEERS_PER_SECOND, 1.0, now)
+            if not bucket.take(now):
+                raise RemoteError(BUSY, f"at most {PEERS_PER_SECOND} PEERS requests per second")
             try:
                 self.gossip.receive(conn.peer_id, h.get("records"))  # type: ignore[arg-type]
             except ValueError as e:

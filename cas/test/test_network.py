@@ -305,6 +305,28 @@ class ReviewTests(TestCase):
         self.assertIsNot(b.peers.connections[a_id], old)
         self.assertFalse(old._connected)
 
+    async def test_peers_requests_are_rate_limited(self) -> None:
+        """A PEERS answer walks the table: a connection gets a burst of 5, then 5 per second."""
+        from twisted.internet.defer import DeferredList
+
+        from cas.peers import PEERS_PER_SECOND
+
+        slow = PeerSettings(gossip_interval=1000, probe_interval=1000)
+        net = Net(self)
+        a = net.start(settings=slow)
+        b = net.start(settings=slow, bootstrap=[net.bootstrap_to(a, pinned=True)])
+        a_id = a.node.identity.node_id
+        await wait_for(lambda: a_id in b.peers.connections, "b connected to a")
+        conn = b.peers.connections[a_id]
+        await deferLater(reactor, 1.1, lambda: None)  # the bootstrap's own exchange used a token: let it refill
+        results = await DeferredList([conn.request(frames.PEERS, {"records": []}) for _ in range(PEERS_PER_SECOND + 3)],
+                                     consumeErrors=True)
+        busy = [r for ok, r in results if not ok and r.check(RemoteError) and r.value.code == "busy"]
+        self.assertEqual(len(busy), 3)
+        self.assertTrue(all(ok for ok, _ in results[:PEERS_PER_SECOND]))
+        await deferLater(reactor, 0.5, lambda: None)  # refilled: 2.5 tokens
+        self.assertIn("records", (await conn.request(frames.PEERS, {"records": []})).header)
+
     async def test_suspect_without_address_dies_by_time(self) -> None:
         """A peer that advertises nothing cannot be probed: time alone makes it dead."""
         net = Net(self)
