@@ -463,6 +463,9 @@ class PeerManager:
         self.table.dirty = True
 
     def _contact_failed(self, entry: PeerEntry, reason: str) -> None:
+        c = self.connections.get(entry.node_id)
+        if c is not None and c.accepted and not c.closing:
+            return  # a dial to an old address failed, but the node is connected (it dialled us meanwhile)
         now = self.wall()
         entry.failures += 1
         if entry.state in (NEW, CONNECTED, ALIVE):

@@ -327,6 +327,18 @@ class ReviewTests(TestCase):
         await deferLater(reactor, 0.5, lambda: None)  # refilled: 2.5 tokens
         self.assertIn("records", (await conn.request(frames.PEERS, {"records": []})).header)
 
+    async def test_failed_dial_does_not_suspect_a_connected_node(self) -> None:
+        """A dial to a restarted node's old address fails after the node dialled us from its new one."""
+        net = Net(self)
+        a = net.start()
+        b = net.start(bootstrap=[net.bootstrap_to(a, pinned=True)])
+        b_id = b.node.identity.node_id
+        await wait_for(lambda: b_id in a.peers.connections, "b connected to a")
+        entry = a.peers.table.get(b_id)
+        a.peers._contact_failed(entry, "cannot reach node: tcp:127.0.0.1:9: connection refused")
+        self.assertEqual(entry.state, "connected")
+        self.assertEqual(entry.failures, 0)
+
     async def test_suspect_without_address_dies_by_time(self) -> None:
         """A peer that advertises nothing cannot be probed: time alone makes it dead."""
         net = Net(self)
