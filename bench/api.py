@@ -74,18 +74,23 @@ def b3sum(path: str) -> dict[str, Any]:
 # -- /proc readers -------------------------------------------------------------------------------------------
 
 
-def proc_status(pid: int) -> dict[str, float]:
-    """VmRSS / VmHWM of a process in MiB ({} once it is gone or a zombie)."""
+def _proc_fields(path: str, keys: tuple[str, ...], unit: int) -> dict[str, float]:
+    """``KEY: VALUE`` lines of a /proc file, values divided by ``unit`` ({} once the process is gone)."""
     out: dict[str, float] = {}
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
+                if line.startswith(keys):
                     key, val = line.split(":", 1)
-                    out[key] = int(val.split()[0]) / 1024
+                    out[key] = int(val.split()[0]) / unit
     except OSError:
         pass
     return out
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS / VmHWM of a process in MiB ({} once it is gone or a zombie; the file gives KiB)."""
+    return _proc_fields(f"/proc/{pid}/status", ("VmRSS:", "VmHWM:"), 1024)
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -96,16 +101,8 @@ def proc_cpu(pid: int) -> tuple[float, float]:
 
 
 def proc_io(pid: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    try:
-        with open(f"/proc/{pid}/io") as f:
-            for line in f:
-                if line.startswith(("read_bytes:", "write_bytes:")):
-                    key, val = line.split(":", 1)
-                    out[key] = int(val) / MiB
-    except OSError:
-        pass
-    return out
+    """Bytes read from and written to disk by a process, in MiB."""
+    return _proc_fields(f"/proc/{pid}/io", ("read_bytes:", "write_bytes:"), MiB)
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -257,14 +254,6 @@ def run_client(args: list[str], stdout_path: str, stderr_path: str, node_pid: in
 # -- one size ---------------------------------------------------------------------------------------------------
 
 
-def check(r: dict[str, Any], s: dict[str, Any], what: str) -> None:
-    if r["bytes"] != s["bytes"] or r["blake3"] != s["blake3"]:
-        raise SystemExit(
-            f"FAIL: {what} returned {r['bytes']} bytes with BLAKE3 {r['blake3']}, "
-            f"the source has {s['bytes']} bytes with BLAKE3 {s['blake3']}"
-        )
-
-
 def prefault(size: int, a: argparse.Namespace) -> None:
     """As pipeline.py's children do just before t0 (untimed): touch and free size + 64 MiB in a forked process."""
     if not a.no_prefault:
@@ -288,7 +277,7 @@ def pipeline_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.
         load = pipeline.loadavg()
         r = pipeline.run_child("get", size=size, prefault=pre, data=pipe_dir, key_in=key_file, out=out)
         r["loadavg_before"] = load
-        check(r, s, "pipeline get")
+        pipeline.check(r, s, "pipeline get")
         rows["pipeline_get"] = r
         say("pipeline get", r, r["peak_rss_mib"], None, load)
     finally:
@@ -343,7 +332,7 @@ def api_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Names
         rows["api_get"] = r
         say("API get", r, r["node_peak_rss_mib"], r["client_peak_rss_mib"], load)
         got = b3sum(out)
-        check(got, s, "API get (cas get -o OUT)")
+        pipeline.check(got, s, "API get (cas get -o OUT)")
         r["blake3"] = got["blake3"]
         code = node.stop()
         node_log_tail = node.tail()

@@ -126,6 +126,7 @@ class _Pending:
     type: int
     size: int  # payload bytes counted in the window
     timer: IDelayedCall | None
+    pieces: list[bytes | memoryview] | None = None  # the encoded request, until it is queued for writing
 
 
 def peer_text(value: Any, limit: int = 100) -> str:
@@ -154,7 +155,6 @@ class PeerProtocol(Protocol):
         self.closing = False
         self._lose_called = False
         self._bye_sent = False  # we closed: the transport is closed once the queues drain
-        self.duplicate = False  # another connection to this peer won; no new requests go here
         self.close_reason: str | None = None
         self.remote = "?"
         self._decoder = FrameDecoder()
@@ -180,7 +180,6 @@ class PeerProtocol(Protocol):
         self._keepalive_timer: IDelayedCall | None = None
         self._last_rx = 0.0
         self._rx_bytes_seen = 0  # bytes_in at the last keepalive check
-        self._last_tx = 0.0
         self._connected = False
         self.rtt: float | None = None
         self.nonce = os.urandom(8)
@@ -211,7 +210,7 @@ class PeerProtocol(Protocol):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         self.remote = f"{host}:{peer.port}" if host is not None else str(peer)  # type: ignore[attr-defined]
-        self._last_rx = self._last_tx = self.last_used = self.clock.seconds()
+        self._last_rx = self.last_used = self.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._hello_timer = self.clock.callLater(HELLO_TIMEOUT, self._hello_timeout)
         header = dict(self.host.hello())
@@ -502,12 +501,12 @@ class PeerProtocol(Protocol):
             self._ids = itertools.count(2)
             rid = 1
         frame = Frame(type, 0, rid, header or {}, payload)
-        frames.encode(frame)  # ValueError now, before anything is registered, rather than when it is written
+        pieces = frames.encode(frame)  # ValueError now, before anything is registered, rather than when it is written
         if type != frames.PING:
             self.last_used = self.clock.seconds()
         self._last_id = rid
         d: Deferred[Response] = Deferred(lambda _d: self._give_up(rid, "cancelled"))
-        p = _Pending(d, type, len(payload), None)
+        p = _Pending(d, type, len(payload), None, pieces)
         p.timer = self.clock.callLater(timeout, self._give_up, rid, f"no answer within {timeout:g} s")
         if p.size and (self._waiting or (self._unacked + p.size > SEND_WINDOW and self._unacked > 0)):  # in order
             self._waiting.append((frame, p, rid))
@@ -518,7 +517,8 @@ class PeerProtocol(Protocol):
     def _launch(self, frame: Frame, p: _Pending, rid: int) -> None:
         self._unacked += p.size
         self._pending[rid] = p
-        self._send(frame, self._bulk_requests if p.size else self._control)
+        pieces, p.pieces = p.pieces, None
+        self._send(frame, self._bulk_requests if p.size else self._control, pieces)
 
     def _give_up(self, rid: int, why: str) -> None:
         p = self._pending.pop(rid, None)
@@ -560,8 +560,12 @@ class PeerProtocol(Protocol):
             self._launch(frame, p, rid)
 
     # -- sending -------------------------------------------------------------------------------------------
-    def _send(self, frame: Frame, queue: deque[tuple[Frame, list[bytes | memoryview]]]) -> None:
-        pieces = frames.encode(frame)  # a ValueError reaches the caller, not resumeProducing
+    def _send(
+        self, frame: Frame, queue: deque[tuple[Frame, list[bytes | memoryview]]],
+        pieces: list[bytes | memoryview] | None = None,
+    ) -> None:
+        if pieces is None:
+            pieces = frames.encode(frame)  # a ValueError reaches the caller, not resumeProducing
         if frame.is_response:
             self._answer_bytes += sum(len(p) for p in pieces)
             if self._answer_bytes > ANSWERS_LIMIT:
@@ -593,7 +597,6 @@ class PeerProtocol(Protocol):
                     self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             pieces = item[1]
-            self._last_tx = self.clock.seconds()
             size = sum(len(p) for p in pieces)
             self.bytes_out += size
             if item[0].is_response:
@@ -645,6 +648,16 @@ class PeerProtocol(Protocol):
             return self.rtt
 
         return self.request(frames.PING, timeout=timeout).addCallback(done)
+
+    @property
+    def last_heard(self) -> float:
+        """When a frame from the peer last completed (reactor clock)."""
+        return self._last_rx
+
+    @property
+    def is_open(self) -> bool:
+        """The transport is up (Protocol's own ``connected`` is set before TLS and never reset on abort)."""
+        return self._connected
 
     @property
     def idle_since(self) -> float:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import __version__, frames
+from .blockstore import MAX_BLOCK_SIZE
 from .cid import CID
 from .connection import (
     REQUEST_TIMEOUT,
@@ -43,7 +44,6 @@ MAX_HAS = 1024
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 PEER_BYE = "peer said goodbye: "  # how PeerProtocol records a BYE it received
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
-MAX_BLOCK = (1 << 20) + 64  # a sealed segment is 1 MiB + 16; manifest blocks are at most 1 MiB
 
 
 @attrs.define
@@ -181,7 +181,7 @@ class PeerManager:
 
         DeferredList(waits).addCallback(all_closed)
         for conn in list(self.all):  # whatever did not close within the grace period is cut
-            done.addCallback(lambda _r, c=conn: c.fail("shutting down") if c._connected else None)
+            done.addCallback(lambda _r, c=conn: c.fail("shutting down") if c.is_open else None)
         return done
 
     def _every(self, name: str, interval: float, f: Callable[[], Any]) -> None:
@@ -261,7 +261,6 @@ class PeerManager:
             else:
                 keep, drop = conn, existing
             self.connections[peer] = keep
-            drop.duplicate = True
             self._grace[drop] = self.reactor.callLater(
                 self.settings.duplicate_grace, self._close_voluntarily, drop, "duplicate connection")
             if keep is existing:
@@ -337,8 +336,8 @@ class PeerManager:
             return d
         if frame.type == frames.PUT_BLOCK:
             cid = _cid(h.get("cid"))
-            if len(frame.payload) > MAX_BLOCK:
-                raise RemoteError(TOO_LARGE, f"a block is at most {MAX_BLOCK} bytes")
+            if len(frame.payload) > MAX_BLOCK_SIZE:  # the store's own limit, answered before any work
+                raise RemoteError(TOO_LARGE, f"a block is at most {MAX_BLOCK_SIZE} bytes")
             assert conn.peer_id is not None
             d = self.node.hold_block("hold:" + conn.peer_id.hex(), cid, frame.payload)
             d.addCallbacks(lambda _stored: Response({}, b""), _block_error, errbackArgs=(True,))
@@ -512,7 +511,7 @@ class PeerManager:
                 if e is None or e.next_attempt > now or not e.dial_addresses() and node_id not in self.connections:
                     continue
                 c = self.connections.get(node_id)
-                if c is not None and c.accepted and now - c._last_rx < self.settings.probe_interval:
+                if c is not None and c.accepted and now - c.last_heard < self.settings.probe_interval:
                     continue  # heard from it just now
                 if c is None and e.state == ALIVE and e.last_seen is not None and wall - e.last_seen < self.settings.dead_after / 2:
                     continue  # reached a moment ago (its connection was closed as idle): no need to dial again yet
@@ -701,7 +700,7 @@ class PeerManager:
             rtt, seen = e.rtt, e.last_seen
             if c is not None and c.accepted:
                 rtt = c.rtt if c.rtt is not None else rtt
-                seen = now - max(0.0, self.reactor.seconds() - c._last_rx)  # the last frame received
+                seen = now - max(0.0, self.reactor.seconds() - c.last_heard)  # the last frame received
             out.append({
                 "node_id": format_node_id(e.node_id),
                 "state": e.state,
