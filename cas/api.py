@@ -270,25 +270,25 @@ class _JsonResource(resource.Resource):
             return error(request, 405, "method_not_allowed", f"{request.method.decode('ascii', 'replace')} is not allowed here")
 
 
-class Status(_JsonResource):
-    isLeaf = True
+class _NodeResource(_JsonResource):
+    """A JSON resource answering from the node."""
 
     def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
+
+
+class Status(_NodeResource):
+    isLeaf = True
 
     def render_GET(self, request: server.Request) -> bytes:
         return json_body(request, 200, self.node.status())
 
 
-class Peers(_JsonResource):
+class Peers(_NodeResource):
     """``/v1/peers``: the peer table (docs/api.md)."""
 
     isLeaf = True
-
-    def __init__(self, node: Node) -> None:
-        super().__init__()
-        self.node = node
 
     def render_GET(self, request: server.Request) -> bytes:
         peers = self.node.peers.describe() if self.node.peers is not None else []
@@ -296,12 +296,8 @@ class Peers(_JsonResource):
         return json_body(request, 200, {"node_id": self.node.node_id, "members": members, "peers": peers})
 
 
-class Files(_JsonResource):
+class Files(_NodeResource):
     """``/v1/files`` (list, upload) and ``/v1/files/KEY`` (read, forget)."""
-
-    def __init__(self, node: Node) -> None:
-        super().__init__()
-        self.node = node
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         if path == b"" and not request.postpath:

@@ -13,7 +13,7 @@ import attrs
 import blake3
 import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -38,9 +38,9 @@ from cas.manifest import (
     decode_root,
 )
 
-# Each test instance is fresh and stateless, so running a property again from a new instance (as
-# ``trial --until-failure`` does) is safe: the differing-executors health check does not apply.
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
+from .util import property_settings
+
+FAST = property_settings(200)
 
 U64 = (1 << 64) - 1
 B32 = "abcdefghijklmnopqrstuvwxyz234567"

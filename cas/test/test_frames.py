@@ -12,7 +12,7 @@ import os
 import struct
 
 import cbor2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -41,9 +41,9 @@ from cas.frames import (
     encode_header,
 )
 
-# Each test instance is fresh and stateless, so running a property again from a new instance (as
-# ``trial --until-failure`` does) is safe: the differing-executors health check does not apply.
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
+from .util import property_settings
+
+FAST = property_settings(150)
 
 # -- test vectors (also printed in docs/protocol.md) ---------------------------------------------------------
 VEC_CID = bytes([0x01, 0x55, 0x1E, 0x20]) + bytes(range(32))

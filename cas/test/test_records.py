@@ -12,7 +12,7 @@ import random
 import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -44,9 +44,9 @@ from cas.records import (
     sign_record,
 )
 
-# Each test instance is fresh and stateless, so running a property again from a new instance (as
-# ``trial --until-failure`` does) is safe: the differing-executors health check does not apply.
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
+from .util import property_settings
+
+FAST = property_settings(200)
 
 U64 = (1 << 64) - 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
+from hypothesis import HealthCheck, settings
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -12,6 +13,13 @@ from zope.interface import implementer
 
 from cas.datadir import prepare
 from cas.node import Node
+
+
+def property_settings(max_examples: int = 200) -> settings:
+    """Hypothesis settings for trial tests: no deadline (this VM's timing varies). Each test instance is fresh
+    and stateless, so running a property again from a new instance (as ``trial --until-failure`` does) is
+    safe: the differing-executors health check does not apply."""
+    return settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
 
 
 def sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
