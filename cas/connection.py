@@ -84,6 +84,10 @@ class ConnectionClosed(PeerError):
         self.clean = clean
 
 
+class SelfConnection(ConnectionClosed):
+    """The address dialled is this node itself."""
+
+
 @attrs.frozen
 class Response:
     header: dict[str, Any]
@@ -153,6 +157,9 @@ class PeerProtocol(Protocol):
         self.hello_info: HelloInfo | None = None
         self.accepted = False
         self.closing = False
+        self.our_bye: str | None = None  # the reason of the BYE we sent (close())
+        self.peer_bye: str | None = None  # the reason of the BYE the peer sent
+        self._to_self = False  # the peer turned out to be this node
         self._lose_called = False
         self._bye_sent = False  # we closed: the transport is closed once the queues drain
         self.close_reason: str | None = None
@@ -224,6 +231,7 @@ class PeerProtocol(Protocol):
         if self.peer_id is None:
             self.fail("no peer certificate after the handshake")
         elif self.peer_id == self.host.node_id:
+            self._to_self = True
             self.fail("connected to ourselves")
         elif self.expected is not None and self.peer_id != self.expected:  # the verify callback already refuses this
             self.fail(f"presented node {format_node_id(self.peer_id)}, expected {format_node_id(self.expected)}")
@@ -246,6 +254,7 @@ class PeerProtocol(Protocol):
             return
         self.closing = True
         self._bye_sent = True
+        self.our_bye = reason
         if self.close_reason is None:
             self.close_reason = reason
         self._send(Frame(frames.BYE, header={"reason": reason}), self._control)  # closes once the queues drain
@@ -273,7 +282,8 @@ class PeerProtocol(Protocol):
         self._answer_bytes = 0
         self._suppressed.clear()
         if not self.ready.called:
-            self.ready.errback(ConnectionClosed(f"connection to {self.label()} failed: {why}"))
+            kind = SelfConnection if self._to_self else ConnectionClosed
+            self.ready.errback(kind(f"connection to {self.label()} failed: {why}"))
             self.ready.addErrback(lambda _f: None)  # nobody waited (an inbound connection): not an unhandled error
         self.host.lost(self, why)
         waiters, self._closed_waiters = self._closed_waiters, []
@@ -359,8 +369,8 @@ class PeerProtocol(Protocol):
         if frame.type == frames.CANCEL:
             return self._on_cancel(frame)
         if frame.type == frames.BYE:
-            reason = frame.header.get("reason")
-            self.close_reason = f"peer said goodbye: {peer_text(reason)}"
+            self.peer_bye = peer_text(frame.header.get("reason"))
+            self.close_reason = f"peer said goodbye: {self.peer_bye}"
             self.closing = True
             return None
         return self._serve(frame)
@@ -382,6 +392,7 @@ class PeerProtocol(Protocol):
         if self.expected is not None and node_id != self.expected:  # handshakeCompleted checks this too, if called
             raise FrameError(f"HELLO from node {format_node_id(node_id)}, expected {format_node_id(self.expected)}")
         if node_id == self.host.node_id:
+            self._to_self = True
             raise FrameError("connected to ourselves")
         common = set(versions) & set(PROTOCOL_VERSIONS)
         if not common:

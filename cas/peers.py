@@ -29,7 +29,7 @@ from .cid import CID
 from .connection import (
     REQUEST_TIMEOUT,
     BAD_REQUEST, BUSY, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
-    RemoteError, Response, peer_text,
+    RemoteError, Response, SelfConnection, peer_text,
 )
 from .errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
 from .gossip import Gossip, TokenBucket
@@ -42,7 +42,6 @@ log = Logger()
 
 MAX_HAS = 1024
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
-PEER_BYE = "peer said goodbye: "  # how PeerProtocol records a BYE it received
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 
 
@@ -305,9 +304,7 @@ class PeerManager:
             return
         # Closed on purpose by either side (idle, duplicate, too many connections) is not a failure; a peer
         # that said it is shutting down is suspect until it answers again.
-        said = conn.close_reason or ""
-        benign_bye = said.startswith(PEER_BYE) and said[len(PEER_BYE):] in VOLUNTARY_REASONS
-        if getattr(conn, "voluntary", False) or benign_bye or self._stopping:
+        if conn.our_bye in VOLUNTARY_REASONS or conn.peer_bye in VOLUNTARY_REASONS or self._stopping:
             entry.state = ALIVE
         else:
             log.info("lost {peer}: {reason}", peer=conn.label(), reason=reason)
@@ -435,8 +432,8 @@ class PeerManager:
         return d.addCallbacks(connected, not_connected).addCallback(winner)
 
     def _close_voluntarily(self, conn: PeerProtocol, reason: str) -> None:
+        """Close a healthy connection for ``reason`` (one of VOLUNTARY_REASONS: not a failure of the peer)."""
         self._grace.pop(conn, None)
-        conn.voluntary = True  # type: ignore[attr-defined]
         conn.close(reason)
 
     def _enforce_connection_limit(self) -> None:
@@ -603,7 +600,7 @@ class PeerManager:
         def failed(f: Failure) -> None:
             if self._stopping:
                 return
-            if "connected to ourselves" in f.getErrorMessage():
+            if f.check(SelfConnection):
                 b.is_self = True
                 log.info("bootstrap {b} is this node: skipped", b=str(b))
                 return
