@@ -26,14 +26,13 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import frames
 from .frames import Frame, FrameDecoder, FrameError
 from .nodeid import format_node_id, short_node_id
-from .peertls import peer_node_id
+from .peertls import PeerTLSProtocol, peer_node_id
 
 log = Logger()
 
@@ -45,6 +44,7 @@ IDLE_LIMIT = 60.0  # a connection silent this long is half-open: closed
 SEND_WINDOW = 8 << 20  # unacknowledged request payload bytes per connection
 MAX_SERVING = 16  # peer requests being answered at once; past it we stop reading the socket
 ANSWERS_PAUSE = 4 << 20  # bytes of our answers waiting to be written; past it we stop reading the socket
+TLS_RECORD = 1 << 14  # the largest TLS record's plaintext: small pieces are gathered up to whole records
 ANSWERS_LIMIT = 32 << 20  # past this the peer is not reading what it asked for: the connection is cut
 
 # Error codes of error responses (docs/protocol.md).
@@ -213,7 +213,7 @@ class PeerProtocol(Protocol):
     # -- connection life -----------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         self._connected = True
-        self._views = isinstance(self.transport, TLSMemoryBIOProtocol)  # TLS takes memoryviews (see _pump)
+        self._views = isinstance(self.transport, PeerTLSProtocol)  # takes memoryviews (see _pump)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         self.remote = f"{host}:{peer.port}" if host is not None else str(peer)  # type: ignore[attr-defined]
@@ -597,24 +597,47 @@ class PeerProtocol(Protocol):
         return None
 
     def _pump(self) -> None:
-        while not self._paused and self._connected:
-            item = self._next()
-            if item is None:
-                if self._bye_sent and not self._lose_called:
-                    # Everything queued is written: a transport with a registered producer only closes once
-                    # the producer is unregistered.
-                    self._lose_called = True
-                    self.transport.unregisterProducer()  # type: ignore[union-attr]
-                    self.transport.loseConnection()  # type: ignore[union-attr]
-                return
-            pieces = item[1]
-            size = sum(len(p) for p in pieces)
-            self.bytes_out += size
-            if item[0].is_response:
-                self._answer_bytes -= size
-            # One call: Twisted's TLS transport joins what it is given into one buffer either way (it also
-            # aggregates separate small writes), and plain transports take bytes only.
-            self.transport.writeSequence(pieces if self._views else [bytes(p) for p in pieces])  # type: ignore[union-attr]
+        batch: list[bytes | memoryview] = []  # small pieces (heads, small frames): one TLS write together
+        try:
+            while not self._paused and self._connected:
+                item = self._next()
+                if item is None:
+                    if self._bye_sent and not self._lose_called:
+                        # Everything queued is written: a transport with a registered producer only closes
+                        # once the producer is unregistered.
+                        self._flush(batch)
+                        self._lose_called = True
+                        self.transport.unregisterProducer()  # type: ignore[union-attr]
+                        self.transport.loseConnection()  # type: ignore[union-attr]
+                    return
+                pieces = item[1]
+                size = sum(len(p) for p in pieces)
+                self.bytes_out += size
+                if item[0].is_response:
+                    self._answer_bytes -= size
+                if not self._views:  # plain transports take bytes, in one call
+                    self.transport.writeSequence([bytes(p) for p in pieces])  # type: ignore[union-attr]
+                    continue
+                # PeerTLSProtocol: a block payload is written as it is (no join, no copy); heads and small
+                # frames are gathered so that a burst of requests makes one TLS record, not one each.
+                for p in pieces:
+                    if len(p) < TLS_RECORD:
+                        batch.append(p)
+                        if sum(len(b) for b in batch) >= 4 * TLS_RECORD:
+                            self._flush(batch)
+                    else:
+                        view = memoryview(p)
+                        room = TLS_RECORD - sum(len(b) for b in batch) % TLS_RECORD
+                        batch.append(view[:room])  # fill the record that carries the head
+                        self._flush(batch)
+                        self.transport.write(view[room:])  # type: ignore[union-attr]
+        finally:
+            self._flush(batch)
+
+    def _flush(self, batch: list[bytes | memoryview]) -> None:
+        if batch and self._connected:
+            self.transport.write(b"".join(batch))  # type: ignore[union-attr]
+        batch.clear()
 
     def pauseProducing(self) -> None:
         self._paused = True

@@ -35,7 +35,7 @@ from .errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
 from .gossip import Gossip, TokenBucket
 from .nodeid import format_node_id, short_node_id
 from .peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
-from .peertls import client_creator
+from .peertls import client_creator, wrap_client
 from .records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
 
 log = Logger()
@@ -410,7 +410,7 @@ class PeerManager:
                      seen=format_node_id(seen), want=format_node_id(want))
 
         proto = PeerProtocol(self, self.reactor, initiator=True, expected=expected)
-        tls = endpoints.wrapClientTLS(client_creator(self.identity, expected, mismatch), endpoint)
+        tls = wrap_client(client_creator(self.identity, expected, mismatch), endpoint)
         d = tls.connect(_OneConnection(proto))
         self._dials.add(d)
 

@@ -17,8 +17,16 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -168,3 +176,78 @@ def peer_node_id(transport: object) -> bytes | None:
         return None if cert is None else _key_id(cert)
     except Exception:  # e.g. the TLS connection is already torn down
         return None
+
+
+# -- the TLS transport of peer links -----------------------------------------------------------------------
+
+WRITE_CHUNK = 1 << 18  # plaintext handed to OpenSSL per call: it cuts 16 KiB records itself
+
+
+class PeerTLSProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, with bulk writes made cheaper for 1 MiB block frames.
+
+    Twisted hands OpenSSL 16 KiB at a time, reads the memory BIO 32 KiB at a time and slices ``bytes`` (a copy
+    per slice); its default ``BufferingTLSTransport`` also joins whatever is written into one buffer. Here a
+    write may be a ``memoryview`` (sliced without copying), OpenSSL gets up to ``WRITE_CHUNK`` per call (it
+    cuts the records itself: a memory BIO never blocks), and the BIO is drained completely after each call.
+    There is no small-write aggregation: ``PeerProtocol`` writes each frame's head in one piece and batches
+    small frames itself. Everything else (handshake, shutdown, producers, errors) is Twisted's.
+    """
+
+    def _write(self, data: bytes | memoryview) -> None:  # type: ignore[override]
+        if self._lostTLSConnection:
+            return
+        view = memoryview(data)
+        sent_total, size = 0, len(view)
+        while sent_total < size:
+            try:
+                sent = self._tlsConnection.send(view[sent_total:sent_total + WRITE_CHUNK])
+            except SSL.WantReadError:  # the handshake is not over: Twisted keeps the rest until it is
+                self._bufferedWrite(view[sent_total:])
+                break
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                break
+            sent_total += sent
+            self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        while True:
+            try:
+                out = self._tlsConnection.bio_read(WRITE_CHUNK + (WRITE_CHUNK >> 6))
+            except SSL.WantReadError:  # the BIO is empty
+                return
+            self.transport.write(out)
+
+
+class PeerTLSFactory(TLSMemoryBIOFactory):
+    protocol = PeerTLSProtocol  # type: ignore[assignment]
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    def __init__(self, creator: IOpenSSLServerConnectionCreator, wrapped: IStreamServerEndpoint) -> None:
+        self._creator, self._wrapped = creator, wrapped
+
+    def listen(self, factory: IProtocolFactory) -> Deferred:
+        return self._wrapped.listen(PeerTLSFactory(self._creator, False, factory))
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSClientEndpoint:
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, wrapped: IStreamClientEndpoint) -> None:
+        self._creator, self._wrapped = creator, wrapped
+
+    def connect(self, factory: IProtocolFactory) -> Deferred:
+        d = self._wrapped.connect(PeerTLSFactory(self._creator, True, factory))
+        return d.addCallback(lambda tls: tls.wrappedProtocol)
+
+
+def wrap_server(creator: IOpenSSLServerConnectionCreator, endpoint: IStreamServerEndpoint) -> IStreamServerEndpoint:
+    """Like ``endpoints.wrapServerTLS``, with ``PeerTLSProtocol`` as the TLS layer."""
+    return _TLSServerEndpoint(creator, endpoint)
+
+
+def wrap_client(creator: IOpenSSLClientConnectionCreator, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """Like ``endpoints.wrapClientTLS``, with ``PeerTLSProtocol`` as the TLS layer."""
+    return _TLSClientEndpoint(creator, endpoint)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from .api import make_site
 from .node import Node
 from .peers import Bootstrap, PeerManager, PeerSettings
-from .peertls import server_creator
+from .peertls import server_creator, wrap_server
 from .records import Address
 
 log = Logger()
@@ -49,7 +49,7 @@ class NodeService(service.Service):
     def _listen(self, description: str, factory: Factory, what: str, tls: bool = False) -> IListeningPort:
         endpoint = endpoints.serverFromString(self.reactor, description)
         if tls:  # the peer port: TLS 1.3 with client certificates, whatever the endpoint kind
-            endpoint = endpoints.wrapServerTLS(server_creator(self.node.identity), endpoint)
+            endpoint = wrap_server(server_creator(self.node.identity), endpoint)
         d = endpoint.listen(factory)
         result: list[Any] = []
         d.addBoth(result.append)
