@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -121,6 +121,18 @@ class Node:
     def fetch(self, cid: CID) -> Deferred[bytes]:
         """A verified block from the local store."""
         return self.run(self.store.get, cid)
+
+    def serve_block(self, cid: CID) -> Deferred[bytes | memoryview]:
+        """A block for a peer that asked for it: read at once on this thread if the page cache holds it, else
+        on a worker. Not hashed here: the peer checks every block it receives, and a block that rotted on
+        this disk is found by local reads (``fetch``) and storage audits (docs/network.md, "Serving blocks")."""
+        try:
+            data = self.store.read(cid, cached_only=True)
+        except Exception:
+            return fail()
+        if data is not None:
+            return succeed(data)
+        return self.run(self.store.read, cid)
 
     def has_blocks(self, cids: list[CID]) -> Deferred[list[bool]]:
         return self.run(lambda: [self.store.has(c) for c in cids])

@@ -328,7 +328,7 @@ class PeerManager:
             return Response({"records": self.gossip.sample(exclude=conn.peer_id)}, b"")
         if frame.type == frames.GET_BLOCK:
             cid = _cid(h.get("cid"))
-            d = self.node.fetch(cid)
+            d = self.node.serve_block(cid)
             d.addCallbacks(lambda block: Response({}, block), _block_error, errbackArgs=(False,))
             return d
         if frame.type == frames.PUT_BLOCK:

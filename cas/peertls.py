@@ -180,7 +180,7 @@ def peer_node_id(transport: object) -> bytes | None:
 
 # -- the TLS transport of peer links -----------------------------------------------------------------------
 
-WRITE_CHUNK = 1 << 18  # plaintext handed to OpenSSL per call: it cuts 16 KiB records itself
+WRITE_CHUNK = 1 << 16  # plaintext handed to OpenSSL per call (it cuts 16 KiB records): fastest measured, 16-256 KiB
 
 
 class PeerTLSProtocol(TLSMemoryBIOProtocol):
@@ -214,7 +214,7 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
     def _flushSendBIO(self) -> None:
         while True:
             try:
-                out = self._tlsConnection.bio_read(WRITE_CHUNK + (WRITE_CHUNK >> 6))
+                out = self._tlsConnection.bio_read(WRITE_CHUNK + 4096)  # a chunk and its record overheads
             except SSL.WantReadError:  # the BIO is empty
                 return
             self.transport.write(out)
