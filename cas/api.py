@@ -25,7 +25,7 @@ from .capability import ReadCap
 from .download import OpenFile
 from .errors import (
     BlockNotFound, CasError, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
-    MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData,
+    MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData, TooFewReplicas,
 )
 from .node import Node
 from .upload import StoredFile, Upload
@@ -43,7 +43,7 @@ def redact(text: str) -> str:
 
 _STATUS: list[tuple[type[BaseException], int]] = [
     (MalformedKey, 400), (InvalidMetadata, 400), (FileNotFound, 404), (BlockNotFound, 404),
-    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416),
+    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503),
     (CorruptBlock, 500), (TamperedData, 500), (MalformedManifest, 500),
 ]
 
@@ -168,15 +168,21 @@ class ApiRequest(server.Request):
         try:
             params = parse_qs(query.decode("utf-8"), strict_parsing=False, errors="strict")
             name = params.get("name", [""])[-1]
+            min_replicas = int(params.get("min_replicas", ["0"])[-1])
+            if not 0 <= min_replicas <= 64:
+                raise ValueError("min_replicas out of range")
             ctype = (self.requestHeaders.getRawHeaders(b"content-type", [b"application/octet-stream"])[0]).decode("ascii").strip()
         except (UnicodeDecodeError, ValueError):
-            return self._answer_early(400, "bad_request", "the name must be UTF-8 (percent-encoded) and the content type ASCII")
+            return self._answer_early(400, "bad_request", "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64")
         try:
-            up = self.node.upload(name, ctype or "application/octet-stream")
+            up = self.node.upload(name, ctype or "application/octet-stream", min_replicas=min_replicas)
         except CasError as e:
             status, code, message = status_for(e)
             return self._answer_early(status, code, message)
         self._upload = up
+        # While holders pace the upload the socket may not be read for a while: every block they acknowledge
+        # is progress, so the idle timeout starts again.
+        up.on_progress = self.channel.resetTimeout
         self._backpressure = _SocketBackpressure(self)
         up.registerProducer(self._backpressure, True)
         up.done.addBoth(self._upload_settled)
@@ -239,7 +245,9 @@ class ApiRequest(server.Request):
                 log.failure("upload failed", result)
             self.write(error(self, status, code, message))
         else:
-            self.write(json_body(self, 201, file_json(result.cap, result.metadata.name, result.metadata.content_type, result.size, result.blocks)))
+            body = file_json(result.cap, result.metadata.name, result.metadata.content_type, result.size, result.blocks)
+            body["replicas"] = result.replicas
+            self.write(json_body(self, 201, body))
         self.finish()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -616,6 +616,8 @@ def _check_content_type(value: str) -> str:
 
 def cmd_put(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     content_type = _check_content_type(args.type) if args.type else None
+    if not 0 <= args.min_replicas <= 64:
+        raise CliError("--min-replicas must be between 0 and 64", EXIT_USAGE)
     if args.path == "-":
         source: IO[bytes] = sys.stdin.buffer
         name = args.name
@@ -644,9 +646,12 @@ def cmd_put(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     try:
         if content_type is None:
             content_type = "application/octet-stream"
-        route = "v1/files"
+        query = {}
         if name:
-            route += "?name=" + urllib.parse.quote(name, safe="")
+            query["name"] = name
+        if args.min_replicas:
+            query["min_replicas"] = str(args.min_replicas)
+        route = "v1/files" + ("?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="") if query else "")
         client = client_for()
         progress = Progress(size, name or "stdin", not args.quiet)
         try:
@@ -1086,7 +1091,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="the name to record (default: the base name of PATH; none for -)")
     p.add_argument("--type", metavar="MIME", default=None,
                    help="the content type (default: guessed from PATH, else application/octet-stream)")
-    p.add_argument("--json", action="store_true", help="print the node's JSON answer instead of the key")
+    p.add_argument("--min-replicas", metavar="K", type=int, default=0,
+                   help="fail unless every block reaches at least K holders besides the node (default 0: the "
+                        "node places as many as it can, up to its --replicas, and reports the count)")
+    p.add_argument("--json", action="store_true", help="print the node's JSON answer (with the replica count) instead of the key")
     p.set_defaults(func=cmd_put)
 
     p = sub.add_parser("get", parents=[common], help="fetch a file by its key",

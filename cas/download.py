@@ -20,9 +20,10 @@ from .capability import ReadCap
 from .cid import CID
 from .errors import RangeNotSatisfiable, TamperedData
 from .manifest import Link, Metadata, Node, Root, data_links, decode_node, decode_root
+from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
 Runner = Callable[..., Deferred]
-Fetch = Callable[[CID], Deferred]  # -> verified block bytes
+Fetch = Callable[..., Deferred]  # (block id, placement key[, spread]) -> verified block bytes
 
 
 @attrs.frozen
@@ -39,7 +40,7 @@ class OpenFile:
 
 
 async def open_file(cap: ReadCap, fetch: Fetch) -> OpenFile:
-    raw = await fetch(cap.root)
+    raw = await fetch(cap.root, manifest_key(cap.root.to_bytes()))
     root = decode_root(raw)
     return OpenFile(cap, root, root.metadata(cap.key))
 
@@ -142,7 +143,9 @@ class Download:
         self.written += len(data)
 
     def _segment(self, key: bytes, index: int, last: bool, link: Link, expect: int, lo: int, hi: int) -> Deferred:
-        d = self._fetch(link.cid)
+        root = self.file.root
+        # Consecutive blocks start with different holders of their stripe: several send at once.
+        d = self._fetch(link.cid, stripe_key(root.salt, index // STRIPE_BLOCKS), index)
 
         def check(block: bytes) -> Deferred:
             if len(block) != link.count:
@@ -152,7 +155,7 @@ class Download:
         return d.addCallback(check)
 
     async def _load_node(self, cid: CID) -> Node:
-        raw = await self._fetch(cid)
+        raw = await self._fetch(cid, manifest_key(cid.to_bytes()))
         return decode_node(raw, self.file.root.segment_size)
 
 

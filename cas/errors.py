@@ -57,9 +57,21 @@ class DiskFull(StorageFull):
     code = "disk_full"
 
 
+class QuotaExceeded(StorageFull):
+    """Holding this block for another node would pass the space this node offers others (``--quota``)."""
+
+    code = "over_quota"
+
+
 class DataDirError(CasError):
     code = "data_dir"
 
 
 class RangeNotSatisfiable(CasError):
     code = "range_not_satisfiable"
+
+
+class TooFewReplicas(CasError):
+    """An upload could not place a block on as many holders as the caller required (``min_replicas``)."""
+
+    code = "too_few_replicas"

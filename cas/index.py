@@ -1,6 +1,8 @@
 """The owner's index (SQLite): the files this node's owner stored, with their keys, and which blocks each
 file needs. It lives in the data dir (0600) because it holds read capabilities.
 
+``holds`` records the blocks this node keeps for other nodes: which node asked (its id, hex), the block's
+size, and when it first and last asked; those blocks count against ``--quota`` and are not garbage.
 ``refs`` maps an owner (``file:<root>`` for a stored file, ``upload:<n>`` for an upload in progress) to the
 blocks it needs; a block no owner needs is garbage. Uploads record their blocks as they go, so memory stays
 flat and an upload cut short by a crash leaves only ``upload:`` rows, dropped at the next start.
@@ -35,6 +37,15 @@ CREATE TABLE IF NOT EXISTS refs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_by_cid ON refs (cid);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    peer TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (peer, cid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_by_cid ON holds (cid);
 """
 
 
@@ -124,7 +135,30 @@ class Index:
         return int(n)
 
     def referenced(self) -> set[CID]:
-        return {CID.parse(c) for (c,) in self.db.execute("SELECT DISTINCT cid FROM refs")}
+        rows = self.db.execute("SELECT cid FROM refs UNION SELECT cid FROM holds")
+        return {CID.parse(c) for (c,) in rows}
+
+    # -- blocks held for other nodes ---------------------------------------------------------------------------
+    def held_bytes(self) -> int:
+        """Bytes of the distinct blocks held for other nodes."""
+        (n,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM holds GROUP BY cid)").fetchone()
+        return int(n)
+
+    def is_held(self, cid: CID) -> bool:
+        return self.db.execute("SELECT 1 FROM holds WHERE cid = ? LIMIT 1", (str(cid),)).fetchone() is not None
+
+    def record_holds(self, holds: Iterable[tuple[str, CID, int, int]]) -> None:
+        """Record ``(peer hex, block id, size, unix time)`` rows in one transaction (one fsync for a batch)."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO holds VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last",
+                ((peer, str(cid), size, at, at) for peer, cid, size, at in holds),
+            )
+
+    def holds_of(self, cid: CID) -> list[tuple[str, int, int]]:
+        """``(peer hex, first, last)`` for every node this block is held for."""
+        rows = self.db.execute("SELECT peer, first, last FROM holds WHERE cid = ? ORDER BY peer", (str(cid),))
+        return [(p, int(f), int(la)) for p, f, la in rows]
 
 
 def _record(row: tuple) -> FileRecord:

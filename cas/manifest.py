@@ -17,7 +17,8 @@ from . import cipher
 from .cid import CID
 from .errors import InvalidMetadata, MalformedManifest, TamperedData
 
-VERSION = 1
+VERSION = 2  # 2 added the root's placement salt
+SALT_SIZE = 16  # bytes of the root's placement salt (see cas/placement.py)
 FANOUT = 20_000  # links per manifest block: 20,000 x <= 48 bytes stays under 1 MiB
 MAX_LINKS = 20_000
 MAX_DEPTH = 6  # 20,000 ** 7 blocks of 1 MiB is far beyond any disk
@@ -102,6 +103,7 @@ class Root:
     depth: int
     links: tuple[Link, ...]
     sealed_meta: bytes
+    salt: bytes  # names the file for placement: its stripes' holders derive from it (not secret)
 
     def encode(self) -> bytes:
         return _dumps(
@@ -113,6 +115,7 @@ class Root:
                 "depth": self.depth,
                 "links": _enc_links(self.links),
                 "meta": self.sealed_meta,
+                "salt": self.salt,
             }
         )
 
@@ -200,7 +203,7 @@ def decode_root(raw: bytes) -> Root:
         raise MalformedManifest("not a root manifest")
     if type(obj.get("v")) is not int or obj["v"] != VERSION:  # not True or 1.0, which compare equal to 1
         raise MalformedManifest(f"unsupported manifest version {obj.get('v')!r}")
-    if set(obj) != {"v", "type", "segment_size", "blocks", "depth", "links", "meta"}:
+    if set(obj) != {"v", "type", "segment_size", "blocks", "depth", "links", "meta", "salt"}:
         raise MalformedManifest("root manifest has unexpected fields")
     seg = _check_uint(obj["segment_size"], "segment_size", cipher.SEGMENT_SIZE)
     if seg < 1:
@@ -213,7 +216,10 @@ def decode_root(raw: bytes) -> Root:
     meta = obj["meta"]
     if not isinstance(meta, bytes) or not cipher.TAG_SIZE <= len(meta) <= MAX_META_SIZE:
         raise MalformedManifest("root manifest metadata is missing or too large")
-    return Root(seg, blocks, depth, links, meta)
+    salt = obj["salt"]
+    if not isinstance(salt, bytes) or len(salt) != SALT_SIZE:
+        raise MalformedManifest(f"root manifest salt must be {SALT_SIZE} bytes")
+    return Root(seg, blocks, depth, links, meta, salt)
 
 
 def decode_node(raw: bytes, segment_size: int | None = None) -> Node:
@@ -267,7 +273,7 @@ class ManifestBuilder:
         out.append((cid, raw))
         self._push(level + 1, Link(cid, node.blocks), out)
 
-    def finish(self, segment_size: int, sealed_meta: bytes) -> tuple[list[tuple[CID, bytes]], CID, bytes]:
+    def finish(self, segment_size: int, sealed_meta: bytes, salt: bytes) -> tuple[list[tuple[CID, bytes]], CID, bytes]:
         """Close the tree: returns (nodes still to store, root id, root bytes)."""
         if self.blocks == 0:
             raise ValueError("a file has at least one block")
@@ -277,7 +283,7 @@ class ManifestBuilder:
             self._flush(level, out)
             level += 1
         links = tuple(self._levels[level])
-        root = Root(segment_size, self.blocks, level, links, sealed_meta)
+        root = Root(segment_size, self.blocks, level, links, sealed_meta, salt)
         raw = root.encode()
         return out, CID.of(raw), raw
 

@@ -24,9 +24,12 @@ from .cid import CID
 from .collector import CollectResult, Pins, collect
 from .datadir import DataDir
 from .download import Download, OpenFile, open_file
-from .errors import FileNotFound
+from .errors import BlockNotFound, CorruptBlock, FileNotFound, QuotaExceeded, TooFewReplicas
 from .index import FileRecord, Index
 from .manifest import FANOUT
+from .placement import Rendezvous
+from .replication import BLOCK_DEADLINE, Replicator
+from .retrieval import Retriever
 from .upload import StoredFile, Upload
 from .verify import VerifyReport, verify_file
 
@@ -44,6 +47,9 @@ class Node:
         fanout: int = FANOUT,
         window: int = 8,
         run: Callable[..., Deferred] | None = None,
+        replicas: int = 3,
+        quota: int | None = None,
+        block_deadline: float = BLOCK_DEADLINE,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
@@ -60,6 +66,14 @@ class Node:
         self._gc_lock = DeferredLock()
         self.started_at = time.time()
         self.peers: Any = None  # the PeerManager, set by the service (a node can run without peers in tests)
+        self.replicas = replicas  # holders of every block besides this node
+        self.quota = quota  # bytes this node holds for others at most (None: up to the storage limit)
+        self.placement = Rendezvous()
+        self.block_deadline = block_deadline  # seconds a holder has to acknowledge (or send) one block
+        self._held = self.index.held_bytes()
+        self._reserved: dict[CID, int] = {}  # blocks being written for peers -> size (counted in the quota)
+        self._reserved_bytes = 0
+        self._hold_batch: list[tuple[tuple[str, CID, int, int], Deferred[None]]] = []
 
     @property
     def node_id(self) -> str:
@@ -81,12 +95,24 @@ class Node:
         self.index.close()
 
     # -- storing -----------------------------------------------------------------------------------------------
-    def upload(self, name: str, content_type: str = "application/octet-stream") -> Upload:
-        """A consumer to write a file into; call ``finish()`` when the source is complete."""
+    def upload(self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0) -> Upload:
+        """A consumer to write a file into; call ``finish()`` when the source is complete. Every block is also
+        placed on ``replicas`` holders when the node has peers; fewer than ``min_replicas`` fails the upload."""
+        if min_replicas > self.replicas:
+            raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node keeps {self.replicas}")
+        place = None
+        if self.peers is not None and self.replicas > 0:
+            members = self.peers.members()
+            if len(members) < min_replicas:
+                raise TooFewReplicas(
+                    f"at least {min_replicas} replicas asked for, but this node knows {len(members)} other node(s)")
+            place = Replicator(self.peers, self.placement, self.replicas, self.block_deadline).place
+        elif min_replicas > 0:
+            raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node has no peers")
         up = Upload(
             store=self.store, index=self.index, pins=self.pins, run=self.run, clock=self.reactor,
             name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
-            window=self.window,
+            window=self.window, replicate=place, min_replicas=min_replicas,
         )
         up.done.addErrback(self._collect_after_failure)
         return up
@@ -96,26 +122,34 @@ class Node:
         self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
         return failure
 
-    def put_path(self, path: str, name: str | None = None, content_type: str = "application/octet-stream") -> Deferred[StoredFile]:
-        """Store a local file, streaming it through the pipeline."""
+    def put_path(
+        self, path: str, name: str | None = None, content_type: str = "application/octet-stream", min_replicas: int = 0,
+    ) -> Deferred[StoredFile]:
+        """Store a local file, streaming it through the pipeline. The outcome is the upload's: when the upload
+        fails first it stops the file producer, whose own Deferred then never fires (IBodyProducer)."""
+        up = self.upload(name if name is not None else os.path.basename(path), content_type, min_replicas)
         f = open(path, "rb")
-        up = self.upload(name if name is not None else os.path.basename(path), content_type)
         producer = FileBodyProducer(f, readSize=self.segment_size)
         up.registerProducer(producer, True)
-        d = producer.startProducing(up)
+        out: Deferred[StoredFile] = Deferred()
 
-        def source_done(result: object) -> Deferred[StoredFile]:
+        def settled(result: Any) -> None:
+            f.close()
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+        def source_done(_: object) -> None:
             up.unregisterProducer()
-            f.close()
-            return up.finish()
+            up.finish()
 
-        def source_failed(failure: Any) -> Deferred[StoredFile]:
-            f.close()
+        def source_failed(failure: Failure) -> None:
             up.abort(f"reading {path} failed: {failure.getErrorMessage()}")
-            return up.done
 
-        d.addCallbacks(source_done, source_failed)
-        return d
+        up.done.addBoth(settled)
+        producer.startProducing(up).addCallbacks(source_done, source_failed)
+        return out
 
     # -- reading -----------------------------------------------------------------------------------------------
     def fetch(self, cid: CID) -> Deferred[bytes]:
@@ -137,35 +171,57 @@ class Node:
     def has_blocks(self, cids: list[CID]) -> Deferred[list[bool]]:
         return self.run(lambda: [self.store.has(c) for c in cids])
 
-    def hold_block(self, owner: str, cid: CID, data: bytes | memoryview) -> Deferred[bool]:
-        """Store a block a peer sent (checked against its id, written durably) and keep it for ``owner``
-        (``hold:<peer>``) until that owner lets go. Fires with False if the block was already here."""
+    def hold_block(self, peer: str, cid: CID, data: bytes | memoryview) -> Deferred[bool]:
+        """Store a block the node ``peer`` (hex id) sent: checked against its id, written durably, and
+        recorded as held for that peer (who asked and when) before the Deferred fires, so an acknowledged
+        block survives a crash and is never collected. Counts against the quota; past it, QuotaExceeded.
+        Fires with False if the block was already here."""
+        size = len(data)
+        new = not self.index.is_held(cid) and cid not in self._reserved
+        if new and self.quota is not None and self._held + self._reserved_bytes + size > self.quota:
+            return fail(QuotaExceeded(
+                f"this node holds {self._held + self._reserved_bytes} bytes for others; its quota is {self.quota}"))
+        if new:
+            self._reserved[cid] = size
+            self._reserved_bytes += size
 
         def work() -> bool:
-            self.pins.pin(cid)  # garbage collection must not take it before its reference commits
+            self.pins.pin(cid)  # garbage collection must not take it before its hold is recorded
             try:
                 return self.store.put(cid, data)  # type: ignore[arg-type]
             except BaseException:
                 self.pins.release([cid])
                 raise
 
-        def recorded(stored: bool) -> bool:
-            try:
-                self.index.add_refs(owner, [cid])
-            finally:
-                self.pins.release([cid])
-            return stored
+        def recorded(stored: bool) -> Deferred[bool]:
+            d: Deferred[None] = Deferred()
+            if not self._hold_batch:
+                self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
+            self._hold_batch.append(((peer, cid, size, int(self.reactor.seconds())), d))
 
-        # The write goes on to its reference even if the caller stops waiting (a peer cancelled, or its
+            def unpin(result: Any) -> Any:
+                self.pins.release([cid])  # recorded (or not): the pin has done its work either way
+                return stored if not isinstance(result, Failure) else result
+
+            return d.addBoth(unpin)
+
+        def unreserve(result: Any) -> Any:
+            if self._reserved.pop(cid, None) is not None:
+                self._reserved_bytes -= size
+                if not isinstance(result, Failure):
+                    self._held += size
+            return result
+
+        # The write goes on to its record even if the caller stops waiting (a peer cancelled, or its
         # connection dropped): a cancelled outer Deferred must not skip ``recorded`` and leak the pin.
         outer: Deferred[bool] = Deferred()
-        inner = self.run(work).addCallback(recorded)
+        inner = self.run(work).addCallback(recorded).addBoth(unreserve)
 
         def settle(result: Any) -> None:
             if outer.called:  # cancelled: nobody waits for the outcome
                 if isinstance(result, Failure):
-                    log.info("storing block {cid} for {owner} failed after the request was cancelled: {e}",
-                             cid=str(cid), owner=owner, e=result.getErrorMessage())
+                    log.info("storing block {cid} for {peer} failed after the request was cancelled: {e}",
+                             cid=str(cid), peer=peer, e=result.getErrorMessage())
             elif isinstance(result, Failure):
                 outer.errback(result)
             else:
@@ -174,15 +230,48 @@ class Node:
         inner.addBoth(settle)
         return outer
 
+    def _commit_holds(self) -> None:
+        """Record every hold queued in this reactor turn in one transaction, then acknowledge them."""
+        batch, self._hold_batch = self._hold_batch, []
+        try:
+            self.index.record_holds(row for row, _d in batch)
+        except Exception:
+            f = Failure()
+            for _row, d in batch:
+                d.errback(f)
+            return
+        for _row, d in batch:
+            d.callback(None)
+
+    def held_bytes(self) -> int:
+        """Bytes held for other nodes (recorded, and being written)."""
+        return self._held + self._reserved_bytes
+
+    def fetch_placed(self, cid: CID, key: bytes, spread: int = 0) -> Deferred[bytes | memoryview]:
+        """A verified block: from the local store, else from the holders of its placement ``key``."""
+        d = self.fetch(cid)
+        if self.peers is None:
+            return d
+
+        def elsewhere(f: Failure) -> Deferred[bytes | memoryview] | Failure:
+            f.trap(BlockNotFound, CorruptBlock)
+            if not self.peers.members():
+                return f
+            d = Retriever(self.peers, self.placement, self.replicas, self.block_deadline).fetch(cid, key, spread)
+            # A corrupt local copy (quarantined) that no peer could replace: that is the error to report.
+            return d.addErrback(lambda f2: f if f.check(CorruptBlock) and f2.check(BlockNotFound) else f2)
+
+        return d.addErrback(elsewhere)
+
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
-        return ensureDeferred(open_file(cap, self.fetch))
+        return ensureDeferred(open_file(cap, self.fetch_placed))
 
     def verify(self, root: CID) -> Deferred[VerifyReport]:
         """Check every block of a file by its verify capability (no key needed, nothing decrypted)."""
         return ensureDeferred(verify_file(root, self.fetch))
 
     def download(self, f: OpenFile, offset: int = 0, length: int | None = None) -> Download:
-        return Download(f, self.fetch, self.run, offset, length, window=self.window)
+        return Download(f, self.fetch_placed, self.run, offset, length, window=self.window)
 
     # -- the owner's files -------------------------------------------------------------------------------------
     def files(self) -> list[FileRecord]:

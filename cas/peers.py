@@ -336,7 +336,7 @@ class PeerManager:
             if len(frame.payload) > MAX_BLOCK_SIZE:  # the store's own limit, answered before any work
                 raise RemoteError(TOO_LARGE, f"a block is at most {MAX_BLOCK_SIZE} bytes")
             assert conn.peer_id is not None
-            d = self.node.hold_block("hold:" + conn.peer_id.hex(), cid, frame.payload)
+            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload)
             d.addCallbacks(lambda _stored: Response({}, b""), _block_error, errbackArgs=(True,))
             return d
         if frame.type == frames.HAS:
@@ -638,11 +638,11 @@ class PeerManager:
         d = self.request(node_id, frames.PEERS, {"records": records})
         return d.addCallback(lambda r: r.header.get("records"))
 
-    def put_block(self, node_id: bytes, cid: CID, block: bytes | memoryview) -> Deferred[None]:
-        d = self.request(node_id, frames.PUT_BLOCK, {"cid": cid.to_bytes()}, block)
+    def put_block(self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = REQUEST_TIMEOUT) -> Deferred[None]:
+        d = self.request(node_id, frames.PUT_BLOCK, {"cid": cid.to_bytes()}, block, timeout)
         return d.addCallback(lambda _r: None)
 
-    def get_block(self, node_id: bytes, cid: CID) -> Deferred[bytes | memoryview]:
+    def get_block(self, node_id: bytes, cid: CID, timeout: float = REQUEST_TIMEOUT) -> Deferred[bytes | memoryview]:
         """A block from ``node_id``, checked against its id (a peer cannot feed us other bytes). A read-only
         view of the received frame, not a copy: copying each 1 MiB block cost more than the check."""
 
@@ -652,7 +652,7 @@ class PeerManager:
                 raise CorruptBlock(f"node {short_node_id(node_id)} sent bytes that do not match block {cid}")
             return data
 
-        return self.request(node_id, frames.GET_BLOCK, {"cid": cid.to_bytes()}).addCallback(check)
+        return self.request(node_id, frames.GET_BLOCK, {"cid": cid.to_bytes()}, b"", timeout).addCallback(check)
 
     def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]:
         if len(cids) > MAX_HAS:

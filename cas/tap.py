@@ -34,8 +34,8 @@ def parse_size(text: str) -> int:
 
 class Options(usage.Options):
     synopsis = (
-        "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] "
-        "[--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
+        "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] [--quota SIZE] "
+        "[--replicas N] [--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
     )
     longdesc = (
         "Run a cas storage node. --port is the peer-to-peer endpoint (a bare number means tcp:NUMBER). "
@@ -47,6 +47,8 @@ class Options(usage.Options):
         ["api", "a", None, "HTTP API endpoint (default: tcp:PORT+1:interface=127.0.0.1)."],
         ["data-dir", "d", None, "Data directory (default: $XDG_DATA_HOME/cas/node-PORT)."],
         ["storage-limit", None, None, "Most bytes of blocks to keep on disk, e.g. 500M, 20G (default: the disk)."],
+        ["quota", None, None, "Most bytes of blocks to hold for other nodes, e.g. 10G (default: up to --storage-limit)."],
+        ["replicas", None, 3, "Holders of every block besides this node (placed on upload).", int],
         ["gossip-interval", None, 5.0, "Seconds between gossip rounds (jittered by +-25%).", float],
     ]
 
@@ -95,8 +97,11 @@ class Options(usage.Options):
                 endpoints.serverFromString(reactor, self[name])
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}") from None
-        if self["storage-limit"] is not None:
-            self["storage-limit"] = parse_size(self["storage-limit"])
+        for name in ("storage-limit", "quota"):
+            if self[name] is not None:
+                self[name] = parse_size(self[name])
+        if not 0 <= self["replicas"] <= 16:
+            raise usage.UsageError("--replicas must be between 0 and 16")
         if not (math.isfinite(self["gossip-interval"]) and self["gossip-interval"] > 0):
             raise usage.UsageError("--gossip-interval must be a positive number of seconds")
 
@@ -109,7 +114,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     tune_allocator()  # this process is a node: large block buffers are reused instead of re-faulted
     try:
         datadir = prepare(options["data-dir"])
-        node = Node(datadir, reactor, storage_limit=options["storage-limit"])
+        node = Node(datadir, reactor, storage_limit=options["storage-limit"], replicas=options["replicas"],
+                    quota=options["quota"])
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
     settings = PeerSettings(gossip_interval=options["gossip-interval"])

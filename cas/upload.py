@@ -9,6 +9,7 @@ blocks complete, in order, and the root manifest is written last, after every bl
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Any, Callable
 
@@ -26,9 +27,12 @@ from .cid import CID
 from .collector import Pins
 from .errors import CasError
 from .index import FileRecord, Index
-from .manifest import FANOUT, Link, ManifestBuilder, Metadata, check_name
+from .errors import TooFewReplicas
+from .manifest import FANOUT, SALT_SIZE, Link, ManifestBuilder, Metadata, check_name
+from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
 Runner = Callable[..., Deferred]
+Place = Callable[[CID, bytes, bytes], Deferred]  # (block id, bytes, placement key) -> holders that acknowledged
 log = Logger()
 
 
@@ -38,6 +42,7 @@ class StoredFile:
     size: int
     blocks: int
     metadata: Metadata
+    replicas: int = 0  # holders that acknowledged every block (the fewest over the file's blocks)
 
 
 class UploadAborted(CasError):
@@ -61,6 +66,9 @@ class Upload:
         window: int = 4,
         ref_batch: int = 64,
         key: bytes | None = None,
+        salt: bytes | None = None,
+        replicate: Place | None = None,
+        min_replicas: int = 0,
     ) -> None:
         check_name(name, content_type)
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
@@ -69,6 +77,11 @@ class Upload:
         self._window = window
         self._ref_batch = ref_batch
         self._key = key or cipher.new_file_key()
+        self.salt = salt if salt is not None else os.urandom(SALT_SIZE)  # chosen first: blocks are placed by it
+        self._replicate = replicate
+        self._min_replicas = min_replicas
+        self.replicas: int | None = None  # the fewest acknowledgements of any block so far
+        self.on_progress: Callable[[], None] | None = None  # called whenever a block is stored (and placed)
         self._owner = index.new_upload_owner()
         self._builder = ManifestBuilder(fanout)
         self._buf: deque[bytes | memoryview] = deque()
@@ -169,7 +182,7 @@ class Upload:
     def _dispatch_segment(self, plaintext: bytes | memoryview, last: bool) -> None:
         index = self._next_segment
         self._next_segment += 1
-        self._start(lambda link: self._sealed(link, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
+        self._start(lambda done: self._sealed(done, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
 
     def _start(self, on_success: Callable[[Any], None], f: Callable[..., Any], *args: Any) -> Deferred:
         """Run ``f`` on the worker pool; ``on_success`` runs before the task counts as finished."""
@@ -180,12 +193,12 @@ class Upload:
         d.addBoth(self._task_done)
         return d
 
-    def _seal_and_store(self, index: int, last: bool, plaintext: bytes | memoryview) -> Link:
+    def _seal_and_store(self, index: int, last: bool, plaintext: bytes | memoryview) -> tuple[Link, bytes]:
         """Worker thread: encrypt, hash, pin and store one segment."""
         block = cipher.seal_segment(self._key, index, last, plaintext)
         cid = CID.of(block)
         self._put(cid, block, True)
-        return Link(cid, len(block))
+        return Link(cid, len(block)), block
 
     def _put(self, cid: CID, block: bytes, hashed_here: bool = False) -> None:
         """Worker thread: pin, then write; the pin is ours to release once the reference is committed."""
@@ -198,6 +211,8 @@ class Upload:
 
     def _task_done(self, result: Any) -> Any:
         self._inflight -= 1
+        if self.on_progress is not None:
+            self.on_progress()
         self._throttle()
         if self._inflight == 0 and self._drained is not None:
             d, self._drained = self._drained, None
@@ -210,7 +225,8 @@ class Upload:
         else:
             self._pinned.append(cid)
 
-    def _sealed(self, link: Link, index: int, plain_len: int) -> None:
+    def _sealed(self, done: tuple[Link, bytes], index: int, plain_len: int) -> Deferred | None:
+        link, block = done
         self._keep_pinned(link.cid)
         self.stored += plain_len
         self._results[index] = link
@@ -218,12 +234,30 @@ class Upload:
             nodes = self._builder.add(self._results.pop(self._next_link))
             self._next_link += 1
             for cid, raw in nodes:
-                self._start(self._node_stored(cid), self._put, cid, raw)
+                self._start(self._node_stored(cid, raw), self._put, cid, raw)
         if len(self._pinned) >= self._ref_batch:
             self._commit_refs()
+        return self._place(link.cid, block, stripe_key(self.salt, index // STRIPE_BLOCKS))
 
-    def _node_stored(self, cid: CID) -> Callable[[object], None]:
-        return lambda _: self._keep_pinned(cid)
+    def _node_stored(self, cid: CID, raw: bytes) -> Callable[[object], Deferred | None]:
+        def stored(_: object) -> Deferred | None:
+            self._keep_pinned(cid)
+            return self._place(cid, raw, manifest_key(cid.to_bytes()))
+
+        return stored
+
+    def _place(self, cid: CID, block: bytes, key: bytes) -> Deferred | None:
+        """Send a stored block to its holders; the task it belongs to ends when they answered."""
+        if self._replicate is None or self._failure is not None:
+            return None
+
+        def counted(acks: int) -> None:
+            self.replicas = acks if self.replicas is None else min(self.replicas, acks)
+            if acks < self._min_replicas:
+                raise TooFewReplicas(
+                    f"block {cid} reached {acks} holder(s), fewer than the {self._min_replicas} required")
+
+        return self._replicate(cid, block, key).addCallback(counted)
 
     def _commit_refs(self) -> None:
         batch, self._pinned = self._pinned, []
@@ -280,15 +314,15 @@ class Upload:
             self._settle_failure()
             return
         meta = Metadata(self.name, self.content_type, self.size, int(self._clock.seconds()))
-        nodes, root_cid, root_raw = self._builder.finish(self._seg, cipher.seal_metadata(self._key, meta.encode()))
+        nodes, root_cid, root_raw = self._builder.finish(self._seg, cipher.seal_metadata(self._key, meta.encode()), self.salt)
 
         def put_nodes() -> Deferred:
-            return gatherResults([self._start(self._node_stored(cid), self._put, cid, raw) for cid, raw in nodes])
+            return gatherResults([self._start(self._node_stored(cid, raw), self._put, cid, raw) for cid, raw in nodes])
 
         def put_root(_: object) -> Deferred | None:
             if self._failure is not None:
                 return None  # never write a root that names a missing block
-            return self._start(self._node_stored(root_cid), self._put, root_cid, root_raw)
+            return self._start(self._node_stored(root_cid, root_raw), self._put, root_cid, root_raw)
 
         def record(_: object) -> None:
             if self._failure is not None:
@@ -303,7 +337,7 @@ class Upload:
             self._pins.release(self._pinned)
             self._pinned = []
             self._settled = True
-            self.done.callback(StoredFile(ReadCap(root_cid, self._key), self.size, blocks, meta))
+            self.done.callback(StoredFile(ReadCap(root_cid, self._key), self.size, blocks, meta, self.replicas or 0))
 
         d = put_nodes()
         d.addCallback(put_root)

@@ -28,6 +28,8 @@ from cas.manifest import (
     MAX_META_SIZE,
     MAX_NAME_LEN,
     MAX_TYPE_LEN,
+    SALT_SIZE,
+    VERSION,
     Link,
     ManifestBuilder,
     Metadata,
@@ -50,6 +52,7 @@ EMPTY_BLAKE3 = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262
 EMPTY_CID = "bafkr4ifpcne3t5pzugtkaqcn5i3nzskjtpfslsnnyejlpte2spfoihzsmi"
 
 KEY = bytes(range(32))
+SALT = bytes(range(16))  # the placement salt of the tiny-file vector: 000102...0f
 # segment 0, last=True, plaintext b"hello cas"
 VEC_LAST_BLOCK = "07b3e335110791a2f5562388cef192fc15ea5382d7d73c0fa5"
 VEC_LAST_CID = "bafkr4ibnikr7o5guo6ll4wl7c7jez33y5nk2xvlri5udv52jr4sdofj4i4"
@@ -66,16 +69,17 @@ VEC_SEALED_META = (
     "0bada75596f541e1f97550500be3db70af789bac91308d5f86cece56e6"
 )
 VEC_ROOT = (
-    "a7617601646d65746158434157a6a3de1564006e5372d45a192bd5fa5176412870f88c7add3d"
+    "a8617602646d65746158434157a6a3de1564006e5372d45a192bd5fa5176412870f88c7add3d"
     "1e8a1c09ee084b501d95a00bada75596f541e1f97550500be3db70af789bac91308d5f86cece"
-    "56e6647479706564726f6f7465646570746800656c696e6b738182582401551e202d42a3f774"
-    "d47796be597f17d24cef78eb55abd57147683af7498f2437153c47181966626c6f636b73016c"
-    "7365676d656e745f73697a651a00100000"
+    "56e66473616c7450000102030405060708090a0b0c0d0e0f647479706564726f6f7465646570"
+    "746800656c696e6b738182582401551e202d42a3f774d47796be597f17d24cef78eb55abd571"
+    "47683af7498f2437153c47181966626c6f636b73016c7365676d656e745f73697a651a001000"
+    "00"
 )
-VEC_ROOT_CID = "bafkr4idvvv4vmvhim2gj2byn7vamy2vf3rvgfbtcvw5hpj75g734hx6s3a"
+VEC_ROOT_CID = "bafkr4ietdf37zemawtj5z5l43piqrziqa5wyycn356ajd2kryarouokdm4"
 VEC_READCAP = (
-    "cas1afkr4idvvv4vmvhim2gj2byn7vamy2vf3rvgfbtcvw5hpj75g734hx6s3a"
-    "aacaqdaqcqmbyibefawdanbyhraeiscmkbkfqxdamrugy4dupb6khs6mhq"
+    "cas1afkr4ietdf37zemawtj5z5l43piqrziqa5wyycn356ajd2kryarouokdm4"
+    "aacaqdaqcqmbyibefawdanbyhraeiscmkbkfqxdamrugy4dupb6sq43gnq"
 )
 VEC_CREATED = 1767225600
 
@@ -98,20 +102,21 @@ def enc(obj: object) -> bytes:
 def root_obj(**changes: object) -> dict:
     """The CBOR map of a small valid root (depth 0, two data links)."""
     obj = {
-        "v": 1,
+        "v": 2,
         "type": "root",
         "segment_size": 100,
         "blocks": 2,
         "depth": 0,
         "links": [[cid_n(1).to_bytes(), 116], [cid_n(2).to_bytes(), 16]],
         "meta": bytes(40),
+        "salt": SALT,
     }
     obj.update(changes)
     return obj
 
 
 def node_obj(**changes: object) -> dict:
-    obj = {"v": 1, "type": "node", "depth": 1, "links": [[cid_n(1).to_bytes(), 5], [cid_n(2).to_bytes(), 1]]}
+    obj = {"v": 2, "type": "node", "depth": 1, "links": [[cid_n(1).to_bytes(), 5], [cid_n(2).to_bytes(), 1]]}
     obj.update(changes)
     return obj
 
@@ -122,13 +127,13 @@ def meta_obj(**changes: object) -> dict:
     return obj
 
 
-def build(fanout: int, links: list[Link], segment_size: int = 100, sealed: bytes = bytes(16)):
+def build(fanout: int, links: list[Link], segment_size: int = 100, sealed: bytes = bytes(16), salt: bytes = SALT):
     """Run the builder; returns (root, root cid, root raw, {cid: Node}, emission order of node ids)."""
     b = ManifestBuilder(fanout)
     emitted: list[tuple[CID, bytes]] = []
     for link in links:
         emitted.extend(b.add(link))
-    rest, root_cid, root_raw = b.finish(segment_size, sealed)
+    rest, root_cid, root_raw = b.finish(segment_size, sealed, salt)
     emitted.extend(rest)
     nodes = {}
     for cid, raw in emitted:
@@ -147,6 +152,7 @@ def data_links_for(n: int, size: int = 116) -> list[Link]:
 digests = st.binary(min_size=32, max_size=32)
 cids = digests.map(CID)
 keys = st.binary(min_size=32, max_size=32)
+salts = st.binary(min_size=SALT_SIZE, max_size=SALT_SIZE)
 u64 = st.integers(0, U64)
 names = st.text(max_size=60)
 cbor_leaf = st.one_of(
@@ -156,9 +162,9 @@ cbor_leaf = st.one_of(
     st.none(),
     st.floats(allow_nan=False),
     st.binary(max_size=40),
-    st.sampled_from([PREFIX + bytes(32), b"", bytes(15), bytes(16)]),
+    st.sampled_from([PREFIX + bytes(32), b"", bytes(15), bytes(16), bytes(17)]),
     st.text(max_size=8),
-    st.sampled_from(["root", "node", "v", "links", "meta", "name"]),
+    st.sampled_from(["root", "node", "v", "links", "meta", "salt", "name"]),
 )
 cbor_values = st.recursive(
     cbor_leaf,
@@ -179,7 +185,7 @@ def roots(draw) -> Root:
     links = tuple(Link(draw(cids), c) for c in counts)
     blocks = sum(counts) if depth else n
     meta = draw(st.binary(min_size=16, max_size=300))
-    return Root(seg, blocks, depth, links, meta)
+    return Root(seg, blocks, depth, links, meta, draw(salts))
 
 
 @st.composite
@@ -539,7 +545,7 @@ class ManifestCodecTests(SynchronousTestCase):
 
     def test_canonical_key_order(self) -> None:
         raw = enc(root_obj())
-        self.assertEqual(list(cbor2.loads(raw)), ["v", "meta", "type", "depth", "links", "blocks", "segment_size"])
+        self.assertEqual(list(cbor2.loads(raw)), ["v", "meta", "salt", "type", "depth", "links", "blocks", "segment_size"])
         self.assertEqual(decode_root(raw).encode(), raw)
         nraw = Node(1, (Link(cid_n(1), 3),)).encode()
         self.assertEqual(list(cbor2.loads(nraw)), ["v", "type", "depth", "links"])
@@ -547,7 +553,11 @@ class ManifestCodecTests(SynchronousTestCase):
     def test_valid_baselines(self) -> None:
         """The objects the strictness tests start from are themselves valid."""
         root = decode_root(enc(root_obj()))
-        self.assertEqual(root, Root(100, 2, 0, (Link(cid_n(1), 116), Link(cid_n(2), 16)), bytes(40)))
+        self.assertEqual(root, Root(100, 2, 0, (Link(cid_n(1), 116), Link(cid_n(2), 16)), bytes(40), SALT))
+        self.assertEqual(VERSION, 2)
+        self.assertEqual(SALT_SIZE, 16)
+        self.assertEqual(decode_root(enc(root_obj(salt=bytes(16)))).salt, bytes(16))
+        self.assertEqual(decode_root(enc(root_obj(salt=b"\xff" * 16))).salt, b"\xff" * 16)
         node = decode_node(enc(node_obj()))
         self.assertEqual(node, Node(1, (Link(cid_n(1), 5), Link(cid_n(2), 1))))
         self.assertEqual(node.blocks, 6)
@@ -561,11 +571,12 @@ class ManifestCodecTests(SynchronousTestCase):
     def test_root_strict(self) -> None:
         cid1 = cid_n(1).to_bytes()
         cases: dict[str, dict] = {
-            "version 2": root_obj(v=2),
+            "version 1": root_obj(v=1),
+            "version 3": root_obj(v=3),
             "version 0": root_obj(v=0),
-            "version text": root_obj(v="1"),
+            "version text": root_obj(v="2"),
             "version bool": root_obj(v=True),
-            "version float": root_obj(v=1.0),
+            "version float": root_obj(v=2.0),
             "type node": root_obj(type="node"),
             "type missing": {k: v for k, v in root_obj().items() if k != "type"},
             "extra field": root_obj(extra=0),
@@ -597,6 +608,14 @@ class ManifestCodecTests(SynchronousTestCase):
             "meta too short": root_obj(meta=bytes(15)),
             "meta too long": root_obj(meta=bytes(MAX_META_SIZE + 1)),
             "meta missing": {k: v for k, v in root_obj().items() if k != "meta"},
+            "salt missing": {k: v for k, v in root_obj().items() if k != "salt"},
+            "salt 15 bytes": root_obj(salt=SALT[:15]),
+            "salt 17 bytes": root_obj(salt=SALT + b"\x10"),
+            "salt empty": root_obj(salt=b""),
+            "salt text": root_obj(salt="0123456789abcdef"),
+            "salt int": root_obj(salt=0),
+            "salt null": root_obj(salt=None),
+            "salt list": root_obj(salt=list(SALT)),
         }
         for field in root_obj():
             cases[f"{field} missing"] = {k: v for k, v in root_obj().items() if k != field}
@@ -605,12 +624,59 @@ class ManifestCodecTests(SynchronousTestCase):
                 e = self.assertRaises(MalformedManifest, decode_root, enc(obj))
                 self.assertTrue(str(e))
 
+    def test_salt_checked(self) -> None:
+        cases = {
+            "15 bytes": SALT[:15],
+            "17 bytes": SALT + b"\x10",
+            "empty": b"",
+            "text": "0123456789abcdef",
+            "int": 0,
+            "null": None,
+            "list of 16 ints": list(SALT),
+        }
+        for what, salt in cases.items():
+            with self.subTest(what):
+                e = self.assertRaises(MalformedManifest, decode_root, enc(root_obj(salt=salt)))
+                self.assertIn("root manifest salt must be 16 bytes", str(e))
+        missing = {k: v for k, v in root_obj().items() if k != "salt"}
+        e = self.assertRaises(MalformedManifest, decode_root, enc(missing))
+        self.assertIn("unexpected fields", str(e))
+
+    @FAST
+    @given(st.binary(max_size=40))
+    def test_salt_length(self, salt: bytes) -> None:
+        raw = enc(root_obj(salt=salt))
+        if len(salt) == SALT_SIZE:
+            root = decode_root(raw)
+            self.assertEqual(root.salt, salt)
+            self.assertEqual(root.encode(), raw)
+        else:
+            self.assertRaises(MalformedManifest, decode_root, raw)
+
+    @FAST
+    @given(salts, salts)
+    def test_salt_names_the_file(self, a: bytes, b: bytes) -> None:
+        """Same blocks, metadata and segment size: the root id differs exactly when the salt does."""
+        ra = decode_root(enc(root_obj(salt=a)))
+        rb = decode_root(enc(root_obj(salt=b)))
+        self.assertEqual(CID.of(ra.encode()) == CID.of(rb.encode()), a == b)
+
+    def test_version_1_refused(self) -> None:
+        """A version 1 root (7 keys, no salt) or node is refused, and so is a v1 root given a salt."""
+        v1_root = {k: v for k, v in root_obj(v=1).items() if k != "salt"}
+        for obj in (v1_root, root_obj(v=1)):
+            e = self.assertRaises(MalformedManifest, decode_root, enc(obj))
+            self.assertIn("unsupported manifest version 1", str(e))
+        e = self.assertRaises(MalformedManifest, decode_node, enc(node_obj(v=1)))
+        self.assertIn("unsupported manifest version 1", str(e))
+
     def test_node_strict(self) -> None:
         cid1 = cid_n(1).to_bytes()
         cases: dict[str, dict] = {
-            "version 2": node_obj(v=2),
+            "version 1": node_obj(v=1),
+            "version 3": node_obj(v=3),
             "version bool": node_obj(v=True),
-            "version float": node_obj(v=1.0),
+            "version float": node_obj(v=2.0),
             "type root": node_obj(type="root"),
             "extra field": node_obj(blocks=6),
             "depth too big": node_obj(depth=MAX_DEPTH + 1),
@@ -645,14 +711,15 @@ class ManifestCodecTests(SynchronousTestCase):
     def test_non_canonical(self) -> None:
         good = enc(root_obj())
         decode_root(good)
-        self.assertEqual(good[:4], b"\xa7\x61v\x01")  # map(7), "v": 1 -- the edits below rely on it
+        self.assertEqual(good[:4], b"\xa8\x61v\x02")  # map(8), "v": 2 -- the edits below rely on it
+        self.assertIn(b"dsaltP" + SALT + b"dtype", good)  # "salt": bytes(16), then "type"
         reordered = cbor2.dumps(dict(reversed(list(root_obj().items()))))
-        dup_key = b"\xa8\x61v\x01" + good[1:]
+        dup_key = b"\xa9\x61v\x02" + good[1:]
         cases = {
             "unsorted keys": reordered,
             "long-form int": good.replace(b"edepth\x00", b"edepth\x18\x00"),
             "long-form int 2": good.replace(b"edepth\x00", b"edepth\x19\x00\x00"),
-            "long-form map length": b"\xb8\x07" + good[1:],
+            "long-form map length": b"\xb8\x08" + good[1:],
             "indefinite map": b"\xbf" + good[1:] + b"\xff",
             "indefinite links": good.replace(b"elinks\x82", b"elinks\x9f").replace(
                 b"\x10fblocks", b"\x10\xfffblocks"),
@@ -660,9 +727,12 @@ class ManifestCodecTests(SynchronousTestCase):
             "duplicate key": dup_key,
             "trailing byte": good + b"\x00",
             "trailing item": good + good,
-            "text key as bytes": good.replace(b"\x61v\x01", b"\x41v\x01", 1),
+            "long-form salt length": good.replace(b"dsaltP", b"dsalt\x58\x10"),
+            "text key as bytes": good.replace(b"\x61v\x02", b"\x41v\x02", 1),
             "truncated": good[:-1],
             "indefinite-length bytes": good.replace(b"dmetaX(", b"dmeta\x5f\x58\x28").replace(
+                b"dsalt", b"\xffdsalt", 1),
+            "indefinite-length salt": good.replace(b"dsaltP", b"dsalt\x5f\x50").replace(
                 b"dtype", b"\xffdtype", 1),
         }
         for what, raw in cases.items():
@@ -691,7 +761,7 @@ class ManifestCodecTests(SynchronousTestCase):
             self.assertEqual(m.encode(), raw)
 
     @FAST
-    @given(st.sampled_from(["v", "type", "segment_size", "blocks", "depth", "links", "meta", "extra"]), cbor_values)
+    @given(st.sampled_from(["v", "type", "segment_size", "blocks", "depth", "links", "meta", "salt", "extra"]), cbor_values)
     def test_root_field_replaced(self, field: str, value: object) -> None:
         """Any value in any field: a clean MalformedManifest, or a manifest that re-encodes to the same bytes."""
         raw = enc(root_obj(**{field: value}))
@@ -755,13 +825,13 @@ class ManifestCodecTests(SynchronousTestCase):
             self.assertLessEqual(len(raw), MAX_MANIFEST_SIZE)
             self.assertEqual(decode_node(raw).links, full)
         data = tuple(Link(cid_n(i), cipher.SEGMENT_SIZE + cipher.TAG_SIZE) for i in range(MAX_LINKS))
-        root = Root(cipher.SEGMENT_SIZE, MAX_LINKS, 0, data, bytes(MAX_META_SIZE))
+        root = Root(cipher.SEGMENT_SIZE, MAX_LINKS, 0, data, bytes(MAX_META_SIZE), SALT)
         raw = root.encode()
         self.assertLessEqual(len(raw), MAX_MANIFEST_SIZE)
         self.assertEqual(decode_root(raw), root)
         # A depth-1 root with the largest per-link counts (the sum must still fit in 64 bits).
         big = tuple(Link(cid_n(i), U64 // MAX_LINKS) for i in range(MAX_LINKS))
-        root = Root(cipher.SEGMENT_SIZE, (U64 // MAX_LINKS) * MAX_LINKS, 1, big, bytes(MAX_META_SIZE))
+        root = Root(cipher.SEGMENT_SIZE, (U64 // MAX_LINKS) * MAX_LINKS, 1, big, bytes(MAX_META_SIZE), SALT)
         raw = root.encode()
         self.assertLessEqual(len(raw), MAX_MANIFEST_SIZE)
         self.assertEqual(decode_root(raw), root)
@@ -849,6 +919,11 @@ class BuilderTests(SynchronousTestCase):
         self.assertEqual(a[1], b[1])
         self.assertNotEqual(build(3, links[:-1])[1], a[1])
         self.assertNotEqual(build(5, links)[1], a[1])
+        # The salt is part of the root: the same blocks under another salt are another file.
+        other = build(3, links, salt=bytes(SALT_SIZE))
+        self.assertEqual(other[0].salt, bytes(SALT_SIZE))
+        self.assertNotEqual(other[1], a[1])
+        self.assertEqual(other[3], a[3])  # the nodes below the root do not carry it
 
     def test_builder_ranges_exhaustive(self) -> None:
         for fanout, n in ((2, 9), (3, 10), (5, 26), (2, 1)):
@@ -892,7 +967,7 @@ class BuilderTests(SynchronousTestCase):
     def test_builder_errors(self) -> None:
         self.assertRaises(ValueError, ManifestBuilder, 1)
         self.assertRaises(ValueError, ManifestBuilder, MAX_LINKS + 1)
-        self.assertRaises(ValueError, ManifestBuilder(2).finish, 100, bytes(16))
+        self.assertRaises(ValueError, ManifestBuilder(2).finish, 100, bytes(16), SALT)
 
     def test_builder_depth_limit(self) -> None:
         # fanout 2 and MAX_DEPTH 6: a root of depth 6 covers at most 2 ** 7 blocks.
@@ -907,7 +982,7 @@ class BuilderTests(SynchronousTestCase):
             def fill() -> None:
                 for i in range(most + extra):
                     b.add(Link(cid_n(i), 16))
-                b.finish(100, bytes(16))
+                b.finish(100, bytes(16), SALT)
 
             self.assertRaises(ValueError, fill)
 
@@ -923,7 +998,7 @@ class BuilderTests(SynchronousTestCase):
         self.assertLessEqual(len(raw), MAX_MANIFEST_SIZE)
         node = decode_node(raw, cipher.SEGMENT_SIZE)
         self.assertEqual((node.depth, len(node.links), node.blocks), (0, manifest.FANOUT, manifest.FANOUT))
-        rest, _, root_raw = b.finish(cipher.SEGMENT_SIZE, bytes(MAX_META_SIZE))
+        rest, _, root_raw = b.finish(cipher.SEGMENT_SIZE, bytes(MAX_META_SIZE), SALT)
         self.assertEqual(len(rest), 1)
         root = decode_root(root_raw)
         self.assertEqual((root.depth, root.blocks), (1, manifest.FANOUT + 1))
@@ -957,10 +1032,10 @@ class BuilderTests(SynchronousTestCase):
     def test_walk_parent_claims_too_many(self) -> None:
         leaf = Node(0, (Link(cid_n(1), 16), Link(cid_n(2), 16)))
         nodes = {cid_n(100): leaf}
-        ok = Root(100, 2, 1, (Link(cid_n(100), 2),), bytes(16))
+        ok = Root(100, 2, 1, (Link(cid_n(100), 2),), bytes(16), SALT)
         self.assertEqual(len(walk(self, ok, nodes)), 2)
         for claimed in (1, 3):
-            bad = Root(100, claimed, 1, (Link(cid_n(100), claimed),), bytes(16))
+            bad = Root(100, claimed, 1, (Link(cid_n(100), claimed),), bytes(16), SALT)
             self.failureResultOf(start_walk(bad, nodes), MalformedManifest)
 
     def test_walk_load_failure_propagates(self) -> None:
@@ -979,7 +1054,7 @@ class BuilderTests(SynchronousTestCase):
 class RootMetadataTests(SynchronousTestCase):
     def _root(self, size: int, blocks: int, seg: int = 100, key: bytes = KEY) -> Root:
         sealed = cipher.seal_metadata(key, Metadata("f", "t", size, 0).encode())
-        return Root(seg, blocks, 1, (Link(cid_n(1), blocks),), sealed)
+        return Root(seg, blocks, 1, (Link(cid_n(1), blocks),), sealed, SALT)
 
     def test_agreement(self) -> None:
         for size, blocks in ((0, 1), (1, 1), (100, 1), (101, 2), (1000, 10), (1001, 11)):
@@ -1007,9 +1082,9 @@ class RootMetadataTests(SynchronousTestCase):
         self.assertRaises(TamperedData, attrs.evolve(root, sealed_meta=bytes(sealed)).metadata, KEY)
 
     def test_sealed_garbage_is_malformed(self) -> None:
-        root = Root(100, 1, 0, (Link(cid_n(1), 16),), cipher.seal_metadata(KEY, b"\xff not cbor"))
+        root = Root(100, 1, 0, (Link(cid_n(1), 16),), cipher.seal_metadata(KEY, b"\xff not cbor"), SALT)
         self.assertRaises(MalformedManifest, root.metadata, KEY)
-        root = Root(100, 1, 0, (Link(cid_n(1), 16),), cipher.seal_metadata(KEY, enc(meta_obj(x=1))))
+        root = Root(100, 1, 0, (Link(cid_n(1), 16),), cipher.seal_metadata(KEY, enc(meta_obj(x=1))), SALT)
         self.assertRaises(MalformedManifest, root.metadata, KEY)
 
 
@@ -1134,7 +1209,7 @@ class ContentVectorTests(SynchronousTestCase):
         self.assertEqual(meta.encode().hex(), VEC_META)
         sealed = cipher.seal_metadata(KEY, meta.encode())
         self.assertEqual(sealed.hex(), VEC_SEALED_META)
-        nodes, root_cid, root_raw = b.finish(cipher.SEGMENT_SIZE, sealed)
+        nodes, root_cid, root_raw = b.finish(cipher.SEGMENT_SIZE, sealed, SALT)
         self.assertEqual(nodes, [])
         self.assertEqual(root_raw.hex(), VEC_ROOT)
         self.assertEqual(str(root_cid), VEC_ROOT_CID)
@@ -1149,6 +1224,7 @@ class ContentVectorTests(SynchronousTestCase):
         self.assertTrue(cap.root.verify(raw))
         root = decode_root(raw)
         self.assertEqual((root.segment_size, root.blocks, root.depth), (cipher.SEGMENT_SIZE, 1, 0))
+        self.assertEqual(root.salt.hex(), "000102030405060708090a0b0c0d0e0f")
         self.assertEqual(root.metadata(cap.key), Metadata("hello.txt", "text/plain", 9, VEC_CREATED))
         [(index, link)] = walk(self, root, {})
         block = bytes.fromhex(VEC_LAST_BLOCK)

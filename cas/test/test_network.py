@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -46,9 +47,9 @@ class Net:
 
     def start(
         self, path: str | None = None, bootstrap: list[Bootstrap] | None = None, settings: PeerSettings = FAST,
-        peer_endpoint: str = "tcp:0:interface=127.0.0.1",
+        peer_endpoint: str = "tcp:0:interface=127.0.0.1", **node_kw: Any,
     ) -> NodeService:
-        node = Node(prepare(path or self.tc.mktemp()), reactor, run=sync_run)
+        node = Node(prepare(path or self.tc.mktemp()), reactor, run=sync_run, **node_kw)
         s = NodeService(node, reactor, peer_endpoint, "tcp:0:interface=127.0.0.1",
                         bootstrap=bootstrap, settings=settings)
         s.startService()

@@ -6,14 +6,15 @@ import os
 import random
 
 from hypothesis import given, settings, strategies as st
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from cas import cipher
 from cas.capability import ReadCap
 from cas.cid import CID
-from cas.errors import BlockNotFound, CorruptBlock, RangeNotSatisfiable, StorageLimitExceeded
+from cas.errors import BlockNotFound, CorruptBlock, QuotaExceeded, RangeNotSatisfiable, StorageLimitExceeded
 from cas.manifest import decode_root
+from cas.node import Node
 from cas.upload import UploadAborted
 
 from .util import Collector, FakeProducer, ManualRunner, make_node
@@ -434,29 +435,95 @@ class GarbageAfterFailure(SynchronousTestCase):
         self.assertEqual(list(again.store.cids()), [])
 
 
-class HoldBlockTests(SynchronousTestCase):
-    """Blocks stored for peers (PUT_BLOCK): verified, referenced for their owner, pins always released."""
+PEER = "ab" * 32  # a peer's node id, hex
 
-    def test_stored_verified_and_referenced(self) -> None:
+
+class HoldBlockTests(SynchronousTestCase):
+    """Blocks stored for peers (PUT_BLOCK): verified, recorded for the peer that asked (batched, before the
+    answer), counted against the quota, pins always released."""
+
+    def hold(self, node: Node, peer: str, cid: CID, block: bytes) -> Deferred[bool]:
+        d = node.hold_block(peer, cid, block)
+        node.reactor.advance(0)  # the batched record commits on the next reactor turn
+        return d
+
+    def test_stored_verified_and_recorded(self) -> None:
         node = make_node(self)
         block = os.urandom(1000)
         cid = CID.of(block)
-        self.assertTrue(self.successResultOf(node.hold_block("hold:peer", cid, block)))
-        self.assertFalse(self.successResultOf(node.hold_block("hold:peer", cid, block)))  # already there
+        node.reactor.advance(1000)
+        self.assertTrue(self.successResultOf(self.hold(node, PEER, cid, block)))
+        node.reactor.advance(5)
+        self.assertFalse(self.successResultOf(self.hold(node, PEER, cid, block)))  # already there
         self.assertIn(cid, node.index.referenced())
+        self.assertEqual(node.index.holds_of(cid), [(PEER, 1000, 1005)])  # who asked, first and last time
+        self.assertEqual(node.held_bytes(), 1000)
         self.assertEqual(len(node.pins), 0)
-        self.failureResultOf(node.hold_block("hold:peer", CID.of(b"other"), block), CorruptBlock)
+        self.failureResultOf(self.hold(node, PEER, CID.of(b"other"), block), CorruptBlock)
         self.assertEqual(len(node.pins), 0)
+        self.assertEqual(node.held_bytes(), 1000)
+
+    def test_answer_waits_for_the_record(self) -> None:
+        node = make_node(self)
+        blocks = [os.urandom(100 + i) for i in range(3)]
+        ds = [node.hold_block(PEER, CID.of(b), b) for b in blocks]
+        self.assertEqual([d.called for d in ds], [False] * 3)  # stored, not yet recorded: no answer
+        node.reactor.advance(0)
+        self.assertEqual([self.successResultOf(d) for d in ds], [True] * 3)
+        for b in blocks:
+            self.assertEqual(len(node.index.holds_of(CID.of(b))), 1)
+
+    def test_record_survives_a_restart(self) -> None:
+        node = make_node(self)
+        block = os.urandom(500)
+        cid = CID.of(block)
+        self.successResultOf(self.hold(node, PEER, cid, block))
+        again = Node(node.datadir, node.reactor, run=node.run)
+        again.start()  # its start-up collection keeps held blocks
+        self.addCleanup(again.stop)
+        self.assertTrue(again.store.has(cid))
+        self.assertEqual(again.held_bytes(), 500)
+
+    def test_quota(self) -> None:
+        node = make_node(self, quota=2500)
+        a, b, c = os.urandom(1000), os.urandom(1000), os.urandom(1000)
+        self.successResultOf(self.hold(node, PEER, CID.of(a), a))
+        self.successResultOf(self.hold(node, PEER, CID.of(b), b))
+        f = self.failureResultOf(self.hold(node, PEER, CID.of(c), c), QuotaExceeded)
+        self.assertIn("quota is 2500", f.getErrorMessage())
+        self.assertFalse(node.store.has(CID.of(c)))  # refused before any write
+        # A block already held costs nothing more, for another peer too.
+        self.successResultOf(self.hold(node, "cd" * 32, CID.of(a), a))
+        self.assertEqual(node.held_bytes(), 2000)
+
+    def test_quota_counts_writes_in_progress(self) -> None:
+        runner = ManualRunner()
+        node = make_node(self, run=runner, quota=1500)
+        a, b = os.urandom(1000), os.urandom(1000)
+        da = node.hold_block(PEER, CID.of(a), a)  # queued, not written yet
+        self.failureResultOf(node.hold_block(PEER, CID.of(b), b), QuotaExceeded)
+        runner.run_all()
+        node.reactor.advance(0)
+        self.assertTrue(self.successResultOf(da))
+        self.assertEqual(node.held_bytes(), 1000)
+
+    def test_failed_write_frees_its_reservation(self) -> None:
+        node = make_node(self, quota=1500)
+        block = os.urandom(1000)
+        self.failureResultOf(self.hold(node, PEER, CID.of(b"x"), block), CorruptBlock)
+        self.assertEqual(node.held_bytes(), 0)
+        self.successResultOf(self.hold(node, PEER, CID.of(block), block))
 
     def test_cancelled_write_still_recorded_and_unpinned(self) -> None:
         runner = ManualRunner()
         node = make_node(self, run=runner)
         block = os.urandom(1000)
         cid = CID.of(block)
-        d = node.hold_block("hold:peer", cid, block)
+        d = node.hold_block(PEER, cid, block)
         d.cancel()  # the peer cancelled while the write waits for a worker
         self.failureResultOf(d, CancelledError)
         runner.run_all()
+        node.reactor.advance(0)
         self.assertTrue(node.store.has(cid))
         self.assertIn(cid, node.index.referenced())
         self.assertEqual(len(node.pins), 0)

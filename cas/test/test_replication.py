@@ -1,0 +1,230 @@
+"""Files over in-process networks of real nodes on 127.0.0.1: placement, replication, retrieval.
+
+Small segments (64 KiB) make a few-MiB file span several stripes of 64 blocks; a small manifest fanout gives
+it manifest nodes too, so every kind of block is placed. Conditions are polled on the real reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from cas.cid import CID
+from cas.connection import SEND_WINDOW
+from cas.errors import TooFewReplicas
+from cas.manifest import data_links, decode_node, decode_root
+from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
+from cas.service import NodeService
+from cas.upload import StoredFile
+
+from .test_network import Net, ids, members, wait_for
+from .util import Collector
+
+SEG = 64 * 1024
+MARKER = b"PLAINTEXT-MARKER-0123456789"
+
+
+def node_options(**kw: Any) -> dict[str, Any]:
+    return {"segment_size": SEG, "fanout": 40, **kw}
+
+
+async def network(tc: TestCase, n: int, **kw: Any) -> tuple[Net, list[NodeService]]:
+    net = Net(tc)
+    nodes = [net.start(**node_options(**kw))]
+    for i in range(1, n):
+        nodes.append(net.start(bootstrap=[net.bootstrap_to(nodes[i - 1], pinned=True)], **node_options(**kw)))
+    everyone = ids(nodes)
+    await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
+    return net, nodes
+
+
+def content(tc: TestCase, size: int) -> tuple[str, bytes]:
+    """A file whose every 4 KiB holds the marker, so any plaintext on a holder's disk would show."""
+    unit = MARKER + os.urandom(4096 - len(MARKER))
+    data = (unit * (size // 4096 + 1))[:size]
+    path = tc.mktemp()
+    with open(path, "wb") as f:
+        f.write(data)
+    return path, data
+
+
+async def put(s: NodeService, path: str, **kw: Any) -> StoredFile:
+    return await s.node.put_path(path, **kw)
+
+
+async def get(s: NodeService, stored: StoredFile) -> bytes:
+    f = await s.node.open(stored.cap)
+    sink = Collector()
+    await s.node.download(f).start(sink)
+    return sink.data
+
+
+async def placed_blocks(s: NodeService, stored: StoredFile) -> list[tuple[CID, bytes]]:
+    """Every block of the file with its placement key: data blocks, manifest nodes, the root."""
+    store = s.node.store
+    root = decode_root(store.get(stored.cap.root))
+    out = [(stored.cap.root, manifest_key(stored.cap.root.to_bytes()))]
+
+    async def load(cid: CID) -> Any:
+        out.append((cid, manifest_key(cid.to_bytes())))
+        return decode_node(store.get(cid), root.segment_size)
+
+    async for i, link in data_links(root, load):
+        out.append((link.cid, stripe_key(root.salt, i // STRIPE_BLOCKS)))
+    return out
+
+
+def holders(nodes: list[NodeService], cid: CID) -> set[bytes]:
+    return {s.node.identity.node_id for s in nodes if s.node.store.has(cid)}
+
+
+def by_id(nodes: list[NodeService]) -> dict[bytes, NodeService]:
+    return {s.node.identity.node_id: s for s in nodes}
+
+
+class ReplicationTests(TestCase):
+    timeout = 120
+
+    async def test_put_places_every_block_on_three_holders_and_any_node_reads_it(self) -> None:
+        net, nodes = await network(self, 6)
+        origin = nodes[0]
+        path, data = content(self, 130 * SEG + 1234)  # 131 data blocks: 3 stripes; 4 manifest nodes
+        stored = await put(origin, path)
+        self.assertEqual(stored.replicas, 3)
+        blocks = await placed_blocks(origin, stored)
+        self.assertEqual(len(blocks), 1 + 4 + 131)
+        me = origin.node.identity.node_id
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        for cid, key in blocks:
+            expected = set(origin.node.placement.holders(key, others, 3))
+            self.assertEqual(holders(nodes, cid), expected | {me}, f"holders of {cid}")
+        # The stripes spread over different holder sets (rendezvous per stripe, not per file).
+        stripe_sets = {frozenset(origin.node.placement.holders(stripe_key(decode_root(origin.node.store.get(stored.cap.root)).salt, s), others, 3)) for s in range(3)}
+        self.assertGreater(len(stripe_sets), 1)
+        # Holders keep ciphertext only, recorded as held for the origin.
+        for s in nodes[1:]:
+            for dirpath, _dirs, files in os.walk(os.path.join(s.node.datadir.path, "blocks")):
+                for name in files:
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        self.assertNotIn(MARKER, f.read())
+            for cid, _key in blocks:
+                if s.node.store.has(cid):
+                    self.assertEqual([p for p, _f, _l in s.node.index.holds_of(cid)], [me.hex()])
+        # Every other node returns identical bytes (from the holders: they have no file record).
+        for s in nodes[1:]:
+            self.assertEqual(await get(s, stored), data)
+
+    async def test_file_survives_the_origin_and_two_holders_of_a_stripe(self) -> None:
+        net, nodes = await network(self, 6)
+        origin = nodes[0]
+        path, data = content(self, 20 * SEG)  # one stripe
+        stored = await put(origin, path)
+        salt = decode_root(origin.node.store.get(stored.cap.root)).salt
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        stripe_holders = origin.node.placement.holders(stripe_key(salt, 0), others, 3)
+        victims = [origin] + [by_id(nodes)[h] for h in stripe_holders[:2]]
+        for v in victims:
+            await net.kill(v)
+        survivors = [s for s in nodes if s not in victims]
+        for s in survivors:
+            self.assertEqual(await get(s, stored), data)
+
+    async def test_corrupt_copy_on_a_holder_is_detected_and_read_elsewhere(self) -> None:
+        net, nodes = await network(self, 5)
+        origin, reader = nodes[0], nodes[4]
+        path, data = content(self, 8 * SEG)
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        cid, key = blocks[1]  # a data block
+        # Corrupt it on every holder the reader would ask first, except one (and not on the reader).
+        first = reader.node.placement.holders(key, [i for i in ids(nodes) if i != reader.node.identity.node_id], 3)
+        for h in first[:2]:
+            s = by_id(nodes)[h]
+            p = s.node.store._path(cid)
+            if os.path.exists(p):
+                with open(p, "r+b") as f:
+                    f.write(b"\xff" * 16)
+        self.assertEqual(await get(reader, stored), data)
+
+    async def test_over_quota_holders_are_skipped(self) -> None:
+        net = Net(self)
+        small = net.start(quota=2 * SEG, **node_options())
+        nodes = [small] + [net.start(bootstrap=[net.bootstrap_to(small, pinned=True)], **node_options()) for _ in range(4)]
+        everyone = ids(nodes)
+        await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
+        origin = nodes[1]
+        path, data = content(self, 40 * SEG)
+        stored = await put(origin, path)
+        self.assertEqual(stored.replicas, 3)  # 4 other nodes, one of them full: the other 3
+        self.assertLessEqual(small.node.held_bytes(), 2 * SEG)
+        for cid, _key in await placed_blocks(origin, stored):
+            self.assertEqual(len(holders(nodes, cid) - {origin.node.identity.node_id}), 3)
+        self.assertEqual(await get(small, stored), data)
+
+    async def test_fewer_peers_than_replicas_reports_the_count(self) -> None:
+        net, nodes = await network(self, 3)
+        path, data = content(self, 3 * SEG)
+        stored = await put(nodes[0], path)
+        self.assertEqual(stored.replicas, 2)
+        for cid, _key in await placed_blocks(nodes[0], stored):
+            self.assertEqual(len(holders(nodes, cid)), 3)
+        with self.assertRaises(TooFewReplicas) as e:
+            nodes[0].node.upload("x", min_replicas=3)
+        self.assertIn("knows 2 other node(s)", str(e.exception))
+
+    async def test_min_replicas_fails_the_put_when_holders_refuse(self) -> None:
+        net = Net(self)
+        nodes = [net.start(**node_options())]
+        nodes += [net.start(bootstrap=[net.bootstrap_to(nodes[0], pinned=True)], quota=SEG, **node_options()) for _ in range(3)]
+        everyone = ids(nodes)
+        await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
+        path, _data = content(self, 10 * SEG)
+        with self.assertRaises(TooFewReplicas):
+            await put(nodes[0], path, min_replicas=2)
+        self.assertEqual(nodes[0].node.files(), [])  # nothing recorded: no key points at missing blocks
+
+    async def test_holder_that_stops_reading_is_replaced_within_the_deadline(self) -> None:
+        net, nodes = await network(self, 5, block_deadline=2.0)
+        origin = nodes[0]
+        me = origin.node.identity.node_id
+        path, data = content(self, 200 * SEG)  # 12.5 MiB: more than the send window
+        # The first holder of stripe 0 stops reading from the origin once the upload starts.
+        up_salt = os.urandom(16)
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        stalled_id = origin.node.placement.holders(stripe_key(up_salt, 0), others, 1)[0]
+        stalled = by_id(nodes)[stalled_id]
+        conn = await origin.node.peers.connect(stalled_id)
+        theirs = stalled.peers.connections[me]
+        theirs.transport.pauseProducing()  # its socket is no longer read
+        start = reactor.seconds()
+        stored = await put_with_salt(origin, path, up_salt)
+        took = reactor.seconds() - start
+        self.assertEqual(stored.replicas, 3)
+        self.assertGreaterEqual(took, 2.0)  # it did wait for the stalled holder, one deadline
+        self.assertLess(took, 20.0)  # and not more: it was replaced, not waited for block after block
+        self.assertLessEqual(conn._unacked, SEND_WINDOW)  # what the origin keeps for it stayed bounded
+        # Stripe 0's blocks after the stall went to the next node in rank instead.
+        salt_key = stripe_key(up_salt, 0)
+        fourth = origin.node.placement.holders(salt_key, others, 4)[3]
+        blocks = await placed_blocks(origin, stored)
+        stripe0 = [cid for cid, key in blocks if key == salt_key]
+        self.assertTrue(all(by_id(nodes)[fourth].node.store.has(c) for c in stripe0[-10:]))
+        theirs.transport.resumeProducing()
+        self.assertEqual(await get(nodes[2], stored), data)
+
+
+async def put_with_salt(s: NodeService, path: str, salt: bytes) -> StoredFile:
+    """``put_path`` with a placement salt chosen by the test (so it knows the holders beforehand)."""
+    from twisted.web.client import FileBodyProducer
+
+    up = s.node.upload(os.path.basename(path))
+    up.salt = salt
+    with open(path, "rb") as f:
+        producer = FileBodyProducer(f, readSize=SEG)
+        up.registerProducer(producer, True)
+        await producer.startProducing(up)
+        up.unregisterProducer()
+    return await up.finish()
