@@ -46,7 +46,22 @@ CREATE TABLE IF NOT EXISTS holds (
     PRIMARY KEY (peer, cid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_cid ON holds (cid);
+CREATE TABLE IF NOT EXISTS underplaced (
+    cid TEXT PRIMARY KEY,
+    pkey BLOB NOT NULL,
+    holders BLOB NOT NULL
+) WITHOUT ROWID;
 """
+
+
+@attrs.frozen
+class Underplaced:
+    """A block of one of the owner's files that fewer holders than wanted acknowledged: ``holders`` are the
+    node ids that did; the top-up places it on more as members return or join."""
+
+    cid: CID
+    key: bytes  # its placement key
+    holders: tuple[bytes, ...]
 
 
 @attrs.frozen(repr=False)
@@ -104,10 +119,15 @@ class Index:
         with self._transaction():
             self.db.execute("DELETE FROM refs WHERE owner = ?", (owner,))
 
-    def commit_file(self, upload_owner: str, rec: FileRecord) -> None:
-        """Turn an upload's refs into the file's refs and record the file, in one transaction."""
+    def commit_file(self, upload_owner: str, rec: FileRecord, underplaced: Iterable[Underplaced] = ()) -> None:
+        """Turn an upload's refs into the file's refs and record the file (and its blocks that still need
+        holders), in one transaction."""
         owner = f"file:{rec.root}"
         with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
+                ((str(u.cid), u.key, b"".join(u.holders)) for u in underplaced),
+            )
             self.db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(rec.root), rec.key, rec.name, rec.content_type, rec.size, rec.blocks, rec.created),
@@ -154,6 +174,23 @@ class Index:
                 "INSERT INTO holds VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last",
                 ((peer, str(cid), size, at, at) for peer, cid, size, at in holds),
             )
+
+    # -- blocks that need more holders ---------------------------------------------------------------------
+    def underplaced(self, limit: int, after: str = "") -> list[Underplaced]:
+        rows = self.db.execute(
+            "SELECT cid, pkey, holders FROM underplaced WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
+        return [Underplaced(CID.parse(c), bytes(k), tuple(bytes(h[i:i + 32]) for i in range(0, len(h), 32)))
+                for c, k, h in rows]
+
+    def count_underplaced(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM underplaced").fetchone()
+        return int(n)
+
+    def update_underplaced(self, done: Iterable[CID], progress: Iterable[Underplaced]) -> None:
+        with self._transaction():
+            self.db.executemany("DELETE FROM underplaced WHERE cid = ?", ((str(c),) for c in done))
+            self.db.executemany("UPDATE underplaced SET holders = ? WHERE cid = ?",
+                                ((b"".join(u.holders), str(u.cid)) for u in progress))
 
     def holds_of(self, cid: CID) -> list[tuple[str, int, int]]:
         """``(peer hex, first, last)`` for every node this block is held for."""

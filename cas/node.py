@@ -113,6 +113,7 @@ class Node:
             store=self.store, index=self.index, pins=self.pins, run=self.run, clock=self.reactor,
             name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
             window=self.window, replicate=place, min_replicas=min_replicas,
+            want_replicas=self.replicas if place is not None else 0,
         )
         up.done.addErrback(self._collect_after_failure)
         return up

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .cid import CID
+from .errors import BlockNotFound, CorruptBlock
 from .nodeid import short_node_id
 from .placement import IPlacement
 
@@ -84,20 +85,21 @@ class Replicator:
             if candidate not in self._dropped:
                 k.holders.append(candidate)
 
-    def place(self, cid: CID, block: bytes | memoryview, key: bytes) -> Deferred[int]:
-        """Send ``block`` to the holders of ``key``; fires with how many acknowledged it (at most
+    def place(self, cid: CID, block: bytes | memoryview, key: bytes) -> Deferred[list[bytes]]:
+        """Send ``block`` to the holders of ``key``; fires with the holders that acknowledged it (at most
         ``replicas``, fewer when the membership runs out of candidates). Never fails."""
         k = self._key(key)
         self._fill(k)
-        done: Deferred[int] = Deferred()
-        state = {"acked": 0, "open": 0}
+        done: Deferred[list[bytes]] = Deferred()
+        state = {"open": 0}
+        acked_by: list[bytes] = []
         tried: set[bytes] = set()
 
         def settle() -> None:
             if state["open"] == 0 and not done.called:
-                acked = state["acked"]
-                self.reached = acked if self.reached is None else min(self.reached, acked)
-                done.callback(acked)
+                n = len(acked_by)
+                self.reached = n if self.reached is None else min(self.reached, n)
+                done.callback(acked_by)
 
         def send(holder: bytes) -> None:
             tried.add(holder)
@@ -107,11 +109,11 @@ class Replicator:
             except Exception:
                 d = Deferred()
                 d.errback(Failure())
-            d.addCallbacks(acked, failed, errbackArgs=(holder,))
+            d.addCallbacks(acked, failed, callbackArgs=(holder,), errbackArgs=(holder,))
 
-        def acked(_: Any) -> None:
+        def acked(_: Any, holder: bytes) -> None:
             state["open"] -= 1
-            state["acked"] += 1
+            acked_by.append(holder)
             self.acks += 1
             settle()
 
@@ -131,3 +133,106 @@ class Replicator:
             send(h)
         settle()
         return done
+
+
+class TopUp:
+    """Places the blocks that an upload could not give ``replicas`` holders (peers down, too few nodes), as
+    members return or join: a pass when a node joins the membership, at start, and every ``interval`` seconds
+    while some remain. Each block is read from the local store (verified) and offered to the members in
+    rank order that do not hold it yet; a block no longer stored here (its file was forgotten) is dropped."""
+
+    def __init__(
+        self, node: Any, peers: Any, placement: IPlacement, replicas: int, clock: Any,
+        interval: float = 60.0, batch: int = 64, deadline: float = BLOCK_DEADLINE,
+    ) -> None:
+        self.node, self.peers, self.placement, self.replicas = node, peers, placement, replicas
+        self.clock, self.interval, self.batch, self.deadline = clock, interval, batch, deadline
+        self._running: Deferred[None] | None = None
+        self._again = False
+        self._timer: Any = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.placed = 0  # copies placed by top-up passes (for status and tests)
+
+    def start(self) -> None:
+        self._unsubscribe = self.peers.subscribe(lambda change: self.kick() if change.member else None)
+        self._timer = self.clock.callLater(0, self._tick)
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.kick()
+
+    def kick(self) -> Deferred[None]:
+        """Run a pass now (or right after the one running); fires when it is over."""
+        if self._running is not None:
+            self._again = True
+            return self._running
+        d = self._running = ensureDeferred(self._passes())
+
+        def over(result: Any) -> Any:
+            self._running = None
+            if isinstance(result, Failure):
+                log.failure("topping up replicas failed", result)
+            if self._unsubscribe is not None and self._timer is None and self.node.index.count_underplaced():
+                self._timer = self.clock.callLater(self.interval, self._tick)
+            return None
+
+        d.addBoth(over)
+        return d
+
+    async def _passes(self) -> None:
+        while True:
+            self._again = False
+            await self._pass()
+            if not self._again:
+                return
+
+    async def _pass(self) -> None:
+        after = ""
+        while True:
+            rows = self.node.index.underplaced(self.batch, after)
+            if not rows:
+                return
+            after = str(rows[-1].cid)
+            members = list(self.peers.members())
+            if not members:
+                return
+            done: list[CID] = []
+            progress = []
+            for row in rows:
+                if not self.node.store.has(row.cid):
+                    done.append(row.cid)  # its file was forgotten and the block collected: nothing to place
+                    continue
+                candidates = [m for m in self.placement.rank(row.key, members) if m not in row.holders]
+                if not candidates:
+                    continue
+                try:
+                    data = await self.node.fetch(row.cid)
+                except (BlockNotFound, CorruptBlock):
+                    done.append(row.cid)  # gone meanwhile, or quarantined: nothing to place
+                    continue
+                holders = list(row.holders)
+                need = self.replicas - len(holders)
+                for m in candidates[: need + 4]:
+                    if need <= 0:
+                        break
+                    try:
+                        await self.peers.put_block(m, row.cid, data, timeout=self.deadline)
+                    except Exception as e:
+                        log.debug("top-up of {cid} on {m} failed: {e}", cid=str(row.cid), m=short_node_id(m), e=e)
+                        continue
+                    holders.append(m)
+                    need -= 1
+                    self.placed += 1
+                if need <= 0:
+                    done.append(row.cid)
+                elif len(holders) > len(row.holders):
+                    progress.append(attrs.evolve(row, holders=tuple(holders)))
+            self.node.index.update_underplaced(done, progress)

@@ -17,6 +17,7 @@ from .api import make_site
 from .node import Node
 from .peers import Bootstrap, PeerManager, PeerSettings
 from .peertls import server_creator, wrap_server
+from .replication import TopUp
 from .records import Address
 
 log = Logger()
@@ -43,6 +44,7 @@ class NodeService(service.Service):
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
         node.peers = self.peers
+        self.topup = TopUp(node, self.peers, node.placement, node.replicas, reactor, deadline=node.block_deadline)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -103,10 +105,13 @@ class NodeService(service.Service):
             self.privilegedStartService()
         self.node.start()
         self.peers.start()
+        if self.node.replicas > 0:
+            self.topup.start()
         super().startService()
 
     def stopService(self) -> Any:
         super().stopService()
+        self.topup.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

@@ -26,13 +26,13 @@ from .capability import ReadCap
 from .cid import CID
 from .collector import Pins
 from .errors import CasError
-from .index import FileRecord, Index
+from .index import FileRecord, Index, Underplaced
 from .errors import TooFewReplicas
 from .manifest import FANOUT, SALT_SIZE, Link, ManifestBuilder, Metadata, check_name
 from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
 Runner = Callable[..., Deferred]
-Place = Callable[[CID, bytes, bytes], Deferred]  # (block id, bytes, placement key) -> holders that acknowledged
+Place = Callable[[CID, bytes, bytes], Deferred]  # (block id, bytes, placement key) -> [holders that acknowledged]
 log = Logger()
 
 
@@ -69,6 +69,7 @@ class Upload:
         salt: bytes | None = None,
         replicate: Place | None = None,
         min_replicas: int = 0,
+        want_replicas: int = 0,
     ) -> None:
         check_name(name, content_type)
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
@@ -80,6 +81,8 @@ class Upload:
         self.salt = salt if salt is not None else os.urandom(SALT_SIZE)  # chosen first: blocks are placed by it
         self._replicate = replicate
         self._min_replicas = min_replicas
+        self._want = want_replicas
+        self._underplaced: list[Underplaced] = []  # blocks short of ``want_replicas``: recorded with the file
         self.replicas: int | None = None  # the fewest acknowledgements of any block so far
         self.on_progress: Callable[[], None] | None = None  # called whenever a block is stored (and placed)
         self._owner = index.new_upload_owner()
@@ -251,11 +254,14 @@ class Upload:
         if self._replicate is None or self._failure is not None:
             return None
 
-        def counted(acks: int) -> None:
+        def counted(holders: list[bytes]) -> None:
+            acks = len(holders)
             self.replicas = acks if self.replicas is None else min(self.replicas, acks)
             if acks < self._min_replicas:
                 raise TooFewReplicas(
                     f"block {cid} reached {acks} holder(s), fewer than the {self._min_replicas} required")
+            if acks < self._want:
+                self._underplaced.append(Underplaced(cid, key, tuple(holders)))
 
         return self._replicate(cid, block, key).addCallback(counted)
 
@@ -333,6 +339,7 @@ class Upload:
             self._index.commit_file(
                 self._owner,
                 FileRecord(root_cid, self._key, meta.name, meta.content_type, meta.size, blocks, meta.created),
+                self._underplaced,
             )
             self._pins.release(self._pinned)
             self._pinned = []

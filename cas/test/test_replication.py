@@ -197,6 +197,8 @@ class ReplicationTests(TestCase):
         stalled_id = origin.node.placement.holders(stripe_key(up_salt, 0), others, 1)[0]
         stalled = by_id(nodes)[stalled_id]
         conn = await origin.node.peers.connect(stalled_id)
+        # The dialler is accepted first (TLS 1.3): wait until the other side has accepted it too.
+        await wait_for(lambda: me in stalled.peers.connections, "the holder to accept the connection")
         theirs = stalled.peers.connections[me]
         theirs.transport.pauseProducing()  # its socket is no longer read
         start = reactor.seconds()
@@ -228,3 +230,41 @@ async def put_with_salt(s: NodeService, path: str, salt: bytes) -> StoredFile:
         await producer.startProducing(up)
         up.unregisterProducer()
     return await up.finish()
+
+
+class TopUpTests(TestCase):
+    timeout = 120
+
+    async def test_missed_replicas_are_placed_when_nodes_join(self) -> None:
+        net, nodes = await network(self, 2)
+        origin = nodes[0]
+        path, data = content(self, 70 * SEG)  # two stripes
+        stored = await put(origin, path)
+        self.assertEqual(stored.replicas, 1)  # one other node: it holds everything
+        blocks = await placed_blocks(origin, stored)
+        self.assertEqual(origin.node.index.count_underplaced(), len(blocks))
+        # Three more nodes join: each block gets its 3 holders, the ones a reader computes first.
+        for _ in range(3):
+            nodes.append(net.start(bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options()))
+        everyone = ids(nodes)
+        await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
+        me = origin.node.identity.node_id
+        await wait_for(lambda: origin.node.index.count_underplaced() == 0, "the top-up to finish", 60)
+        for cid, _key in blocks:
+            self.assertGreaterEqual(len(holders(nodes, cid) - {me}), 3, f"holders of {cid}")
+        # With the origin and the first node gone, the newcomers alone return the file.
+        first = nodes[1]
+        await net.kill(origin)
+        await net.kill(first)
+        self.assertEqual(await get(nodes[2], stored), data)
+
+    async def test_forgotten_file_is_not_topped_up(self) -> None:
+        net, nodes = await network(self, 2)
+        origin = nodes[0]
+        path, _data = content(self, 3 * SEG)
+        stored = await put(origin, path)
+        self.assertGreater(origin.node.index.count_underplaced(), 0)
+        await origin.node.forget(stored.cap.root)
+        await origin.topup.kick()
+        self.assertEqual(origin.node.index.count_underplaced(), 0)
+        self.assertEqual(origin.topup.placed, 0)
