@@ -24,7 +24,7 @@ from twisted.web import http, resource, server
 from .capability import ReadCap
 from .download import OpenFile
 from .errors import (
-    BlockNotFound, CasError, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
+    BlockNotFound, Busy, CasError, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
     MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData, TooFewReplicas,
 )
 from .node import Node
@@ -33,6 +33,7 @@ from .upload import StoredFile, Upload
 log = Logger()
 DRAIN_LIMIT = 1 << 20  # body bytes read and discarded after an early error answer, before closing
 IDLE_TIMEOUT = 300
+RETRY_AFTER = 5  # seconds, with 503 busy
 _KEY_RE = re.compile(r"cas1[a-z2-7]+", re.I)
 
 
@@ -43,7 +44,7 @@ def redact(text: str) -> str:
 
 _STATUS: list[tuple[type[BaseException], int]] = [
     (MalformedKey, 400), (InvalidMetadata, 400), (FileNotFound, 404), (BlockNotFound, 404),
-    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503),
+    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503), (Busy, 503),
     (CorruptBlock, 500), (TamperedData, 500), (MalformedManifest, 500),
 ]
 
@@ -210,6 +211,7 @@ class ApiRequest(server.Request):
             f"Content-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n"
             + ('WWW-Authenticate: Bearer realm="cas"\r\n' if status == 401 else "")
+            + (f"Retry-After: {RETRY_AFTER}\r\n" if code == "busy" else "")
             + "\r\n"
         )
         self.channel.transport.write(head.encode("ascii") + body)

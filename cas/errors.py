@@ -75,3 +75,9 @@ class TooFewReplicas(CasError):
     """An upload could not place a block on as many holders as the caller required (``min_replicas``)."""
 
     code = "too_few_replicas"
+
+
+class Busy(CasError):
+    """The node is at its limit of concurrent work; the same request can be tried again shortly."""
+
+    code = "busy"

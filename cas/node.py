@@ -19,12 +19,13 @@ from twisted.web.client import FileBodyProducer
 
 from . import __version__, cipher
 from .blockstore import DiskBlockStore
+from .budget import Budget
 from .capability import ReadCap
 from .cid import CID
 from .collector import CollectResult, Pins, collect
 from .datadir import DataDir
 from .download import Download, OpenFile, open_file
-from .errors import BlockNotFound, CorruptBlock, FileNotFound, QuotaExceeded, TooFewReplicas
+from .errors import BlockNotFound, Busy, CorruptBlock, FileNotFound, QuotaExceeded, TooFewReplicas
 from .index import FileRecord, Index
 from .manifest import FANOUT
 from .placement import Rendezvous
@@ -34,6 +35,9 @@ from .upload import StoredFile, Upload
 from .verify import VerifyReport, verify_file
 
 log = Logger()
+
+BUFFER_BUDGET = 64 << 20  # bytes of block buffers all uploads of a node may hold together
+MAX_UPLOADS = 32
 
 
 class Node:
@@ -50,6 +54,8 @@ class Node:
         replicas: int = 3,
         quota: int | None = None,
         block_deadline: float = BLOCK_DEADLINE,
+        buffer_budget: int = BUFFER_BUDGET,
+        max_uploads: int = MAX_UPLOADS,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
@@ -70,6 +76,9 @@ class Node:
         self.quota = quota  # bytes this node holds for others at most (None: up to the storage limit)
         self.placement = Rendezvous()
         self.block_deadline = block_deadline  # seconds a holder has to acknowledge (or send) one block
+        self.budget = Budget(buffer_budget)  # block buffers of all uploads together (cas/budget.py)
+        self.max_uploads = max_uploads  # uploads at once; past it, Busy (HTTP 503 with Retry-After)
+        self.uploads = 0
         self._held = self.index.held_bytes()
         self._reserved: dict[CID, int] = {}  # blocks being written for peers -> size (counted in the quota)
         self._reserved_bytes = 0
@@ -98,6 +107,8 @@ class Node:
     def upload(self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0) -> Upload:
         """A consumer to write a file into; call ``finish()`` when the source is complete. Every block is also
         placed on ``replicas`` holders when the node has peers; fewer than ``min_replicas`` fails the upload."""
+        if self.uploads >= self.max_uploads:
+            raise Busy(f"this node is already receiving {self.uploads} uploads; try again shortly")
         if min_replicas > self.replicas:
             raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node keeps {self.replicas}")
         place = None
@@ -113,8 +124,15 @@ class Node:
             store=self.store, index=self.index, pins=self.pins, run=self.run, clock=self.reactor,
             name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
             window=self.window, replicate=place, min_replicas=min_replicas,
-            want_replicas=self.replicas if place is not None else 0,
+            want_replicas=self.replicas if place is not None else 0, budget=self.budget,
         )
+        self.uploads += 1
+
+        def ended(result: Any) -> Any:
+            self.uploads -= 1
+            return result
+
+        up.done.addBoth(ended)
         up.done.addErrback(self._collect_after_failure)
         return up
 

@@ -35,6 +35,7 @@ def parse_size(text: str) -> int:
 class Options(usage.Options):
     synopsis = (
         "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] [--quota SIZE] "
+        "[--buffer-budget SIZE] "
         "[--replicas N] [--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
     )
     longdesc = (
@@ -49,6 +50,7 @@ class Options(usage.Options):
         ["storage-limit", None, None, "Most bytes of blocks to keep on disk, e.g. 500M, 20G (default: the disk)."],
         ["quota", None, None, "Most bytes of blocks to hold for other nodes, e.g. 10G (default: up to --storage-limit)."],
         ["replicas", None, 3, "Holders of every block besides this node (placed on upload).", int],
+        ["buffer-budget", None, "64M", "Block buffers all uploads may hold together; past it they wait (default 64M)."],
         ["gossip-interval", None, 5.0, "Seconds between gossip rounds (jittered by +-25%).", float],
     ]
 
@@ -97,9 +99,11 @@ class Options(usage.Options):
                 endpoints.serverFromString(reactor, self[name])
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}") from None
-        for name in ("storage-limit", "quota"):
+        for name in ("storage-limit", "quota", "buffer-budget"):
             if self[name] is not None:
                 self[name] = parse_size(self[name])
+        if self["buffer-budget"] < 4 << 20:
+            raise usage.UsageError("--buffer-budget must be at least 4M")
         if not 0 <= self["replicas"] <= 16:
             raise usage.UsageError("--replicas must be between 0 and 16")
         if not (math.isfinite(self["gossip-interval"]) and self["gossip-interval"] > 0):
@@ -115,7 +119,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         datadir = prepare(options["data-dir"])
         node = Node(datadir, reactor, storage_limit=options["storage-limit"], replicas=options["replicas"],
-                    quota=options["quota"])
+                    quota=options["quota"], buffer_budget=options["buffer-budget"])
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
     settings = PeerSettings(gossip_interval=options["gossip-interval"])

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from . import cipher
 from .blockstore import IBlockStore
+from .budget import Budget
 from .capability import ReadCap
 from .cid import CID
 from .collector import Pins
@@ -70,6 +71,7 @@ class Upload:
         replicate: Place | None = None,
         min_replicas: int = 0,
         want_replicas: int = 0,
+        budget: Budget | None = None,
     ) -> None:
         check_name(name, content_type)
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
@@ -82,6 +84,11 @@ class Upload:
         self._replicate = replicate
         self._min_replicas = min_replicas
         self._want = want_replicas
+        self._budget = budget
+        self._segments_in_flight = 0  # segments holding budget
+        self._budget_waiting = False
+        self._source_done = False
+        self._last_dispatched = False
         self._underplaced: list[Underplaced] = []  # blocks short of ``want_replicas``: recorded with the file
         self.replicas: int | None = None  # the fewest acknowledgements of any block so far
         self.on_progress: Callable[[], None] | None = None  # called whenever a block is stored (and placed)
@@ -102,7 +109,7 @@ class Upload:
         self._pull_wanted = False
         self._failure: Failure | None = None
         self._finishing = False
-        self._drained: Deferred | None = None
+        self._drained: list[Deferred] = []  # waiting for no task in flight
         self.done: Deferred[StoredFile] = Deferred()
         self._settled = False
 
@@ -129,9 +136,7 @@ class Upload:
         self._buf.append(data)
         self._buflen += len(data)
         self.size += len(data)
-        while self._buflen > self._seg and self._failure is None:  # more follows: not the last segment
-            self._dispatch_segment(self._take(self._seg), last=False)
-        self._throttle()
+        self._dispatch_ready()
 
     def _take(self, n: int) -> bytes | memoryview:
         """Remove the first ``n`` buffered bytes, copying only when they span several writes."""
@@ -159,7 +164,55 @@ class Upload:
 
     # -- flow control --------------------------------------------------------------------------------------
     def _full(self) -> bool:
-        return self._inflight >= self._window
+        # A segment waiting for the node's budget counts as full too: the source must stop.
+        return self._inflight >= self._window or self._buflen > self._seg
+
+    def _dispatch_ready(self) -> None:
+        """Dispatch every complete segment that the node's budget lets in (the last one once the source is
+        done); what does not fit waits in the buffer, the source paused, until budget is given back."""
+        while self._failure is None and not self._last_dispatched:
+            if self._buflen > self._seg:  # more follows: not the last segment
+                last = False
+            elif self._source_done:
+                last = True
+            else:
+                break
+            if not self._take_budget():
+                break
+            if last:
+                plaintext: bytes | memoryview = b"".join(self._buf)
+                self._buf.clear()
+                self._buflen = 0
+                self._last_dispatched = True
+            else:
+                plaintext = self._take(self._seg)
+            self._dispatch_segment(plaintext, last)
+            if last:
+                self._when_drained().addCallback(lambda _: self._write_tree())
+        self._throttle()
+
+    def _take_budget(self) -> bool:
+        if self._budget is None:
+            return True
+        cost = 2 * self._seg  # plaintext and sealed block, at most, while the segment is in flight
+        if self._budget.take(cost, first=self._segments_in_flight == 0):
+            self._segments_in_flight += 1
+            return True
+        if not self._budget_waiting:
+            self._budget_waiting = True
+            self._budget.wait(self._budget_freed)
+        return False
+
+    def _give_budget(self, result: Any) -> Any:
+        if self._budget is not None:
+            self._segments_in_flight -= 1
+            self._budget.give(2 * self._seg)
+        return result
+
+    def _budget_freed(self) -> None:
+        self._budget_waiting = False
+        if self._failure is None:
+            self._dispatch_ready()
 
     def _throttle(self) -> None:
         p = self._producer
@@ -185,7 +238,8 @@ class Upload:
     def _dispatch_segment(self, plaintext: bytes | memoryview, last: bool) -> None:
         index = self._next_segment
         self._next_segment += 1
-        self._start(lambda done: self._sealed(done, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
+        d = self._start(lambda done: self._sealed(done, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
+        d.addBoth(self._give_budget)
 
     def _start(self, on_success: Callable[[Any], None], f: Callable[..., Any], *args: Any) -> Deferred:
         """Run ``f`` on the worker pool; ``on_success`` runs before the task counts as finished."""
@@ -217,9 +271,10 @@ class Upload:
         if self.on_progress is not None:
             self.on_progress()
         self._throttle()
-        if self._inflight == 0 and self._drained is not None:
-            d, self._drained = self._drained, None
-            d.callback(None)
+        if self._inflight == 0 and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
         return result
 
     def _keep_pinned(self, cid: CID) -> None:
@@ -278,20 +333,24 @@ class Upload:
             if self._producer is not None:
                 p, self._producer = self._producer, None
                 p.stopProducing()
-            if not self._finishing:
+            if not self._last_dispatched:  # else the tree step, once drained, sees the failure and settles
                 self._finishing = True
                 self._when_drained().addCallback(lambda _: self._settle_failure())
 
     def _when_drained(self) -> Deferred:
         if self._inflight == 0:
             return succeed(None)
-        self._drained = Deferred()
-        return self._drained
+        d: Deferred = Deferred()
+        self._drained.append(d)
+        return d
 
     def _settle_failure(self) -> None:
         if self._settled:
             return
         self._settled = True
+        if self._budget is not None and self._budget_waiting:
+            self._budget.forget(self._budget_freed)
+            self._budget_waiting = False
         self._pins.release(self._pinned)
         self._pinned = []
         self._index.drop_owner(self._owner)
@@ -309,10 +368,8 @@ class Upload:
         if self._finishing or self._failure is not None:
             return self.done
         self._finishing = True
-        self._dispatch_segment(b"".join(self._buf), last=True)
-        self._buf.clear()
-        self._buflen = 0
-        self._when_drained().addCallback(lambda _: self._write_tree())
+        self._source_done = True
+        self._dispatch_ready()
         return self.done
 
     def _write_tree(self) -> None:

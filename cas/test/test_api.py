@@ -174,6 +174,21 @@ class Upload(ApiTestCase):
         self.assertIn("storage limit", r.json()["message"])
         self.assertEqual(list(self.node.store.cids()), [])
 
+    def test_503_busy_with_retry_after(self) -> None:
+        self.node.max_uploads = 0
+        proto, t, r = self._early({"Content-Length": "5000"})
+        self.assertEqual((r.status, r.json()["error"]), (503, "busy"))
+        self.assertEqual(r.headers["retry-after"], str(api.RETRY_AFTER))
+
+    def test_min_replicas_without_peers_is_503_before_body(self) -> None:
+        r = self.request("POST", "/v1/files?name=x&min_replicas=1", b"data")
+        self.assertEqual((r.status, r.json()["error"]), (503, "too_few_replicas"))
+        self.assertIn("no peers", r.json()["message"])
+        r = self.request("POST", "/v1/files?name=x&min_replicas=many", b"data")
+        self.assertEqual((r.status, r.json()["error"]), (400, "bad_request"))
+        r = self.request("POST", "/v1/files?name=x&min_replicas=0", b"data")
+        self.assertEqual((r.status, r.json()["replicas"]), (201, 0))
+
     def test_drain_is_bounded(self) -> None:
         proto, t, r = self._early({"Content-Length": str(10 * api.DRAIN_LIMIT)}, expect=False)
         proto.dataReceived(b"x" * (api.DRAIN_LIMIT // 2))

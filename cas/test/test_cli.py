@@ -689,6 +689,13 @@ class RoundTripTests(SynchronousTestCase):
         key = self.ok("put", path, "--name", "other").decode().strip()
         self.assertEqual((self.node.files[key]["name"], self.node.files[key]["content_type"]), ("other", "application/json"))
 
+    def test_put_min_replicas(self) -> None:
+        self.ok("put", "-", "--name", "r.txt", "--min-replicas", "2", stdin=b"x")
+        self.assertEqual(self.node.requests[-1]["query"], {"name": ["r.txt"], "min_replicas": ["2"]})
+        self.ok("put", "-", stdin=b"y")
+        self.assertEqual(self.node.requests[-1]["query"], {})
+        self.fails(2, "put", "-", "--min-replicas", "65", stdin=b"z", fragments=("--min-replicas",))
+
     def test_put_large_file_streams_exactly(self) -> None:
         data = os.urandom(3 * (1 << 20) + 1)
         key = self.ok("put", self.write("big.bin", data)).decode().strip()

@@ -1,0 +1,126 @@
+"""The node-wide buffer budget and uploads sharing it."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from cas.budget import Budget
+from cas.errors import Busy, StorageLimitExceeded
+from cas.test.util import Collector, FakeProducer, ManualRunner, make_node
+
+SEG = 64 * 1024
+
+
+class BudgetTests(SynchronousTestCase):
+    def test_take_give(self) -> None:
+        b = Budget(100)
+        self.assertTrue(b.take(60))
+        self.assertFalse(b.take(50))
+        self.assertTrue(b.take(50, first=True))  # a transfer holding nothing always gets one piece
+        self.assertEqual(b.used, 110)
+        b.give(110)
+        self.assertEqual(b.used, 0)
+        self.assertRaises(AssertionError, b.give, 1)
+        self.assertRaises(ValueError, Budget, 0)
+
+    def test_waiters_in_order_once(self) -> None:
+        b = Budget(10)
+        b.take(10)
+        calls: list[str] = []
+        b.wait(lambda: calls.append("a"))
+        b.wait(lambda: calls.append("b"))
+        gone = lambda: calls.append("gone")  # noqa: E731
+        b.wait(gone)
+        b.forget(gone)
+        b.give(5)
+        self.assertEqual(calls, ["a", "b"])
+        b.give(5)
+        self.assertEqual(calls, ["a", "b"])  # one call per wait
+
+
+class SharedBudgetTests(SynchronousTestCase):
+    """Two uploads on a node whose budget holds 2 segments in flight (each costs 2 x SEG)."""
+
+    def setUp(self) -> None:
+        self.runner = ManualRunner()
+        self.node = make_node(self, run=self.runner, segment_size=SEG, buffer_budget=4 * SEG)
+
+    def upload(self, name: str) -> tuple:
+        up = self.node.upload(name)
+        p = FakeProducer()
+        up.registerProducer(p, True)
+        return up, p
+
+    def test_second_upload_waits_then_completes(self) -> None:
+        a, pa = self.upload("a")
+        b, pb = self.upload("b")
+        da, db = os.urandom(3 * SEG + 5), os.urandom(3 * SEG + 7)
+        a.write(da)  # 3 full segments: 2 fit the budget, the 3rd waits
+        self.assertEqual(self.node.budget.used, 4 * SEG)
+        self.assertTrue(pa.paused)
+        b.write(db)  # b holds nothing: it gets its first segment over the budget, then waits
+        self.assertEqual(self.node.budget.used, 6 * SEG)
+        self.assertTrue(pb.paused)
+        a.unregisterProducer()
+        b.unregisterProducer()
+        fa, fb = a.finish(), b.finish()
+        for _ in range(200):
+            if fa.called and fb.called:
+                break
+            self.runner.run_all()
+        self.assertEqual(self.node.budget.used, 0)
+        sa, sb = self.successResultOf(fa), self.successResultOf(fb)
+        self.assertEqual((sa.size, sb.size), (len(da), len(db)))
+        for cap, data in ((sa.cap, da), (sb.cap, db)):
+            f = self.settle(self.node.open(cap))
+            sink = Collector()
+            self.settle(self.node.download(f).start(sink))
+            self.assertEqual(sink.data, data)
+
+    def settle(self, d):  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            if d.called:
+                break
+            self.runner.run_all()
+        return self.successResultOf(d)
+
+    def test_failure_while_waiting_gives_everything_back(self) -> None:
+        a, _pa = self.upload("a")
+        a.write(os.urandom(4 * SEG))  # 2 in flight, 1 full segment waiting for budget
+        a.abort("the client went away")
+        self.runner.run_all()
+        self.failureResultOf(a.done)
+        self.assertEqual(self.node.budget.used, 0)
+        b, _pb = self.upload("b")
+        b.write(os.urandom(SEG + 1))
+        b.unregisterProducer()
+        d = b.finish()
+        for _ in range(50):
+            if d.called:
+                break
+            self.runner.run_all()
+        self.successResultOf(d)
+
+    def test_storage_failure_while_waiting(self) -> None:
+        node = make_node(self, run=self.runner, segment_size=SEG, buffer_budget=4 * SEG, storage_limit=3 * SEG)
+        up = node.upload("big")
+        up.write(os.urandom(8 * SEG))
+        for _ in range(50):
+            if up.done.called:
+                break
+            self.runner.run_all()
+        self.failureResultOf(up.done, StorageLimitExceeded)
+        self.assertEqual(node.budget.used, 0)
+
+
+class BusyTests(SynchronousTestCase):
+    def test_too_many_uploads(self) -> None:
+        node = make_node(self, max_uploads=2)
+        ups = [node.upload("a"), node.upload("b")]
+        with self.assertRaises(Busy):
+            node.upload("c")
+        ups[0].write(b"x")
+        self.successResultOf(ups[0].finish())
+        node.upload("c")  # room again
