@@ -325,10 +325,12 @@ class Client:
         h.update(extra or {})
         return h
 
-    def request(self, method: str, route: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def request(
+        self, method: str, route: str, headers: dict[str, str] | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn = self.connect()
         try:
-            conn.request(method, self.node.path(route), headers=self._headers())
+            conn.request(method, self.node.path(route), headers={**self._headers(), **(headers or {})})
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
@@ -675,26 +677,41 @@ def cmd_get(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
         raise CliError("--json writes to stdout: it cannot be used with -o -", EXIT_USAGE)
     key = read_key(args)
     client = client_for()
-    conn, resp = client.request("GET", "v1/files/" + key)
+    route = "v1/files/" + key
+    conn, resp = client.request("GET", route)
     try:
         if resp.status != 200:
             raise _error_from_response(resp)
-        length_header = resp.getheader("Content-Length")
-        chunked = "chunked" in (resp.getheader("Transfer-Encoding") or "").lower()
-        length: int | None = None
-        if length_header is not None:
-            if not re.fullmatch(r"\s*\d+\s*", length_header):
-                raise CliError("the node sent a bad Content-Length", EXIT_FAILED)
-            length = int(length_header)
-        elif not chunked:
-            raise CliError("the node sent no Content-Length: a complete download cannot be told from a cut one", EXIT_FAILED)
+        length = _content_length(resp)
         name = content_disposition_filename(resp.getheader("Content-Disposition"))
         content_type = resp.getheader("Content-Type")
-        sink = _Sink.open(args.output, name, args.force)
+        etag = resp.getheader("ETag")
+        sink = _Sink.open(args.output, name, args.force, _partial_tag(key))
         progress = Progress(None, None, False)
+        resumed = 0
         try:
-            progress = Progress(length, sink.label, not args.quiet)
-            received = _copy_body(resp, sink, progress, client)
+            if sink.offset and (length is None or sink.offset > length or etag is None):
+                sink.restart()  # cannot tell where it stood, or longer than the file: start again
+            if sink.offset and sink.offset == length:
+                resumed = sink.offset  # complete already (cut short before the rename)
+                received = length
+            else:
+                if sink.offset:
+                    # An earlier download of this key to this place was cut short: ask for the rest only.
+                    conn.close()
+                    conn, resp = client.request("GET", route, {"Range": f"bytes={sink.offset}-", "If-Range": etag or ""})
+                    if resp.status == 206:
+                        expected = f"bytes {sink.offset}-{length - 1}/{length}" if length else None
+                        if (resp.getheader("Content-Range") or "").strip() != expected:
+                            raise CliError("the node answered the resumed download with another range", EXIT_FAILED)
+                        resumed = sink.offset
+                    elif resp.status == 200:
+                        sink.restart()
+                    else:
+                        raise _error_from_response(resp)
+                progress = Progress(length, sink.label, not args.quiet)
+                progress(resumed)
+                received = resumed + _copy_body(resp, sink, progress, client)
             if length is not None and received != length:
                 raise CliError(
                     f"incomplete download: {received} of {length} bytes arrived; {sink.discarded()}", EXIT_FAILED
@@ -708,8 +725,31 @@ def cmd_get(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     finally:
         conn.close()
     if args.json:
-        print_json({"path": sink.path, "size": received, "name": name, "content_type": content_type})
+        out = {"path": sink.path, "size": received, "name": name, "content_type": content_type}
+        if resumed:
+            out["resumed_from"] = resumed
+        print_json(out)
     return EXIT_OK
+
+
+def _content_length(resp: http.client.HTTPResponse) -> int | None:
+    length_header = resp.getheader("Content-Length")
+    chunked = "chunked" in (resp.getheader("Transfer-Encoding") or "").lower()
+    if length_header is not None:
+        if not re.fullmatch(r"\s*\d+\s*", length_header):
+            raise CliError("the node sent a bad Content-Length", EXIT_FAILED)
+        return int(length_header)
+    if not chunked:
+        raise CliError("the node sent no Content-Length: a complete download cannot be told from a cut one", EXIT_FAILED)
+    return None
+
+
+def _partial_tag(key: str) -> str:
+    """Names the partial file of a download of ``key``: the same key resumes it, another never touches it.
+    64 bits of a hash: the file name says nothing usable about the key."""
+    import hashlib
+
+    return hashlib.sha256(b"cas/partial-download/v1\0" + key.encode("ascii")).hexdigest()[:16]
 
 
 def _copy_body(resp: http.client.HTTPResponse, sink: "_Sink", progress: Progress, client: Client) -> int:
@@ -737,19 +777,22 @@ def _copy_body(resp: http.client.HTTPResponse, sink: "_Sink", progress: Progress
 class _Sink:
     """Where a download goes: stdout, or a temporary file renamed into place once it is complete."""
 
-    def __init__(self, path: str | None, final: str | None, fd: int | None, tmp: str | None, force: bool) -> None:
+    def __init__(
+        self, path: str | None, final: str | None, fd: int | None, tmp: str | None, force: bool, offset: int = 0,
+    ) -> None:
         self.path = path  # absolute path for --json, "-" for stdout
         self.final = final
         self.fd = fd
         self.tmp = tmp
         self.force = force
+        self.offset = offset  # bytes already in the partial file from an earlier, interrupted download
         self.label = os.path.basename(final) if final else None
         self.written = 0  # bytes written to fd
         self.started = 0  # bytes whose write-back was started
         self.write_behind = _write_behind() if tmp is not None else None
 
     @classmethod
-    def open(cls, output: str | None, name: str | None, force: bool) -> "_Sink":
+    def open(cls, output: str | None, name: str | None, force: bool, tag: str = "") -> "_Sink":
         if output == "-":
             return cls("-", None, None, None, force)
         if output is None or os.path.isdir(output):
@@ -782,11 +825,36 @@ class _Sink:
             raise CliError(f"{fs_name(target)} already exists; use --force to replace it, or -o PATH", EXIT_USAGE)
         directory = os.path.dirname(final)
         prefix = "." + _truncate_utf8(os.path.basename(final), 100) + ".cas-partial-"
+        if not tag:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+            except OSError as e:
+                raise CliError(f"cannot write in {fs_name(directory)}: {e.strerror}", EXIT_FAILED) from None
+            return cls(final, final, fd, tmp, force)
+        # One partial file per (target, key): an interrupted download is kept there and resumed.
+        tmp = os.path.join(directory, prefix + tag)
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
+                offset = 0
+            except FileExistsError:
+                fd = os.open(tmp, os.O_WRONLY | nofollow)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    raise CliError(f"{fs_name(tmp)} is in the way and is not a file", EXIT_FAILED) from None
+                offset = os.lseek(fd, 0, os.SEEK_END)
         except OSError as e:
             raise CliError(f"cannot write in {fs_name(directory)}: {e.strerror}", EXIT_FAILED) from None
-        return cls(final, final, fd, tmp, force)
+        return cls(final, final, fd, tmp, force, offset)
+
+    def restart(self) -> None:
+        """Drop what an earlier download left in the partial file."""
+        if self.fd is not None and self.tmp is not None:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        self.offset = 0
 
     def write(self, data: memoryview) -> None:
         if self.fd is None:
@@ -799,7 +867,7 @@ class _Sink:
                 self.written += n
             if self.write_behind is not None and self.written - self.started >= WRITE_BEHIND:
                 # Start writing back what is behind us now, so the fsync before the rename has little left.
-                self.write_behind(self.fd, self.started, self.written - self.started)
+                self.write_behind(self.fd, self.offset + self.started, self.written - self.started)
                 self.started = self.written
         except OSError as e:
             raise CliError(f"cannot write {fs_name(self.final or self.path or '')}: {e.strerror}", EXIT_FAILED) from None
@@ -809,6 +877,9 @@ class _Sink:
             return "what was written to stdout is incomplete"
         if self.tmp is None:
             return f"what was written to {fs_name(self.path or '')} is incomplete"
+        if self.offset + self.written:
+            return (f"the {self.offset + self.written} bytes received are kept in {fs_name(self.tmp)}: "
+                    "run the same command again to resume")
         return "no file was written"
 
     def commit(self) -> None:
@@ -857,18 +928,19 @@ class _Sink:
         os.unlink(self.tmp)
 
     def abort(self) -> None:
+        """The download failed or was interrupted: keep what arrived for a later resume (if anything did)."""
         if self.fd is not None:
             try:
                 os.close(self.fd)
             except OSError:
                 pass
             self.fd = None
-        if self.tmp is not None:
+        if self.tmp is not None and not (self.offset + self.written):
             try:
                 os.unlink(self.tmp)
             except OSError:
                 pass
-            self.tmp = None
+        self.tmp = None
 
 
 WRITE_BEHIND = 16 << 20  # start write-back of a download file every this many bytes

@@ -374,7 +374,7 @@ class QuietServer(http.server.ThreadingHTTPServer):
 class FakeNode:
     """docs/api.md in memory. Knobs: ``mode`` (truncate/reset/stall), ``fail`` (status, code, message),
     ``disposition`` (a raw Content-Disposition), ``plain_error`` (a non-JSON error body), ``peer_table`` (the
-    answer to ``GET /v1/peers``, any JSON value)."""
+    answer to ``GET /v1/peers``, any JSON value), ``ranges`` (honour ``Range: bytes=N-`` with ``If-Range``)."""
 
     def __init__(self, token: str = TOKEN) -> None:
         self.token = token
@@ -385,6 +385,7 @@ class FakeNode:
         self.fail: tuple[int, str, str] | None = None
         self.plain_error: int | None = None
         self.disposition: str | None = None
+        self.ranges = True
         self.drained = 0
         self.release = threading.Event()
         self.started = time.time()
@@ -565,7 +566,19 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
         if method not in ("GET", "HEAD"):
             return self.error(405, "method_not_allowed", "use GET, HEAD or DELETE")
         data = f["data"]
-        self.send_response(200)
+        total = len(data)
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and node.ranges and self.headers.get("If-Range", '"broot"') == '"broot"':
+            m = re.fullmatch(r"bytes=(\d+)-", rng)
+            if m and int(m.group(1)) < total:
+                start = int(m.group(1))
+        if start:
+            data = data[start:]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+        else:
+            self.send_response(200)
         self.send_header("Content-Type", f["content_type"])
         self.send_header("Content-Length", str(len(data)))
         disposition = node.disposition if node.disposition is not None else (
@@ -842,15 +855,68 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(out, {"path": os.path.join(self.cwd, "j.txt"), "size": 5, "name": "j.txt",
                                "content_type": "text/plain"})
 
-    def test_truncated_download_leaves_nothing(self) -> None:
-        for mode in ("truncate", "reset"):
+    def partials(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.cwd) if ".cas-partial-" in n)
+
+    def test_reset_download_resumes_from_what_arrived(self) -> None:
+        self.node.mode = "reset"  # what arrived before the reset depends on timing: nothing, or a part
+        data = os.urandom(3 << 20)
+        key = self.node.add(data, "r.bin")
+        err = self.fails(1, "get", key)
+        self.assertIn("download aborted", err)
+        self.node.mode = None
+        self.ok("get", key)
+        self.assertEqual(self.read("r.bin"), data)
+        self.assert_cwd(["r.bin"])
+
+    def test_truncated_download_keeps_a_partial_and_resumes(self) -> None:
+        for mode in ("truncate",):
             self.node.mode = mode
-            key = self.node.add(os.urandom(3 << 20), "t.bin")
+            data = os.urandom(3 << 20)
+            key = self.node.add(data, f"{mode}.bin")
             err = self.fails(1, "get", key)
             self.assertRegex(err, "incomplete download|download aborted")
-            self.assertIn("no file was written", err)
-            self.fails(1, "get", key, "-o", "named.bin")
-            self.assert_cwd([])
+            self.assertIn("run the same command again to resume", err)
+            [partial] = self.partials()
+            self.assertTrue(partial.startswith(f".{mode}.bin.cas-partial-"))
+            self.assertNotIn(key[4:20], partial)  # the name does not give the key away
+            kept = os.path.getsize(os.path.join(self.cwd, partial))
+            self.assertGreater(kept, 0)
+            self.assertEqual(os.stat(os.path.join(self.cwd, partial)).st_mode & 0o777, 0o600)
+            self.assertFalse(os.path.exists(os.path.join(self.cwd, f"{mode}.bin")))
+            # Again, the node whole: only the rest is asked for (Range + If-Range), and the file is complete.
+            self.node.mode = None
+            out = json.loads(self.ok("get", key, "--json"))
+            self.assertEqual((out["size"], out["resumed_from"]), (len(data), kept))
+            req = self.node.requests[-1]
+            self.assertEqual((req["headers"]["Range"], req["headers"]["If-Range"]), (f"bytes={kept}-", '"broot"'))
+            self.assertEqual(self.read(f"{mode}.bin"), data)
+            self.assertEqual(self.partials(), [])
+
+    def test_resume_falls_back_to_the_whole_file(self) -> None:
+        self.node.mode = "truncate"
+        data = os.urandom(2 << 20)
+        key = self.node.add(data, "w.bin")
+        self.fails(1, "get", key, "-o", "named.bin")
+        self.assertEqual(len(self.partials()), 1)
+        self.node.mode = None
+        self.node.ranges = False  # answers 200 with the whole file: the partial is dropped, not appended to
+        out = json.loads(self.ok("get", key, "-o", "named.bin", "--json"))
+        self.assertNotIn("resumed_from", out)
+        self.assertEqual(self.read("named.bin"), data)
+        self.assertEqual(self.partials(), [])
+
+    def test_partial_of_another_key_is_not_used(self) -> None:
+        self.node.mode = "truncate"
+        key1 = self.node.add(os.urandom(2 << 20), "same.bin")
+        self.fails(1, "get", key1)
+        self.node.mode = None
+        data2 = os.urandom(1 << 20)
+        key2 = self.node.add(data2, "same.bin")
+        out = json.loads(self.ok("get", key2, "--json"))
+        self.assertNotIn("resumed_from", out)
+        self.assertEqual(self.read("same.bin"), data2)
+        self.assertEqual(len(self.partials()), 1)  # key1's partial is still there, untouched
 
     def test_truncated_download_keeps_the_old_file(self) -> None:
         self.node.mode = "truncate"
@@ -858,7 +924,7 @@ class RoundTripTests(SynchronousTestCase):
         self.write("t.bin", b"previous")
         self.fails(1, "get", key, "--force")
         self.assertEqual(self.read("t.bin"), b"previous")
-        self.assert_cwd(["t.bin"])
+        self.assertEqual([n for n in os.listdir(self.cwd) if ".cas-partial-" not in n], ["t.bin"])
 
     def test_truncated_download_to_stdout_exits_1(self) -> None:
         self.node.mode = "reset"
@@ -883,15 +949,23 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(out, b"")
         return proc.returncode, err
 
-    def test_interrupt_removes_the_partial_file(self) -> None:
+    def test_interrupt_keeps_the_partial_file_for_a_resume(self) -> None:
         code, err = self.interrupted(signal.SIGINT)
         self.assertEqual((code, err), (130, b""))
-        self.assert_cwd([])
+        [partial] = self.partials()
+        self.assertEqual(os.listdir(self.cwd), [partial])
+        self.node.mode = None
+        self.node.release.set()
+        key = next(iter(self.node.files))
+        out = json.loads(self.ok("get", key, "--json"))
+        self.assertGreater(out["resumed_from"], 0)
+        self.assertEqual(self.read("slow.bin"), self.node.files[key]["data"])
+        self.assert_cwd(["slow.bin"])
 
-    def test_sigterm_removes_the_partial_file(self) -> None:
+    def test_sigterm_keeps_the_partial_file(self) -> None:
         code, err = self.interrupted(signal.SIGTERM)
         self.assertEqual((code, err), (143, b""))
-        self.assert_cwd([])
+        self.assertEqual(len(self.partials()), 1)
 
     def test_closed_stdout_exits_quietly(self) -> None:
         key = self.node.add(os.urandom(8 << 20), "big.bin")
