@@ -16,6 +16,7 @@ from cas.cid import CID
 from cas.connection import SEND_WINDOW
 from cas.errors import TooFewReplicas
 from cas.manifest import data_links, decode_node, decode_root
+from cas.peers import PeerSettings
 from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 from cas.service import NodeService
 from cas.upload import StoredFile
@@ -27,8 +28,16 @@ SEG = 64 * 1024
 MARKER = b"PLAINTEXT-MARKER-0123456789"
 
 
+# Fast gossip, but patient dials and failure detection: these tests are about files, and a loaded machine
+# must not make a healthy node look dead (which rightly changes where blocks go).
+PATIENT = PeerSettings(
+    gossip_interval=0.2, probe_interval=0.5, dead_after=30.0, backoff_base=0.1, backoff_max=1.0,
+    connect_timeout=15.0, idle_close=120.0,
+)
+
+
 def node_options(**kw: Any) -> dict[str, Any]:
-    return {"segment_size": SEG, "fanout": 40, **kw}
+    return {"segment_size": SEG, "fanout": 40, "settings": PATIENT, **kw}
 
 
 async def network(tc: TestCase, n: int, **kw: Any) -> tuple[Net, list[NodeService]]:
@@ -187,7 +196,9 @@ class ReplicationTests(TestCase):
         self.assertEqual(nodes[0].node.files(), [])  # nothing recorded: no key points at missing blocks
 
     async def test_holder_that_stops_reading_is_replaced_within_the_deadline(self) -> None:
-        net, nodes = await network(self, 5, block_deadline=2.0)
+        # 6 nodes and a 4 s deadline: on a loaded machine a healthy holder may miss a short deadline too, and
+        # is then replaced like the stalled one; spare nodes keep the expected count at 3.
+        net, nodes = await network(self, 6, block_deadline=4.0)
         origin = nodes[0]
         me = origin.node.identity.node_id
         path, data = content(self, 200 * SEG)  # 12.5 MiB: more than the send window
@@ -205,15 +216,16 @@ class ReplicationTests(TestCase):
         stored = await put_with_salt(origin, path, up_salt)
         took = reactor.seconds() - start
         self.assertEqual(stored.replicas, 3)
-        self.assertGreaterEqual(took, 2.0)  # it did wait for the stalled holder, one deadline
-        self.assertLess(took, 20.0)  # and not more: it was replaced, not waited for block after block
+        self.assertGreaterEqual(took, 4.0)  # it did wait for the stalled holder, one deadline
+        self.assertLess(took, 40.0)  # and not more: it was replaced, not waited for block after block
         self.assertLessEqual(conn._unacked, SEND_WINDOW)  # what the origin keeps for it stayed bounded
         # Stripe 0's blocks after the stall went to the next node in rank instead.
         salt_key = stripe_key(up_salt, 0)
-        fourth = origin.node.placement.holders(salt_key, others, 4)[3]
         blocks = await placed_blocks(origin, stored)
         stripe0 = [cid for cid, key in blocks if key == salt_key]
-        self.assertTrue(all(by_id(nodes)[fourth].node.store.has(c) for c in stripe0[-10:]))
+        self.assertFalse(any(stalled.node.store.has(c) for c in stripe0[-10:]))
+        for c in stripe0[-10:]:
+            self.assertEqual(len(holders(nodes, c) - {me}), 3)
         theirs.transport.resumeProducing()
         self.assertEqual(await get(nodes[2], stored), data)
 
