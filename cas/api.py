@@ -24,9 +24,10 @@ from twisted.web import http, resource, server
 from .capability import ReadCap
 from .download import OpenFile
 from .errors import (
-    BlockNotFound, Busy, CasError, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
+    BlockNotFound, Busy, CasError, OffsetMismatch, SessionNotFound, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
     MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData, TooFewReplicas,
 )
+from .index import Session
 from .node import Node
 from .upload import StoredFile, Upload
 
@@ -44,7 +45,7 @@ def redact(text: str) -> str:
 
 _STATUS: list[tuple[type[BaseException], int]] = [
     (MalformedKey, 400), (InvalidMetadata, 400), (FileNotFound, 404), (BlockNotFound, 404),
-    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503), (Busy, 503),
+    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503), (Busy, 503), (SessionNotFound, 404), (OffsetMismatch, 409),
     (CorruptBlock, 500), (TamperedData, 500), (MalformedManifest, 500),
 ]
 
@@ -136,6 +137,7 @@ class ApiRequest(server.Request):
     _early_answer = False  # an answer was already written before the body ended
     _drained = 0
     _processing = False
+    _piece_final = False
 
     def __repr__(self) -> str:
         return redact(super().__repr__())
@@ -151,7 +153,43 @@ class ApiRequest(server.Request):
             self.content = BytesIO()  # Twisted still calls tell/seek on it later
             self._begin_upload(length, path.partition(b"?")[2])
             return
+        if command == b"PUT" and isinstance(path, bytes):
+            m = re.fullmatch(rb"/v1/uploads/([^/?]+)", path.partition(b"?")[0])
+            if m:
+                self.content = BytesIO()
+                self._begin_piece(length, m.group(1).decode("ascii", "replace"))
+                return
         super().gotLength(length)
+
+    def _begin_piece(self, length: int | None, sid: str) -> None:
+        """``PUT /v1/uploads/ID`` with ``Content-Range``: a piece of a resumable upload, streamed like a file."""
+        if not check_token(self, self.channel.site.token):
+            return self._answer_early(401, "unauthorized", "missing or wrong API token (see api.token in the data dir)")
+        header = (self.requestHeaders.getRawHeaders(b"content-range", [b""])[0]).decode("ascii", "replace").strip()
+        m = re.fullmatch(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", header)
+        if not m:
+            return self._answer_early(400, "bad_request", "a piece needs Content-Range: bytes START-END/TOTAL (TOTAL may be *), or bytes */TOTAL")
+        start = int(m.group(1)) if m.group(1) is not None else None
+        total = int(m.group(3)) if m.group(3) != "*" else None
+        if start is None:  # bytes */TOTAL: no bytes, the upload ends at TOTAL
+            if total is None or length not in (0, None):
+                return self._answer_early(400, "bad_request", "bytes */TOTAL ends an upload and carries no body")
+            start, end = total, total - 1
+        else:
+            end = int(m.group(2))
+            if end < start or (total is not None and end >= total):
+                return self._answer_early(416, "range_not_satisfiable", f"{header!r} is not a valid range")
+            if length is None or length != end - start + 1:
+                return self._answer_early(400, "bad_request", "the body must have exactly the Content-Range's length")
+        self._piece_final = total is not None and end + 1 == total
+        try:
+            up = self.node.resume_session(sid, start)
+        except OffsetMismatch as e:
+            return self._answer_early(409, e.code, str(e), {"offset": e.offset})
+        except CasError as e:
+            status, code, message = status_for(e)
+            return self._answer_early(status, code, message)
+        self._start_streaming(up)
 
     def _begin_upload(self, length: int | None, query: bytes) -> None:
         site = self.channel.site
@@ -180,6 +218,9 @@ class ApiRequest(server.Request):
         except CasError as e:
             status, code, message = status_for(e)
             return self._answer_early(status, code, message)
+        self._start_streaming(up)
+
+    def _start_streaming(self, up: Upload) -> None:
         self._upload = up
         # While holders pace the upload the socket may not be read for a while: every block they acknowledge
         # is progress, so the idle timeout starts again.
@@ -201,11 +242,11 @@ class ApiRequest(server.Request):
         else:
             super().handleContentChunk(data)
 
-    def _answer_early(self, status: int, code: str, message: str) -> None:
+    def _answer_early(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
         """Answer before the body has been read: raw bytes on the transport, ``Connection: close``; the rest
         of the body is read and discarded (up to DRAIN_LIMIT), then the connection is closed."""
         self._early_answer = True
-        body = error_body(code, message)
+        body = json.dumps({"error": code, "message": message, **(extra or {})}, sort_keys=True).encode() + b"\n"
         head = (
             f"HTTP/1.1 {status} {http.RESPONSES.get(status, b'Error').decode()}\r\n"
             f"Content-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {len(body)}\r\n"
@@ -246,6 +287,8 @@ class ApiRequest(server.Request):
             if status == 500:
                 log.failure("upload failed", result)
             self.write(error(self, status, code, message))
+        elif isinstance(result, int):  # a piece of a resumable upload was recorded
+            self.write(json_body(self, 200, {"offset": result}))
         else:
             body = file_json(result.cap, result.metadata.name, result.metadata.content_type, result.size, result.blocks)
             body["replicas"] = result.replicas
@@ -304,6 +347,79 @@ class Peers(_NodeResource):
         peers = self.node.peers.describe() if self.node.peers is not None else []
         members = sum(1 for p in peers if p["member"])
         return json_body(request, 200, {"node_id": self.node.node_id, "members": members, "peers": peers})
+
+
+class Uploads(_NodeResource):
+    """``/v1/uploads`` (open a resumable upload) and ``/v1/uploads/ID`` (state, pieces, drop)."""
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path == b"" and not request.postpath:
+            return self
+        if request.postpath:
+            return _NotFound()
+        return UploadSession(self.node, path.decode("ascii", "replace"))
+
+    def render_POST(self, request: server.Request) -> bytes:
+        args = request.args or {}
+        try:
+            name = args.get(b"name", [b""])[-1].decode("utf-8")
+            min_replicas = int(args.get(b"min_replicas", [b"0"])[-1])
+            if not 0 <= min_replicas <= 64:
+                raise ValueError
+            ctype = (request.getHeader(b"content-type") or b"application/octet-stream").decode("ascii").strip()
+        except (UnicodeDecodeError, ValueError):
+            return error(request, 400, "bad_request", "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64")
+        try:
+            s = self.node.open_session(name, ctype or "application/octet-stream", min_replicas)
+        except CasError as e:
+            status, code, message = status_for(e)
+            return error(request, status, code, message)
+        return json_body(request, 201, session_json(s))
+
+
+def session_json(s: Session) -> dict[str, Any]:
+    return {"id": s.id, "offset": s.offset, "name": s.name, "content_type": s.content_type,
+            "segment_size": s.segment_size, "min_replicas": s.min_replicas, "expires": s.expires}
+
+
+class UploadSession(_NodeResource):
+    isLeaf = True
+
+    def __init__(self, node: Node, sid: str) -> None:
+        super().__init__(node)
+        self.sid = sid
+
+    def render_GET(self, request: server.Request) -> bytes:
+        try:
+            return json_body(request, 200, session_json(self.node.session(self.sid)))
+        except CasError as e:
+            status, code, message = status_for(e)
+            return error(request, status, code, message)
+
+    def render_PUT(self, request: server.Request) -> bytes | int:
+        up = getattr(request, "_upload", None)
+        if up is None:
+            return error(request, 500, "internal", "upload pipeline missing")
+        up.unregisterProducer()
+        if request._piece_final:  # type: ignore[attr-defined]
+            up.finish()  # the outcome arrives through ApiRequest._upload_settled
+        else:
+            up.checkpoint()
+        return server.NOT_DONE_YET
+
+    def render_DELETE(self, request: server.Request) -> bytes | int:
+        try:
+            d = self.node.drop_session(self.sid)
+        except CasError as e:
+            status, code, message = status_for(e)
+            return error(request, status, code, message)
+
+        def done(_: Any) -> None:
+            request.write(json_body(request, 200, {"dropped": True}))
+            request.finish()
+
+        d.addBoth(done)
+        return server.NOT_DONE_YET
 
 
 class Files(_NodeResource):
@@ -534,6 +650,7 @@ class ApiSite(server.Site):
         v1 = _Routes()
         v1.putChild(b"status", Status(node))
         v1.putChild(b"files", Files(node))
+        v1.putChild(b"uploads", Uploads(node))
         v1.putChild(b"peers", Peers(node))
         root = _Routes()
         root.putChild(b"v1", v1)

@@ -29,7 +29,7 @@ import unicodedata
 import urllib.parse
 from typing import IO, Any, Callable, Iterator, NoReturn
 
-from .paths import default_data_dir
+from .paths import default_data_dir, state_dir
 
 CHUNK = 1 << 20
 DEFAULT_PORT = 3000
@@ -352,7 +352,8 @@ class Client:
         return CliError(f"lost the connection to the node at {printable(self.node.url)}: {printable(detail)}", EXIT_FAILED)
 
     def upload(
-        self, route: str, source: IO[bytes], size: int | None, content_type: str, progress: Callable[[int], None]
+        self, route: str, source: IO[bytes], size: int | None, content_type: str | None, progress: Callable[[int], None],
+        method: str = "POST", headers: dict[str, str] | None = None, ok: tuple[int, ...] = (201,),
     ) -> Any:
         """POST ``source`` in 1 MiB chunks: with Content-Length when ``size`` is known, else chunked.
 
@@ -361,8 +362,9 @@ class Client:
         """
         conn = self.connect()
         try:
-            conn.putrequest("POST", self.node.path(route), skip_accept_encoding=True)
-            extra = {"Content-Type": content_type}
+            conn.putrequest(method, self.node.path(route), skip_accept_encoding=True)
+            extra = {"Content-Type": content_type} if content_type else {}
+            extra.update(headers or {})
             if size is None:
                 extra["Transfer-Encoding"] = "chunked"
             else:
@@ -384,7 +386,7 @@ class Client:
                         sent += n
                         progress(n)
                     resp = conn.getresponse()
-                    return read_json(resp, (201,))
+                    return read_json(resp, ok)
                 for chunk in _chunks(source, size):
                     if _answered_early(conn.sock):
                         break
@@ -403,9 +405,9 @@ class Client:
                     resp = conn.getresponse()
                 except (OSError, http.client.HTTPException):
                     raise self._lost(send_error) from None
-                return read_json(resp, (201,))
+                return read_json(resp, ok)
             resp = conn.getresponse()
-            return read_json(resp, (201,))
+            return read_json(resp, ok)
         except (OSError, http.client.HTTPException) as e:
             raise self._lost(e) from None
         finally:
@@ -645,6 +647,16 @@ def cmd_put(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
         name = args.name if args.name is not None else default_name
         if content_type is None:
             content_type = guess_type(args.path)
+    if args.resume:
+        if not close or size is None:
+            if close:
+                source.close()
+            raise CliError("--resume needs a regular file (a pipe cannot be read again)", EXIT_USAGE)
+        try:
+            answer = _put_resumable(args, client_for, source, size, name, content_type or "application/octet-stream")
+        finally:
+            source.close()
+        return _put_done(args, answer)
     try:
         if content_type is None:
             content_type = "application/octet-stream"
@@ -663,6 +675,10 @@ def cmd_put(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     finally:
         if close:
             source.close()
+    return _put_done(args, answer)
+
+
+def _put_done(args: argparse.Namespace, answer: Any) -> int:
     if not isinstance(answer, dict) or not isinstance(answer.get("key"), str):
         raise CliError("the node's answer has no key", EXIT_FAILED)
     if args.json:
@@ -670,6 +686,75 @@ def cmd_put(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     else:
         print_out(printable(answer["key"], 1000))
     return EXIT_OK
+
+
+def _put_resumable(
+    args: argparse.Namespace, client_for: Callable[[], Client], source: IO[bytes], size: int, name: str | None,
+    content_type: str,
+) -> Any:
+    """``cas put --resume``: a resumable upload (``/v1/uploads``) remembered in a state file, so that the same
+    command after an interruption continues where the node stands instead of starting over."""
+    import hashlib
+
+    client = client_for()
+    st = os.fstat(source.fileno())
+    ident = json.dumps([client.node.url, os.path.realpath(args.path), size, st.st_mtime_ns, name, content_type,
+                        args.min_replicas])
+    state = os.path.join(state_dir(), "uploads", hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
+    sid = None
+    offset = 0
+    try:
+        with open(state) as f:
+            sid = json.load(f)["id"]
+        if not isinstance(sid, str) or not re.fullmatch(r"[0-9a-f]{32}", sid):
+            sid = None
+    except (OSError, ValueError, KeyError, TypeError):
+        sid = None
+    if sid is not None:
+        conn, resp = client.request("GET", "v1/uploads/" + sid)
+        try:
+            if resp.status == 404:
+                sid = None  # expired, or ended: start again
+            else:
+                info = read_json(resp, (200,))
+                offset = int(info["offset"])
+        finally:
+            conn.close()
+    if sid is None:
+        query = {"name": name or ""}
+        if args.min_replicas:
+            query["min_replicas"] = str(args.min_replicas)
+        conn, resp = client.request(
+            "POST", "v1/uploads?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe=""),
+            {"Content-Type": content_type},
+        )
+        try:
+            sid = read_json(resp, (201,))["id"]
+        finally:
+            conn.close()
+        os.makedirs(os.path.dirname(state), mode=0o700, exist_ok=True)
+        tmp = state + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"id": sid, "path": os.path.realpath(args.path)}, f)
+        os.replace(tmp, state)
+    if not 0 <= offset <= size:
+        raise CliError(f"the node's upload stands at byte {offset}, past the end of this {size}-byte file", EXIT_FAILED)
+    source.seek(offset)
+    rng = f"bytes {offset}-{size - 1}/{size}" if offset < size else f"bytes */{size}"
+    progress = Progress(size, name or os.path.basename(args.path), not args.quiet)
+    progress(offset)
+    try:
+        answer = client.upload("v1/uploads/" + sid, source, size - offset, None, progress, method="PUT",
+                               headers={"Content-Range": rng})
+    except CliError as e:
+        raise CliError(f"{e}; the upload can continue: run the same command again", e.code) from None
+    finally:
+        progress.close()
+    try:
+        os.unlink(state)
+    except OSError:
+        pass
+    return answer
 
 
 def cmd_get(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
@@ -1166,6 +1251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-replicas", metavar="K", type=int, default=0,
                    help="fail unless every block reaches at least K holders besides the node (default 0: the "
                         "node places as many as it can, up to its --replicas, and reports the count)")
+    p.add_argument("--resume", action="store_true",
+                   help="a resumable upload: if it is cut short, the same command continues where the node stands "
+                        "(PATH must be a regular file)")
     p.add_argument("--json", action="store_true", help="print the node's JSON answer (with the replica count) instead of the key")
     p.set_defaults(func=cmd_put)
 

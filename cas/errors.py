@@ -81,3 +81,17 @@ class Busy(CasError):
     """The node is at its limit of concurrent work; the same request can be tried again shortly."""
 
     code = "busy"
+
+
+class SessionNotFound(CasError):
+    code = "no_such_upload"
+
+
+class OffsetMismatch(CasError):
+    """A piece of a resumable upload does not start where the upload stands (``offset``)."""
+
+    code = "offset_mismatch"
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset

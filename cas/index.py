@@ -3,6 +3,9 @@ file needs. It lives in the data dir (0600) because it holds read capabilities.
 
 ``holds`` records the blocks this node keeps for other nodes: which node asked (its id, hex), the block's
 size, and when it first and last asked; those blocks count against ``--quota`` and are not garbage.
+``sessions`` are resumable uploads (``POST /v1/uploads``): the file key, placement salt, name and type, an
+expiry, and in ``session_links`` the data blocks stored so far, in order; their blocks are referenced by the
+owner ``session:<id>`` until the file is recorded (or the session expires).
 ``refs`` maps an owner (``file:<root>`` for a stored file, ``upload:<n>`` for an upload in progress) to the
 blocks it needs; a block no owner needs is garbage. Uploads record their blocks as they go, so memory stays
 flat and an upload cut short by a crash leaves only ``upload:`` rows, dropped at the next start.
@@ -46,12 +49,56 @@ CREATE TABLE IF NOT EXISTS holds (
     PRIMARY KEY (peer, cid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_cid ON holds (cid);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    key BLOB NOT NULL,
+    salt BLOB NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    segment_size INTEGER NOT NULL,
+    min_replicas INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    blocks INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS session_links (
+    id TEXT NOT NULL,
+    i INTEGER NOT NULL,
+    cid TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (id, i)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS underplaced (
     cid TEXT PRIMARY KEY,
     pkey BLOB NOT NULL,
     holders BLOB NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+@attrs.frozen(repr=False)
+class Session:
+    id: str
+    key: bytes
+    salt: bytes
+    name: str
+    content_type: str
+    segment_size: int
+    min_replicas: int
+    created: int
+    expires: int
+    blocks: int  # data blocks stored so far: the upload continues at blocks x segment_size
+
+    @property
+    def owner(self) -> str:
+        return f"session:{self.id}"
+
+    @property
+    def offset(self) -> int:
+        return self.blocks * self.segment_size
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id}, name={self.name!r}, blocks={self.blocks})"
 
 
 @attrs.frozen
@@ -119,7 +166,9 @@ class Index:
         with self._transaction():
             self.db.execute("DELETE FROM refs WHERE owner = ?", (owner,))
 
-    def commit_file(self, upload_owner: str, rec: FileRecord, underplaced: Iterable[Underplaced] = ()) -> None:
+    def commit_file(
+        self, upload_owner: str, rec: FileRecord, underplaced: Iterable[Underplaced] = (), session: str | None = None,
+    ) -> None:
         """Turn an upload's refs into the file's refs and record the file (and its blocks that still need
         holders), in one transaction."""
         owner = f"file:{rec.root}"
@@ -136,6 +185,9 @@ class Index:
                 "INSERT OR IGNORE INTO refs SELECT ?, cid FROM refs WHERE owner = ?", (owner, upload_owner)
             )
             self.db.execute("DELETE FROM refs WHERE owner = ?", (upload_owner,))
+            if session is not None:
+                self.db.execute("DELETE FROM sessions WHERE id = ?", (session,))
+                self.db.execute("DELETE FROM session_links WHERE id = ?", (session,))
 
     def forget(self, root: CID) -> bool:
         with self._transaction():
@@ -174,6 +226,48 @@ class Index:
                 "INSERT INTO holds VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last",
                 ((peer, str(cid), size, at, at) for peer, cid, size, at in holds),
             )
+
+    # -- resumable uploads -----------------------------------------------------------------------------------
+    def add_session(self, s: Session) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (s.id, s.key, s.salt, s.name, s.content_type, s.segment_size, s.min_replicas, s.created,
+                             s.expires, s.blocks))
+
+    def session(self, sid: str) -> Session | None:
+        row = self.db.execute("SELECT * FROM sessions WHERE id = ?", (sid,)).fetchone()
+        if row is None:
+            return None
+        i, key, salt, name, ctype, seg, minr, created, expires, blocks = row
+        return Session(i, bytes(key), bytes(salt), name, ctype, seg, minr, created, expires, blocks)
+
+    def session_links(self, sid: str) -> list[tuple[CID, int]]:
+        rows = self.db.execute("SELECT cid, count FROM session_links WHERE id = ? ORDER BY i", (sid,))
+        return [(CID.parse(c), int(n)) for c, n in rows]
+
+    def session_progress(self, sid: str, first: int, links: Iterable[tuple[CID, int]], refs: Iterable[CID],
+                         underplaced: Iterable["Underplaced"], expires: int) -> None:
+        """Record data blocks ``first``, ``first + 1``, ... of a session, the references of every block it
+        stored, and the blocks short of holders, in one transaction."""
+        links = list(links)
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO session_links VALUES (?, ?, ?, ?)",
+                                ((sid, first + n, str(c), count) for n, (c, count) in enumerate(links)))
+            self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((f"session:{sid}", str(c)) for c in refs))
+            self.db.executemany("INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
+                                ((str(u.cid), u.key, b"".join(u.holders)) for u in underplaced))
+            self.db.execute("UPDATE sessions SET blocks = ?, expires = ? WHERE id = ?", (first + len(links), expires, sid))
+
+    def drop_session(self, sid: str, keep_refs: bool = False) -> bool:
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+            self.db.execute("DELETE FROM session_links WHERE id = ?", (sid,))
+            if not keep_refs:
+                self.db.execute("DELETE FROM refs WHERE owner = ?", (f"session:{sid}",))
+        return cur.rowcount > 0
+
+    def expired_sessions(self, now: int) -> list[str]:
+        return [i for (i,) in self.db.execute("SELECT id FROM sessions WHERE expires <= ?", (now,))]
 
     # -- blocks that need more holders ---------------------------------------------------------------------
     def underplaced(self, limit: int, after: str = "") -> list[Underplaced]:

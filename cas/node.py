@@ -6,6 +6,7 @@ upload/download pipelines, which call the block store.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -25,19 +26,22 @@ from .cid import CID
 from .collector import CollectResult, Pins, collect
 from .datadir import DataDir
 from .download import Download, OpenFile, open_file
-from .errors import BlockNotFound, Busy, CorruptBlock, FileNotFound, QuotaExceeded, TooFewReplicas
-from .index import FileRecord, Index
-from .manifest import FANOUT
+from .errors import (
+    BlockNotFound, Busy, CorruptBlock, FileNotFound, OffsetMismatch, QuotaExceeded, SessionNotFound, TooFewReplicas,
+)
+from .index import FileRecord, Index, Session
+from .manifest import FANOUT, SALT_SIZE, Link, check_name
 from .placement import Rendezvous
 from .replication import BLOCK_DEADLINE, Replicator
 from .retrieval import Retriever
-from .upload import StoredFile, Upload
+from .upload import SESSION_TTL, StoredFile, Upload
 from .verify import VerifyReport, verify_file
 
 log = Logger()
 
 BUFFER_BUDGET = 64 << 20  # bytes of block buffers all uploads of a node may hold together
 MAX_UPLOADS = 32
+SESSION_SWEEP = 3600.0  # seconds between sweeps of expired upload sessions
 
 
 class Node:
@@ -95,16 +99,32 @@ class Node:
     def start(self) -> None:
         if self._pool is not None:
             self._pool.start()
-        # Blocks of uploads cut short by a crash (their refs were dropped when the index opened).
+        # Blocks of uploads cut short by a crash (their refs were dropped when the index opened), and of
+        # upload sessions that expired while the node was down.
+        self.expire_sessions(collect=False)
         self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
+        self._expiry = self.reactor.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
+
+    def _sweep_sessions(self) -> None:
+        self._expiry = self.reactor.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
+        try:
+            self.expire_sessions()
+        except Exception:
+            log.failure("expiring upload sessions failed")
 
     def stop(self) -> None:
+        expiry, self._expiry = getattr(self, "_expiry", None), None
+        if expiry is not None and expiry.active():
+            expiry.cancel()
         if self._pool is not None:
             self._pool.stop()
         self.index.close()
 
     # -- storing -----------------------------------------------------------------------------------------------
-    def upload(self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0) -> Upload:
+    def upload(
+        self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0,
+        session: Session | None = None, resume: list[Link] | None = None,
+    ) -> Upload:
         """A consumer to write a file into; call ``finish()`` when the source is complete. Every block is also
         placed on ``replicas`` holders when the node has peers; fewer than ``min_replicas`` fails the upload."""
         if self.uploads >= self.max_uploads:
@@ -125,6 +145,8 @@ class Node:
             name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
             window=self.window, replicate=place, min_replicas=min_replicas,
             want_replicas=self.replicas if place is not None else 0, budget=self.budget,
+            session=session, resume=resume or (),
+            key=session.key if session is not None else None, salt=session.salt if session is not None else None,
         )
         self.uploads += 1
 
@@ -135,6 +157,46 @@ class Node:
         up.done.addBoth(ended)
         up.done.addErrback(self._collect_after_failure)
         return up
+
+    # -- resumable uploads ----------------------------------------------------------------------------------
+    def open_session(self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0) -> Session:
+        """A resumable upload: its key, salt and progress live in the index until the file is recorded or the
+        session expires (``SESSION_TTL`` after its last progress)."""
+        check_name(name, content_type)
+        if min_replicas > self.replicas:
+            raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node keeps {self.replicas}")
+        now = int(self.reactor.seconds())
+        s = Session(os.urandom(16).hex(), cipher.new_file_key(), os.urandom(SALT_SIZE), name, content_type,
+                    self.segment_size, min_replicas, now, now + SESSION_TTL, 0)
+        self.index.add_session(s)
+        return s
+
+    def session(self, sid: str) -> Session:
+        s = self.index.session(sid) if re.fullmatch(r"[0-9a-f]{32}", sid) else None
+        if s is None or s.expires <= self.reactor.seconds():
+            raise SessionNotFound(f"no upload session {sid[:40]!r} on this node (it may have expired or ended)")
+        return s
+
+    def resume_session(self, sid: str, offset: int) -> Upload:
+        """An Upload continuing session ``sid`` at plaintext ``offset``, which must be where it stands."""
+        s = self.session(sid)
+        if offset != s.offset:
+            raise OffsetMismatch(f"upload session {sid} continues at byte {s.offset}, not {offset}", s.offset)
+        links = [Link(c, n) for c, n in self.index.session_links(sid)]
+        return self.upload(s.name, s.content_type, s.min_replicas, session=s, resume=links)
+
+    def drop_session(self, sid: str) -> Deferred[CollectResult]:
+        self.session(sid)
+        self.index.drop_session(sid)
+        return self.collect_garbage()
+
+    def expire_sessions(self, collect: bool = True) -> int:
+        gone = self.index.expired_sessions(int(self.reactor.seconds()))
+        for sid in gone:
+            self.index.drop_session(sid)
+        if gone and collect:
+            self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
+        return len(gone)
 
     def _collect_after_failure(self, failure: Any) -> Any:
         """A failed upload leaves unreferenced blocks: free their space now rather than at the next start."""

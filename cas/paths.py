@@ -11,3 +11,10 @@ def default_data_dir(port: int, environ: Mapping[str, str] | None = None) -> str
     env = os.environ if environ is None else environ
     base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "cas", f"node-{port}")
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> str:
+    """``$XDG_STATE_HOME/cas`` (``~/.local/state`` when unset): the CLI's resumable uploads."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "cas")

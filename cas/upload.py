@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -27,12 +27,13 @@ from .capability import ReadCap
 from .cid import CID
 from .collector import Pins
 from .errors import CasError
-from .index import FileRecord, Index, Underplaced
+from .index import FileRecord, Index, Session, Underplaced
 from .errors import TooFewReplicas
 from .manifest import FANOUT, SALT_SIZE, Link, ManifestBuilder, Metadata, check_name
 from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
 Runner = Callable[..., Deferred]
+SESSION_TTL = 24 * 3600  # seconds a resumable upload is kept after its last progress
 Place = Callable[[CID, bytes, bytes], Deferred]  # (block id, bytes, placement key) -> [holders that acknowledged]
 log = Logger()
 
@@ -72,6 +73,8 @@ class Upload:
         min_replicas: int = 0,
         want_replicas: int = 0,
         budget: Budget | None = None,
+        session: Session | None = None,
+        resume: Sequence[Link] = (),
     ) -> None:
         check_name(name, content_type)
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
@@ -89,11 +92,16 @@ class Upload:
         self._budget_waiting = False
         self._source_done = False
         self._last_dispatched = False
+        self._cut_waiting = False
         self._underplaced: list[Underplaced] = []  # blocks short of ``want_replicas``: recorded with the file
         self.replicas: int | None = None  # the fewest acknowledgements of any block so far
         self.on_progress: Callable[[], None] | None = None  # called whenever a block is stored (and placed)
-        self._owner = index.new_upload_owner()
+        self._session = session  # a resumable upload: progress is recorded instead of dropped (checkpoint)
+        self._owner = session.owner if session is not None else index.new_upload_owner()
         self._builder = ManifestBuilder(fanout)
+        self._first = len(resume)  # data blocks stored by earlier pieces of a session
+        self._links_new: list[Link] = []  # data links added to the tree by this object, in order
+        self._cut = False  # end of a piece of a session: every complete segment goes, the rest is dropped
         self._buf: deque[bytes | memoryview] = deque()
         self._buflen = 0
         self.size = 0  # plaintext bytes received
@@ -112,6 +120,19 @@ class Upload:
         self._drained: list[Deferred] = []  # waiting for no task in flight
         self.done: Deferred[StoredFile] = Deferred()
         self._settled = False
+        if resume:
+            self._resume(resume)
+
+    def _resume(self, links: Sequence[Link]) -> None:
+        """Rebuild the manifest tree of a session's earlier pieces; the manifest nodes they completed are
+        stored (again: the store keeps one copy) and placed again (one per 20,000 blocks)."""
+        for link in links:
+            if link.count != self._seg + cipher.TAG_SIZE:
+                raise ValueError("a resumed upload continues after whole segments only")
+            for cid, raw in self._builder.add(link):
+                self._start(self._node_stored(cid, raw), self._put, cid, raw)
+        self._next_segment = self._next_link = len(links)
+        self.size = self.stored = len(links) * self._seg
 
     # -- IConsumer -----------------------------------------------------------------------------------------
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -171,11 +192,14 @@ class Upload:
         """Dispatch every complete segment that the node's budget lets in (the last one once the source is
         done); what does not fit waits in the buffer, the source paused, until budget is given back."""
         while self._failure is None and not self._last_dispatched:
-            if self._buflen > self._seg:  # more follows: not the last segment
+            if self._buflen > self._seg or (self._cut and self._buflen == self._seg):  # not the last segment
                 last = False
             elif self._source_done:
                 last = True
             else:
+                if self._cut and not self._cut_waiting:
+                    self._cut_waiting = True  # every complete segment is on its way: record once they are done
+                    self._when_drained().addCallback(lambda _: self._settle_checkpoint())
                 break
             if not self._take_budget():
                 break
@@ -289,7 +313,9 @@ class Upload:
         self.stored += plain_len
         self._results[index] = link
         while self._next_link in self._results and self._failure is None:
-            nodes = self._builder.add(self._results.pop(self._next_link))
+            link_done = self._results.pop(self._next_link)
+            nodes = self._builder.add(link_done)
+            self._links_new.append(link_done)
             self._next_link += 1
             for cid, raw in nodes:
                 self._start(self._node_stored(cid, raw), self._put, cid, raw)
@@ -312,11 +338,11 @@ class Upload:
         def counted(holders: list[bytes]) -> None:
             acks = len(holders)
             self.replicas = acks if self.replicas is None else min(self.replicas, acks)
+            if acks < self._want:
+                self._underplaced.append(Underplaced(cid, key, tuple(holders)))
             if acks < self._min_replicas:
                 raise TooFewReplicas(
                     f"block {cid} reached {acks} holder(s), fewer than the {self._min_replicas} required")
-            if acks < self._want:
-                self._underplaced.append(Underplaced(cid, key, tuple(holders)))
 
         return self._replicate(cid, block, key).addCallback(counted)
 
@@ -351,9 +377,17 @@ class Upload:
         if self._budget is not None and self._budget_waiting:
             self._budget.forget(self._budget_freed)
             self._budget_waiting = False
-        self._pins.release(self._pinned)
-        self._pinned = []
-        self._index.drop_owner(self._owner)
+        if self._session is not None:
+            # A piece of a resumable upload failed (or its client went away): what was stored stays, in order,
+            # for the next piece to continue from.
+            try:
+                self._record_session()
+            except Exception:
+                log.failure("recording the progress of upload session {id} failed", id=self._session.id)
+        else:
+            self._pins.release(self._pinned)
+            self._pinned = []
+            self._index.drop_owner(self._owner)
         self.done.errback(self._failure)
 
     # -- ending ----------------------------------------------------------------------------------------------
@@ -361,6 +395,43 @@ class Upload:
         """The source went away (client disconnected): stop, and collect what was written."""
         if self._failure is None and not self._settled:
             self._fail(Failure(UploadAborted(reason)))
+
+    def checkpoint(self) -> Deferred[int]:
+        """End of one piece of a resumable upload: send every complete segment on its way, wait until they
+        are stored and placed, and record them; ``done`` (returned) fires with the plaintext offset the next
+        piece starts at. Bytes of an incomplete last segment are dropped: the client sends them again."""
+        if self._session is None:
+            raise RuntimeError("checkpoint is for resumable uploads")
+        if self._failure is None and not self._finishing:
+            self._finishing = True
+            self._cut = True
+            self._dispatch_ready()
+        return self.done  # type: ignore[return-value]
+
+    def _settle_checkpoint(self) -> None:
+        if self._failure is not None:
+            self._settle_failure()
+            return
+        self._settled = True
+        try:
+            offset = self._record_session()
+        except Exception:
+            self.done.errback(Failure())
+            return
+        self.done.callback(offset)  # type: ignore[arg-type]
+
+    def _record_session(self) -> int:
+        s = self._session
+        assert s is not None
+        refs, self._pinned = self._pinned, []
+        try:
+            self._index.session_progress(
+                s.id, self._first, [(link.cid, link.count) for link in self._links_new], refs, self._underplaced,
+                int(self._clock.seconds()) + SESSION_TTL,
+            )
+        finally:
+            self._pins.release(refs)
+        return (self._first + len(self._links_new)) * self._seg
 
     def finish(self) -> Deferred[StoredFile]:
         """The source is complete: seal the last segment, write the manifest tree and the root, and record
@@ -397,6 +468,7 @@ class Upload:
                 self._owner,
                 FileRecord(root_cid, self._key, meta.name, meta.content_type, meta.size, blocks, meta.created),
                 self._underplaced,
+                session=self._session.id if self._session is not None else None,
             )
             self._pins.release(self._pinned)
             self._pinned = []

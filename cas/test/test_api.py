@@ -277,6 +277,71 @@ class Upload(ApiTestCase):
         self.assertEqual(list(self.node.store.cids()), [])
 
 
+class ResumableUpload(ApiTestCase):
+    """``/v1/uploads``: open, send pieces with Content-Range, ask where it stands, finish, drop."""
+
+    def open(self, name: str = "big.bin") -> str:
+        r = self.request("POST", f"/v1/uploads?name={name}", b"", {"Content-Type": "application/x-big"})
+        self.assertEqual(r.status, 201, r.body)
+        body = r.json()
+        self.assertEqual((body["offset"], body["name"], body["segment_size"]), (0, name, SEG))
+        return body["id"]
+
+    def piece(self, sid: str, data: bytes, start: int, total: int | str) -> api.Any:
+        end = start + len(data) - 1
+        return self.request("PUT", f"/v1/uploads/{sid}", data, {"Content-Range": f"bytes {start}-{end}/{total}"})
+
+    def test_pieces_then_the_file(self) -> None:
+        data = random.Random(3).randbytes(5 * SEG + 77)
+        sid = self.open()
+        r = self.piece(sid, data[: 2 * SEG + 10], 0, "*")
+        self.assertEqual((r.status, r.json()), (200, {"offset": 2 * SEG}))  # whole segments only
+        self.assertEqual(self.request("GET", f"/v1/uploads/{sid}").json()["offset"], 2 * SEG)
+        r = self.piece(sid, data[: SEG], 0, len(data))  # not where it stands
+        self.assertEqual((r.status, r.json()["error"], r.json()["offset"]), (409, "offset_mismatch", 2 * SEG))
+        r = self.piece(sid, data[2 * SEG:], 2 * SEG, len(data))
+        self.assertEqual(r.status, 201, r.body)
+        body = r.json()
+        self.assertEqual((body["size"], body["name"], body["content_type"]), (len(data), "big.bin", "application/x-big"))
+        g = self.request("GET", f"/v1/files/{body['key']}")
+        self.assertEqual((g.status, g.body), (200, data))
+        self.assertEqual(self.request("GET", f"/v1/uploads/{sid}").status, 404)
+
+    def test_empty_final_piece(self) -> None:
+        data = random.Random(4).randbytes(3 * SEG)
+        sid = self.open()
+        self.assertEqual(self.piece(sid, data[:2 * SEG + 5], 0, "*").json(), {"offset": 2 * SEG})
+        r = self.piece(sid, data[2 * SEG:], 2 * SEG, len(data))
+        self.assertEqual(r.status, 201)
+        key = r.json()["key"]
+        self.assertEqual(self.request("GET", f"/v1/files/{key}").body, data)
+        sid = self.open("nothing")
+        r = self.request("PUT", f"/v1/uploads/{sid}", b"", {"Content-Range": "bytes */0"})
+        self.assertEqual((r.status, r.json()["size"]), (201, 0))
+
+    def test_bad_pieces(self) -> None:
+        sid = self.open()
+        for header, body, status in [
+            (None, b"abc", 400), ("bytes 0-2", b"abc", 400), ("bytes 0-9/*", b"abc", 400),
+            ("bytes 5-2/10", b"abc", 416), ("bytes 0-2/2", b"abc", 416), ("bytes */5", b"abc", 400),
+        ]:
+            r = self.request("PUT", f"/v1/uploads/{sid}", body, {"Content-Range": header})
+            self.assertEqual(r.status, status, (header, r.body))
+        r = self.request("PUT", "/v1/uploads/" + "0" * 32, b"abc", {"Content-Range": "bytes 0-2/3"})
+        self.assertEqual((r.status, r.json()["error"]), (404, "no_such_upload"))
+        r = self.request("PUT", f"/v1/uploads/{sid}", b"abc", {"Content-Range": "bytes 0-2/3"}, auth=False)
+        self.assertEqual(r.status, 401)
+
+    def test_drop(self) -> None:
+        sid = self.open()
+        self.piece(sid, random.Random(5).randbytes(2 * SEG + 1), 0, "*")
+        self.assertGreater(self.node.store.used(), 0)
+        r = self.request("DELETE", f"/v1/uploads/{sid}")
+        self.assertEqual((r.status, r.json()), (200, {"dropped": True}))
+        self.assertEqual(self.node.store.used(), 0)
+        self.assertEqual(self.request("DELETE", f"/v1/uploads/{sid}").status, 404)
+
+
 class Download(ApiTestCase):
     def setUp(self) -> None:
         super().setUp()

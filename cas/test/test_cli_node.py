@@ -113,6 +113,33 @@ class CliAgainstNode(TestCase):
         self.assertEqual(code, 4)
         self.assertNotIn(b"Traceback", err)
 
+    async def test_put_resume_continues_where_the_node_stands(self) -> None:
+        data = random.Random(9).randbytes(40 << 20)  # 40 MiB, past the 16 MiB limit set below
+        src = os.path.join(self.work, "resumable.bin")
+        with open(src, "wb") as f:
+            f.write(data)
+        self.node.store.limit = 16 << 20
+        code, out, err = await self.cas("put", "--resume", src)
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"run the same command again", err)
+        [session] = self.node.index.db.execute("SELECT id, blocks FROM sessions").fetchall()
+        self.assertGreater(session[1], 0)  # what was stored before the limit counts
+        self.node.store.limit = None
+        code, out, err = await self.cas("put", "--resume", "--json", src)
+        self.assertEqual(code, 0, err)
+        answer = json.loads(out)
+        self.assertEqual((answer["size"], answer["name"]), (len(data), "resumable.bin"))
+        self.assertEqual(self.node.index.db.execute("SELECT count(*) FROM sessions").fetchone()[0], 0)
+        out_dir = os.path.join(self.work, "back")
+        os.makedirs(out_dir)
+        code, _, err = await self.cas("get", answer["key"], cwd=out_dir)
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(out_dir, "resumable.bin"), "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(), hashlib.sha256(data).digest())
+        code, _, err = await self.cas("put", "--resume", "-", stdin=b"x")
+        self.assertEqual(code, 2)
+        self.assertIn(b"regular file", err)
+
     async def test_corrupt_download_leaves_no_file(self) -> None:
         data = random.Random(8).randbytes(3 << 20)
         code, out, err = await self.cas("put", "-", "--name", "victim.bin", stdin=data)

@@ -33,6 +33,7 @@ def cli_env(env: Mapping[str, str] | None = None, home: str | None = None) -> di
     """The environment ``run_cli`` uses: the caller's minus CAS_*, with ``XDG_DATA_HOME`` set to ``home``."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("CAS_")}
     out["XDG_DATA_HOME"] = home or os.path.abspath("xdg-data-home-without-node")
+    out["XDG_STATE_HOME"] = os.path.abspath("xdg-state-home")  # cas put --resume keeps its state there
     out.setdefault("PYTHONIOENCODING", "utf-8")
     out.update(env or {})
     return out

@@ -1,0 +1,105 @@
+"""Resumable uploads at the node: sessions, pieces, checkpoints, restarts, expiry."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from cas.errors import OffsetMismatch, SessionNotFound
+from cas.node import Node
+from cas.test.util import Collector, make_node, sync_run
+from cas.upload import SESSION_TTL
+
+SEG = 64 * 1024
+
+
+class SessionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.node = make_node(self, segment_size=SEG)
+
+    def piece(self, node: Node, sid: str, offset: int, data: bytes, final: bool = False):  # type: ignore[no-untyped-def]
+        up = node.resume_session(sid, offset)
+        up.write(data)
+        if final:
+            return self.successResultOf(up.finish())
+        return self.successResultOf(up.checkpoint())
+
+    def read(self, node: Node, cap) -> bytes:  # type: ignore[no-untyped-def]
+        f = self.successResultOf(node.open(cap))
+        sink = Collector()
+        self.successResultOf(node.download(f).start(sink))
+        return sink.data
+
+    def test_pieces_make_the_file(self) -> None:
+        data = os.urandom(5 * SEG + 123)
+        s = self.node.open_session("big.bin", "application/x-thing")
+        offset = self.piece(self.node, s.id, 0, data[: 2 * SEG + 500])
+        self.assertEqual(offset, 2 * SEG)  # the incomplete segment is dropped: sent again
+        self.assertEqual(self.node.session(s.id).offset, 2 * SEG)
+        offset = self.piece(self.node, s.id, offset, data[offset: 4 * SEG])
+        self.assertEqual(offset, 4 * SEG)
+        stored = self.piece(self.node, s.id, offset, data[offset:], final=True)
+        self.assertEqual((stored.size, stored.blocks, stored.metadata.name), (len(data), 6, "big.bin"))
+        self.assertEqual(self.read(self.node, stored.cap), data)
+        self.assertRaises(SessionNotFound, self.node.session, s.id)
+        self.assertEqual([f.name for f in self.node.files()], ["big.bin"])
+
+    def test_exact_multiple_of_the_segment(self) -> None:
+        data = os.urandom(3 * SEG)
+        s = self.node.open_session("even.bin")
+        offset = self.piece(self.node, s.id, 0, data[: 2 * SEG])
+        stored = self.piece(self.node, s.id, offset, data[offset:], final=True)
+        self.assertEqual(stored.blocks, 3)  # as a single upload of the same bytes
+        self.assertEqual(self.read(self.node, stored.cap), data)
+
+    def test_wrong_offset(self) -> None:
+        s = self.node.open_session("x")
+        self.piece(self.node, s.id, 0, os.urandom(SEG + 1))
+        with self.assertRaises(OffsetMismatch) as e:
+            self.node.resume_session(s.id, 0)
+        self.assertEqual(e.exception.offset, SEG)
+        self.assertRaises(SessionNotFound, self.node.resume_session, "0" * 32, 0)
+        self.assertRaises(SessionNotFound, self.node.resume_session, "../etc", 0)
+
+    def test_cut_short_keeps_what_was_stored(self) -> None:
+        data = os.urandom(4 * SEG + 9)
+        s = self.node.open_session("cut.bin")
+        up = self.node.resume_session(s.id, 0)
+        up.write(data[: 3 * SEG + 100])
+        up.abort("the client disconnected")
+        self.failureResultOf(up.done)
+        self.assertEqual(self.node.session(s.id).offset, 3 * SEG)  # 3 complete segments were stored; 100 bytes lost
+        stored = self.piece(self.node, s.id, 3 * SEG, data[3 * SEG:], final=True)
+        self.assertEqual(self.read(self.node, stored.cap), data)
+
+    def test_survives_a_restart_and_garbage_collection(self) -> None:
+        data = os.urandom(3 * SEG + 7)
+        s = self.node.open_session("r.bin")
+        offset = self.piece(self.node, s.id, 0, data[: 2 * SEG])
+        self.node.stop()
+        again = Node(self.node.datadir, self.node.reactor, run=sync_run, segment_size=SEG)
+        again.start()  # collects garbage: the session's blocks are referenced
+        self.addCleanup(again.stop)
+        self.assertEqual(again.session(s.id).offset, offset)
+        stored = self.piece(again, s.id, offset, data[offset:], final=True)
+        self.assertEqual(self.read(again, stored.cap), data)
+
+    def test_expiry(self) -> None:
+        s = self.node.open_session("old.bin")
+        self.piece(self.node, s.id, 0, os.urandom(2 * SEG + 1))
+        used = self.node.store.used()
+        self.assertGreater(used, 0)
+        self.node.reactor.advance(SESSION_TTL - 1)
+        self.assertEqual(self.node.expire_sessions(), 0)
+        self.node.reactor.advance(1)
+        self.assertRaises(SessionNotFound, self.node.session, s.id)
+        self.assertEqual(self.node.expire_sessions(), 1)
+        self.assertEqual(self.node.store.used(), 0)  # its blocks were collected
+
+    def test_drop(self) -> None:
+        s = self.node.open_session("d.bin")
+        self.piece(self.node, s.id, 0, os.urandom(2 * SEG + 1))
+        self.successResultOf(self.node.drop_session(s.id))
+        self.assertRaises(SessionNotFound, self.node.session, s.id)
+        self.assertEqual(self.node.store.used(), 0)
