@@ -3,7 +3,7 @@
 
     python bench/replication.py --size 100M [--size 1G] [--size 5G] [--repeat N] [--dir DIR] [--json OUT] [--keep]
                                 [--concurrent 8] [--concurrent-size 64M] [--baseline-tls twisted|cas]
-                                [--baseline-threads 1] [--no-verify] [--gossip-interval S]
+                                [--baseline-threads 1] [--window 8] [--no-verify] [--gossip-interval S] [--only cas|base]
 
 For each size and round, in one run (see bench/README.md, "bench/replication.py"):
 
@@ -57,7 +57,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import api as apibench  # standard library only at import time
@@ -83,6 +83,7 @@ MEMBERSHIP_TIMEOUT = 120.0
 RUN_TIMEOUT_S_PER_GIB = 300.0  # slower than ~3.4 MiB/s is a hang: kill it
 MIN_RUN_TIMEOUT = 120.0
 SAMPLE_S = 0.020
+TIMELINE_S = 1.0  # nodes' RSS (anonymous / file-backed) recorded in the JSON this often
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile="]
 CLI = [sys.executable, "-m", "cas.cli"]
@@ -849,7 +850,7 @@ def start_nodes(nodes: list[NodeProc], first: NodeProc) -> None:
 def peers_json(node: NodeProc) -> dict[str, Any] | None:
     try:
         out = subprocess.run(CLI + ["--node", node.data, "peers", "--json"], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30,
+                             capture_output=True, text=True, timeout=30,
                              env=apibench.child_env(), check=False)
     except subprocess.TimeoutExpired:
         return None
@@ -902,24 +903,35 @@ class NodeSampler:
     def __init__(self, nodes: list[NodeProc]) -> None:
         self.pids = {n.name: n.pid for n in nodes}
         self.hwm = {name: 0.0 for name in self.pids}
+        self.timeline: dict[str, list[list[float]]] = {name: [] for name in self.pids}
         self.n = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        t0 = time.perf_counter()
+        next_t = 0.0
         while not self._done.is_set():
             for name, pid in self.pids.items():
                 h = apibench.proc_status(pid).get("VmHWM")
                 if h is not None and h > self.hwm[name]:
                     self.hwm[name] = h
             self.n += 1
+            t = time.perf_counter() - t0
+            if t >= next_t:  # every TIMELINE_S: RSS split into anonymous and file-backed, to see how it grows
+                next_t += TIMELINE_S
+                for name, pid in self.pids.items():
+                    f = apibench._proc_fields(f"/proc/{pid}/status", ("VmRSS:", "RssAnon:", "RssFile:"), 1024)
+                    if f:
+                        self.timeline[name].append([round(t, 2), round(f.get("VmRSS", 0), 1),
+                                                    round(f.get("RssAnon", 0), 1), round(f.get("RssFile", 0), 1)])
             self._done.wait(SAMPLE_S)
 
-    def __enter__(self) -> NodeSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
 
@@ -958,6 +970,7 @@ def phase_end(nodes: list[NodeProc], before: dict[str, dict[str, Any]], sampler:
             "cpu_s_per_gib": cpu_s / gib,
             "disk_read_mib": io.get("read_bytes", 0) - b["io"].get("read_bytes", 0),
             "disk_write_mib": io.get("write_bytes", 0) - b["io"].get("write_bytes", 0),
+            "rss_timeline": sampler.timeline.get(n.name, []),  # [seconds, VmRSS, RssAnon, RssFile] (MiB)
         }
     out["_samples"] = {"n": sampler.n}  # type: ignore[assignment]
     return out
@@ -1060,6 +1073,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         ans = put_answer(r, size, "cas put")
         r.update(bytes=size, mib_s=size / MiB / r["seconds"], key=ans["key"], replicas=ans["replicas"], loadavg_before=load,
                  membership_seconds=conv)
+        cas_cpu(r)
         r["logs"] = stop_nodes(four, "the put")
         rows["cas_put"] = r
         say_cas("cas put", r)
@@ -1079,6 +1093,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         r.pop("stdout")
         r["nodes"] = phase_end(nodes, before, sampler, size)
         r.update(bytes=size, mib_s=size / MiB / r["seconds"], loadavg_before=load, membership_seconds=conv)
+        cas_cpu(r)
         if verify:
             r["verified"] = verify_get(reader, ans["key"], s, cdir, timeout)
         rows["cas_get"] = r
@@ -1178,6 +1193,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
                 raise SystemExit(f"FAIL: baseline receiver {i + 1} stored {x['blocks']} of {nseg} blocks")
         r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, receivers=recvs,
                  recv_peak_rss_mib=max(x["peak_rss_mib"] for x in recvs))
+        base_cpu(r, size, [r, *recvs])
         rows["base_put"] = r
         say_base("base put", r)
         for d in recv_dirs:
@@ -1192,6 +1208,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
                               timeout)
         srv = finish_server(proc, o, e, "block server")
         r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, server=srv)
+        base_cpu(r, size, [r, srv])
         rows["base_get"] = r
         say_base("base get", r)
     finally:
@@ -1252,6 +1269,9 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
         r["clis"] = clis
         r["cli_peak_rss_mib"] = max(x["cli_peak_rss_mib"] for x in clis)
         r["cli_seconds"] = [x["seconds"] for x in clis]
+        r["cli_cpu_user_seconds"] = sum(x["cli_cpu_user_seconds"] for x in clis)
+        r["cli_cpu_sys_seconds"] = sum(x["cli_cpu_sys_seconds"] for x in clis)
+        cas_cpu(r)
         r["logs"] = stop_nodes(nodes, "the concurrent puts")
         say_cas(f"{len(files)}x put", r)
         return r
@@ -1266,16 +1286,30 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
 # -- reporting -----------------------------------------------------------------------------------------------
 
 
+def cas_cpu(r: dict[str, Any]) -> None:
+    """CPU of the operation: every node during the phase plus the CLI(s), per GiB."""
+    nodes = sum(v["cpu_seconds"] for k, v in r["nodes"].items() if not k.startswith("_"))
+    cli = r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"]
+    r.update(nodes_cpu_seconds=nodes, cpu_seconds=nodes + cli, cpu_s_per_gib=(nodes + cli) / (r["bytes"] / (1 << 30)))
+
+
+def base_cpu(r: dict[str, Any], size: int, parts: list[dict[str, Any]]) -> None:
+    """CPU of the baseline: every process over its working part (sender/reader: the timed part; receivers and
+    server: from the connection or first byte to the end), per GiB."""
+    cpu = sum(x.get("cpu_user_seconds", 0.0) + x.get("cpu_sys_seconds", 0.0) for x in parts)
+    r.update(total_cpu_seconds=cpu, cpu_s_per_gib=cpu / (size / (1 << 30)))
+
+
+
 def node_peaks(r: dict[str, Any]) -> dict[str, float]:
     return {k: v["peak_rss_mib"] for k, v in r["nodes"].items() if not k.startswith("_")}
 
 
 def say_cas(label: str, r: dict[str, Any], verified: str | None = None) -> None:
     peaks = node_peaks(r)
-    cpu = sum(v["cpu_seconds"] for k, v in r["nodes"].items() if not k.startswith("_"))
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s  node RSS "
           + " ".join(f"{k} {v:.1f}" for k, v in peaks.items())
-          + f"  CLI RSS {r['cli_peak_rss_mib']:.1f} MiB  nodes CPU {cpu / (r['bytes'] / (1 << 30)):.2f} s/GiB"
+          + f"  CLI RSS {r['cli_peak_rss_mib']:.1f} MiB  CPU nodes+CLI {r['cpu_s_per_gib']:.2f} s/GiB"
           + f"  load {r['loadavg_before']}" + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""),
           file=sys.stderr)
 
@@ -1287,8 +1321,7 @@ def say_base(label: str, r: dict[str, Any]) -> None:
     if "server" in r:
         extra = f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB"
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s  RSS {r['peak_rss_mib']:.1f} MiB{extra}  "
-          f"CPU {r.get('cpu_user_seconds', 0) + r.get('cpu_sys_seconds', 0):.2f} s  load {r['loadavg_before']}",
-          file=sys.stderr)
+          f"CPU all processes {r['cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}", file=sys.stderr)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1300,7 +1333,8 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         if not rs:
             continue
         x: dict[str, Any] = {"mib_s": med([r["mib_s"] for r in rs]), "mib_s_min": min(r["mib_s"] for r in rs),
-                             "mib_s_max": max(r["mib_s"] for r in rs), "seconds": med([r["seconds"] for r in rs])}
+                             "mib_s_max": max(r["mib_s"] for r in rs), "seconds": med([r["seconds"] for r in rs]),
+                             "cpu_s_per_gib": med([r["cpu_s_per_gib"] for r in rs])}
         if key.startswith("cas_"):
             peaks: dict[str, float] = {}
             for r in rs:
@@ -1309,8 +1343,6 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             x["node_peak_rss_mib"] = peaks
             x["node_peak_rss_max_mib"] = max(peaks.values())
             x["cli_peak_rss_mib"] = max(r["cli_peak_rss_mib"] for r in rs)
-            x["node_cpu_s_per_gib"] = med([sum(v["cpu_seconds"] for k, v in r["nodes"].items() if not k.startswith("_"))
-                                           / (r["bytes"] / (1 << 30)) for r in rs])
         else:
             x["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rs)
         out[key] = x
@@ -1331,7 +1363,7 @@ def summarise_concurrent(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             peaks[name] = max(peaks.get(name, 0.0), v)
     return {"mib_s": med([r["mib_s"] for r in rounds]), "mib_s_min": min(r["mib_s"] for r in rounds),
             "mib_s_max": max(r["mib_s"] for r in rounds), "seconds": med([r["seconds"] for r in rounds]),
-            "node_peak_rss_mib": peaks, "node_peak_rss_max_mib": max(peaks.values()),
+            "cpu_s_per_gib": med([r["cpu_s_per_gib"] for r in rounds]), "node_peak_rss_mib": peaks, "node_peak_rss_max_mib": max(peaks.values()),
             "cli_peak_rss_mib": max(r["cli_peak_rss_mib"] for r in rounds)}
 
 
@@ -1357,8 +1389,8 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
     ref_entry = refs[0] if refs else None
     ref_name = pipeline.fmt_size(ref_entry["size"]) if ref_entry else "-"
     w = 17 if repeat > 1 else 8
-    head = (f"{'op':<4} {'size':>5} {'cas MiB/s':>{w}} {'base MiB/s':>{w + 1}} {'cas/base':>8} {'node peak RSS MiB: max (per node)':<46} "
-            f"{'CLI RSS':>7}  targets")
+    head = (f"{'op':<4} {'size':>5} {'cas MiB/s':>{w}} {'base MiB/s':>{w + 1}} {'cas/base':>8} {'CPU s/GiB cas/base':>18} "
+            f"{'node peak RSS MiB: max (per node)':<46} {'CLI RSS':>7}  targets")
     lines = [head, "-" * (len(head) + 60)]
     judged: dict[str, Any] = {"reference_size": ref_entry["size"] if ref_entry else None, "sizes": {}}
 
@@ -1378,6 +1410,7 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
             cs = speed(c) if c else "-"
             bs = speed(b) if b else "-"
             ratio = f"{c['ratio_vs_base']:.3f}" if c and "ratio_vs_base" in c else "-"
+            cpu = (f"{c['cpu_s_per_gib']:.1f}" if c else "-") + "/" + (f"{b['cpu_s_per_gib']:.1f}" if b else "-")
             rss = cli = target = ""
             if c:
                 peaks = c["node_peak_rss_mib"]
@@ -1387,10 +1420,11 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
                 j = judge_rss(peaks, ref)
                 j["speed"] = c.get("target_speed_met")
                 jz[op] = j
+                flat = "(reference)" if e is ref_entry else ok(j["flat"])
                 target = (f"speed >= {TARGET_RATIO:.2f}: {ok(c.get('target_speed_met'))}; RSS < {TARGET_NODE_RSS_MIB:.0f}: "
-                          f"{ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name}: {ok(j['flat'])}")
-            lines.append(f"{op:<4} {pipeline.fmt_size(e['size']):>5} {cs:>{w}} {bs:>{w + 1}} {ratio:>8} {rss:<46} {cli:>7}  "
-                         f"{target}".rstrip())
+                          f"{ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name}: {flat}")
+            lines.append(f"{op:<4} {pipeline.fmt_size(e['size']):>5} {cs:>{w}} {bs:>{w + 1}} {ratio:>8} {cpu:>18} {rss:<46} "
+                         f"{cli:>7}  {target}".rstrip())
         judged["sizes"][pipeline.fmt_size(e["size"])] = jz
     if conc:
         s = conc["summary"]
@@ -1400,7 +1434,8 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
         judged["concurrent"] = j
         label = f"{conc['count']}x{pipeline.fmt_size(conc['file_bytes'])}"
         rss = f"{s['node_peak_rss_max_mib']:.1f} (" + " ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + ")"
-        lines.append(f"{'put':<4} {label:>5} {speed(s):>{w}} {'':>{w + 1}} {'':>8} {rss:<46} {s['cli_peak_rss_mib']:>7.1f}  "
+        lines.append(f"{'put':<4} {label:>5} {speed(s):>{w}} {'':>{w + 1}} {'':>8} {s['cpu_s_per_gib']:>18.1f} {rss:<46} "
+                     f"{s['cli_peak_rss_mib']:>7.1f}  "
                      f"concurrent, wall {s['seconds']:.1f} s; RSS < {TARGET_NODE_RSS_MIB:.0f}: {ok(j['under_limit'])}; "
                      f"RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: {ok(j['flat'])}")
     return "\n".join(lines) + "\n", judged
@@ -1439,6 +1474,8 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
             os.makedirs(rwork, exist_ok=True)
             rows: dict[str, Any] = {}
             for side in (("cas", "base") if cas_first else ("base", "cas")):
+                if a.only and side != a.only:
+                    continue
                 if side == "cas":
                     rows.update(cas_round(size, src, s, rwork, a, verify=a.verify and n == 0))
                 else:
@@ -1501,6 +1538,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=8, help="blocks in flight in the baseline put (default 8, as Node.window)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the untimed read-back (cas get -o - into BLAKE3) in each size's first round")
+    p.add_argument("--only", choices=("cas", "base"), default=None,
+                   help="experiments: run only the cas side or only the baseline (no ratios then)")
     p.add_argument("--gossip-interval", type=float, default=None,
                    help="pass --gossip-interval to the nodes (default: cas's own default)")
     # hidden: child modes
@@ -1555,7 +1594,7 @@ def main() -> None:
     print(text, end="")
     env["loadavg_end"] = pipeline.loadavg()
     env["parent_peak_rss_mib"] = pipeline.mem_status().get("VmHWM")
-    env["date_end"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    env["date_end"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     doc = {"environment": env, "repeat": a.repeat, "nodes": NODES, "replicas": REPLICAS,
            "options": {"baseline_tls": a.baseline_tls, "baseline_threads": a.baseline_threads, "window": a.window,
                        "concurrent": a.concurrent, "concurrent_size": a.concurrent_size,
