@@ -617,22 +617,23 @@ class PeerManager:
         timeout: float = REQUEST_TIMEOUT,
     ) -> Deferred[Response]:
         """A request to ``node_id`` on its connection, opened if need be. If that connection was being closed
-        cleanly (idle, duplicate, the peer's BYE) as the request crossed it, it is sent once more on a new one."""
+        cleanly (idle, duplicate, the peer's BYE) as the request crossed it, it is sent once more on a new one.
 
-        def attempt(retry: bool) -> Deferred[Response]:
-            d = self.connect(node_id)
-            d.addCallback(lambda c: c.request(type, header, payload, timeout))
-            if retry:
-                def again(f: Failure) -> Any:
-                    f.trap(ConnectionClosed)
-                    if not f.value.clean or self._stopping:  # type: ignore[attr-defined]
-                        return f
-                    return attempt(False)
+        No closure here refers to itself: a reference cycle would keep ``payload`` (a 1 MiB block) alive until
+        the cyclic garbage collector runs, which large buffers do not prompt (measured: +150 MiB on an upload)."""
 
-                d.addErrback(again)
-            return d
+        def again(f: Failure) -> Any:
+            f.trap(ConnectionClosed)
+            if not f.value.clean or self._stopping:  # type: ignore[attr-defined]
+                return f
+            return self._attempt(node_id, type, header, payload, timeout)
 
-        return attempt(True)
+        return self._attempt(node_id, type, header, payload, timeout).addErrback(again)
+
+    def _attempt(
+        self, node_id: bytes, type: int, header: dict[str, Any], payload: bytes | memoryview, timeout: float,
+    ) -> Deferred[Response]:
+        return self.connect(node_id).addCallback(lambda c: c.request(type, header, payload, timeout))
 
     def _send_records(self, node_id: bytes, records: list[bytes]) -> Deferred[Any]:
         d = self.request(node_id, frames.PEERS, {"records": records})

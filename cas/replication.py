@@ -90,49 +90,64 @@ class Replicator:
         ``replicas``, fewer when the membership runs out of candidates). Never fails."""
         k = self._key(key)
         self._fill(k)
-        done: Deferred[list[bytes]] = Deferred()
-        state = {"open": 0}
-        acked_by: list[bytes] = []
-        tried: set[bytes] = set()
+        return _Placing(self, k, cid, block).start()
 
-        def settle() -> None:
-            if state["open"] == 0 and not done.called:
-                n = len(acked_by)
-                self.reached = n if self.reached is None else min(self.reached, n)
-                done.callback(acked_by)
+    def _dropped_holder(self, holder: bytes, why: str) -> None:
+        if holder not in self._dropped:
+            self._dropped[holder] = why
+            log.info("holder {h} dropped from this upload: {why}", h=short_node_id(holder), why=why)
 
-        def send(holder: bytes) -> None:
-            tried.add(holder)
-            state["open"] += 1
-            try:
-                d = self.peers.put_block(holder, cid, block, timeout=self.deadline)
-            except Exception:
-                d = Deferred()
-                d.errback(Failure())
-            d.addCallbacks(acked, failed, callbackArgs=(holder,), errbackArgs=(holder,))
+    def _settled(self, acked: int) -> None:
+        self.reached = acked if self.reached is None else min(self.reached, acked)
+        self.acks += acked
 
-        def acked(_: Any, holder: bytes) -> None:
-            state["open"] -= 1
-            acked_by.append(holder)
-            self.acks += 1
-            settle()
 
-        def failed(f: Failure, holder: bytes) -> None:
-            state["open"] -= 1
-            why = f.getErrorMessage()
-            if holder not in self._dropped:
-                self._dropped[holder] = why
-                log.info("holder {h} dropped from this upload: {why}", h=short_node_id(holder), why=why)
-            self._fill(k)
-            for h in k.holders:  # the replacement(s) of this holder, for this block too
-                if h not in tried:
-                    send(h)
-            settle()
+class _Placing:
+    """One block on its way to its holders. Methods, not nested closures: closures that call each other form
+    reference cycles, and a cycle would keep the 1 MiB block alive until the cyclic collector happens to run."""
 
-        for h in list(k.holders):
-            send(h)
-        settle()
-        return done
+    def __init__(self, r: Replicator, k: _Key, cid: CID, block: bytes | memoryview) -> None:
+        self.r, self.k, self.cid, self.block = r, k, cid, block
+        self.open = 0
+        self.acked: list[bytes] = []
+        self.tried: set[bytes] = set()
+        self.done: Deferred[list[bytes]] = Deferred()
+
+    def start(self) -> Deferred[list[bytes]]:
+        for h in list(self.k.holders):
+            self._send(h)
+        self._settle()
+        return self.done
+
+    def _send(self, holder: bytes) -> None:
+        self.tried.add(holder)
+        self.open += 1
+        try:
+            d = self.r.peers.put_block(holder, self.cid, self.block, timeout=self.r.deadline)
+        except Exception:
+            d = Deferred()
+            d.errback(Failure())
+        d.addCallbacks(self._acked, self._failed, callbackArgs=(holder,), errbackArgs=(holder,))
+
+    def _acked(self, _: Any, holder: bytes) -> None:
+        self.open -= 1
+        self.acked.append(holder)
+        self._settle()
+
+    def _failed(self, f: Failure, holder: bytes) -> None:
+        self.open -= 1
+        self.r._dropped_holder(holder, f.getErrorMessage())
+        self.r._fill(self.k)
+        for h in self.k.holders:  # the replacement(s) of this holder, for this block too
+            if h not in self.tried:
+                self._send(h)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.open == 0 and not self.done.called:
+            self.block = b""  # nothing else needs it
+            self.r._settled(len(self.acked))
+            self.done.callback(self.acked)
 
 
 class TopUp:
