@@ -1,9 +1,9 @@
 """The node-wide buffer budget: how many bytes of block buffers all transfers may hold at once.
 
 Each upload takes from it for every segment it has in flight (read, being sealed and stored, or waiting for
-its holders) and gives back when the segment is done. A transfer with nothing in flight may always take one
-piece, over the budget if need be, so that every transfer moves and none starves; past that it waits, and its
-source is paused meanwhile (backpressure reaches the HTTP client). Waiters are served in arrival order.
+its holders) and gives back when the segment is done. What does not fit waits, its source paused meanwhile
+(backpressure reaches the HTTP client); waiters are served in arrival order, so none starves, and a piece larger
+than the whole budget is let through when nothing else holds any (it could never fit otherwise).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ class Budget:
         self.used = 0
         self._waiters: deque[Callable[[], None]] = deque()
 
-    def take(self, n: int, first: bool = False) -> bool:
-        """Take ``n`` bytes if they fit (always, when ``first``: the caller holds nothing yet)."""
-        if first or self.used + n <= self.capacity:
+    def take(self, n: int) -> bool:
+        """Take ``n`` bytes if they fit (or if nothing is taken: a piece larger than the budget still goes)."""
+        if self.used + n <= self.capacity or self.used == 0:
             self.used += n
             return True
         return False
@@ -31,7 +31,10 @@ class Budget:
         self.used -= n
         if self.used < 0:
             raise AssertionError("budget given back more than was taken")
-        while self._waiters and self.used < self.capacity:
+        # Each waiter is woken once per give, in arrival order; one that still does not fit waits again, last.
+        for _ in range(len(self._waiters)):
+            if not self._waiters or self.used >= self.capacity:
+                break
             self._waiters.popleft()()
 
     def wait(self, callback: Callable[[], None]) -> None:

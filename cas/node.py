@@ -39,7 +39,7 @@ from .verify import VerifyReport, verify_file
 
 log = Logger()
 
-BUFFER_BUDGET = 64 << 20  # bytes of block buffers all uploads of a node may hold together
+BUFFER_BUDGET = 16 << 20  # bytes of block buffers all uploads of a node may hold together (one upload's window)
 MAX_UPLOADS = 32
 SESSION_SWEEP = 3600.0  # seconds between sweeps of expired upload sessions
 

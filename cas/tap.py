@@ -50,7 +50,7 @@ class Options(usage.Options):
         ["storage-limit", None, None, "Most bytes of blocks to keep on disk, e.g. 500M, 20G (default: the disk)."],
         ["quota", None, None, "Most bytes of blocks to hold for other nodes, e.g. 10G (default: up to --storage-limit)."],
         ["replicas", None, 3, "Holders of every block besides this node (placed on upload).", int],
-        ["buffer-budget", None, "64M", "Block buffers all uploads may hold together; past it they wait (default 64M)."],
+        ["buffer-budget", None, "16M", "Block buffers all uploads may hold together; past it they wait (default 16M)."],
         ["gossip-interval", None, 5.0, "Seconds between gossip rounds (jittered by +-25%).", float],
     ]
 

@@ -219,7 +219,7 @@ class Upload:
         if self._budget is None:
             return True
         cost = 2 * self._seg  # plaintext and sealed block, at most, while the segment is in flight
-        if self._budget.take(cost, first=self._segments_in_flight == 0):
+        if self._budget.take(cost):
             self._segments_in_flight += 1
             return True
         if not self._budget_waiting:

@@ -18,12 +18,30 @@ class BudgetTests(SynchronousTestCase):
         b = Budget(100)
         self.assertTrue(b.take(60))
         self.assertFalse(b.take(50))
-        self.assertTrue(b.take(50, first=True))  # a transfer holding nothing always gets one piece
-        self.assertEqual(b.used, 110)
-        b.give(110)
+        self.assertTrue(b.take(40))
+        b.give(100)
+        self.assertTrue(b.take(150))  # larger than the budget: goes when nothing else is taken
+        self.assertFalse(b.take(1))
+        b.give(150)
         self.assertEqual(b.used, 0)
         self.assertRaises(AssertionError, b.give, 1)
         self.assertRaises(ValueError, Budget, 0)
+
+    def test_a_waiter_that_does_not_fit_waits_again(self) -> None:
+        b = Budget(10)
+        b.take(9)
+        calls: list[int] = []
+
+        def retry() -> None:
+            calls.append(1)
+            if not b.take(5):
+                b.wait(retry)
+
+        b.wait(retry)
+        b.give(1)  # 8 taken: 5 does not fit; woken once, not in a loop
+        self.assertEqual(len(calls), 1)
+        b.give(8)
+        self.assertEqual((len(calls), b.used), (2, 5))
 
     def test_waiters_in_order_once(self) -> None:
         b = Budget(10)
@@ -60,8 +78,8 @@ class SharedBudgetTests(SynchronousTestCase):
         a.write(da)  # 3 full segments: 2 fit the budget, the 3rd waits
         self.assertEqual(self.node.budget.used, 4 * SEG)
         self.assertTrue(pa.paused)
-        b.write(db)  # b holds nothing: it gets its first segment over the budget, then waits
-        self.assertEqual(self.node.budget.used, 6 * SEG)
+        b.write(db)  # b waits too, behind a, with nothing in flight: the budget is never exceeded
+        self.assertEqual(self.node.budget.used, 4 * SEG)
         self.assertTrue(pb.paused)
         a.unregisterProducer()
         b.unregisterProducer()

@@ -74,7 +74,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_replication_options(self) -> None:
         opts = parse()
-        self.assertEqual((opts["replicas"], opts["quota"], opts["buffer-budget"]), (3, None, 64 << 20))
+        self.assertEqual((opts["replicas"], opts["quota"], opts["buffer-budget"]), (3, None, 16 << 20))
         opts = parse("--replicas", "2", "--quota", "10G", "--buffer-budget", "256M")
         self.assertEqual((opts["replicas"], opts["quota"], opts["buffer-budget"]), (2, 10 << 30, 256 << 20))
         for bad in (["--replicas", "17"], ["--replicas", "-1"], ["--buffer-budget", "1M"], ["--quota", "lots"]):
