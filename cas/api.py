@@ -24,7 +24,7 @@ from twisted.web import http, resource, server
 from .capability import ReadCap
 from .download import OpenFile
 from .errors import (
-    BlockNotFound, Busy, CasError, OffsetMismatch, SessionNotFound, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
+    BlockNotFound, Busy, CasError, OffsetMismatch, SessionBusy, SessionNotFound, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
     MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData, TooFewReplicas,
 )
 from .index import Session
@@ -45,7 +45,7 @@ def redact(text: str) -> str:
 
 _STATUS: list[tuple[type[BaseException], int]] = [
     (MalformedKey, 400), (InvalidMetadata, 400), (FileNotFound, 404), (BlockNotFound, 404),
-    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503), (Busy, 503), (SessionNotFound, 404), (OffsetMismatch, 409),
+    (StorageLimitExceeded, 413), (DiskFull, 507), (RangeNotSatisfiable, 416), (TooFewReplicas, 503), (Busy, 503), (SessionNotFound, 404), (OffsetMismatch, 409), (SessionBusy, 409),
     (CorruptBlock, 500), (TamperedData, 500), (MalformedManifest, 500),
 ]
 

@@ -95,3 +95,9 @@ class OffsetMismatch(CasError):
     def __init__(self, message: str, offset: int) -> None:
         super().__init__(message)
         self.offset = offset
+
+
+class SessionBusy(CasError):
+    """A piece of this resumable upload is already being received."""
+
+    code = "upload_busy"

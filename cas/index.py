@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 import attrs
 
 from .cid import CID
+from .errors import SessionNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -241,8 +242,8 @@ class Index:
         i, key, salt, name, ctype, seg, minr, created, expires, blocks = row
         return Session(i, bytes(key), bytes(salt), name, ctype, seg, minr, created, expires, blocks)
 
-    def session_links(self, sid: str) -> list[tuple[CID, int]]:
-        rows = self.db.execute("SELECT cid, count FROM session_links WHERE id = ? ORDER BY i", (sid,))
+    def session_links(self, sid: str, blocks: int) -> list[tuple[CID, int]]:
+        rows = self.db.execute("SELECT cid, count FROM session_links WHERE id = ? AND i < ? ORDER BY i", (sid, blocks))
         return [(CID.parse(c), int(n)) for c, n in rows]
 
     def session_progress(self, sid: str, first: int, links: Iterable[tuple[CID, int]], refs: Iterable[CID],
@@ -251,6 +252,8 @@ class Index:
         stored, and the blocks short of holders, in one transaction."""
         links = list(links)
         with self._transaction():
+            if self.db.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() is None:
+                raise SessionNotFound(f"upload session {sid} was dropped or expired meanwhile")
             self.db.executemany("INSERT OR REPLACE INTO session_links VALUES (?, ?, ?, ?)",
                                 ((sid, first + n, str(c), count) for n, (c, count) in enumerate(links)))
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((f"session:{sid}", str(c)) for c in refs))

@@ -27,7 +27,8 @@ from .collector import CollectResult, Pins, collect
 from .datadir import DataDir
 from .download import Download, OpenFile, open_file
 from .errors import (
-    BlockNotFound, Busy, CorruptBlock, FileNotFound, OffsetMismatch, QuotaExceeded, SessionNotFound, TooFewReplicas,
+    BlockNotFound, Busy, CorruptBlock, FileNotFound, OffsetMismatch, QuotaExceeded, SessionBusy, SessionNotFound,
+    TooFewReplicas,
 )
 from .index import FileRecord, Index, Session
 from .manifest import FANOUT, SALT_SIZE, Link, check_name
@@ -87,6 +88,7 @@ class Node:
         self._reserved: dict[CID, int] = {}  # blocks being written for peers -> size (counted in the quota)
         self._reserved_bytes = 0
         self._hold_batch: list[tuple[tuple[str, CID, int, int], Deferred[None]]] = []
+        self._active_sessions: set[str] = set()  # upload sessions with a piece being received
 
     @property
     def node_id(self) -> str:
@@ -180,18 +182,29 @@ class Node:
     def resume_session(self, sid: str, offset: int) -> Upload:
         """An Upload continuing session ``sid`` at plaintext ``offset``, which must be where it stands."""
         s = self.session(sid)
+        if sid in self._active_sessions:
+            raise SessionBusy(f"a piece of upload session {sid} is already being received; try again when it ends")
         if offset != s.offset:
             raise OffsetMismatch(f"upload session {sid} continues at byte {s.offset}, not {offset}", s.offset)
-        links = [Link(c, n) for c, n in self.index.session_links(sid)]
-        return self.upload(s.name, s.content_type, s.min_replicas, session=s, resume=links)
+        links = [Link(c, n) for c, n in self.index.session_links(sid, s.blocks)]
+        up = self.upload(s.name, s.content_type, s.min_replicas, session=s, resume=links)
+        self._active_sessions.add(sid)
+        up.done.addBoth(self._session_ended, sid)
+        return up
+
+    def _session_ended(self, result: Any, sid: str) -> Any:
+        self._active_sessions.discard(sid)
+        return result
 
     def drop_session(self, sid: str) -> Deferred[CollectResult]:
         self.session(sid)
+        if sid in self._active_sessions:
+            raise SessionBusy(f"a piece of upload session {sid} is being received; drop it once that ends")
         self.index.drop_session(sid)
         return self.collect_garbage()
 
     def expire_sessions(self, collect: bool = True) -> int:
-        gone = self.index.expired_sessions(int(self.reactor.seconds()))
+        gone = [i for i in self.index.expired_sessions(int(self.reactor.seconds())) if i not in self._active_sessions]
         for sid in gone:
             self.index.drop_session(sid)
         if gone and collect:
@@ -208,8 +221,8 @@ class Node:
     ) -> Deferred[StoredFile]:
         """Store a local file, streaming it through the pipeline. The outcome is the upload's: when the upload
         fails first it stops the file producer, whose own Deferred then never fires (IBodyProducer)."""
-        up = self.upload(name if name is not None else os.path.basename(path), content_type, min_replicas)
         f = open(path, "rb")
+        up = self.upload(name if name is not None else os.path.basename(path), content_type, min_replicas)
         producer = FileBodyProducer(f, readSize=self.segment_size)
         up.registerProducer(producer, True)
         out: Deferred[StoredFile] = Deferred()
@@ -287,7 +300,8 @@ class Node:
             return d.addBoth(unpin)
 
         def unreserve(result: Any) -> Any:
-            if self._reserved.pop(cid, None) is not None:
+            if new:  # only the call that reserved gives back, what it reserved
+                self._reserved.pop(cid, None)
                 self._reserved_bytes -= size
                 if not isinstance(result, Failure):
                     self._held += size

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from .cid import CID
@@ -83,6 +83,8 @@ class Retriever:
     async def _try(self, node: bytes, cid: CID, asked: list[str]) -> bytes | memoryview | None:
         try:
             return await self.peers.get_block(node, cid, timeout=self.deadline)
+        except CancelledError:
+            raise  # the reader went away: no next holder
         except Exception as e:  # not found, corrupt, timeout, unreachable: the next one
             asked.append(f"{short_node_id(node)}: {e}")
             return None

@@ -28,7 +28,7 @@ from .cid import CID
 from .collector import Pins
 from .errors import CasError
 from .index import FileRecord, Index, Session, Underplaced
-from .errors import TooFewReplicas
+from .errors import SessionNotFound, TooFewReplicas
 from .manifest import FANOUT, SALT_SIZE, Link, ManifestBuilder, Metadata, check_name
 from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
@@ -128,7 +128,7 @@ class Upload:
         stored (again: the store keeps one copy) and placed again (one per 20,000 blocks)."""
         for link in links:
             if link.count != self._seg + cipher.TAG_SIZE:
-                raise ValueError("a resumed upload continues after whole segments only")
+                raise SessionNotFound("this upload session's record is damaged (a partial segment): drop it and start again")
             for cid, raw in self._builder.add(link):
                 self._start(self._node_stored(cid, raw), self._put, cid, raw)
         self._next_segment = self._next_link = len(links)
@@ -192,7 +192,8 @@ class Upload:
         """Dispatch every complete segment that the node's budget lets in (the last one once the source is
         done); what does not fit waits in the buffer, the source paused, until budget is given back."""
         while self._failure is None and not self._last_dispatched:
-            if self._buflen > self._seg or (self._cut and self._buflen == self._seg):  # not the last segment
+            # At a cut the last complete segment stays too: it may be the file's last (the client resends it).
+            if self._buflen > self._seg:  # more follows: not the last segment
                 last = False
             elif self._source_done:
                 last = True
@@ -424,14 +425,17 @@ class Upload:
         s = self._session
         assert s is not None
         refs, self._pinned = self._pinned, []
+        links = self._links_new
+        if self._last_dispatched and links and len(links) + self._first == self._next_segment:
+            links = links[:-1]  # the file's last segment (sealed as last) is only ever recorded with the file
         try:
             self._index.session_progress(
-                s.id, self._first, [(link.cid, link.count) for link in self._links_new], refs, self._underplaced,
+                s.id, self._first, [(link.cid, link.count) for link in links], refs, self._underplaced,
                 int(self._clock.seconds()) + SESSION_TTL,
             )
         finally:
             self._pins.release(refs)
-        return (self._first + len(self._links_new)) * self._seg
+        return (self._first + len(links)) * self._seg
 
     def finish(self) -> Deferred[StoredFile]:
         """The source is complete: seal the last segment, write the manifest tree and the root, and record

@@ -507,6 +507,19 @@ class HoldBlockTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(da))
         self.assertEqual(node.held_bytes(), 1000)
 
+    def test_a_bad_copy_of_a_block_cannot_free_the_good_ones_reservation(self) -> None:
+        runner = ManualRunner()
+        node = make_node(self, run=runner, quota=10_000)
+        good = os.urandom(1000)
+        cid = CID.of(good)
+        d1 = node.hold_block(PEER, cid, good)
+        d2 = node.hold_block(PEER, cid, os.urandom(5000))  # the same id, bytes that do not match it
+        runner.run_all()
+        node.reactor.advance(0)
+        self.assertTrue(self.successResultOf(d1))
+        self.failureResultOf(d2, CorruptBlock)
+        self.assertEqual((node.held_bytes(), node._reserved_bytes), (1000, 0))
+
     def test_failed_write_frees_its_reservation(self) -> None:
         node = make_node(self, quota=1500)
         block = os.urandom(1000)

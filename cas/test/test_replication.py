@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -24,6 +24,7 @@ from cas.connection import Response
 from cas.peers import PeerManager, PeerSettings
 from cas.placement import Rendezvous
 from cas.replication import Replicator
+from cas.retrieval import Retriever
 from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 from cas.service import NodeService
 from cas.upload import StoredFile
@@ -337,3 +338,27 @@ class NoCycleTests(SynchronousTestCase):
         self.assertEqual(len(self.successResultOf(d)), 3)
         del d
         self.assertEqual(sys.getrefcount(block), base)
+
+
+class RetrieverTests(SynchronousTestCase):
+    def test_cancelled_fetch_asks_nobody_else(self) -> None:
+        asked: list[bytes] = []
+
+        class Peers:
+            node_id = b"o" * 32
+
+            def members(self) -> list[bytes]:
+                return [bytes([i]) * 32 for i in range(6)]
+
+            def get_block(self, node_id: bytes, cid: CID, timeout: float = 0) -> Deferred[bytes]:
+                asked.append(node_id)
+                return Deferred()  # never answers
+
+            def has(self, node_id: bytes, cids: list) -> Deferred[list[bool]]:
+                asked.append(node_id)
+                return succeed([True])
+
+        d = Retriever(Peers(), Rendezvous(), 3).fetch(CID.of(b"x"), b"key")
+        d.cancel()  # the reader went away
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(len(asked), 1)

@@ -6,9 +6,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.errors import OffsetMismatch, SessionNotFound
+from cas.errors import OffsetMismatch, SessionBusy, SessionNotFound
 from cas.node import Node
-from cas.test.util import Collector, make_node, sync_run
+from cas.test.util import Collector, ManualRunner, make_node, sync_run
 from cas.upload import SESSION_TTL
 
 SEG = 64 * 1024
@@ -38,7 +38,7 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(offset, 2 * SEG)  # the incomplete segment is dropped: sent again
         self.assertEqual(self.node.session(s.id).offset, 2 * SEG)
         offset = self.piece(self.node, s.id, offset, data[offset: 4 * SEG])
-        self.assertEqual(offset, 4 * SEG)
+        self.assertEqual(offset, 3 * SEG)  # the last complete segment of a piece may be the file's last: resent
         stored = self.piece(self.node, s.id, offset, data[offset:], final=True)
         self.assertEqual((stored.size, stored.blocks, stored.metadata.name), (len(data), 6, "big.bin"))
         self.assertEqual(self.read(self.node, stored.cap), data)
@@ -49,6 +49,9 @@ class SessionTests(SynchronousTestCase):
         data = os.urandom(3 * SEG)
         s = self.node.open_session("even.bin")
         offset = self.piece(self.node, s.id, 0, data[: 2 * SEG])
+        self.assertEqual(offset, SEG)
+        offset = self.piece(self.node, s.id, offset, data[offset: 3 * SEG])  # all of it, but not said to be final
+        self.assertEqual(offset, 2 * SEG)
         stored = self.piece(self.node, s.id, offset, data[offset:], final=True)
         self.assertEqual(stored.blocks, 3)  # as a single upload of the same bytes
         self.assertEqual(self.read(self.node, stored.cap), data)
@@ -103,3 +106,44 @@ class SessionTests(SynchronousTestCase):
         self.successResultOf(self.node.drop_session(s.id))
         self.assertRaises(SessionNotFound, self.node.session, s.id)
         self.assertEqual(self.node.store.used(), 0)
+
+
+class SessionReviewTests(SynchronousTestCase):
+    """Cases found in review: a failing final piece, concurrent pieces, drops during a piece."""
+
+    def test_failure_at_the_end_of_the_final_piece_keeps_a_usable_session(self) -> None:
+        data = os.urandom(2 * SEG + 100)
+        node = make_node(self, segment_size=SEG, storage_limit=2 * (SEG + 16) + 116 + 20)  # blocks fit, the root not
+        s = node.open_session("f.bin")
+        up = node.resume_session(s.id, 0)
+        up.write(data)
+        self.failureResultOf(up.finish())
+        self.assertEqual(node.session(s.id).offset, 2 * SEG)  # not past the file's end: the last is resent
+        node.store.limit = None
+        up = node.resume_session(s.id, 2 * SEG)
+        up.write(data[2 * SEG:])
+        stored = self.successResultOf(up.finish())
+        f = self.successResultOf(node.open(stored.cap))
+        sink = Collector()
+        self.successResultOf(node.download(f).start(sink))
+        self.assertEqual(sink.data, data)
+
+    def test_one_piece_at_a_time(self) -> None:
+        runner = ManualRunner()
+        node = make_node(self, run=runner, segment_size=SEG)
+        s = node.open_session("c.bin")
+        up = node.resume_session(s.id, 0)
+        up.write(os.urandom(3 * SEG))
+        self.assertRaises(SessionBusy, node.resume_session, s.id, 0)
+        self.assertRaises(SessionBusy, node.drop_session, s.id)
+        node.reactor.advance(SESSION_TTL + 1)
+        self.assertEqual(node.expire_sessions(), 0)  # not while a piece is being received
+        d = up.checkpoint()
+        runner.run_all()
+        self.assertEqual(self.successResultOf(d), 2 * SEG)
+        up = node.resume_session(s.id, 2 * SEG)  # free again once a piece ends
+        up.abort("the client went away")
+        self.failureResultOf(up.done)
+        self.assertTrue(node.index.session(s.id))
+        node.reactor.advance(SESSION_TTL + 1)  # the checkpoint renewed the expiry; the hourly sweep drops it now
+        self.assertIsNone(node.index.session(s.id))
