@@ -102,6 +102,8 @@ class Upload:
         self._first = len(resume)  # data blocks stored by earlier pieces of a session
         self._links_new: list[Link] = []  # data links added to the tree by this object, in order
         self._cut = False  # end of a piece of a session: every complete segment goes, the rest is dropped
+        self._done_segments: set[int] = set()  # segments stored and placed (sessions record them in order)
+        self._recorded = 0  # links of ``_links_new`` recorded in the session
         self._buf: deque[bytes | memoryview] = deque()
         self._buflen = 0
         self.size = 0  # plaintext bytes received
@@ -265,6 +267,12 @@ class Upload:
         self._next_segment += 1
         d = self._start(lambda done: self._sealed(done, index, len(plaintext)), self._seal_and_store, index, last, plaintext)
         d.addBoth(self._give_budget)
+        d.addBoth(self._segment_done, index)
+
+    def _segment_done(self, result: Any, index: int) -> Any:
+        if self._failure is None:
+            self._done_segments.add(index)  # stored and placed
+        return result
 
     def _start(self, on_success: Callable[[Any], None], f: Callable[..., Any], *args: Any) -> Deferred:
         """Run ``f`` on the worker pool; ``on_success`` runs before the task counts as finished."""
@@ -348,9 +356,37 @@ class Upload:
         return self._replicate(cid, block, key).addCallback(counted)
 
     def _commit_refs(self) -> None:
+        if self._session is not None:
+            self._record_progress()
+            return
         batch, self._pinned = self._pinned, []
         self._index.add_refs(self._owner, batch)
         self._pins.release(batch)
+
+    def _record_progress(self, upto: int | None = None) -> None:
+        """Sessions: record, with the references, the segments stored and placed so far, in order (up to
+        ``upto`` links), so that a node that dies in the middle of a piece keeps them."""
+        s = self._session
+        assert s is not None
+        n = self._recorded
+        end = len(self._links_new) if upto is None else upto
+        while n < end and (self._first + n) in self._done_segments:
+            if self._last_dispatched and self._first + n == self._next_segment - 1:
+                break  # the file's last segment is only ever recorded with the file
+            n += 1
+        if upto is not None:
+            n = max(n, min(upto, len(self._links_new)))  # after a drain every dispatched task has ended
+        refs, self._pinned = self._pinned, []
+        under, self._underplaced = self._underplaced, []
+        try:
+            self._index.session_progress(
+                s.id, self._first + self._recorded,
+                [(link.cid, link.count) for link in self._links_new[self._recorded:n]], refs, under,
+                int(self._clock.seconds()) + SESSION_TTL,
+            )
+        finally:
+            self._pins.release(refs)
+        self._recorded = n
 
     def _fail(self, f: Failure) -> None:
         if self._failure is None:
@@ -422,20 +458,12 @@ class Upload:
         self.done.callback(offset)  # type: ignore[arg-type]
 
     def _record_session(self) -> int:
-        s = self._session
-        assert s is not None
-        refs, self._pinned = self._pinned, []
-        links = self._links_new
-        if self._last_dispatched and links and len(links) + self._first == self._next_segment:
-            links = links[:-1]  # the file's last segment (sealed as last) is only ever recorded with the file
-        try:
-            self._index.session_progress(
-                s.id, self._first, [(link.cid, link.count) for link in links], refs, self._underplaced,
-                int(self._clock.seconds()) + SESSION_TTL,
-            )
-        finally:
-            self._pins.release(refs)
-        return (self._first + len(links)) * self._seg
+        """At the end of a piece (drained): record what is left to record; returns the offset reached."""
+        upto = len(self._links_new)
+        if self._last_dispatched and upto and upto + self._first == self._next_segment:
+            upto -= 1  # the file's last segment (sealed as last) is only ever recorded with the file
+        self._record_progress(max(upto, self._recorded))
+        return (self._first + self._recorded) * self._seg
 
     def finish(self) -> Deferred[StoredFile]:
         """The source is complete: seal the last segment, write the manifest tree and the root, and record

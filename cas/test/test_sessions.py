@@ -88,6 +88,20 @@ class SessionTests(SynchronousTestCase):
         stored = self.piece(again, s.id, offset, data[offset:], final=True)
         self.assertEqual(self.read(again, stored.cap), data)
 
+    def test_progress_survives_a_crash_in_the_middle_of_a_piece(self) -> None:
+        data = os.urandom(100 * SEG + 3)
+        s = self.node.open_session("long.bin")
+        up = self.node.resume_session(s.id, 0)
+        up.write(data[: 90 * SEG])  # no checkpoint, no finish: the node dies here
+        again = Node(self.node.datadir, self.node.reactor, run=sync_run, segment_size=SEG)
+        again.start()  # its start-up collection must keep what the session recorded
+        self.addCleanup(again.stop)
+        offset = again.session(s.id).offset
+        self.assertGreaterEqual(offset, 60 * SEG)  # recorded with the references, every 64 blocks
+        self.assertEqual(offset % SEG, 0)
+        stored = self.piece(again, s.id, offset, data[offset:], final=True)
+        self.assertEqual(self.read(again, stored.cap), data)
+
     def test_expiry(self) -> None:
         s = self.node.open_session("old.bin")
         self.piece(self.node, s.id, 0, os.urandom(2 * SEG + 1))
