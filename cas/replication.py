@@ -167,12 +167,14 @@ class TopUp:
         self._timer: Any = None
         self._unsubscribe: Callable[[], None] | None = None
         self.placed = 0  # copies placed by top-up passes (for status and tests)
+        self._stopped = False
 
     def start(self) -> None:
         self._unsubscribe = self.peers.subscribe(lambda change: self.kick() if change.member else None)
         self._timer = self.clock.callLater(0, self._tick)
 
     def stop(self) -> None:
+        self._stopped = True  # a pass in progress ends at its next step, writing nothing more
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -222,6 +224,8 @@ class TopUp:
             done: list[CID] = []
             progress = []
             for row in rows:
+                if self._stopped:
+                    return
                 if not self.node.store.has(row.cid):
                     done.append(row.cid)  # its file was forgotten and the block collected: nothing to place
                     continue
@@ -236,7 +240,7 @@ class TopUp:
                 holders = list(row.holders)
                 need = self.replicas - len(holders)
                 for m in candidates[: need + 4]:
-                    if need <= 0:
+                    if need <= 0 or self._stopped:
                         break
                     try:
                         await self.peers.put_block(m, row.cid, data, timeout=self.deadline)
@@ -250,4 +254,6 @@ class TopUp:
                     done.append(row.cid)
                 elif len(holders) > len(row.holders):
                     progress.append(attrs.evolve(row, holders=tuple(holders)))
+            if self._stopped:
+                return  # the node is stopping (its index may be closed): the next start goes on from the rows
             self.node.index.update_underplaced(done, progress)

@@ -362,3 +362,42 @@ class RetrieverTests(SynchronousTestCase):
         d.cancel()  # the reader went away
         self.failureResultOf(d, CancelledError)
         self.assertEqual(len(asked), 1)
+
+
+class TopUpStopTests(SynchronousTestCase):
+    def test_a_pass_in_progress_ends_at_stop_without_writing(self) -> None:
+        from cas.index import Underplaced
+        from cas.replication import TopUp
+
+        node = make_node(self)
+        block = os.urandom(1000)
+        cid = CID.of(block)
+        node.store.put(cid, block)
+        node.index.add_refs("file:x", [cid])
+        with node.index._transaction():  # rows are normally written with the file's record
+            node.index.db.execute("INSERT INTO underplaced VALUES (?, ?, ?)", (str(cid), b"key", b""))
+        pending: list[Deferred[None]] = []
+
+        class Peers:
+            node_id = node.identity.node_id
+
+            def members(self) -> list[bytes]:
+                return [b"a" * 32, b"b" * 32, b"c" * 32]
+
+            def subscribe(self, cb: Any) -> Any:
+                return lambda: None
+
+            def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+
+        t = TopUp(node, Peers(), Rendezvous(), 3, node.reactor)
+        t.start()
+        node.reactor.advance(0)
+        self.assertEqual(len(pending), 1)  # the pass waits for the first holder
+        t.stop()
+        pending.pop().callback(None)
+        self.assertEqual(pending, [])  # asked nobody else
+        self.assertEqual(node.index.count_underplaced(), 1)  # and wrote nothing: the next start goes on
+        self.assertIsInstance(node.index.underplaced(10)[0], Underplaced)
