@@ -277,6 +277,35 @@ class Upload(ApiTestCase):
         self.assertEqual(list(self.node.store.cids()), [])
 
 
+class BufferedTransport(StringTransport):
+    bufferSize = 1 << 16  # as a socket transport has (Twisted's default)
+
+
+class ReadSize(ApiTestCase):
+    """An upload reads its body a segment at a time, a quarter of that while other uploads are under way (what
+    an upload waiting for the buffer budget has read stays in memory, once per upload); afterwards the
+    transport's default comes back."""
+
+    def upload_started(self) -> tuple:
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        t = BufferedTransport()
+        proto.makeConnection(t)
+        self.addCleanup(lambda: proto.connectionLost(Failure(ConnectionError("test over"))))
+        head = self.raw("POST", "/v1/files?name=x", b"")
+        head = head.replace(b"Content-Length: 0", f"Content-Length: {10 * SEG}".encode())
+        proto.dataReceived(head)
+        return proto, t
+
+    def test_read_size(self) -> None:
+        self.node = make_node(self, segment_size=256 * 1024)
+        self.site = api.make_site(self.node, self.token, self.clock)
+        _p1, t1 = self.upload_started()
+        self.assertEqual(t1.bufferSize, 256 * 1024)
+        _p2, t2 = self.upload_started()
+        self.assertEqual(t2.bufferSize, 64 * 1024)
+        self.assertEqual(self.node.uploads, 2)
+
+
 class ResumableUpload(ApiTestCase):
     """``/v1/uploads``: open, send pieces with Content-Range, ask where it stands, finish, drop."""
 
