@@ -102,6 +102,20 @@ def restore_buffer(transport: Any) -> None:
         del transport.bufferSize
 
 
+BAD_UPLOAD_OPTIONS = "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64"
+
+
+def upload_options(query: bytes, content_type: bytes | None) -> tuple[str, str, int]:
+    """(name, content type, min_replicas) of ``POST /v1/files`` or ``POST /v1/uploads``; ValueError if bad."""
+    params = parse_qs(query.decode("utf-8"), strict_parsing=False, errors="strict")  # UnicodeDecodeError is a ValueError
+    name = params.get("name", [""])[-1]
+    min_replicas = int(params.get("min_replicas", ["0"])[-1])
+    if not 0 <= min_replicas <= 64:
+        raise ValueError("min_replicas out of range")
+    ctype = (content_type or b"").decode("ascii").strip()
+    return name, ctype or "application/octet-stream", min_replicas
+
+
 # -- streaming uploads ---------------------------------------------------------------------------------------
 
 
@@ -205,16 +219,11 @@ class ApiRequest(server.Request):
             if free is not None and length + overhead > free:
                 return self._answer_early(507, "disk_full", f"a {length}-byte file does not fit on the disk ({free} bytes free)")
         try:
-            params = parse_qs(query.decode("utf-8"), strict_parsing=False, errors="strict")
-            name = params.get("name", [""])[-1]
-            min_replicas = int(params.get("min_replicas", ["0"])[-1])
-            if not 0 <= min_replicas <= 64:
-                raise ValueError("min_replicas out of range")
-            ctype = (self.requestHeaders.getRawHeaders(b"content-type", [b"application/octet-stream"])[0]).decode("ascii").strip()
-        except (UnicodeDecodeError, ValueError):
-            return self._answer_early(400, "bad_request", "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64")
+            name, ctype, min_replicas = upload_options(query, self.requestHeaders.getRawHeaders(b"content-type", [None])[0])
+        except ValueError:
+            return self._answer_early(400, "bad_request", BAD_UPLOAD_OPTIONS)
         try:
-            up = self.node.upload(name, ctype or "application/octet-stream", min_replicas=min_replicas)
+            up = self.node.upload(name, ctype, min_replicas=min_replicas)
         except CasError as e:
             status, code, message = status_for(e)
             return self._answer_early(status, code, message)
@@ -351,28 +360,33 @@ class Peers(_NodeResource):
         return json_body(request, 200, {"node_id": self.node.node_id, "members": members, "peers": peers})
 
 
-class Uploads(_NodeResource):
-    """``/v1/uploads`` (open a resumable upload) and ``/v1/uploads/ID`` (state, pieces, drop)."""
+class _Collection(_NodeResource):
+    """``/v1/NAME`` answers itself; ``/v1/NAME/ITEM`` is ``item(ITEM)``; anything deeper is a JSON 404."""
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         if path == b"" and not request.postpath:
             return self
         if request.postpath:
             return _NotFound()
+        return self.item(path)
+
+    def item(self, path: bytes) -> resource.Resource:
+        raise NotImplementedError
+
+
+class Uploads(_Collection):
+    """``/v1/uploads`` (open a resumable upload) and ``/v1/uploads/ID`` (state, pieces, drop)."""
+
+    def item(self, path: bytes) -> resource.Resource:
         return UploadSession(self.node, path.decode("ascii", "replace"))
 
     def render_POST(self, request: server.Request) -> bytes:
-        args = request.args or {}
         try:
-            name = args.get(b"name", [b""])[-1].decode("utf-8")
-            min_replicas = int(args.get(b"min_replicas", [b"0"])[-1])
-            if not 0 <= min_replicas <= 64:
-                raise ValueError
-            ctype = (request.getHeader(b"content-type") or b"application/octet-stream").decode("ascii").strip()
-        except (UnicodeDecodeError, ValueError):
-            return error(request, 400, "bad_request", "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64")
+            name, ctype, min_replicas = upload_options(request.uri.partition(b"?")[2], request.getHeader(b"content-type"))
+        except ValueError:
+            return error(request, 400, "bad_request", BAD_UPLOAD_OPTIONS)
         try:
-            s = self.node.open_session(name, ctype or "application/octet-stream", min_replicas)
+            s = self.node.open_session(name, ctype, min_replicas)
         except CasError as e:
             status, code, message = status_for(e)
             return error(request, status, code, message)
@@ -424,14 +438,10 @@ class UploadSession(_NodeResource):
         return server.NOT_DONE_YET
 
 
-class Files(_NodeResource):
+class Files(_Collection):
     """``/v1/files`` (list, upload) and ``/v1/files/KEY`` (read, forget)."""
 
-    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
-        if path == b"" and not request.postpath:
-            return self
-        if request.postpath:
-            return _NotFound()
+    def item(self, path: bytes) -> resource.Resource:
         return File(self.node, path)
 
     def render_GET(self, request: server.Request) -> bytes:

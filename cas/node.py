@@ -131,8 +131,7 @@ class Node:
         placed on ``replicas`` holders when the node has peers; fewer than ``min_replicas`` fails the upload."""
         if self.uploads >= self.max_uploads:
             raise Busy(f"this node is already receiving {self.uploads} uploads; try again shortly")
-        if min_replicas > self.replicas:
-            raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node keeps {self.replicas}")
+        self._check_min_replicas(min_replicas)
         place = None
         if self.peers is not None and self.replicas > 0:
             members = self.peers.members()
@@ -160,13 +159,16 @@ class Node:
         up.done.addErrback(self._collect_after_failure)
         return up
 
+    def _check_min_replicas(self, min_replicas: int) -> None:
+        if min_replicas > self.replicas:
+            raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node keeps {self.replicas}")
+
     # -- resumable uploads ----------------------------------------------------------------------------------
     def open_session(self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0) -> Session:
         """A resumable upload: its key, salt and progress live in the index until the file is recorded or the
         session expires (``SESSION_TTL`` after its last progress)."""
         check_name(name, content_type)
-        if min_replicas > self.replicas:
-            raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node keeps {self.replicas}")
+        self._check_min_replicas(min_replicas)
         now = int(self.reactor.seconds())
         s = Session(os.urandom(16).hex(), cipher.new_file_key(), os.urandom(SALT_SIZE), name, content_type,
                     self.segment_size, min_replicas, now, now + SESSION_TTL, 0)

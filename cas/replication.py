@@ -60,12 +60,6 @@ class Replicator:
         self._members = members or peers.members
         self._keys: dict[bytes, _Key] = {}
         self._dropped: dict[bytes, str] = {}  # holders that failed during this upload -> why
-        self.reached: int | None = None  # the fewest acknowledgements any block got (None: no block yet)
-        self.acks = 0  # acknowledgements received (blocks x holders)
-
-    @property
-    def dropped(self) -> dict[bytes, str]:
-        return dict(self._dropped)
 
     def _key(self, key: bytes) -> _Key:
         k = self._keys.get(key)
@@ -96,10 +90,6 @@ class Replicator:
         if holder not in self._dropped:
             self._dropped[holder] = why
             log.info("holder {h} dropped from this upload: {why}", h=short_node_id(holder), why=why)
-
-    def _settled(self, acked: int) -> None:
-        self.reached = acked if self.reached is None else min(self.reached, acked)
-        self.acks += acked
 
 
 class _Placing:
@@ -146,7 +136,6 @@ class _Placing:
     def _settle(self) -> None:
         if self.open == 0 and not self.done.called:
             self.block = b""  # nothing else needs it
-            self.r._settled(len(self.acked))
             self.done.callback(self.acked)
 
 
