@@ -356,10 +356,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
     src = os.path.join(work, "source.bin")
     print(f"== {pipeline.fmt_size(size)} in {work}", file=sys.stderr)
     try:
-        t = time.perf_counter()
-        s = pipeline.run_child("mksrc", size=size, src=src)
-        print(f"  source: {pipeline.fmt_size(size)} written and fsynced in {time.perf_counter() - t:.1f} s, "
-              f"BLAKE3 {s['blake3'][:16]}...", file=sys.stderr)
+        s = pipeline.make_source(size, src)
         pipeline.settle()
         rounds = []
         for n in range(a.repeat):

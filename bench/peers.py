@@ -143,10 +143,9 @@ def child_serve0(a: argparse.Namespace) -> None:
 
         tune()
 
+    import tlsstream
     from twisted.internet import endpoints, reactor
-    from twisted.internet.interfaces import IPushProducer
     from twisted.internet.protocol import Factory, Protocol
-    from zope.interface import implementer
 
     from cas.cid import CID
     from cas.identity import load_or_create
@@ -157,61 +156,18 @@ def child_serve0(a: argparse.Namespace) -> None:
     result: dict[str, Any] = {"op": "serve0", "bytes": 0}
     state: dict[str, Any] = {}
 
-    @implementer(IPushProducer)
-    class Streamer(Protocol):
-        def __init__(self) -> None:
-            self.i = 0
-            self.paused = False
-            self.stopped = False
-            self.started = False
-            self.pumping = False
-            self.finished = False
+    def started() -> None:
+        state["cpu0"], state["split0"] = pipeline.cpu_now(), pipeline.cpu_split()
+        state["io0"] = pipeline.mem_status()
 
-        def dataReceived(self, data: bytes) -> None:
-            if not self.started:
-                self.started = True
-                state["cpu0"], state["split0"] = pipeline.cpu_now(), pipeline.cpu_split()
-                state["io0"] = pipeline.mem_status()
-                self.transport.registerProducer(self, True)
-                self._pump()
+    def ended(was_started: bool) -> None:
+        if was_started:
+            result["cpu_seconds"] = pipeline.cpu_now() - state["cpu0"]
+            result["split0"], result["split1"] = state["split0"], pipeline.cpu_split()
+            io1 = pipeline.mem_status()
+            result["disk_read_mib"] = io1.get("read_bytes", 0) - state["io0"].get("read_bytes", 0)
 
-        def _pump(self) -> None:
-            if self.pumping:
-                return
-            self.pumping = True
-            try:
-                while not self.paused and not self.stopped and self.i < len(paths):
-                    with open(paths[self.i], "rb", buffering=0) as f:
-                        block = f.read()
-                    self.i += 1
-                    result["bytes"] += len(block)
-                    self.transport.write(block)
-                if self.i == len(paths) and not self.finished and not self.stopped:
-                    self.finished = True
-                    self.transport.unregisterProducer()
-                    self.transport.loseConnection()
-            finally:
-                self.pumping = False
-
-        def pauseProducing(self) -> None:
-            self.paused = True
-
-        def resumeProducing(self) -> None:
-            self.paused = False
-            self._pump()
-
-        def stopProducing(self) -> None:
-            self.stopped = True
-
-        def connectionLost(self, reason: Any = None) -> None:
-            if "cpu0" in state:
-                result["cpu_seconds"] = pipeline.cpu_now() - state["cpu0"]
-                result["split0"], result["split1"] = state["split0"], pipeline.cpu_split()
-                io1 = pipeline.mem_status()
-                result["disk_read_mib"] = io1.get("read_bytes", 0) - state["io0"].get("read_bytes", 0)
-            result["blocks_sent"] = self.i
-            result["complete"] = self.finished
-            reactor.callLater(0, reactor.stop)
+    Streamer = tlsstream.streamer(paths, result, started, ended)
 
     class OneShot(Factory):
         served = False
@@ -750,19 +706,6 @@ def table(all_sizes: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def git_state() -> dict[str, Any]:
-    """The commit measured and any uncommitted change under cas/ (the code the node and receiver ran)."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", REPO, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, timeout=10, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "dirty_cas_files": [l[3:] for l in git("status", "--porcelain", "--", "cas").splitlines()]}
-
-
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -824,7 +767,7 @@ def main() -> None:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"peers-{sizes}-r{a.repeat}.json")
     env = pipeline.environment()
-    env["git"] = git_state()
+    env["git"] = pipeline.git_state(REPO)
     env["window"] = a.window
     try:
         results = [bench_size(size, a) for size in a.size]

@@ -507,6 +507,15 @@ def run_child(mode: str, **kw: Any) -> dict[str, Any]:
     return res
 
 
+def make_source(size: int, src: str) -> dict[str, Any]:
+    """The source file (random, fsynced) of a benchmark, in a child; its result has the file's BLAKE3."""
+    t = time.perf_counter()
+    s = run_child("mksrc", size=size, src=src)
+    print(f"  source: {fmt_size(size)} written and fsynced in {time.perf_counter() - t:.1f} s, "
+          f"BLAKE3 {s['blake3'][:16]}...", file=sys.stderr)
+    return s
+
+
 def settle() -> None:
     """Flush dirty pages left by the previous step (untimed), so its write-back is not charged to the next."""
     os.sync()
@@ -592,9 +601,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
     src = os.path.join(work, "source.bin")
     print(f"== {fmt_size(size)} in {work}", file=sys.stderr)
     try:
-        t = time.perf_counter()
-        s = run_child("mksrc", size=size, src=src)
-        print(f"  source: {fmt_size(size)} written and fsynced in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        s = make_source(size, src)
         settle()
         rounds = []
         for n in range(a.repeat):
@@ -746,3 +753,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def git_state(repo: str) -> dict[str, Any]:
+    """The commit measured and any uncommitted change under cas/ (the code the node and receiver ran)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", repo, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "dirty_cas_files": [line[3:] for line in git("status", "--porcelain", "--", "cas").splitlines()]}

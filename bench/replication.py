@@ -466,10 +466,8 @@ def child_bserve(a: argparse.Namespace) -> None:
 
     tuned = tune()
 
+    import tlsstream
     from twisted.internet import reactor
-    from twisted.internet.interfaces import IPushProducer
-    from twisted.internet.protocol import Protocol
-    from zope.interface import implementer
 
     ident = _identity(a.data)
     store = pipeline.LoopStore(os.path.join(a.data, "store"))
@@ -477,53 +475,14 @@ def child_bserve(a: argparse.Namespace) -> None:
         paths = [store.path(h) for h in json.load(f)["blocks"]]
     result: dict[str, Any] = {"op": "bserve", "bytes": 0, "tuned": tuned}
 
-    @implementer(IPushProducer)
-    class Streamer(Protocol):
-        def __init__(self) -> None:
-            self.i = 0
-            self.paused = self.stopped = self.started = self.pumping = self.finished = False
+    def started() -> None:
+        result["split0"] = pipeline.cpu_split()
 
-        def dataReceived(self, data: bytes) -> None:
-            if not self.started:
-                self.started = True
-                result["split0"] = pipeline.cpu_split()
-                self.transport.registerProducer(self, True)
-                self._pump()
+    def ended(was_started: bool) -> None:
+        if was_started:
+            result["split1"] = pipeline.cpu_split()
 
-        def _pump(self) -> None:
-            if self.pumping:
-                return
-            self.pumping = True
-            try:
-                while not self.paused and not self.stopped and self.i < len(paths):
-                    with open(paths[self.i], "rb", buffering=0) as f:
-                        block = f.read()
-                    self.i += 1
-                    result["bytes"] += len(block)
-                    self.transport.write(block)
-                if self.i == len(paths) and not self.finished and not self.stopped:
-                    self.finished = True
-                    self.transport.unregisterProducer()
-                    self.transport.loseConnection()
-            finally:
-                self.pumping = False
-
-        def pauseProducing(self) -> None:
-            self.paused = True
-
-        def resumeProducing(self) -> None:
-            self.paused = False
-            self._pump()
-
-        def stopProducing(self) -> None:
-            self.stopped = True
-
-        def connectionLost(self, reason: Any = None) -> None:
-            if self.started:
-                result["split1"] = pipeline.cpu_split()
-            result["blocks_sent"] = self.i
-            result["complete"] = self.finished
-            reactor.callLater(0, reactor.stop)
+    Streamer = tlsstream.streamer(paths, result, started, ended)
 
     _listen_once(a, ident, Streamer, result)
     reactor.run()
@@ -1060,13 +1019,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
     rows: dict[str, Any] = {}
     try:
         # -- put: 4 fresh nodes ----------------------------------------------------------------------------
-        t = time.perf_counter()
-        start_nodes(four, four[0])
-        conv = wait_membership(four)
-        print(f"  cas: {NODES} fresh nodes up, full membership in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        pipeline.settle()
-        load = pipeline.loadavg()
-        before = phase_begin(four)
+        conv, load, before = network_up(four, four[0], f"{NODES} fresh nodes up")
         with NodeSampler(four) as sampler:
             r = CliRun(["--node", four[0].data, "put", "--quiet", "--json", src], cdir, "put").wait(timeout)
         r["nodes"] = phase_end(four, before, sampler, size)
@@ -1080,14 +1033,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         pipeline.settle()
 
         # -- get: the 4 restarted (same data dirs and ports), a 5th fresh node reads -------------------------
-        t = time.perf_counter()
-        start_nodes(nodes, four[0])
-        conv = wait_membership(nodes)
-        print(f"  cas: {NODES} nodes restarted and a fresh n{NODES} joined, full membership in "
-              f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
-        pipeline.settle()
-        load = pipeline.loadavg()
-        before = phase_begin(nodes)
+        conv, load, before = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
         with NodeSampler(nodes) as sampler:
             r = CliRun(["--node", reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get").wait(timeout)
         r.pop("stdout")
@@ -1225,18 +1171,23 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
 # -- concurrent puts ---------------------------------------------------------------------------------------------
 
 
+def network_up(nodes: list[NodeProc], seed: NodeProc, what: str) -> tuple[Any, float | None, Any]:
+    """Start ``nodes`` (bootstrapped from ``seed``), wait for full membership, let the machine settle, and
+    begin a phase: returns (membership wait, load average, the phase's starting state)."""
+    t = time.perf_counter()
+    start_nodes(nodes, seed)
+    conv = wait_membership(nodes)
+    print(f"  cas: {what}, full membership in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    pipeline.settle()
+    return conv, pipeline.loadavg(), phase_begin(nodes)
+
+
 def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namespace) -> dict[str, Any]:
     cdir = os.path.join(work, "cas-concurrent")
     nodes = make_nodes(cdir, NODES, a)
     total = fsize * len(files)
     try:
-        t = time.perf_counter()
-        start_nodes(nodes, nodes[0])
-        conv = wait_membership(nodes)
-        print(f"  cas: {NODES} fresh nodes up, full membership in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        pipeline.settle()
-        load = pipeline.loadavg()
-        before = phase_begin(nodes)
+        conv, load, before = network_up(nodes, nodes[0], f"{NODES} fresh nodes up")
         errors: list[BaseException] = []
         results: list[dict[str, Any] | None] = [None] * len(files)
         with NodeSampler(nodes) as sampler:
@@ -1441,18 +1392,6 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
     return "\n".join(lines) + "\n", judged
 
 
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", REPO, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, timeout=10, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "dirty_cas_files": [l[3:] for l in git("status", "--porcelain", "--", "cas").splitlines()]}
-
-
 # -- driver ----------------------------------------------------------------------------------------------------
 
 
@@ -1461,10 +1400,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
     src = os.path.join(work, "source.bin")
     print(f"== {pipeline.fmt_size(size)} in {work}", file=sys.stderr)
     try:
-        t = time.perf_counter()
-        s = pipeline.run_child("mksrc", size=size, src=src)
-        print(f"  source: {pipeline.fmt_size(size)} written and fsynced in {time.perf_counter() - t:.1f} s, "
-              f"BLAKE3 {s['blake3'][:16]}...", file=sys.stderr)
+        s = pipeline.make_source(size, src)
         rounds = []
         for n in range(a.repeat):
             cas_first = n % 2 == 1
@@ -1576,7 +1512,7 @@ def main() -> None:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"replication-{sizes}-r{a.repeat}.json")
     env = pipeline.environment()
-    env["git"] = git_state()
+    env["git"] = pipeline.git_state(REPO)
     try:
         results = [bench_size(size, a) for size in a.size]
         conc = bench_concurrent(a) if a.concurrent else None
