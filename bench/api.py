@@ -373,11 +373,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
         return {"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
                 "summary": summarise(rounds)}
     finally:
-        if a.keep:
-            print(f"  kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-            pipeline.settle()
+        pipeline.remove_work(work, a.keep)
 
 
 def say(label: str, r: dict[str, Any], node_rss: float, client_rss: float | None, load: float | None) -> None:
@@ -448,10 +444,6 @@ def table(all_sizes: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--child-b3sum":
         child_b3sum(sys.argv[2])
@@ -468,7 +460,7 @@ def main() -> None:
     a = p.parse_args()
     if not a.size:
         p.error("give at least one --size")
-    signal.signal(signal.SIGTERM, _terminate)  # so that the node is stopped and the temp dir removed
+    signal.signal(signal.SIGTERM, pipeline.terminate)  # so that the node is stopped and the temp dir removed
     os.makedirs(a.dir, exist_ok=True)
     # source + one store (pipeline's, then the node's) + one read-back at a time
     a.repeat = max(1, a.repeat)

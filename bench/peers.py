@@ -706,22 +706,6 @@ def table(all_sizes: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _kill_children() -> None:
-    for proc in list(_children):
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        _children.discard(proc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description="cas GET_BLOCK streaming between two nodes against a bare Twisted TLS stream")
     p.add_argument("--size", type=pipeline.parse_size, action="append",
@@ -755,7 +739,7 @@ def main() -> None:
         p.error("give at least one --size")
     a.repeat = max(1, a.repeat)
     a.window = max(1, a.window)
-    signal.signal(signal.SIGTERM, _terminate)  # so that children are stopped and the temp dir removed
+    signal.signal(signal.SIGTERM, pipeline.terminate)  # so that children are stopped and the temp dir removed
     os.makedirs(a.dir, exist_ok=True)
     # one block store at a time (the largest size), plus room for logs and the data dirs
     need = max(a.size) // MiB * BLOCK + 512 * MiB
@@ -772,7 +756,7 @@ def main() -> None:
     try:
         results = [bench_size(size, a) for size in a.size]
     finally:
-        _kill_children()
+        pipeline.stop_children(_children)
     text = table(results, a.repeat)
     print()
     print(f"cas peer GET_BLOCK benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, "

@@ -24,6 +24,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -766,3 +767,32 @@ def git_state(repo: str) -> dict[str, Any]:
 
     return {"commit": git("rev-parse", "HEAD").strip() or None,
             "dirty_cas_files": [line[3:] for line in git("status", "--porcelain", "--", "cas").splitlines()]}
+
+
+def terminate(signum: int, frame: Any) -> None:
+    """A signal handler that exits through the normal clean-up (finally blocks, atexit)."""
+    raise SystemExit(128 + signum)
+
+
+def stop_children(children: set[subprocess.Popen]) -> None:
+    """SIGTERM every live child, SIGKILL one that does not exit within 5 s; empties ``children``."""
+    for proc in list(children):
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            except OSError:
+                pass
+        children.discard(proc)
+
+
+def remove_work(work: str, keep: bool) -> None:
+    """The end of a size's run: keep its temporary directory (--keep) or remove it, then let the disk settle."""
+    if keep:
+        print(f"  kept {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    settle()

@@ -628,24 +628,6 @@ def reap(proc: subprocess.Popen, timeout: float | None = None) -> None:
         _children.discard(proc)
 
 
-def _kill_children() -> None:
-    for proc in list(_children):
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            except OSError:
-                pass
-        _children.discard(proc)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def parse_result(text: str, what: str) -> dict[str, Any]:
     lines = [l for l in text.splitlines() if l.startswith(pipeline.RESULT_PREFIX)]
     if not lines:
@@ -1251,7 +1233,6 @@ def base_cpu(r: dict[str, Any], size: int, parts: list[dict[str, Any]]) -> None:
     r.update(total_cpu_seconds=cpu, cpu_s_per_gib=cpu / (size / (1 << 30)))
 
 
-
 def node_peaks(r: dict[str, Any]) -> dict[str, float]:
     return {k: v["peak_rss_mib"] for k, v in r["nodes"].items() if not k.startswith("_")}
 
@@ -1420,11 +1401,7 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
         return {"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
                 "summary": summarise(rounds)}
     finally:
-        if a.keep:
-            print(f"  kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        pipeline.settle()
+        pipeline.remove_work(work, a.keep)
 
 
 def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
@@ -1446,11 +1423,7 @@ def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
         return {"count": a.concurrent, "file_bytes": a.concurrent_size, "rounds": rounds,
                 "summary": summarise_concurrent(rounds)}
     finally:
-        if a.keep:
-            print(f"  kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        pipeline.settle()
+        pipeline.remove_work(work, a.keep)
 
 
 def main() -> None:
@@ -1495,9 +1468,9 @@ def main() -> None:
     a.window = max(1, a.window)
     a.baseline_threads = max(1, a.baseline_threads)
     a.concurrent = max(0, a.concurrent)
-    signal.signal(signal.SIGTERM, _terminate)  # so that children are stopped and the temp dirs removed
-    signal.signal(signal.SIGHUP, _terminate)
-    atexit.register(_kill_children)
+    signal.signal(signal.SIGTERM, pipeline.terminate)  # so that children are stopped and the temp dirs removed
+    signal.signal(signal.SIGHUP, pipeline.terminate)
+    atexit.register(pipeline.stop_children, _children)
     os.makedirs(a.dir, exist_ok=True)
     a.dir = os.path.abspath(a.dir)
     # one size at a time: the source, then 4 copies (cas: origin + 3 holders; baseline: sender + 3 receivers)
@@ -1517,7 +1490,7 @@ def main() -> None:
         results = [bench_size(size, a) for size in a.size]
         conc = bench_concurrent(a) if a.concurrent else None
     finally:
-        _kill_children()
+        pipeline.stop_children(_children)
     text, judged = table(results, conc, a)
     print()
     print(f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, "
