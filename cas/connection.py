@@ -32,7 +32,7 @@ from zope.interface import implementer
 from . import frames
 from .frames import Frame, FrameDecoder, FrameError
 from .nodeid import format_node_id, short_node_id
-from .peertls import PeerTLSProtocol, peer_node_id
+from .peertls import IReceiveBuffer, PeerTLSProtocol, peer_node_id
 
 log = Logger()
 
@@ -140,7 +140,7 @@ def peer_text(value: Any, limit: int = 100) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in value[:limit])
 
 
-@implementer(IPushProducer, IHandshakeListener)
+@implementer(IPushProducer, IHandshakeListener, IReceiveBuffer)
 class PeerProtocol(Protocol):
     """The framed protocol of one connection. ``initiator`` is True on the side that dialled."""
 
@@ -308,6 +308,30 @@ class PeerProtocol(Protocol):
         self.bytes_in += len(data)
         try:
             received = self._decoder.feed(data)
+        except FrameError as e:
+            self.fail(str(e))
+            return
+        if received:
+            self._last_rx = self.clock.seconds()
+            self._rx_bytes_seen = self.bytes_in
+            self._backlog.extend(received)
+            self._dispatch_backlog()
+
+    def get_buffer(self) -> memoryview:
+        """Where ``PeerTLSProtocol`` decrypts the next bytes (``IReceiveBuffer``): the frame decoder's buffer.
+
+        Once the connection is lost or its decoder has failed, a scratch buffer whose bytes are dropped."""
+        if self._connected and not self._decoder.failed:
+            return self._decoder.get_buffer()
+        return memoryview(bytearray(1 << 14))
+
+    def buffer_updated(self, n: int) -> None:
+        """``n`` bytes arrived in the buffer ``get_buffer`` gave: ``dataReceived`` without the bytes object."""
+        if not self._connected or self._decoder.failed:
+            return
+        self.bytes_in += n
+        try:
+            received = self._decoder.buffer_updated(n)
         except FrameError as e:
             self.fail(str(e))
             return

@@ -6,8 +6,8 @@ A frame on the wire (docs/protocol.md, "Frames"; all integers big-endian)::
 
 ``encode`` turns a ``Frame`` into pieces for ``transport.writeSequence`` without copying the payload;
 ``FrameDecoder`` turns any split of the incoming byte stream back into frames. Blocks of 1 MiB travel in
-these frames at hundreds of MiB/s, so the decoder joins buffered pieces once per complete frame (linear in
-the bytes received, whatever the piece size) and hands out payloads as views of that buffer, not copies.
+these frames at hundreds of MiB/s, so the decoder receives a large frame into a buffer of its own (OpenSSL
+decrypts into it, see ``FrameDecoder``) and hands out its payload as a view of that buffer, not a copy.
 
 The decoder checks everything a peer could get wrong; its ``FrameError`` carries a one-line reason to log
 before closing that connection. The header decoder refuses CBOR tags (no datetime, bignum, set or shared
@@ -232,95 +232,152 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-class FrameDecoder:
-    """Incremental decoder: feed() any split of the byte stream, get complete frames.
+HEAD_SIZE = 64 << 10  # frames up to this size (prefix included) are gathered in one reused buffer
+_NOTHING: tuple = ()  # buffer_updated's answer when no frame completed (most calls): no list per call
 
-    Pieces are kept in a list and joined once when a frame (or a length prefix) is complete, so a 1 MiB frame
-    arriving as 16 KiB TLS records costs one copy, not one per record. Payloads are read-only memoryviews of
-    the joined buffer. After a ``FrameError`` the decoder is dead: every later ``feed`` raises too.
+
+class FrameDecoder:
+    """Incremental decoder: feed() any split of the byte stream, or let the transport write into the buffer
+    ``get_buffer()`` gives and call ``buffer_updated(n)``; either way, complete frames come out.
+
+    The receive-into-buffer pair is how ``cas.peertls.PeerTLSProtocol`` delivers a peer's bytes: OpenSSL
+    decrypts each TLS record straight into the decoder's buffer, so a 1 MiB block costs no join and no
+    intermediate ``bytes`` per 16 KiB record. Small frames (up to ``HEAD_SIZE`` with their prefix) are
+    gathered in one reused buffer and their payloads copied out; a larger frame gets a buffer of its own,
+    allocated when its length prefix arrives, and its payload is a read-only view of that buffer, never
+    reused. After a ``FrameError`` the decoder is dead: every later call raises too.
     """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         if not MIN_BODY <= max_frame <= 0xFFFFFFFF:
             raise ValueError(f"max_frame must be between {MIN_BODY} and {0xFFFFFFFF}")
         self._max_frame = max_frame
-        self._pieces: list[bytes] = []
-        self._buffered = 0  # bytes in _pieces
-        self._need = 4  # bytes needed before it is worth joining: a prefix, or prefix and body
+        self._head = bytearray(HEAD_SIZE)
+        self._head_view = memoryview(self._head)
+        self._start = 0  # head[_start:_filled] is received and not yet decoded
+        self._filled = 0
+        self._body: bytearray | None = None  # the body (bytes after the prefix) of a large frame
+        self._body_view: memoryview | None = None
+        self._body_filled = 0
         self._error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """A ``FrameError`` was raised: the decoder takes nothing more."""
+        return self._error is not None
 
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame (including its length prefix)."""
-        return self._buffered
+        if self._body is not None:
+            return 4 + self._body_filled
+        return self._filled - self._start
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes of the stream go (never empty); then call ``buffer_updated``."""
+        if self._error is not None:
+            raise FrameError(f"decoder stopped after an earlier error: {self._error}")
+        if self._body_view is not None:
+            return self._body_view[self._body_filled:]
+        return self._head_view[self._filled:]
+
+    def buffer_updated(self, n: int) -> list[Frame] | tuple:
+        """``n`` bytes were written at the start of the last ``get_buffer()``: the frames they complete."""
+        if self._error is not None:
+            raise FrameError(f"decoder stopped after an earlier error: {self._error}")
+        try:
+            if self._body is not None:
+                self._body_filled += n
+                if self._body_filled < len(self._body):
+                    return _NOTHING
+                body, view = self._body, self._body_view
+                self._body = self._body_view = None
+                self._body_filled = 0
+                return [_frame(body, view.toreadonly(), 0, len(body), copy=False)]  # type: ignore[union-attr]
+            self._filled += n
+            return self._parse_head()
+        except FrameError as e:
+            self._error = str(e)
+            self._start = self._filled = self._body_filled = 0
+            self._body = self._body_view = None
+            raise
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """The frames completed by ``data`` (possibly none); FrameError on malformed input.
 
-        On an error, frames decoded earlier in the same call are dropped with it: the connection is closing.
+        ``data`` is copied: the caller may reuse its buffer. On an error, frames decoded earlier in the same
+        call are dropped with it: the connection is closing.
         """
         if self._error is not None:
             raise FrameError(f"decoder stopped after an earlier error: {self._error}")
-        if not data:
-            return []
-        if not isinstance(data, bytes):  # a view of a buffer the caller may reuse: payloads must not alias it
-            data = bytes(data)
-        self._pieces.append(data)
-        self._buffered += len(data)
-        if self._buffered < self._need:
-            return []
-        buf = b"".join(self._pieces)  # no copy for a single bytes piece
-        self._pieces = []
-        try:
-            frames, pos = self._parse(buf)
-        except FrameError as e:
-            self._error = str(e)
-            self._buffered = 0
-            raise
-        if pos < len(buf):
-            self._pieces.append(buf[pos:] if pos else buf)
-        self._buffered = len(buf) - pos
+        src = memoryview(data).cast("B")
+        frames: list[Frame] = []
+        pos, size = 0, len(src)
+        while pos < size:
+            buf = self.get_buffer()
+            n = min(len(buf), size - pos)
+            buf[:n] = src[pos:pos + n]
+            pos += n
+            frames.extend(self.buffer_updated(n))
         return frames
 
-    def _parse(self, buf: bytes) -> tuple[list[Frame], int]:
-        frames: list[Frame] = []
-        view = memoryview(buf)
-        end = len(buf)
-        pos = 0
-        while True:
-            if end - pos < 4:
-                self._need = 4
-                break
-            (length,) = _PREFIX.unpack_from(buf, pos)
+    def _parse_head(self) -> list[Frame] | tuple:
+        head, view = self._head, self._head_view
+        start, filled = self._start, self._filled
+        frames: list[Frame] | tuple = _NOTHING
+        while filled - start >= 4:
+            (length,) = _PREFIX.unpack_from(head, start)
             if length > self._max_frame:
                 raise FrameError(f"frame length {length} exceeds the maximum {self._max_frame}")
             if length < MIN_BODY:
                 raise FrameError(f"frame length {length} is below the minimum {MIN_BODY}")
-            if end - pos - 4 < length:
-                self._need = 4 + length
-                break
-            frames.append(self._frame(buf, view, pos + 4, length))
-            pos += 4 + length
-        return frames, pos
+            have = filled - start - 4
+            if have >= length:
+                if not frames:
+                    frames = []
+                frames.append(_frame(head, view, start + 4, length, copy=True))  # type: ignore[union-attr]
+                start += 4 + length
+                continue
+            if 4 + length > HEAD_SIZE:  # a large frame: its own buffer, the part received so far moved there
+                body = bytearray(length)
+                body[:have] = view[start + 4:filled]
+                self._body, self._body_view, self._body_filled = body, memoryview(body), have
+                start = filled = 0
+            break
+        if start == filled:
+            start = filled = 0
+        elif start:  # a partial frame that fits: move it to the front so the rest has room
+            head[:filled - start] = view[start:filled]
+            filled -= start
+            start = 0
+        self._start, self._filled = start, filled
+        return frames
 
-    def _frame(self, buf: bytes, view: memoryview, start: int, length: int) -> Frame:
-        ftype, flags, rid, hlen = _FIXED.unpack_from(buf, start)
-        name = TYPE_NAMES.get(ftype)
-        if name is None:
-            raise FrameError(f"unknown frame type {ftype}")
-        if flags & ~_KNOWN_FLAGS:
-            raise FrameError(f"reserved flag bits set: 0x{flags & ~_KNOWN_FLAGS:02x}")
-        if flags & ERROR and not flags & RESPONSE:
-            raise FrameError("ERROR flag without RESPONSE")
-        if hlen == 0:
-            raise FrameError("header length 0: a header is at least the empty map a0")
-        if hlen > length - FIXED:
-            raise FrameError(f"header length {hlen} exceeds the frame (room for {length - FIXED})")
-        problem = _id_problem(ftype, name, flags, rid)
-        if problem:
-            raise FrameError(problem)
-        hstart = start + FIXED
-        pstart, pend = hstart + hlen, start + length
-        header = _decode_header(buf[hstart:pstart])
-        payload = view[pstart:pend] if pend > pstart else b""
-        return Frame(ftype, flags, rid, header, payload)
+
+def _frame(buf: bytes | bytearray, view: memoryview, start: int, length: int, copy: bool) -> Frame:
+    """The frame whose body is ``buf[start:start + length]``; ``copy`` when ``buf`` will be reused."""
+    ftype, flags, rid, hlen = _FIXED.unpack_from(buf, start)
+    name = TYPE_NAMES.get(ftype)
+    if name is None:
+        raise FrameError(f"unknown frame type {ftype}")
+    if flags & ~_KNOWN_FLAGS:
+        raise FrameError(f"reserved flag bits set: 0x{flags & ~_KNOWN_FLAGS:02x}")
+    if flags & ERROR and not flags & RESPONSE:
+        raise FrameError("ERROR flag without RESPONSE")
+    if hlen == 0:
+        raise FrameError("header length 0: a header is at least the empty map a0")
+    if hlen > length - FIXED:
+        raise FrameError(f"header length {hlen} exceeds the frame (room for {length - FIXED})")
+    problem = _id_problem(ftype, name, flags, rid)
+    if problem:
+        raise FrameError(problem)
+    hstart = start + FIXED
+    pstart, pend = hstart + hlen, start + length
+    header = _decode_header(bytes(view[hstart:pstart]))
+    if pend == pstart:
+        payload: bytes | memoryview = b""
+    elif copy:
+        payload = memoryview(bytes(view[pstart:pend]))
+    else:
+        payload = view[pstart:pend]
+    return Frame(ftype, flags, rid, header, payload)

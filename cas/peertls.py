@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from OpenSSL import SSL
+from OpenSSL.SSL import WantReadError, ZeroReturnError
 from OpenSSL.crypto import X509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -28,7 +30,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from .identity import Identity, format_node_id, node_id_of
 
@@ -180,7 +182,30 @@ def peer_node_id(transport: object) -> bytes | None:
 
 # -- the TLS transport of peer links -----------------------------------------------------------------------
 
+try:  # pyOpenSSL's cffi binding (cryptography's): private, so every name is checked and the public API remains
+    from OpenSSL.SSL import _ffi as _ssl_ffi, _lib as _ssl_lib
+
+    _DIRECT = all(hasattr(_ssl_lib, name) for name in ("SSL_read", "SSL_write", "BIO_read")) and all(
+        hasattr(SSL.Connection, name) for name in ("_raise_ssl_error", "_handle_bio_errors"))
+except ImportError:  # pragma: no cover - a pyOpenSSL without them: the public methods are used
+    _DIRECT = False
+
 WRITE_CHUNK = 1 << 16  # plaintext handed to OpenSSL per call (it cuts 16 KiB records): fastest measured, 16-256 KiB
+BIO_CHUNK = WRITE_CHUNK + 4096  # ciphertext read from the memory BIO per call: a chunk and its record overheads
+READ_CHUNK = 1 << 14  # plaintext asked of OpenSSL per call: one TLS record (SSL_read returns one record at most)
+
+
+class IReceiveBuffer(Interface):
+    """A protocol that gives the buffer its next bytes go into (as asyncio's ``BufferedProtocol``).
+
+    ``PeerTLSProtocol`` decrypts into it instead of calling ``dataReceived`` with a new ``bytes`` per record.
+    """
+
+    def get_buffer() -> memoryview:
+        """A writable, non-empty buffer for the next bytes."""
+
+    def buffer_updated(n: int) -> None:
+        """``n`` bytes were written at the start of the buffer ``get_buffer`` returned last."""
 
 
 class PeerTLSProtocol(TLSMemoryBIOProtocol):
@@ -191,17 +216,37 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
     write may be a ``memoryview`` (sliced without copying), OpenSSL gets up to ``WRITE_CHUNK`` per call (it
     cuts the records itself: a memory BIO never blocks), and the BIO is drained completely after each call.
     There is no small-write aggregation: ``PeerProtocol`` writes each frame's head in one piece and batches
-    small frames itself. Everything else (handshake, shutdown, producers, errors) is Twisted's.
+    small frames itself. On the way in, a protocol that provides ``IReceiveBuffer`` gets each record decrypted
+    straight into its buffer (pyOpenSSL's ``recv_into``: one copy, no ``bytes`` object, no join later).
+    Everything else (handshake, shutdown, producers, errors) is Twisted's.
     """
+
+    direct = _DIRECT  # call OpenSSL through pyOpenSSL's binding (tests turn it off to cover the public path)
+    _bio_buffer: Any = None  # where the BIO is read, allocated once per connection
+
+    def _direct(self) -> bool:
+        return self.direct and hasattr(self._tlsConnection, "_ssl") and hasattr(self._tlsConnection, "_from_ssl")
 
     def _write(self, data: bytes | memoryview) -> None:  # type: ignore[override]
         if self._lostTLSConnection:
             return
-        view = memoryview(data)
+        conn = self._tlsConnection
+        view = memoryview(data).cast("B")
         sent_total, size = 0, len(view)
+        if self._direct():
+            ssl, ssl_write, from_buffer = conn._ssl, _ssl_lib.SSL_write, _ssl_ffi.from_buffer
+        else:
+            ssl = None
         while sent_total < size:
+            chunk = view[sent_total:sent_total + WRITE_CHUNK]
             try:
-                sent = self._tlsConnection.send(view[sent_total:sent_total + WRITE_CHUNK])
+                if ssl is not None:
+                    sent = ssl_write(ssl, from_buffer(chunk), len(chunk))
+                    if sent <= 0:
+                        conn._raise_ssl_error(ssl, sent)  # raises what pyOpenSSL's send would
+                        raise SSL.Error([("", "SSL_write", f"returned {sent}")])  # pragma: no cover
+                else:
+                    sent = conn.send(chunk)
             except SSL.WantReadError:  # the handshake is not over: Twisted keeps the rest until it is
                 self._bufferedWrite(view[sent_total:])
                 break
@@ -211,13 +256,59 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
             sent_total += sent
             self._flushSendBIO()
 
-    def _flushSendBIO(self) -> None:
-        while True:
+    def _flushReceiveBIO(self) -> None:
+        """Twisted's loop, decrypting into the application protocol's buffer when it offers one."""
+        proto = self.wrappedProtocol
+        if not IReceiveBuffer.providedBy(proto):
+            return super()._flushReceiveBIO()
+        conn = self._tlsConnection
+        get_buffer, updated = proto.get_buffer, proto.buffer_updated
+        if self._direct():  # SSL_read straight into the buffer: no temporary, no copy, no error check on success
+            ssl, ssl_read, from_buffer = conn._ssl, _ssl_lib.SSL_read, _ssl_ffi.from_buffer
+        else:
+            ssl = None
+        while not self._lostTLSConnection and not self._aborted:
+            buf = get_buffer()
             try:
-                out = self._tlsConnection.bio_read(WRITE_CHUNK + 4096)  # a chunk and its record overheads
-            except SSL.WantReadError:  # the BIO is empty
-                return
-            self.transport.write(out)
+                if ssl is not None:
+                    n = ssl_read(ssl, from_buffer(buf, require_writable=True), min(len(buf), READ_CHUNK))
+                    if n <= 0:
+                        conn._raise_ssl_error(ssl, n)  # raises what pyOpenSSL's recv_into would
+                        raise SSL.Error([("", "SSL_read", f"returned {n}")])  # pragma: no cover
+                else:
+                    n = conn.recv_into(buf, READ_CHUNK)
+            except WantReadError:  # nothing more to decrypt until more bytes arrive
+                break
+            except ZeroReturnError:  # the peer closed TLS cleanly: as Twisted does
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                updated(n)
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        conn = self._tlsConnection
+        if not self._direct():
+            while True:
+                try:
+                    out = conn.bio_read(BIO_CHUNK)
+                except SSL.WantReadError:  # the BIO is empty
+                    return
+                self.transport.write(out)
+        bio, buf = conn._from_ssl, self._bio_buffer
+        if buf is None:
+            buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
+        while True:
+            n = _ssl_lib.BIO_read(bio, buf, BIO_CHUNK)
+            if n <= 0:
+                try:
+                    conn._handle_bio_errors(bio, n)  # WantReadError when it is just empty
+                except SSL.WantReadError:
+                    return
+                return  # pragma: no cover - _handle_bio_errors always raises
+            self.transport.write(_ssl_ffi.buffer(buf, n)[:])
 
 
 class PeerTLSFactory(TLSMemoryBIOFactory):

@@ -11,6 +11,7 @@ import itertools
 import os
 import struct
 
+import attrs
 import cbor2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from cas.frames import (
     CANCEL,
     ERROR,
     FIXED,
+    HEAD_SIZE,
     GET_BLOCK,
     HAS,
     HELLO,
@@ -258,6 +260,108 @@ class RoundTripTests(SynchronousTestCase):
             self.assertEqual(decoder.buffered, fed - sum(len(wire(f)) for f in got))
         self.assertEqual(got, sample)
         self.assertEqual(decoder.buffered, 0)
+
+
+@st.composite
+def mixed_frames(draw: st.DrawFn) -> Frame:
+    """Small frames, and frames around and far above ``HEAD_SIZE`` (their own receive buffer)."""
+    frame = draw(valid_frames())
+    if draw(st.booleans()):
+        size = draw(st.sampled_from([HEAD_SIZE - 40, HEAD_SIZE, HEAD_SIZE + 1, 200_000, MAX_FRAME - (1 << 16) - 100]))
+        frame = attrs.evolve(frame, payload=bytes([draw(st.integers(0, 255))]) * size + b"end")
+    return frame
+
+
+def receive(decoder: FrameDecoder, data: bytes, cuts: list[int]) -> list[Frame]:
+    """What a TLS layer does with ``IReceiveBuffer``: each piece written into ``get_buffer()`` (as much as fits,
+    the rest into the next buffer), then ``buffer_updated``. Checks that no buffer is ever empty."""
+    got: list[Frame] = []
+    for piece in split(data, cuts):
+        pos = 0
+        while pos < len(piece):
+            buf = decoder.get_buffer()
+            assert len(buf) > 0 and not buf.readonly
+            n = min(len(buf), len(piece) - pos)
+            buf[:n] = piece[pos:pos + n]
+            pos += n
+            got.extend(decoder.buffer_updated(n))
+    return got
+
+
+class ReceiveBufferTests(SynchronousTestCase):
+    """The decoder's ``get_buffer``/``buffer_updated`` side, which ``PeerTLSProtocol`` decrypts into."""
+
+    def test_byte_at_a_time(self) -> None:
+        sample = sample_frames() + [Frame(PUT_BLOCK, 0, 3, {}, b"b" * (HEAD_SIZE + 10))]
+        decoder = FrameDecoder()
+        for frame in sample:
+            data = wire(frame)
+            for i in range(len(data)):
+                buf = decoder.get_buffer()
+                buf[0] = data[i]
+                got = decoder.buffer_updated(1)
+                if i < len(data) - 1:
+                    self.assertEqual(list(got), [])
+                    self.assertEqual(decoder.buffered, i + 1)
+                else:
+                    self.assertEqual(got, [frame])
+                    self.assertEqual(decoder.buffered, 0)
+
+    def test_large_payloads_are_never_overwritten(self) -> None:
+        """A large frame's payload is a read-only view of a buffer of its own, never reused; a small frame's
+        payload is a copy out of the reused head buffer. Later frames change neither."""
+        blocks = [bytes([i]) * (1 << 20) for i in range(3)]
+        stream = b"".join(wire(Frame(GET_BLOCK, RESPONSE, i + 1, {}, b)) + wire(Frame(PING, 0, 9, {}, b"small"))
+                          for i, b in enumerate(blocks))
+        decoder = FrameDecoder()
+        got = receive(decoder, stream, list(range(0, len(stream), 16384)))
+        self.assertEqual(len(got), 6)
+        for i, b in enumerate(blocks):
+            payload = got[2 * i].payload
+            self.assertIsInstance(payload, memoryview)
+            self.assertTrue(payload.readonly)
+            self.assertTrue(payload == b)
+            self.assertEqual(bytes(got[2 * i + 1].payload), b"small")
+        self.assertEqual(len({id(got[2 * i].payload.obj) for i in range(3)}), 3)
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_large_frame_buffer_size(self) -> None:
+        """Once a large frame's prefix is in, the buffer offered is exactly the rest of that frame."""
+        data = wire(Frame(PUT_BLOCK, 0, 1, {}, b"x" * 100_000))
+        decoder = FrameDecoder()
+        buf = decoder.get_buffer()
+        buf[:10] = data[:10]
+        self.assertEqual(list(decoder.buffer_updated(10)), [])
+        self.assertEqual(len(decoder.get_buffer()), len(data) - 10)
+        self.assertEqual(decoder.buffered, 10)
+
+    @FAST
+    @given(st.lists(mixed_frames(), min_size=1, max_size=4), st.lists(st.integers(0, 1 << 22), max_size=12))
+    def test_random_frames_random_splits(self, sample: list[Frame], cuts: list[int]) -> None:
+        data = b"".join(wire(f) for f in sample)
+        decoder = FrameDecoder()
+        self.assertEqual(receive(decoder, data, cuts), sample)
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_dead_after_error(self) -> None:
+        decoder = FrameDecoder()
+        bad = raw_frame(ftype=9)
+        buf = decoder.get_buffer()
+        buf[:len(bad)] = bad
+        self.assertFalse(decoder.failed)
+        e = self.assertRaises(FrameError, decoder.buffer_updated, len(bad))
+        self.assertEqual(str(e), "unknown frame type 9")
+        self.assertTrue(decoder.failed)
+        self.assertEqual(decoder.buffered, 0)
+        self.assertRaises(FrameError, decoder.get_buffer)
+        self.assertRaises(FrameError, decoder.buffer_updated, 1)
+        self.assertRaises(FrameError, decoder.feed, wire(Frame(PING, 0, 1)))
+
+    def test_oversize_prefix_refused_before_any_buffer(self) -> None:
+        decoder = FrameDecoder()
+        buf = decoder.get_buffer()
+        buf[:4] = struct.pack(">I", MAX_FRAME + 1)
+        self.assertRaises(FrameError, decoder.buffer_updated, 4)
 
 
 class MalformedTests(SynchronousTestCase):

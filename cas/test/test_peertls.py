@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
+import hashlib
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +25,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
     wrapServerTLS,
 )
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -324,3 +328,134 @@ class PeerTLSTests(TestCase):
 
     def test_expected_id_length(self) -> None:
         self.assertRaises(ValueError, client_creator, new_identity(), b"short")
+
+
+# -- PeerTLSProtocol: bulk writes and decrypting into the receiver's buffer ----------------------------------------
+
+STREAM = hashlib.sha256(b"stream").digest() * (3 * (1 << 20) // 32 + 7)  # 3 MiB and a bit, not record-aligned
+
+
+class Sink(Protocol):
+    """Collects what arrives through ``dataReceived`` (a protocol without ``IReceiveBuffer``)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.reason: Failure | None = None
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.reason = reason
+        self.lost.callback(None)
+
+
+@implementer(peertls.IReceiveBuffer)
+class BufferSink(Sink):
+    """Collects through ``get_buffer``/``buffer_updated``, with buffers of awkward sizes (1 byte to 70,000)."""
+
+    SIZES = (1, 7, 4096, 16383, 16385, 70000)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self._buf = memoryview(bytearray(0))
+
+    def dataReceived(self, data: bytes) -> None:
+        raise AssertionError("dataReceived called on a protocol that gives its buffer")
+
+    def get_buffer(self) -> memoryview:
+        self._buf = memoryview(bytearray(self.SIZES[self.calls % len(self.SIZES)]))
+        return self._buf
+
+    def buffer_updated(self, n: int) -> None:
+        assert 0 < n <= len(self._buf), n
+        self.calls += 1
+        self.data += self._buf[:n]
+
+
+@implementer(IHandshakeListener)
+class Sender(Protocol):
+    """Writes ``STREAM`` as bytes and memoryview pieces of several sizes, then closes cleanly."""
+
+    def handshakeCompleted(self) -> None:
+        view, pos, sizes = memoryview(STREAM), 0, (1, 100, 1 << 20, 16384, 70001)
+        for i in itertools.count():
+            if pos >= len(view):
+                break
+            piece = view[pos:pos + sizes[i % len(sizes)]]
+            self.transport.write(piece if i % 2 else bytes(piece))  # type: ignore[union-attr]
+            pos += len(piece)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class CountingLib:
+    """Stands in for pyOpenSSL's binding in ``cas.peertls``: counts the direct calls, passes them on."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._lib, name)
+
+        def call(*args: Any) -> Any:
+            self.counts[name] += 1
+            return real(*args)
+
+        return call
+
+
+class PeerTLSStreamTests(TestCase):
+    """Megabytes through ``PeerTLSProtocol`` on 127.0.0.1 arrive intact and in order, both ways of receiving,
+    with OpenSSL called directly (the default) and through pyOpenSSL's public methods."""
+
+    timeout = 30
+    direct = True
+
+    def setUp(self) -> None:
+        self.patch(peertls.PeerTLSProtocol, "direct", self.direct)
+        self.lib = CountingLib(peertls._ssl_lib)
+        self.patch(peertls, "_ssl_lib", self.lib)
+
+    async def stream_to(self, sink: Sink) -> None:
+        a, b = new_identity(), new_identity()
+        factory = Factory.forProtocol(lambda: sink)
+        endpoint = peertls.wrap_server(server_creator(b), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = await endpoint.listen(factory)
+        self.addCleanup(port.stopListening)
+        client = peertls.wrap_client(client_creator(a, b.node_id), TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+        sender = Sender()
+        await connectProtocol(client, sender)
+        await sink.lost
+        self.assertIsNotNone(sink.reason)
+        self.assertTrue(sink.reason.check(ConnectionDone), sink.reason)  # a clean TLS close, not an error
+        self.assertEqual(len(sink.data), len(STREAM))
+        self.assertTrue(sink.data == STREAM, "the stream arrived changed")
+
+    async def test_into_buffer(self) -> None:
+        sink = BufferSink()
+        await self.stream_to(sink)
+        self.assertGreater(sink.calls, len(STREAM) // 16384)
+        used = self.lib.counts
+        if self.direct:
+            self.assertGreater(used["SSL_read"], len(STREAM) // 16384)
+            self.assertGreater(used["SSL_write"], 0)
+            self.assertGreater(used["BIO_read"], 0)
+        else:
+            self.assertEqual(used, {})
+
+    async def test_data_received(self) -> None:
+        """A protocol without ``IReceiveBuffer`` gets Twisted's own receive loop, and the same bytes."""
+        sink = Sink()
+        await self.stream_to(sink)
+        self.assertEqual(self.lib.counts["SSL_read"], 0)
+
+    def test_direct_calls_available(self) -> None:
+        """The pyOpenSSL in use has the private names the fast path needs (else it silently runs slower)."""
+        self.assertTrue(peertls._DIRECT)
+
+
+class PeerTLSStreamPublicTests(PeerTLSStreamTests):
+    direct = False
