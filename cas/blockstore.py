@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from zope.interface import Interface, implementer
 
+from .buffers import uninitialized
 from .cid import CID
 from .errors import BlockNotFound, CorruptBlock, DiskFull, StorageLimitExceeded
 
@@ -213,7 +214,7 @@ class DiskBlockStore:
             size = os.fstat(fd).st_size
             if size > MAX_BLOCK_SIZE:
                 return None  # the slow path reads it and says what is wrong
-            buf = bytearray(size)
+            buf = uninitialized(size)  # returned only if preadv filled all of it
             try:
                 n = os.preadv(fd, [buf], 0, os.RWF_NOWAIT)
             except BlockingIOError:  # not (all) in the page cache
@@ -223,7 +224,7 @@ class DiskBlockStore:
                     self._nowait = False
                     return None
                 raise
-            return memoryview(buf).toreadonly() if n == size else None
+            return buf.toreadonly() if n == size else None
         finally:
             os.close(fd)
 

@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 import attrs
 import cbor2
 
+from .buffers import uninitialized
+
 MAX_FRAME = (1 << 20) + (64 << 10)  # largest body (bytes after the length prefix): a block plus headroom
 FIXED = 8  # type u8, flags u8, request_id u32, header_length u16
 MAX_HEADER = 0xFFFF
@@ -256,8 +258,7 @@ class FrameDecoder:
         self._head_view = memoryview(self._head)
         self._start = 0  # head[_start:_filled] is received and not yet decoded
         self._filled = 0
-        self._body: bytearray | None = None  # the body (bytes after the prefix) of a large frame
-        self._body_view: memoryview | None = None
+        self._body: memoryview | None = None  # the body (bytes after the prefix) of a large frame
         self._body_filled = 0
         self._error: str | None = None
 
@@ -277,8 +278,8 @@ class FrameDecoder:
         """Where the next bytes of the stream go (never empty); then call ``buffer_updated``."""
         if self._error is not None:
             raise FrameError(f"decoder stopped after an earlier error: {self._error}")
-        if self._body_view is not None:
-            return self._body_view[self._body_filled:]
+        if self._body is not None:
+            return self._body[self._body_filled:]
         return self._head_view[self._filled:]
 
     def buffer_updated(self, n: int) -> list[Frame] | tuple:
@@ -286,20 +287,20 @@ class FrameDecoder:
         if self._error is not None:
             raise FrameError(f"decoder stopped after an earlier error: {self._error}")
         try:
-            if self._body is not None:
+            body = self._body
+            if body is not None:
                 self._body_filled += n
-                if self._body_filled < len(self._body):
+                if self._body_filled < len(body):
                     return _NOTHING
-                body, view = self._body, self._body_view
-                self._body = self._body_view = None
+                self._body = None
                 self._body_filled = 0
-                return [_frame(body, view.toreadonly(), 0, len(body), copy=False)]  # type: ignore[union-attr]
+                return [_frame(body, body.toreadonly(), 0, len(body), copy=False)]
             self._filled += n
             return self._parse_head()
         except FrameError as e:
             self._error = str(e)
             self._start = self._filled = self._body_filled = 0
-            self._body = self._body_view = None
+            self._body = None
             raise
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
@@ -339,9 +340,9 @@ class FrameDecoder:
                 start += 4 + length
                 continue
             if 4 + length > HEAD_SIZE:  # a large frame: its own buffer, the part received so far moved there
-                body = bytearray(length)
+                body = uninitialized(length)  # handed out only once every byte has arrived
                 body[:have] = view[start + 4:filled]
-                self._body, self._body_view, self._body_filled = body, memoryview(body), have
+                self._body, self._body_filled = body, have
                 start = filled = 0
             break
         if start == filled:
@@ -354,7 +355,7 @@ class FrameDecoder:
         return frames
 
 
-def _frame(buf: bytes | bytearray, view: memoryview, start: int, length: int, copy: bool) -> Frame:
+def _frame(buf: bytes | bytearray | memoryview, view: memoryview, start: int, length: int, copy: bool) -> Frame:
     """The frame whose body is ``buf[start:start + length]``; ``copy`` when ``buf`` will be reused."""
     ftype, flags, rid, hlen = _FIXED.unpack_from(buf, start)
     name = TYPE_NAMES.get(ftype)
