@@ -346,19 +346,27 @@ class Node:
 
     def fetch_placed(self, cid: CID, key: bytes, spread: int = 0) -> Deferred[bytes | memoryview]:
         """A verified block: from the local store, else from the holders of its placement ``key``."""
-        d = self.fetch(cid)
         if self.peers is None:
-            return d
+            return self.fetch(cid)
+        if not self.store.has(cid) and self.peers.members():
+            # Not here (a stat, on this thread): straight to the holders, without a worker thread's round trip
+            # and a BlockNotFound per block, which a node reading a file it does not hold would pay every MiB.
+            return self._retrieve(cid, key, spread)
+        d = self.fetch(cid)
 
         def elsewhere(f: Failure) -> Deferred[bytes | memoryview] | Failure:
             f.trap(BlockNotFound, CorruptBlock)
             if not self.peers.members():
                 return f
-            d = Retriever(self.peers, self.placement, self.replicas, self.block_deadline).fetch(cid, key, spread)
+            d = self._retrieve(cid, key, spread)
             # A corrupt local copy (quarantined) that no peer could replace: that is the error to report.
             return d.addErrback(lambda f2: f if f.check(CorruptBlock) and f2.check(BlockNotFound) else f2)
 
         return d.addErrback(elsewhere)
+
+    def _retrieve(self, cid: CID, key: bytes, spread: int) -> Deferred[bytes | memoryview]:
+        assert self.peers is not None
+        return Retriever(self.peers, self.placement, self.replicas, self.block_deadline).fetch(cid, key, spread)
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))

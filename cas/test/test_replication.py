@@ -130,9 +130,16 @@ class ReplicationTests(TestCase):
             for cid, _key in blocks:
                 if s.node.store.has(cid):
                     self.assertEqual([p for p, _f, _l in s.node.index.holds_of(cid)], [me.hex()])
-        # Every other node returns identical bytes (from the holders: they have no file record).
+        # Every other node returns identical bytes (from the holders: they have no file record). A block a node
+        # does not have goes straight to the network: its local store is read only for the blocks it holds.
         for s in nodes[1:]:
+            local_reads: list[CID] = []
+            real_get = s.node.store.get
+            self.patch(s.node.store, "get", lambda cid, real_get=real_get, seen=local_reads: (seen.append(cid), real_get(cid))[1])
             self.assertEqual(await get(s, stored), data)
+            mine = {cid for cid, _key in blocks if s.node.store.has(cid)}
+            self.assertTrue(set(local_reads) <= mine, "a block this node lacks was looked up in its store")
+            self.assertEqual(len(set(local_reads)), len(mine))
 
     async def test_file_survives_the_origin_and_two_holders_of_a_stripe(self) -> None:
         net, nodes = await network(self, 6)
