@@ -366,7 +366,10 @@ class Node:
 
     def _retrieve(self, cid: CID, key: bytes, spread: int) -> Deferred[bytes | memoryview]:
         assert self.peers is not None
-        return Retriever(self.peers, self.placement, self.replicas, self.block_deadline).fetch(cid, key, spread)
+        # Blocks are hashed on a worker thread: a node reading a file it does not hold is bound by its reactor
+        # thread (TLS, HTTP, per-block work), and BLAKE3 releases the GIL.
+        return Retriever(self.peers, self.placement, self.replicas, self.block_deadline,
+                         check=lambda c, data: self.run(c.verify, data)).fetch(cid, key, spread)
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))

@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from .cid import CID
-from .errors import BlockNotFound
+from .errors import BlockNotFound, CorruptBlock
 from .nodeid import short_node_id
 from .placement import IPlacement
 
@@ -34,7 +34,7 @@ class Peers(TypingProtocol):
 
     def members(self) -> list[bytes]: ...
 
-    def get_block(self, node_id: bytes, cid: CID, timeout: float = ...) -> Deferred[bytes | memoryview]: ...
+    def get_block(self, node_id: bytes, cid: CID, timeout: float = ..., verify: bool = ...) -> Deferred[bytes | memoryview]: ...
 
     def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]: ...
 
@@ -43,10 +43,12 @@ class Retriever:
     def __init__(
         self, peers: Peers, placement: IPlacement, replicas: int, deadline: float = FETCH_DEADLINE,
         extra: int = EXTRA, members: Callable[[], Sequence[bytes]] | None = None,
+        check: Callable[[CID, bytes | memoryview], Deferred[bool]] | None = None,
     ) -> None:
         self.peers, self.placement, self.replicas = peers, placement, max(1, replicas)
         self.deadline, self.extra = deadline, extra
         self._members = members or peers.members
+        self._check = check  # checks a block against its id elsewhere (a worker thread); None: get_block does
 
     def candidates(self, key: bytes, spread: int = 0) -> list[bytes]:
         """The nodes to ask first, in order: the expected holders rotated by ``spread``, then the next ones."""
@@ -82,7 +84,12 @@ class Retriever:
 
     async def _try(self, node: bytes, cid: CID, asked: list[str]) -> bytes | memoryview | None:
         try:
-            return await self.peers.get_block(node, cid, timeout=self.deadline)
+            if self._check is None:
+                return await self.peers.get_block(node, cid, timeout=self.deadline)
+            data = await self.peers.get_block(node, cid, timeout=self.deadline, verify=False)
+            if not await self._check(cid, data):
+                raise CorruptBlock(f"node {short_node_id(node)} sent bytes that do not match block {cid}")
+            return data
         except CancelledError:
             raise  # the reader went away: no next holder
         except Exception as e:  # not found, corrupt, timeout, unreachable: the next one

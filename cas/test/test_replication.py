@@ -158,20 +158,30 @@ class ReplicationTests(TestCase):
 
     async def test_corrupt_copy_on_a_holder_is_detected_and_read_elsewhere(self) -> None:
         net, nodes = await network(self, 5)
-        origin, reader = nodes[0], nodes[4]
+        origin = nodes[0]
         path, data = content(self, 8 * SEG)
         stored = await put(origin, path)
         blocks = await placed_blocks(origin, stored)
         cid, key = blocks[1]  # a data block
-        # Corrupt it on every holder the reader would ask first, except one (and not on the reader).
+        # The reader is the one node without a copy: it must fetch the block from the network.
+        [reader] = [s for s in nodes[1:] if not s.node.store.has(cid)]
+        # Corrupt it on every holder the reader would ask first, except one.
         first = reader.node.placement.holders(key, [i for i in ids(nodes) if i != reader.node.identity.node_id], 3)
         for h in first[:2]:
-            s = by_id(nodes)[h]
-            p = s.node.store._path(cid)
-            if os.path.exists(p):
-                with open(p, "r+b") as f:
-                    f.write(b"\xff" * 16)
+            with open(by_id(nodes)[h].node.store._path(cid), "r+b") as f:
+                f.write(b"\xff" * 16)
+        asked: list[bytes] = []
+        real = reader.node.peers.get_block
+
+        def get_block(node_id: bytes, c: CID, *args: Any, **kw: Any) -> Any:
+            if c == cid:
+                asked.append(node_id)
+            return real(node_id, c, *args, **kw)
+
+        self.patch(reader.node.peers, "get_block", get_block)
         self.assertEqual(await get(reader, stored), data)
+        self.assertIn(first[0], asked)  # a corrupt copy was sent, found out, and the block read elsewhere
+        self.assertIn(first[2], asked)
 
     async def test_over_quota_holders_are_skipped(self) -> None:
         net = Net(self)
