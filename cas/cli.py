@@ -763,7 +763,11 @@ def cmd_get(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     key = read_key(args)
     client = client_for()
     route = "v1/files/" + key
-    conn, resp = client.request("GET", route)
+    tag = _partial_tag(key)
+    # With a partial file of this key in the target directory, HEAD first: the node then streams nothing that
+    # the Range request that follows would not need (a GET cut short still sets the node fetching blocks).
+    probe = _Sink.partial_may_exist(args.output, tag)
+    conn, resp = client.request("HEAD" if probe else "GET", route)
     try:
         if resp.status != 200:
             raise _error_from_response(resp)
@@ -771,7 +775,7 @@ def cmd_get(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
         name = content_disposition_filename(resp.getheader("Content-Disposition"))
         content_type = resp.getheader("Content-Type")
         etag = resp.getheader("ETag")
-        sink = _Sink.open(args.output, name, args.force, _partial_tag(key))
+        sink = _Sink.open(args.output, name, args.force, tag)
         progress = Progress(None, None, False)
         resumed = 0
         try:
@@ -781,7 +785,14 @@ def cmd_get(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
                 resumed = sink.offset  # complete already (cut short before the rename)
                 received = length
             else:
-                if sink.offset:
+                if not sink.offset and probe:  # the partial file was elsewhere, or just dropped: the whole file
+                    conn.close()
+                    conn, resp = client.request("GET", route)
+                    if resp.status != 200:
+                        raise _error_from_response(resp)
+                    if _content_length(resp) != length or resp.getheader("ETag") != etag:
+                        raise CliError("the node answered the download with another file", EXIT_FAILED)
+                elif sink.offset:
                     # An earlier download of this key to this place was cut short: ask for the rest only.
                     conn.close()
                     conn, resp = client.request("GET", route, {"Range": f"bytes={sink.offset}-", "If-Range": etag or ""})
@@ -933,6 +944,24 @@ class _Sink:
         except OSError as e:
             raise CliError(f"cannot write in {fs_name(directory)}: {e.strerror}", EXIT_FAILED) from None
         return cls(final, final, fd, tmp, force, offset)
+
+    @staticmethod
+    def partial_may_exist(output: str | None, tag: str) -> bool:
+        """Whether the directory a download to ``output`` goes to holds a partial file of this key (``tag``)."""
+        if output == "-":
+            return False
+        if output is None:
+            directory = "."
+        elif os.path.isdir(output):
+            directory = output
+        else:
+            directory = os.path.dirname(os.path.abspath(output))
+        suffix = ".cas-partial-" + tag
+        try:
+            with os.scandir(directory) as entries:
+                return any(e.name.startswith(".") and e.name.endswith(suffix) for e in entries)
+        except OSError:
+            return False  # _Sink.open reports what is wrong with the directory
 
     def restart(self) -> None:
         """Drop what an earlier download left in the partial file."""

@@ -886,9 +886,13 @@ class RoundTripTests(SynchronousTestCase):
             self.assertFalse(os.path.exists(os.path.join(self.cwd, f"{mode}.bin")))
             # Again, the node whole: only the rest is asked for (Range + If-Range), and the file is complete.
             self.node.mode = None
+            before = len(self.node.requests)
             out = json.loads(self.ok("get", key, "--json"))
             self.assertEqual((out["size"], out["resumed_from"]), (len(data), kept))
-            req = self.node.requests[-1]
+            # HEAD first (the node streams nothing the resume does not need), then the rest only.
+            head, req = self.node.requests[before:]
+            self.assertEqual((head["method"], req["method"]), ("HEAD", "GET"))
+            self.assertNotIn("Range", head["headers"])
             self.assertEqual((req["headers"]["Range"], req["headers"]["If-Range"]), (f"bytes={kept}-", '"broot"'))
             self.assertEqual(self.read(f"{mode}.bin"), data)
             self.assertEqual(self.partials(), [])
@@ -913,10 +917,24 @@ class RoundTripTests(SynchronousTestCase):
         self.node.mode = None
         data2 = os.urandom(1 << 20)
         key2 = self.node.add(data2, "same.bin")
+        before = len(self.node.requests)
         out = json.loads(self.ok("get", key2, "--json"))
         self.assertNotIn("resumed_from", out)
         self.assertEqual(self.read("same.bin"), data2)
         self.assertEqual(len(self.partials()), 1)  # key1's partial is still there, untouched
+        self.assertEqual([r["method"] for r in self.node.requests[before:]], ["GET"])  # no probe for key2
+        # A partial file of key1 in another directory: probed (HEAD), nothing to resume there, then one GET.
+        os.mkdir(os.path.join(self.cwd, "elsewhere"))
+        self.node.mode = None
+        before = len(self.node.requests)
+        out = json.loads(self.ok("get", key1, "-o", "elsewhere", "--json"))
+        self.assertNotIn("resumed_from", out)
+        self.assertEqual([r["method"] for r in self.node.requests[before:]], ["GET"])
+        before = len(self.node.requests)
+        out = json.loads(self.ok("get", key1, "-o", "other.bin", "--json"))
+        self.assertNotIn("resumed_from", out)
+        self.assertEqual([r["method"] for r in self.node.requests[before:]], ["HEAD", "GET"])
+        self.assertEqual(len(self.partials()), 1)
 
     def test_truncated_download_keeps_the_old_file(self) -> None:
         self.node.mode = "truncate"
