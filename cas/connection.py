@@ -713,6 +713,11 @@ class PeerProtocol(Protocol):
         return self._last_rx
 
     @property
+    def in_flight(self) -> int:
+        """Our requests on this connection not answered yet."""
+        return len(self._pending)
+
+    @property
     def is_open(self) -> bool:
         """The transport is up (Protocol's own ``connected`` is set before TLS and never reset on abort)."""
         return self._connected

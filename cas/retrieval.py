@@ -2,7 +2,8 @@
 
 A reader ranks the membership for the block's placement key (as the uploader did) and asks the holders in
 turn: the first ``replicas`` in rank order, rotated by ``spread`` so that consecutive blocks go to different
-holders (the load spreads and several holders send at once), then the rest of the rank up to ``extra`` more
+holders (the load spreads and several holders send at once) and then ordered by ``expected_wait`` (recent time
+per block times requests waiting: the fastest, least busy holder first), then the rest of the rank up to ``extra`` more
 (an uploader replaced holders that failed by the next in rank). Every block is checked against its id
 (``PeerManager.get_block``); a holder that answers not found, sends a corrupt block, times out or cannot be
 reached is skipped. When none of those has it (membership views differ, or the block moved), the other
@@ -38,6 +39,8 @@ class Peers(TypingProtocol):
 
     def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]: ...
 
+    # optional: def expected_wait(self, node_id: bytes) -> float (seconds; lower is asked first)
+
 
 class Retriever:
     def __init__(
@@ -58,6 +61,9 @@ class Retriever:
         if top:
             r = spread % len(top)
             top = top[r:] + top[:r]
+            wait = getattr(self.peers, "expected_wait", None)
+            if wait is not None:  # the fastest, least busy holder first; ties keep the rotation
+                top.sort(key=wait)
         return top + rank[self.replicas: self.replicas + self.extra]
 
     def fetch(self, cid: CID, key: bytes, spread: int = 0) -> Deferred[bytes | memoryview]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -182,6 +183,38 @@ class ReplicationTests(TestCase):
         self.assertEqual(await get(reader, stored), data)
         self.assertIn(first[0], asked)  # a corrupt copy was sent, found out, and the block read elsewhere
         self.assertIn(first[2], asked)
+
+    async def test_reader_prefers_the_faster_holders(self) -> None:
+        """A holder that takes 0.4 s per block is left alone once it has shown it: the reader asks the holders
+        that answer sooner. Rotation alone would ask it for a third of the blocks."""
+        net, nodes = await network(self, 5)
+        origin = nodes[0]
+        path, data = content(self, 40 * SEG)  # 40 blocks, one stripe: the same 3 holders for every block
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        data_cids = {cid for cid, key in blocks[1:] if key != manifest_key(cid.to_bytes())}
+        self.assertEqual(len(data_cids), 40)
+        [reader] = [s for s in nodes[1:] if not s.node.store.has(next(iter(data_cids)))]
+        senders = [s for s in nodes if s is not reader]  # every one of them has every block (the origin too)
+        served = {id(s): 0 for s in senders}
+        key = stripe_key(decode_root(origin.node.store.get(stored.cap.root)).salt, 0)
+        first = reader.node.placement.rank(key, [s.node.identity.node_id for s in senders])[0]
+        [slow] = [s for s in senders if s.node.identity.node_id == first]  # one the reader asks
+        for s in senders:
+            real = s.node.serve_block
+
+            def serve(cid: CID, s: NodeService = s, real: Any = real) -> Any:
+                if cid in data_cids:
+                    served[id(s)] += 1
+                    if s is slow:
+                        return deferLater(reactor, 0.4, real, cid)
+                return real(cid)
+
+            self.patch(s.node, "serve_block", serve)
+        self.assertEqual(await get(reader, stored), data)
+        self.assertEqual(sum(served.values()), 40)
+        # Before it answered once, the slow holder had its share of the first window (rotation); after, little.
+        self.assertLessEqual(served[id(slow)], 6, served)
 
     async def test_over_quota_holders_are_skipped(self) -> None:
         net = Net(self)
