@@ -4,6 +4,11 @@ Each upload takes from it for every segment it has in flight (read, being sealed
 its holders) and gives back when the segment is done. What does not fit waits, its source paused meanwhile
 (backpressure reaches the HTTP client); waiters are served in arrival order, so none starves, and a piece larger
 than the whole budget is let through when nothing else holds any (it could never fit otherwise).
+
+Each download takes one segment for every block it fetches ahead of its reader and gives it back when the
+block is delivered. Past the budget a download does not fetch further ahead; one with nothing in flight
+takes a segment regardless (``force``), so every transfer progresses and the budget is exceeded by at most
+one segment per download.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ class Budget:
             self.used += n
             return True
         return False
+
+    def force(self, n: int) -> None:
+        """Take ``n`` bytes even past the capacity (a transfer with nothing in flight must progress)."""
+        self.used += n
 
     def give(self, n: int) -> None:
         self.used -= n

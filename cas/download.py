@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from . import cipher
+from .budget import Budget
 from .capability import ReadCap
 from .cid import CID
 from .errors import RangeNotSatisfiable, TamperedData
@@ -57,9 +58,15 @@ def resolve_range(size: int, offset: int, length: int | None) -> tuple[int, int]
 
 @implementer(IPushProducer)
 class Download:
-    def __init__(self, f: OpenFile, fetch: Fetch, run: Runner, offset: int = 0, length: int | None = None, window: int = 4) -> None:
+    def __init__(
+        self, f: OpenFile, fetch: Fetch, run: Runner, offset: int = 0, length: int | None = None, window: int = 4,
+        budget: Budget | None = None,
+    ) -> None:
         self.file = f
         self._fetch, self._run, self._window = fetch, run, window
+        # The node-wide buffer budget: a segment fetched ahead holds one segment of it until it is delivered.
+        # Past the budget the download reads no further ahead; it always keeps one segment in flight.
+        self._budget, self._cost = budget, f.root.segment_size
         self.offset, self.length = resolve_range(f.size, offset, length)
         self.written = 0
         self._consumer: IConsumer | None = None
@@ -113,8 +120,10 @@ class Download:
         try:
             async for i, link in data_links(root, self._load_node, first, last + 1):
                 self._check()
-                if len(self._pending) >= self._window:
+                while len(self._pending) >= self._window or (self._pending and not self._take()):
                     await self._deliver()
+                if not self._pending and not self._take():
+                    self._budget.force(self._cost)  # type: ignore[union-attr]  # progress: one segment always
                 lo = max(self.offset - i * seg, 0)
                 hi = min(end - i * seg, seg)
                 expect = min(seg, size - i * seg)
@@ -124,8 +133,16 @@ class Download:
         finally:
             while self._pending:  # after a failure: stop the work ahead, swallow its outcome
                 d = self._pending.popleft()
+                self._give()
                 d.addErrback(lambda _: None)
                 d.cancel()
+
+    def _take(self) -> bool:
+        return self._budget is None or self._budget.take(self._cost)
+
+    def _give(self) -> None:
+        if self._budget is not None:
+            self._budget.give(self._cost)
 
     def _check(self) -> None:
         if self._stopped:
@@ -134,6 +151,7 @@ class Download:
     async def _deliver(self) -> None:
         data = await self._pending[0]
         self._pending.popleft()
+        self._give()  # from here the segment is plaintext on its way out, no longer fetched ahead
         while self._paused:
             self._unpause = Deferred()
             await self._unpause

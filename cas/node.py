@@ -40,7 +40,7 @@ from .verify import VerifyReport, verify_file
 
 log = Logger()
 
-BUFFER_BUDGET = 16 << 20  # bytes of block buffers all uploads of a node may hold together (one upload's window)
+BUFFER_BUDGET = 16 << 20  # bytes of block buffers all transfers of a node may hold together (one upload's window)
 MAX_UPLOADS = 32
 SESSION_SWEEP = 3600.0  # seconds between sweeps of expired upload sessions
 
@@ -81,7 +81,7 @@ class Node:
         self.quota = quota  # bytes this node holds for others at most (None: up to the storage limit)
         self.placement = Rendezvous()
         self.block_deadline = block_deadline  # seconds a holder has to acknowledge (or send) one block
-        self.budget = Budget(buffer_budget)  # block buffers of all uploads together (cas/budget.py)
+        self.budget = Budget(buffer_budget)  # block buffers of all uploads and downloads together (cas/budget.py)
         self.max_uploads = max_uploads  # uploads at once; past it, Busy (HTTP 503 with Retry-After)
         self.uploads = 0
         self._held = self.index.held_bytes()
@@ -379,7 +379,7 @@ class Node:
         return ensureDeferred(verify_file(root, self.fetch))
 
     def download(self, f: OpenFile, offset: int = 0, length: int | None = None) -> Download:
-        return Download(f, self.fetch_placed, self.run, offset, length, window=self.window)
+        return Download(f, self.fetch_placed, self.run, offset, length, window=self.window, budget=self.budget)
 
     # -- the owner's files -------------------------------------------------------------------------------------
     def files(self) -> list[FileRecord]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import CancelledError, Deferred
@@ -230,6 +231,78 @@ class Backpressure(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         runner.run_all()
         self.assertLessEqual(len(c.chunks), 1)
+
+
+class DownloadBudget(SynchronousTestCase):
+    """Downloads hold the node-wide buffer budget for the blocks they fetch ahead (docs/replication.md)."""
+
+    def setup(self, budget: int, blocks: int = 12, window: int = 8) -> tuple[Node, Any, bytes, ManualRunner, list[int]]:
+        runner = ManualRunner()
+        node = make_node(self, segment_size=SEG, window=window, buffer_budget=budget)
+        up = node.upload("f")
+        data = pattern(blocks * SEG)
+        up.write(data)
+        stored = self.successResultOf(up.finish())
+        f = self.successResultOf(node.open(stored.cap))
+        node.run = runner  # fetches and decrypts wait for the test: blocks stay in flight
+        peak = [0]
+        for name in ("take", "force"):
+            real = getattr(node.budget, name)
+
+            def wrapped(n: int, real: Any = real) -> Any:
+                out = real(n)
+                peak[0] = max(peak[0], node.budget.used)
+                return out
+
+            setattr(node.budget, name, wrapped)
+        return node, f, data, runner, peak
+
+    def test_reads_ahead_only_as_far_as_the_budget(self) -> None:
+        node, f, data, runner, peak = self.setup(budget=3 * SEG)
+        c = Collector()
+        d = node.download(f).start(c)
+        self.assertEqual(node.budget.used, 3 * SEG)  # 3 blocks in flight, not the window's 8
+        self.assertEqual(len(runner.queue), 3)
+        runner.run_all()
+        self.assertEqual(self.successResultOf(d), None)
+        self.assertEqual(c.data, data)
+        self.assertEqual(peak[0], 3 * SEG)
+        self.assertEqual(node.budget.used, 0)
+
+    def test_progresses_when_others_hold_the_whole_budget(self) -> None:
+        node, f, data, runner, peak = self.setup(budget=4 * SEG)
+        node.budget.take(4 * SEG)  # uploads hold it all
+        c = Collector()
+        d = node.download(f).start(c)
+        self.assertEqual(len(runner.queue), 1)  # one block at a time, past the budget by one segment
+        runner.run_all()
+        self.successResultOf(d)
+        self.assertEqual(c.data, data)
+        self.assertEqual(peak[0], 5 * SEG)
+        self.assertEqual(node.budget.used, 4 * SEG)
+
+    def test_gives_back_when_the_reader_goes_away(self) -> None:
+        node, f, data, runner, peak = self.setup(budget=16 * SEG)
+        c = Collector()
+        dl = node.download(f)
+        d = dl.start(c)
+        self.assertEqual(node.budget.used, 8 * SEG)  # the window
+        dl.stopProducing()
+        self.failureResultOf(d, CancelledError)
+        runner.run_all()
+        self.assertEqual(node.budget.used, 0)
+
+    def test_waiting_upload_wakes_when_a_download_delivers(self) -> None:
+        node, f, data, runner, peak = self.setup(budget=2 * SEG)
+        c = Collector()
+        d = node.download(f).start(c)
+        self.assertEqual(node.budget.used, 2 * SEG)
+        woken: list[bool] = []
+        node.budget.wait(lambda: woken.append(True))
+        runner.run_one()
+        runner.run_all()
+        self.successResultOf(d)
+        self.assertTrue(woken)
 
 
 class Failures(SynchronousTestCase):
