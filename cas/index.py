@@ -279,6 +279,20 @@ class Index:
         return [Underplaced(CID.parse(c), bytes(k), tuple(bytes(h[i:i + 32]) for i in range(0, len(h), 32)))
                 for c, k, h in rows]
 
+    def fewest_holders(self, cids: Iterable[CID]) -> int | None:
+        """The fewest holders of any of ``cids`` still short of them (``underplaced``); None if none is."""
+        fewest: int | None = None
+        ids = [str(c) for c in cids]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            row = self.db.execute(
+                f"SELECT min(length(holders)) FROM underplaced WHERE cid IN ({','.join('?' * len(chunk))})", chunk,
+            ).fetchone()
+            if row[0] is not None:
+                n = int(row[0]) // 32
+                fewest = n if fewest is None else min(fewest, n)
+        return fewest
+
     def count_underplaced(self) -> int:
         (n,) = self.db.execute("SELECT count(*) FROM underplaced").fetchone()
         return int(n)

@@ -125,7 +125,7 @@ class Node:
     # -- storing -----------------------------------------------------------------------------------------------
     def upload(
         self, name: str, content_type: str = "application/octet-stream", min_replicas: int = 0,
-        session: Session | None = None, resume: list[Link] | None = None,
+        session: Session | None = None, resume: list[Link] | None = None, prior_replicas: int | None = None,
     ) -> Upload:
         """A consumer to write a file into; call ``finish()`` when the source is complete. Every block is also
         placed on ``replicas`` holders when the node has peers; fewer than ``min_replicas`` fails the upload."""
@@ -146,7 +146,7 @@ class Node:
             name=name, content_type=content_type, segment_size=self.segment_size, fanout=self.fanout,
             window=self.window, replicate=place, min_replicas=min_replicas,
             want_replicas=self.replicas if place is not None else 0, budget=self.budget,
-            session=session, resume=resume or (),
+            session=session, resume=resume or (), prior_replicas=prior_replicas,
             key=session.key if session is not None else None, salt=session.salt if session is not None else None,
         )
         self.uploads += 1
@@ -189,7 +189,9 @@ class Node:
         if offset != s.offset:
             raise OffsetMismatch(f"upload session {sid} continues at byte {s.offset}, not {offset}", s.offset)
         links = [Link(c, n) for c, n in self.index.session_links(sid, s.blocks)]
-        up = self.upload(s.name, s.content_type, s.min_replicas, session=s, resume=links)
+        # Earlier pieces' blocks still short of holders count in this piece's answer (and its min_replicas).
+        prior = self.index.fewest_holders(link.cid for link in links) if links else None
+        up = self.upload(s.name, s.content_type, s.min_replicas, session=s, resume=links, prior_replicas=prior)
         self._active_sessions.add(sid)
         up.done.addBoth(self._session_ended, sid)
         return up

@@ -75,6 +75,7 @@ class Upload:
         budget: Budget | None = None,
         session: Session | None = None,
         resume: Sequence[Link] = (),
+        prior_replicas: int | None = None,
     ) -> None:
         check_name(name, content_type)
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
@@ -94,7 +95,9 @@ class Upload:
         self._last_dispatched = False
         self._cut_waiting = False
         self._underplaced: list[Underplaced] = []  # blocks short of ``want_replicas``: recorded with the file
-        self.replicas: int | None = None  # the fewest acknowledgements of any block so far
+        # The fewest acknowledgements of any block so far; a resumed session starts from its earlier pieces'
+        # blocks still short of holders (``prior_replicas``), so the answer covers the whole file.
+        self.replicas: int | None = prior_replicas
         self.on_progress: Callable[[], None] | None = None  # called whenever a block is stored (and placed)
         self._session = session  # a resumable upload: progress is recorded instead of dropped (checkpoint)
         self._owner = session.owner if session is not None else index.new_upload_owner()
@@ -476,6 +479,13 @@ class Upload:
         return self.done
 
     def _write_tree(self) -> None:
+        if self._failure is None and self.replicas is not None and self.replicas < self._min_replicas:
+            # Blocks of earlier pieces of a resumed upload reached too few holders (each of this piece's blocks
+            # was checked as it was placed). No file is recorded; the session keeps what was stored.
+            self._failure = Failure(TooFewReplicas(
+                f"blocks stored by earlier pieces of this upload reached {self.replicas} holder(s), fewer than "
+                f"the {self._min_replicas} required; they are placed on more nodes as peers return or join: "
+                "send the last piece again later"))
         if self._failure is not None:
             self._settle_failure()
             return

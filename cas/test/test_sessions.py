@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.errors import OffsetMismatch, SessionBusy, SessionNotFound
+from cas import node as node_module
+from cas.errors import OffsetMismatch, SessionBusy, SessionNotFound, TooFewReplicas
 from cas.node import Node
 from cas.test.util import Collector, ManualRunner, make_node, sync_run
 from cas.upload import SESSION_TTL
@@ -101,6 +103,58 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(offset % SEG, 0)
         stored = self.piece(again, s.id, offset, data[offset:], final=True)
         self.assertEqual(self.read(again, stored.cap), data)
+
+    def short_of_holders(self, node: Node, sid: str, holders: int) -> None:
+        """As if an earlier piece's first block had reached only ``holders`` holders (a row of ``underplaced``)."""
+        s = node.session(sid)
+        [(cid, _count)] = node.index.session_links(sid, s.blocks)[:1]
+        node.index.db.execute("INSERT INTO underplaced VALUES (?, ?, ?)", (str(cid), b"k" * 32, b"h" * 32 * holders))
+
+    def with_peers(self, node: Node, acks: int) -> None:
+        """Peers that acknowledge every block placed: ``acks`` of them (no network)."""
+
+        class Peers:
+            def members(self) -> list[bytes]:
+                return [bytes([i]) * 32 for i in range(3)]
+
+        class Placing:
+            def __init__(self, *args: object) -> None:
+                pass
+
+            def place(self, cid: object, block: object, key: object) -> object:
+                return succeed([bytes([i]) * 32 for i in range(acks)])
+
+        node.peers = Peers()  # type: ignore[assignment]
+        self.patch(node_module, "Replicator", Placing)
+
+    def test_answer_counts_the_earlier_pieces(self) -> None:
+        """The final piece answers the fewest holders of any block of the file, earlier pieces' included."""
+        self.with_peers(self.node, 3)
+        data = os.urandom(4 * SEG + 5)
+        s = self.node.open_session("r.bin")
+        offset = self.piece(self.node, s.id, 0, data[: 3 * SEG])
+        self.short_of_holders(self.node, s.id, 1)
+        stored = self.piece(self.node, s.id, offset, data[offset:], final=True)
+        self.assertEqual(stored.replicas, 1)
+        other = self.node.open_session("r2.bin")
+        self.assertEqual(self.piece(self.node, other.id, 0, data, final=True).replicas, 3)
+
+    def test_min_replicas_covers_the_earlier_pieces(self) -> None:
+        self.with_peers(self.node, 3)
+        data = os.urandom(4 * SEG + 5)
+        s = self.node.open_session("m.bin", min_replicas=2)
+        offset = self.piece(self.node, s.id, 0, data[: 3 * SEG])
+        self.short_of_holders(self.node, s.id, 1)
+        up = self.node.resume_session(s.id, offset)
+        up.write(data[offset:])
+        e = self.failureResultOf(up.finish(), TooFewReplicas)
+        self.assertIn("earlier pieces of this upload reached 1 holder(s), fewer than the 2 required", str(e.value))
+        self.assertEqual(self.node.files(), [])  # no key points at a file short of holders
+        self.assertEqual(self.node.session(s.id).offset, 4 * SEG)  # the session keeps all but the last segment
+        # Once those blocks have more holders (the top-up), the last piece goes through.
+        self.node.index.db.execute("DELETE FROM underplaced")
+        stored = self.piece(self.node, s.id, 4 * SEG, data[4 * SEG:], final=True)
+        self.assertEqual(stored.replicas, 3)
 
     def test_expiry(self) -> None:
         s = self.node.open_session("old.bin")
