@@ -34,7 +34,7 @@ from .index import FileRecord, Index, Session
 from .manifest import FANOUT, SALT_SIZE, Link, check_name
 from .placement import Rendezvous
 from .replication import BLOCK_DEADLINE, Replicator
-from .retrieval import Retriever
+from .retrieval import BlockTimes, Retriever
 from .upload import SESSION_TTL, StoredFile, Upload
 from .verify import VerifyReport, verify_file
 
@@ -81,6 +81,7 @@ class Node:
         self.quota = quota  # bytes this node holds for others at most (None: up to the storage limit)
         self.placement = Rendezvous()
         self.block_deadline = block_deadline  # seconds a holder has to acknowledge (or send) one block
+        self.block_times = BlockTimes(reactor)  # how fast each peer sends blocks: readers ask the fastest first
         self.budget = Budget(buffer_budget)  # block buffers of all uploads and downloads together (cas/budget.py)
         self.max_uploads = max_uploads  # uploads at once; past it, Busy (HTTP 503 with Retry-After)
         self.uploads = 0
@@ -371,7 +372,7 @@ class Node:
         # Blocks are hashed on a worker thread: a node reading a file it does not hold is bound by its reactor
         # thread (TLS, HTTP, per-block work), and BLAKE3 releases the GIL.
         return Retriever(self.peers, self.placement, self.replicas, self.block_deadline,
-                         check=lambda c, data: self.run(c.verify, data)).fetch(cid, key, spread)
+                         check=lambda c, data: self.run(c.verify, data), times=self.block_times).fetch(cid, key, spread)
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))

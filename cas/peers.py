@@ -43,7 +43,6 @@ log = Logger()
 MAX_HAS = 1024
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
-BLOCK_TIME_WEIGHT = 0.25  # weight of the newest GET_BLOCK response time in a peer's moving average
 
 
 @attrs.define
@@ -113,7 +112,6 @@ class PeerManager:
         self.wall = wall
         self.table = PeerTable(table_path, self.node_id)
         self.connections: dict[bytes, PeerProtocol] = {}  # the one accepted connection per peer
-        self._block_time: dict[bytes, float] = {}  # moving average of each peer's GET_BLOCK response time, s
         self.all: set[PeerProtocol] = set()  # every open connection, accepted or not, duplicates too
         self._dialing: dict[bytes, list[Deferred[PeerProtocol]]] = {}  # waiters of the dial in progress
         self._subscribers: list[Callable[[MembershipChange], None]] = []
@@ -654,7 +652,6 @@ class PeerManager:
         ``verify=False`` leaves the check to the caller (``Retriever`` hashes on a worker thread instead of
         this one); the bytes are then whatever the peer sent."""
         d = self.request(node_id, frames.GET_BLOCK, {"cid": cid.to_bytes()}, b"", timeout)
-        d.addCallback(self._timed_block, node_id, self.reactor.seconds())  # type: ignore[attr-defined]
         if not verify:
             return d.addCallback(lambda r: r.payload)
 
@@ -666,23 +663,10 @@ class PeerManager:
 
         return d.addCallback(check)
 
-    def _timed_block(self, r: Response, node_id: bytes, start: float) -> Response:
-        """Fold one block's response time into the peer's moving average (what ``expected_wait`` uses)."""
-        took = max(0.0, self.reactor.seconds() - start)  # type: ignore[attr-defined]
-        old = self._block_time.get(node_id)
-        self._block_time[node_id] = took if old is None else old + BLOCK_TIME_WEIGHT * (took - old)
-        return r
-
-    def expected_wait(self, node_id: bytes) -> float:
-        """Roughly how long a block asked of ``node_id`` now would take: its recent time per block times the
-        requests already waiting on its connection, plus one. 0 for a peer never asked (so it gets tried).
-
-        ``Retriever`` asks the holder with the least first: a slow or busy holder is left alone while others
-        answer sooner, and equally fast holders share the load."""
-        per_block = self._block_time.get(node_id, 0.0)
+    def in_flight(self, node_id: bytes) -> int:
+        """Our requests waiting for an answer on the connection to ``node_id`` (0 without one)."""
         c = self.connections.get(node_id)
-        waiting = c.in_flight if c is not None else 0
-        return per_block * (waiting + 1)
+        return c.in_flight if c is not None else 0
 
     def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]:
         if len(cids) > MAX_HAS:

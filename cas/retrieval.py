@@ -2,7 +2,7 @@
 
 A reader ranks the membership for the block's placement key (as the uploader did) and asks the holders in
 turn: the first ``replicas`` in rank order, rotated by ``spread`` so that consecutive blocks go to different
-holders (the load spreads and several holders send at once) and then ordered by ``expected_wait`` (recent time
+holders (the load spreads and several holders send at once) and then ordered by ``BlockTimes`` (recent time
 per block times requests waiting: the fastest, least busy holder first), then the rest of the rank up to ``extra`` more
 (an uploader replaced holders that failed by the next in rank). Every block is checked against its id
 (``PeerManager.get_block``); a holder that answers not found, sends a corrupt block, times out or cannot be
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .cid import CID
@@ -39,7 +40,47 @@ class Peers(TypingProtocol):
 
     def has(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[list[bool]]: ...
 
-    # optional: def expected_wait(self, node_id: bytes) -> float (seconds; lower is asked first)
+    def in_flight(self, node_id: bytes) -> int: ...
+
+
+class BlockTimes:
+    """How long each peer recently took to send a block that passed its check: a moving average per peer
+    (``weight`` for the newest), where a failure (timeout, not found, corrupt, unreachable) counts as the
+    whole deadline. What a peer did fades toward the mean of all peers (half-life ``half_life`` s), so a peer
+    that failed or was slow once is tried again later, and a peer never asked starts at the mean."""
+
+    def __init__(self, clock: IReactorTime, weight: float = 0.25, half_life: float = 60.0, limit: int = 4096) -> None:
+        self._clock, self._weight, self._half_life, self._limit = clock, weight, half_life, limit
+        self._avg: dict[bytes, tuple[float, float]] = {}  # node -> (average, when last updated)
+        self._sum = 0.0  # of the averages, for the mean
+
+    def now(self) -> float:
+        return self._clock.seconds()
+
+    def mean(self) -> float:
+        return self._sum / len(self._avg) if self._avg else 0.0
+
+    def expected(self, node: bytes) -> float:
+        """Seconds a block from ``node`` is expected to take (the mean for a peer never asked)."""
+        mean = self.mean()
+        entry = self._avg.get(node)
+        if entry is None:
+            return mean
+        value, when = entry
+        fade = 0.5 ** (max(0.0, self._clock.seconds() - when) / self._half_life)
+        return mean + (value - mean) * fade
+
+    def note(self, node: bytes, seconds: float) -> None:
+        old = self.expected(node) if node in self._avg else None
+        new = seconds if old is None else old + self._weight * (seconds - old)
+        if node in self._avg:
+            self._sum -= self._avg[node][0]
+        elif len(self._avg) >= self._limit:  # forget the half not heard of for longest
+            for n, (v, _t) in sorted(self._avg.items(), key=lambda kv: kv[1][1])[: self._limit // 2]:
+                self._sum -= v
+                del self._avg[n]
+        self._avg[node] = (new, self._clock.seconds())
+        self._sum += new
 
 
 class Retriever:
@@ -47,11 +88,13 @@ class Retriever:
         self, peers: Peers, placement: IPlacement, replicas: int, deadline: float = FETCH_DEADLINE,
         extra: int = EXTRA, members: Callable[[], Sequence[bytes]] | None = None,
         check: Callable[[CID, bytes | memoryview], Deferred[bool]] | None = None,
+        times: BlockTimes | None = None,
     ) -> None:
         self.peers, self.placement, self.replicas = peers, placement, max(1, replicas)
         self.deadline, self.extra = deadline, extra
         self._members = members or peers.members
         self._check = check  # checks a block against its id elsewhere (a worker thread); None: get_block does
+        self._times = times  # when given: holders are asked fastest and least busy first, and timed
 
     def candidates(self, key: bytes, spread: int = 0) -> list[bytes]:
         """The nodes to ask first, in order: the expected holders rotated by ``spread``, then the next ones."""
@@ -61,9 +104,9 @@ class Retriever:
         if top:
             r = spread % len(top)
             top = top[r:] + top[:r]
-            wait = getattr(self.peers, "expected_wait", None)
-            if wait is not None:  # the fastest, least busy holder first; ties keep the rotation
-                top.sort(key=wait)
+            if self._times is not None:  # the fastest, least busy holder first; ties keep the rotation
+                times, in_flight = self._times, self.peers.in_flight
+                top.sort(key=lambda n: times.expected(n) * (in_flight(n) + 1))
         return top + rank[self.replicas: self.replicas + self.extra]
 
     def fetch(self, cid: CID, key: bytes, spread: int = 0) -> Deferred[bytes | memoryview]:
@@ -89,18 +132,25 @@ class Retriever:
         raise BlockNotFound(f"block {cid} is not on this node, and no peer could send it ({where})")
 
     async def _try(self, node: bytes, cid: CID, asked: list[str]) -> bytes | memoryview | None:
+        times = self._times
+        start = times.now() if times is not None else 0.0
         try:
             if self._check is None:
-                return await self.peers.get_block(node, cid, timeout=self.deadline)
-            data = await self.peers.get_block(node, cid, timeout=self.deadline, verify=False)
-            if not await self._check(cid, data):
-                raise CorruptBlock(f"node {short_node_id(node)} sent bytes that do not match block {cid}")
-            return data
+                data = await self.peers.get_block(node, cid, timeout=self.deadline)
+            else:
+                data = await self.peers.get_block(node, cid, timeout=self.deadline, verify=False)
+                if not await self._check(cid, data):
+                    raise CorruptBlock(f"node {short_node_id(node)} sent bytes that do not match block {cid}")
         except CancelledError:
             raise  # the reader went away: no next holder
         except Exception as e:  # not found, corrupt, timeout, unreachable: the next one
+            if times is not None:
+                times.note(node, self.deadline)  # as bad as the deadline: asked last until it fades
             asked.append(f"{short_node_id(node)}: {e}")
             return None
+        if times is not None:
+            times.note(node, times.now() - start)  # only a block that passed its check counts
+        return data
 
     async def _who_has(self, nodes: list[bytes], cid: CID) -> list[bytes]:
         answers: list[Deferred] = []

@@ -13,19 +13,19 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cas.cid import CID
 from cas.connection import SEND_WINDOW
-from cas.errors import TooFewReplicas
+from cas.errors import BlockNotFound, TooFewReplicas
 from cas.manifest import data_links, decode_node, decode_root
 from cas.connection import Response
 from cas.peers import PeerManager, PeerSettings
 from cas.placement import Rendezvous
 from cas.replication import Replicator
-from cas.retrieval import Retriever
+from cas.retrieval import BlockTimes, Retriever
 from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 from cas.service import NodeService
 from cas.upload import StoredFile
@@ -185,7 +185,7 @@ class ReplicationTests(TestCase):
         self.assertIn(first[2], asked)
 
     async def test_reader_prefers_the_faster_holders(self) -> None:
-        """A holder that takes 0.4 s per block is left alone once it has shown it: the reader asks the holders
+        """A holder that takes 1 s per block is left alone once it has shown it: the reader asks the holders
         that answer sooner. Rotation alone would ask it for a third of the blocks."""
         net, nodes = await network(self, 5)
         origin = nodes[0]
@@ -207,7 +207,7 @@ class ReplicationTests(TestCase):
                 if cid in data_cids:
                     served[id(s)] += 1
                     if s is slow:
-                        return deferLater(reactor, 0.4, real, cid)
+                        return deferLater(reactor, 1.0, real, cid)
                 return real(cid)
 
             self.patch(s.node, "serve_block", serve)
@@ -412,6 +412,97 @@ class RetrieverTests(SynchronousTestCase):
         d.cancel()  # the reader went away
         self.failureResultOf(d, CancelledError)
         self.assertEqual(len(asked), 1)
+
+
+class FakeHolders:
+    """Peers for Retriever unit tests: ``answers[node]`` is what GET_BLOCK gets (bytes, or an exception),
+    after ``delay[node]`` seconds of ``clock``; ``busy[node]`` requests already waiting."""
+
+    node_id = b"o" * 32
+
+    def __init__(self, clock: Clock, nodes: list[bytes]) -> None:
+        self.clock, self.nodes = clock, nodes
+        self.answers: dict[bytes, Any] = {}
+        self.delay: dict[bytes, float] = {}
+        self.busy: dict[bytes, int] = {}
+        self.asked: list[bytes] = []
+
+    def members(self) -> list[bytes]:
+        return list(self.nodes)
+
+    def get_block(self, node_id: bytes, cid: CID, timeout: float = 0, verify: bool = True) -> Deferred[Any]:
+        self.asked.append(node_id)
+        answer = self.answers.get(node_id, BlockNotFound("not here"))
+        d: Deferred[Any] = Deferred()
+        self.clock.callLater(self.delay.get(node_id, 0.0), lambda: d.errback(answer) if isinstance(answer, Exception) else d.callback(answer))
+        return d
+
+    def has(self, node_id: bytes, cids: list) -> Deferred[list[bool]]:
+        return succeed([False])
+
+    def in_flight(self, node_id: bytes) -> int:
+        return self.busy.get(node_id, 0)
+
+
+class BlockTimesTests(SynchronousTestCase):
+    """Which holder a reader asks first: recent time per block x requests waiting (clock-driven)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.times = BlockTimes(self.clock, weight=0.25, half_life=60.0)
+        self.a, self.b, self.c = b"a" * 32, b"b" * 32, b"c" * 32
+
+    def test_average_mean_and_fading(self) -> None:
+        t = self.times
+        self.assertEqual(t.expected(self.a), 0.0)  # nobody known: 0
+        t.note(self.a, 1.0)
+        t.note(self.b, 3.0)
+        self.assertEqual((t.expected(self.a), t.expected(self.b), t.mean()), (1.0, 3.0, 2.0))
+        self.assertEqual(t.expected(self.c), 2.0)  # never asked: the mean, not 0 (a busy new peer still waits)
+        t.note(self.a, 5.0)
+        self.assertEqual(t.expected(self.a), 2.0)  # 1 + 0.25 x (5 - 1)
+        self.clock.advance(60)  # one half-life: halfway back to the mean (2.5)
+        self.assertAlmostEqual(t.expected(self.b), 2.5 + (3.0 - 2.5) / 2)
+
+    def test_forgets_the_oldest_half_past_its_limit(self) -> None:
+        t = BlockTimes(self.clock, limit=4)
+        for i in range(4):
+            t.note(bytes([i]) * 32, float(i))
+            self.clock.advance(1)
+        t.note(b"x" * 32, 10.0)  # the 5th: the two heard of longest ago go
+        self.assertEqual(t.mean(), (2.0 + 3.0 + 10.0) / 3)
+
+    def retriever(self, peers: FakeHolders) -> Retriever:
+        return Retriever(peers, Rendezvous(), 3, deadline=30.0, extra=0, times=self.times,
+                         check=lambda cid, data: succeed(cid.verify(data)))
+
+    def test_order_by_time_and_queue(self) -> None:
+        peers = FakeHolders(self.clock, [self.a, self.b, self.c])
+        r = self.retriever(peers)
+        rotation = r.candidates(b"k", 0)
+        self.assertEqual(sorted(rotation), sorted([self.a, self.b, self.c]))  # all unknown: the rotation
+        for n, t in zip(rotation, (0.5, 0.1, 0.2)):
+            self.times.note(n, t)
+        self.assertEqual(r.candidates(b"k", 0), [rotation[1], rotation[2], rotation[0]])
+        peers.busy[rotation[1]] = 2  # the fastest has 2 waiting: 0.1 x 3 > 0.2 x 1
+        self.assertEqual(r.candidates(b"k", 0), [rotation[2], rotation[1], rotation[0]])
+
+    def test_failures_count_as_the_deadline_and_corrupt_blocks_as_failures(self) -> None:
+        block = b"the block"
+        cid = CID.of(block)
+        peers = FakeHolders(self.clock, [self.a, self.b, self.c])
+        r = self.retriever(peers)
+        first, second, third = r.candidates(b"k", 0)
+        peers.answers = {first: b"forged fast", second: BlockNotFound("no"), third: block}
+        peers.delay = {first: 0.001, second: 0.001, third: 0.5}
+        d = r.fetch(cid, b"k")
+        self.clock.pump([0.001, 0.001, 0.5])
+        self.assertEqual(self.successResultOf(d), block)
+        self.assertEqual(peers.asked, [first, second, third])
+        # The quick forger and the holder without the block are as bad as the deadline; the honest one 0.5 s.
+        self.assertGreater(min(self.times.expected(first), self.times.expected(second)), 29.0)
+        self.assertAlmostEqual(self.times.expected(third), 0.5)
+        self.assertEqual(r.candidates(b"k", 0)[0], third)
 
 
 class TopUpStopTests(SynchronousTestCase):
