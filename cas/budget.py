@@ -6,9 +6,11 @@ its holders) and gives back when the segment is done. What does not fit waits, i
 than the whole budget is let through when nothing else holds any (it could never fit otherwise).
 
 Each download takes one segment for every block it fetches ahead of its reader and gives it back when the
-block is delivered. Past the budget a download does not fetch further ahead; one with nothing in flight
-takes a segment regardless (``force``), so every transfer progresses and the budget is exceeded by at most
-one segment per download.
+block is delivered. Downloads together may hold half of the budget (a paused reader keeps what it fetched
+ahead, so readers must not be able to lock uploads out); past that a download does not fetch further ahead,
+and one with nothing in flight takes a segment regardless (``force``), so every transfer progresses and the
+budget is exceeded by at most one segment per download. Nobody jumps the queue: while a waiter is queued,
+``take`` refuses everyone but the waiter being woken.
 """
 
 from __future__ import annotations
@@ -23,28 +25,47 @@ class Budget:
             raise ValueError("a budget must be positive")
         self.capacity = capacity
         self.used = 0
+        self.downloads = 0  # of ``used``: held by downloads
         self._waiters: deque[Callable[[], None]] = deque()
+        self._waking = False  # a woken waiter is taking: the queue behind it does not stop it
 
-    def take(self, n: int) -> bool:
-        """Take ``n`` bytes if they fit (or if nothing is taken: a piece larger than the budget still goes)."""
+    def take(self, n: int, download: bool = False) -> bool:
+        """Take ``n`` bytes if they fit (or if nothing is taken: a piece larger than the budget still goes).
+
+        Refused while others wait (first come, first served), and for a download past the downloads' half."""
+        if self._waiters and not self._waking:
+            return False
+        if download and self.downloads + n > self.capacity // 2:
+            return False
         if self.used + n <= self.capacity or self.used == 0:
             self.used += n
+            if download:
+                self.downloads += n
             return True
         return False
 
-    def force(self, n: int) -> None:
+    def force(self, n: int, download: bool = False) -> None:
         """Take ``n`` bytes even past the capacity (a transfer with nothing in flight must progress)."""
         self.used += n
+        if download:
+            self.downloads += n
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, download: bool = False) -> None:
         self.used -= n
-        if self.used < 0:
+        if download:
+            self.downloads -= n
+        if self.used < 0 or self.downloads < 0:
             raise AssertionError("budget given back more than was taken")
         # Each waiter is woken once per give, in arrival order; one that still does not fit waits again, last.
         for _ in range(len(self._waiters)):
             if not self._waiters or self.used >= self.capacity:
                 break
-            self._waiters.popleft()()
+            waiter = self._waiters.popleft()
+            self._waking = True
+            try:
+                waiter()
+            finally:
+                self._waking = False
 
     def wait(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, when some bytes were given back (it should try ``take`` again)."""

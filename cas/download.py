@@ -123,11 +123,16 @@ class Download:
                 while len(self._pending) >= self._window or (self._pending and not self._take()):
                     await self._deliver()
                 if not self._pending and not self._take():
-                    self._budget.force(self._cost)  # type: ignore[union-attr]  # progress: one segment always
+                    self._budget.force(self._cost, download=True)  # type: ignore[union-attr]  # one always
                 lo = max(self.offset - i * seg, 0)
                 hi = min(end - i * seg, seg)
                 expect = min(seg, size - i * seg)
-                self._pending.append(self._segment(key, i, i == root.blocks - 1, link, expect, lo, hi))
+                try:
+                    segment = self._segment(key, i, i == root.blocks - 1, link, expect, lo, hi)
+                except BaseException:
+                    self._give()  # taken for a segment that never started
+                    raise
+                self._pending.append(segment)
             while self._pending:
                 await self._deliver()
         finally:
@@ -138,11 +143,11 @@ class Download:
                 d.cancel()
 
     def _take(self) -> bool:
-        return self._budget is None or self._budget.take(self._cost)
+        return self._budget is None or self._budget.take(self._cost, download=True)
 
     def _give(self) -> None:
         if self._budget is not None:
-            self._budget.give(self._cost)
+            self._budget.give(self._cost, download=True)
 
     def _check(self) -> None:
         if self._stopped:

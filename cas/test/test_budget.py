@@ -58,6 +58,37 @@ class BudgetTests(SynchronousTestCase):
         self.assertEqual(calls, ["a", "b"])  # one call per wait
 
 
+    def test_no_queue_jumping(self) -> None:
+        """While a waiter is queued, nobody else takes; the waiter, when woken, does."""
+        b = Budget(10)
+        b.take(8)
+        order: list[str] = []
+
+        def waiter() -> None:
+            if b.take(5):
+                order.append("waiter")
+            else:
+                b.wait(waiter)
+
+        b.wait(waiter)
+        self.assertFalse(b.take(1))  # would fit, but someone waits
+        b.give(4)  # 4 used: the waiter takes its 5
+        self.assertEqual((order, b.used), (["waiter"], 9))
+        self.assertTrue(b.take(1))
+
+    def test_downloads_hold_at_most_half(self) -> None:
+        b = Budget(10)
+        self.assertTrue(b.take(5, download=True))
+        self.assertFalse(b.take(1, download=True))
+        self.assertTrue(b.take(5))  # uploads use the rest
+        b.force(1, download=True)  # a download with nothing in flight still goes
+        self.assertEqual((b.used, b.downloads), (11, 6))
+        b.give(6, download=True)
+        b.give(5)
+        self.assertEqual((b.used, b.downloads), (0, 0))
+        self.assertRaises(AssertionError, b.give, 1, True)
+
+
 class SharedBudgetTests(SynchronousTestCase):
     """Two uploads on a node whose budget holds 2 segments in flight (each costs 2 x SEG)."""
 

@@ -249,8 +249,8 @@ class DownloadBudget(SynchronousTestCase):
         for name in ("take", "force"):
             real = getattr(node.budget, name)
 
-            def wrapped(n: int, real: Any = real) -> Any:
-                out = real(n)
+            def wrapped(n: int, *args: Any, real: Any = real, **kw: Any) -> Any:
+                out = real(n, *args, **kw)
                 peak[0] = max(peak[0], node.budget.used)
                 return out
 
@@ -258,10 +258,10 @@ class DownloadBudget(SynchronousTestCase):
         return node, f, data, runner, peak
 
     def test_reads_ahead_only_as_far_as_the_budget(self) -> None:
-        node, f, data, runner, peak = self.setup(budget=3 * SEG)
+        node, f, data, runner, peak = self.setup(budget=6 * SEG)
         c = Collector()
         d = node.download(f).start(c)
-        self.assertEqual(node.budget.used, 3 * SEG)  # 3 blocks in flight, not the window's 8
+        self.assertEqual(node.budget.used, 3 * SEG)  # downloads' half: 3 blocks in flight, not the window's 8
         self.assertEqual(len(runner.queue), 3)
         runner.run_all()
         self.assertEqual(self.successResultOf(d), None)
@@ -282,7 +282,7 @@ class DownloadBudget(SynchronousTestCase):
         self.assertEqual(node.budget.used, 4 * SEG)
 
     def test_gives_back_when_the_reader_goes_away(self) -> None:
-        node, f, data, runner, peak = self.setup(budget=16 * SEG)
+        node, f, data, runner, peak = self.setup(budget=32 * SEG)
         c = Collector()
         dl = node.download(f)
         d = dl.start(c)
@@ -290,19 +290,56 @@ class DownloadBudget(SynchronousTestCase):
         dl.stopProducing()
         self.failureResultOf(d, CancelledError)
         runner.run_all()
-        self.assertEqual(node.budget.used, 0)
+        self.assertEqual((node.budget.used, node.budget.downloads), (0, 0))
 
-    def test_waiting_upload_wakes_when_a_download_delivers(self) -> None:
-        node, f, data, runner, peak = self.setup(budget=2 * SEG)
+    def test_downloads_together_hold_half(self) -> None:
+        """Two readers share the downloads' half; the other half stays for uploads."""
+        node, f, data, runner, peak = self.setup(budget=8 * SEG)
+        c1, c2 = Collector(), Collector()
+        d1 = node.download(f).start(c1)
+        d2 = node.download(f).start(c2)
+        # The first took the downloads' half; the second, with nothing in flight, one segment past it.
+        self.assertEqual(node.budget.downloads, 5 * SEG)
+        self.assertTrue(node.budget.take(3 * SEG))  # uploads still have the rest
+        runner.run_all()
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        self.assertEqual((c1.data, c2.data), (data, data))
+        self.assertEqual((node.budget.used, node.budget.downloads), (3 * SEG, 0))
+
+    def test_waiting_upload_is_not_overtaken_by_a_download(self) -> None:
+        """A download that delivers does not take back what a waiting upload needs: the upload goes first."""
+        node, f, data, runner, peak = self.setup(budget=4 * SEG)
+        node.budget.take(2 * SEG)  # an upload's first segment
         c = Collector()
         d = node.download(f).start(c)
-        self.assertEqual(node.budget.used, 2 * SEG)
-        woken: list[bool] = []
-        node.budget.wait(lambda: woken.append(True))
-        runner.run_one()
+        self.assertEqual(node.budget.used, 4 * SEG)  # the download holds its half
+        got: list[bool] = []
+
+        def upload_retry() -> None:
+            if node.budget.take(2 * SEG):
+                got.append(True)
+            else:
+                node.budget.wait(upload_retry)
+
+        taken_meanwhile: list[int] = []
+        take = node.budget.take
+
+        def watch(n: int, download: bool = False) -> bool:
+            ok = take(n, download)
+            if ok and download and not got:
+                taken_meanwhile.append(n)
+            return ok
+
+        node.budget.take = watch  # type: ignore[method-assign]
+        node.budget.wait(upload_retry)
+        while not got and runner.queue:
+            runner.run_one()
+        self.assertEqual(got, [True])
+        self.assertEqual(taken_meanwhile, [])  # while the upload waited the download only gave back
         runner.run_all()
         self.successResultOf(d)
-        self.assertTrue(woken)
+        self.assertEqual(c.data, data)
 
 
 class Failures(SynchronousTestCase):
