@@ -254,8 +254,10 @@ class FrameDecoder:
         if not MIN_BODY <= max_frame <= 0xFFFFFFFF:
             raise ValueError(f"max_frame must be between {MIN_BODY} and {0xFFFFFFFF}")
         self._max_frame = max_frame
-        self._head = bytearray(HEAD_SIZE)
-        self._head_view = memoryview(self._head)
+        # Allocated at the first bytes (after the TLS handshake on a peer link): an idle or unauthenticated
+        # connection holds no receive buffer.
+        self._head: bytearray | None = None
+        self._head_view: memoryview | None = None
         self._start = 0  # head[_start:_filled] is received and not yet decoded
         self._filled = 0
         self._body: memoryview | None = None  # the body (bytes after the prefix) of a large frame
@@ -280,6 +282,9 @@ class FrameDecoder:
             raise FrameError(f"decoder stopped after an earlier error: {self._error}")
         if self._body is not None:
             return self._body[self._body_filled:]
+        if self._head_view is None:
+            self._head = bytearray(HEAD_SIZE)
+            self._head_view = memoryview(self._head)
         return self._head_view[self._filled:]
 
     def buffer_updated(self, n: int) -> list[Frame] | tuple:
@@ -324,6 +329,7 @@ class FrameDecoder:
 
     def _parse_head(self) -> list[Frame] | tuple:
         head, view = self._head, self._head_view
+        assert head is not None and view is not None  # get_buffer came first
         start, filled = self._start, self._filled
         frames: list[Frame] | tuple = _NOTHING
         while filled - start >= 4:

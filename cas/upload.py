@@ -486,6 +486,7 @@ class Upload:
                 f"blocks stored by earlier pieces of this upload reached {self.replicas} holder(s), fewer than "
                 f"the {self._min_replicas} required; they are placed on more nodes as peers return or join: "
                 "send the last piece again later"))
+            log.warn("upload of {name!r} failed: {error}", name=self.name, error=self._failure.getErrorMessage())
         if self._failure is not None:
             self._settle_failure()
             return

@@ -357,6 +357,13 @@ class ReceiveBufferTests(SynchronousTestCase):
         self.assertRaises(FrameError, decoder.buffer_updated, 1)
         self.assertRaises(FrameError, decoder.feed, wire(Frame(PING, 0, 1)))
 
+    def test_no_buffer_before_the_first_bytes(self) -> None:
+        """An idle (or still unauthenticated) connection's decoder holds no 64 KiB receive buffer."""
+        decoder = FrameDecoder()
+        self.assertIsNone(decoder._head)
+        self.assertEqual(decoder.buffered, 0)
+        self.assertEqual(len(decoder.get_buffer()), HEAD_SIZE)
+
     def test_oversize_prefix_refused_before_any_buffer(self) -> None:
         decoder = FrameDecoder()
         buf = decoder.get_buffer()
