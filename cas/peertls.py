@@ -290,7 +290,7 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
 
     def _flushSendBIO(self) -> None:
         conn = self._tlsConnection
-        if not self._direct():
+        if not self._handshakeDone or not self._direct():  # handshake flights: no per-connection buffer yet
             while True:
                 try:
                     out = conn.bio_read(BIO_CHUNK)
