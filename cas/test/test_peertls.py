@@ -452,6 +452,41 @@ class PeerTLSStreamTests(TestCase):
         await self.stream_to(sink)
         self.assertEqual(self.lib.counts["SSL_read"], 0)
 
+    async def test_tampered_record_closes_only_that_connection(self) -> None:
+        """Bytes injected under TLS (a forged record) fail that connection with a TLS error on the receiving side,
+        nothing is delivered from them, and the listener goes on accepting: the next stream arrives intact."""
+        a, b = new_identity(), new_identity()
+        sinks: DeferredQueue[BufferSink] = DeferredQueue()
+
+        def build() -> BufferSink:
+            sink = BufferSink()
+            sinks.put(sink)
+            return sink
+
+        endpoint = peertls.wrap_server(server_creator(b), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = await endpoint.listen(Factory.forProtocol(build))
+        self.addCleanup(port.stopListening)
+        dial = peertls.wrap_client(client_creator(a, b.node_id), TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+
+        @implementer(IHandshakeListener)
+        class Forger(Protocol):
+            def handshakeCompleted(self) -> None:
+                self.transport.write(b"genuine")  # type: ignore[union-attr]
+                # Under the TLS layer: an application-data record whose tag cannot verify.
+                self.transport.transport.write(bytes.fromhex("1703030020") + b"\x5a" * 32)  # type: ignore[union-attr]
+
+        await connectProtocol(dial, Forger())
+        victim = await sinks.get()
+        await victim.lost
+        self.assertIsNotNone(victim.reason)
+        self.assertTrue(victim.reason.check(SSL.Error), victim.reason)
+        self.assertEqual(bytes(victim.data), b"genuine")
+        await connectProtocol(dial, Sender())
+        next_one = await sinks.get()
+        await next_one.lost
+        self.assertTrue(next_one.reason.check(ConnectionDone), next_one.reason)
+        self.assertTrue(next_one.data == STREAM)
+
     def test_direct_calls_available(self) -> None:
         """The pyOpenSSL in use has the private names the fast path needs (else it silently runs slower)."""
         self.assertTrue(peertls._DIRECT)
