@@ -74,6 +74,7 @@ class Download:
         self._unpause: Deferred | None = None
         self._stopped = False
         self._pending: deque[Deferred] = deque()
+        self._forced: deque[bool] = deque()  # per pending segment: its budget was forced (past the budget)
 
     def start(self, consumer: IConsumer) -> Deferred:
         """Register with ``consumer`` and stream; fires when the last byte was written (the producer is then
@@ -122,32 +123,35 @@ class Download:
                 self._check()
                 while len(self._pending) >= self._window or (self._pending and not self._take()):
                     await self._deliver()
+                forced = False
                 if not self._pending and not self._take():
-                    self._budget.force(self._cost, download=True)  # type: ignore[union-attr]  # one always
+                    self._budget.force(self._cost)  # type: ignore[union-attr]  # one in flight, always
+                    forced = True
                 lo = max(self.offset - i * seg, 0)
                 hi = min(end - i * seg, seg)
                 expect = min(seg, size - i * seg)
                 try:
                     segment = self._segment(key, i, i == root.blocks - 1, link, expect, lo, hi)
                 except BaseException:
-                    self._give()  # taken for a segment that never started
+                    self._give(forced)  # taken for a segment that never started
                     raise
                 self._pending.append(segment)
+                self._forced.append(forced)
             while self._pending:
                 await self._deliver()
         finally:
             while self._pending:  # after a failure: stop the work ahead, swallow its outcome
                 d = self._pending.popleft()
-                self._give()
+                self._give(self._forced.popleft())
                 d.addErrback(lambda _: None)
                 d.cancel()
 
     def _take(self) -> bool:
         return self._budget is None or self._budget.take(self._cost, download=True)
 
-    def _give(self) -> None:
+    def _give(self, forced: bool) -> None:
         if self._budget is not None:
-            self._budget.give(self._cost, download=True)
+            self._budget.give(self._cost, download=True, forced=forced)
 
     def _check(self) -> None:
         if self._stopped:
@@ -156,7 +160,7 @@ class Download:
     async def _deliver(self) -> None:
         data = await self._pending[0]
         self._pending.popleft()
-        self._give()  # from here the segment is plaintext on its way out, no longer fetched ahead
+        self._give(self._forced.popleft())  # from here the segment is plaintext on its way out, no longer fetched ahead
         while self._paused:
             self._unpause = Deferred()
             await self._unpause

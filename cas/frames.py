@@ -254,8 +254,8 @@ class FrameDecoder:
         if not MIN_BODY <= max_frame <= 0xFFFFFFFF:
             raise ValueError(f"max_frame must be between {MIN_BODY} and {0xFFFFFFFF}")
         self._max_frame = max_frame
-        # Allocated at the first bytes (after the TLS handshake on a peer link): an idle or unauthenticated
-        # connection holds no receive buffer.
+        # Allocated at the first bytes (when the TLS handshake completes, on a peer link): a connection that
+        # never authenticates holds no receive buffer.
         self._head: bytearray | None = None
         self._head_view: memoryview | None = None
         self._start = 0  # head[_start:_filled] is received and not yet decoded

@@ -12,6 +12,7 @@ members are asked HAS and those that have it are tried. See docs/replication.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol as TypingProtocol
 
@@ -50,6 +51,8 @@ class BlockTimes:
     that failed or was slow once is tried again later, and a peer never asked starts at the mean."""
 
     def __init__(self, clock: IReactorTime, weight: float = 0.25, half_life: float = 60.0, limit: int = 4096) -> None:
+        if limit < 2:
+            raise ValueError("limit must be at least 2")
         self._clock, self._weight, self._half_life, self._limit = clock, weight, half_life, limit
         self._avg: dict[bytes, tuple[float, float]] = {}  # node -> (average, when last updated)
         self._sum = 0.0  # of the averages, for the mean
@@ -71,6 +74,9 @@ class BlockTimes:
         return mean + (value - mean) * fade
 
     def note(self, node: bytes, seconds: float) -> None:
+        if not math.isfinite(seconds):
+            return
+        seconds = max(0.0, seconds)  # the reactor's clock is the wall clock: it can step back
         old = self.expected(node) if node in self._avg else None
         new = seconds if old is None else old + self._weight * (seconds - old)
         if node in self._avg:
@@ -117,8 +123,9 @@ class Retriever:
         asked: list[str] = []
         tried: set[bytes] = set()
         first = self.candidates(key, spread)
+        expected = set(first[: self.replicas])
         for node in first:
-            data = await self._try(node, cid, asked)
+            data = await self._try(node, cid, asked, node in expected)
             tried.add(node)
             if data is not None:
                 return data
@@ -131,7 +138,9 @@ class Retriever:
         where = "; ".join(asked) if asked else "no other node is known"
         raise BlockNotFound(f"block {cid} is not on this node, and no peer could send it ({where})")
 
-    async def _try(self, node: bytes, cid: CID, asked: list[str]) -> bytes | memoryview | None:
+    async def _try(self, node: bytes, cid: CID, asked: list[str], holder: bool = False) -> bytes | memoryview | None:
+        """The block from ``node`` if it sends a good one. A failure is held against ``node`` only if it is one
+        of the block's expected holders (``holder``): others, asked on the off chance, may just not have it."""
         times = self._times
         start = times.now() if times is not None else 0.0
         try:
@@ -144,7 +153,7 @@ class Retriever:
         except CancelledError:
             raise  # the reader went away: no next holder
         except Exception as e:  # not found, corrupt, timeout, unreachable: the next one
-            if times is not None:
+            if times is not None and holder:
                 times.note(node, self.deadline)  # as bad as the deadline: asked last until it fades
             asked.append(f"{short_node_id(node)}: {e}")
             return None

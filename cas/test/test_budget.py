@@ -81,12 +81,57 @@ class BudgetTests(SynchronousTestCase):
         self.assertTrue(b.take(5, download=True))
         self.assertFalse(b.take(1, download=True))
         self.assertTrue(b.take(5))  # uploads use the rest
-        b.force(1, download=True)  # a download with nothing in flight still goes
-        self.assertEqual((b.used, b.downloads), (11, 6))
-        b.give(6, download=True)
+        b.force(1)  # a download with nothing in flight still goes: past the budget, counted apart
+        self.assertEqual((b.used, b.downloads, b.forced), (11, 5, 1))
+        b.give(1, download=True, forced=True)
+        b.give(5, download=True)
         b.give(5)
-        self.assertEqual((b.used, b.downloads), (0, 0))
+        self.assertEqual((b.used, b.downloads, b.forced), (0, 0, 0))
         self.assertRaises(AssertionError, b.give, 1, True)
+
+    def test_forced_segments_do_not_lock_uploads_out(self) -> None:
+        """However many readers force a segment each, uploads keep the half downloads cannot take."""
+        b = Budget(16)
+        self.assertTrue(b.take(8, download=True))  # readers at their half (paused, say)
+        for _ in range(8):
+            b.force(1)  # 8 more readers, one block each
+        self.assertTrue(b.take(2))
+        self.assertTrue(b.take(6))
+        self.assertFalse(b.take(1))
+
+    def test_two_waiters_first_come_first_served(self) -> None:
+        """The woken waiter takes although another still waits behind it; nobody else overtakes them."""
+        b = Budget(10)
+        b.take(10)
+        got: list[str] = []
+
+        def waiter(name: str, n: int) -> None:
+            if b.take(n):
+                got.append(name)
+            else:
+                b.wait(lambda: waiter(name, n))
+
+        b.wait(lambda: waiter("first", 4))
+        b.wait(lambda: waiter("second", 4))
+        b.give(4)  # room for one: the first takes it, the second waits again (last)
+        self.assertEqual(got, ["first"])
+        self.assertFalse(b.take(1))  # an upload arriving now queues behind the second
+        b.give(4)
+        self.assertEqual(got, ["first", "second"])
+
+    def test_a_failing_waiter_does_not_stop_the_others(self) -> None:
+        b = Budget(10)
+        b.take(10)
+        got: list[str] = []
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        b.wait(broken)
+        b.wait(lambda: got.append("next") if b.take(2) else None)
+        b.give(5)
+        self.assertEqual(got, ["next"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class SharedBudgetTests(SynchronousTestCase):

@@ -358,7 +358,7 @@ class ReceiveBufferTests(SynchronousTestCase):
         self.assertRaises(FrameError, decoder.feed, wire(Frame(PING, 0, 1)))
 
     def test_no_buffer_before_the_first_bytes(self) -> None:
-        """An idle (or still unauthenticated) connection's decoder holds no 64 KiB receive buffer."""
+        """A connection that has not authenticated yet (no bytes for the decoder) holds no 64 KiB buffer."""
         decoder = FrameDecoder()
         self.assertIsNone(decoder._head)
         self.assertEqual(decoder.buffered, 0)

@@ -298,48 +298,42 @@ class DownloadBudget(SynchronousTestCase):
         c1, c2 = Collector(), Collector()
         d1 = node.download(f).start(c1)
         d2 = node.download(f).start(c2)
-        # The first took the downloads' half; the second, with nothing in flight, one segment past it.
-        self.assertEqual(node.budget.downloads, 5 * SEG)
-        self.assertTrue(node.budget.take(3 * SEG))  # uploads still have the rest
+        # The first took the downloads' half; the second, with nothing in flight, one segment past the budget.
+        self.assertEqual((node.budget.downloads, node.budget.forced), (4 * SEG, SEG))
+        self.assertTrue(node.budget.take(4 * SEG))  # uploads still have their half
         runner.run_all()
         self.successResultOf(d1)
         self.successResultOf(d2)
         self.assertEqual((c1.data, c2.data), (data, data))
-        self.assertEqual((node.budget.used, node.budget.downloads), (3 * SEG, 0))
+        self.assertEqual((node.budget.used, node.budget.downloads, node.budget.forced), (4 * SEG, 0, 0))
 
-    def test_waiting_upload_is_not_overtaken_by_a_download(self) -> None:
-        """A download that delivers does not take back what a waiting upload needs: the upload goes first."""
+    def test_waiting_upload_gets_what_uploads_give_back_while_a_download_streams(self) -> None:
+        """Downloads stay within their half while an upload waits; the room another upload gives back goes to
+        the waiting upload, not to the download."""
         node, f, data, runner, peak = self.setup(budget=4 * SEG)
-        node.budget.take(2 * SEG)  # an upload's first segment
+        node.budget.take(2 * SEG)  # upload A's segment
         c = Collector()
         d = node.download(f).start(c)
-        self.assertEqual(node.budget.used, 4 * SEG)  # the download holds its half
         got: list[bool] = []
 
-        def upload_retry() -> None:
+        def upload_b() -> None:
             if node.budget.take(2 * SEG):
                 got.append(True)
             else:
-                node.budget.wait(upload_retry)
+                node.budget.wait(upload_b)
 
-        taken_meanwhile: list[int] = []
-        take = node.budget.take
-
-        def watch(n: int, download: bool = False) -> bool:
-            ok = take(n, download)
-            if ok and download and not got:
-                taken_meanwhile.append(n)
-            return ok
-
-        node.budget.take = watch  # type: ignore[method-assign]
-        node.budget.wait(upload_retry)
-        while not got and runner.queue:
+        upload_b()
+        self.assertEqual(got, [])
+        for _ in range(6):  # the download streams; it never holds more than its half
             runner.run_one()
+            self.assertLessEqual(node.budget.downloads, 2 * SEG)
+        self.assertEqual(got, [])
+        node.budget.give(2 * SEG)  # A's segment is done: B gets it
         self.assertEqual(got, [True])
-        self.assertEqual(taken_meanwhile, [])  # while the upload waited the download only gave back
         runner.run_all()
         self.successResultOf(d)
         self.assertEqual(c.data, data)
+        self.assertEqual((node.budget.used, node.budget.downloads, node.budget.forced), (2 * SEG, 0, 0))
 
 
 class Failures(SynchronousTestCase):

@@ -472,6 +472,28 @@ class BlockTimesTests(SynchronousTestCase):
         t.note(b"x" * 32, 10.0)  # the 5th: the two heard of longest ago go
         self.assertEqual(t.mean(), (2.0 + 3.0 + 10.0) / 3)
 
+    def test_bad_samples(self) -> None:
+        t = self.times
+        t.note(self.a, -2.0)  # the wall clock stepped back during a fetch
+        t.note(self.b, float("nan"))
+        t.note(self.c, float("inf"))
+        self.assertEqual((t.expected(self.a), t.mean()), (0.0, 0.0))
+        self.assertRaises(ValueError, BlockTimes, self.clock, limit=1)
+
+    def test_a_node_asked_on_the_off_chance_is_not_held_to_it(self) -> None:
+        """Past the expected holders, a "not found" costs a node nothing: it was never said to hold the block."""
+        block = b"elsewhere"
+        peers = FakeHolders(self.clock, [self.a, self.b, self.c, b"d" * 32])
+        r = Retriever(peers, Rendezvous(), 1, deadline=30.0, extra=3, times=self.times,
+                      check=lambda cid, data: succeed(cid.verify(data)))
+        holder, *others = r.candidates(b"k", 0)
+        peers.answers = {others[-1]: block}
+        d = r.fetch(CID.of(block), b"k")
+        self.clock.pump([0.0] * 6)
+        self.assertEqual(self.successResultOf(d), block)
+        self.assertGreater(self.times.expected(holder), 29.0)  # the expected holder failed: held against it
+        self.assertLess(max(self.times.expected(o) for o in others[:-1]), 29.0)
+
     def retriever(self, peers: FakeHolders) -> Retriever:
         return Retriever(peers, Rendezvous(), 3, deadline=30.0, extra=0, times=self.times,
                          check=lambda cid, data: succeed(cid.verify(data)))
