@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -156,6 +156,33 @@ class ReplicationTests(TestCase):
         survivors = [s for s in nodes if s not in victims]
         for s in survivors:
             self.assertEqual(await get(s, stored), data)
+
+    async def test_download_survives_losing_holders_mid_stream(self) -> None:
+        """Holders die while a reader streams the file from them: it finishes from the one copy left."""
+        net, nodes = await network(self, 6)
+        origin = nodes[0]
+        path, data = content(self, 48 * SEG)  # one stripe: the same 3 holders for every data block
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        data_cid = blocks[-1][0]
+        holding = [s for s in nodes[1:] if s.node.store.has(data_cid)]
+        [reader, *_] = [s for s in nodes[1:] if s not in holding]
+        await net.kill(origin)  # its copies too: only the 3 holders have the data blocks now
+        f = await reader.node.open(stored.cap)
+        kills: list[Deferred] = []
+
+        class Killing(Collector):
+            def write(self, chunk: bytes) -> None:
+                super().write(chunk)
+                if len(self.chunks) in (6, 20):  # two of the three holders go, one after the other
+                    kills.append(ensureDeferred(net.kill(holding[len(kills)])))
+
+        sink = Killing()
+        await reader.node.download(f).start(sink)
+        self.assertEqual(len(kills), 2)
+        for k in kills:
+            await k
+        self.assertEqual(sink.data, data)
 
     async def test_corrupt_copy_on_a_holder_is_detected_and_read_elsewhere(self) -> None:
         net, nodes = await network(self, 5)
