@@ -311,11 +311,7 @@ class PeerProtocol(Protocol):
         except FrameError as e:
             self.fail(str(e))
             return
-        if received:
-            self._last_rx = self.clock.seconds()
-            self._rx_bytes_seen = self.bytes_in
-            self._backlog.extend(received)
-            self._dispatch_backlog()
+        self._frames_in(received)
 
     def get_buffer(self) -> memoryview:
         """Where ``PeerTLSProtocol`` decrypts the next bytes (``IReceiveBuffer``): the frame decoder's buffer.
@@ -335,6 +331,9 @@ class PeerProtocol(Protocol):
         except FrameError as e:
             self.fail(str(e))
             return
+        self._frames_in(received)
+
+    def _frames_in(self, received: list[Frame] | tuple) -> None:
         if received:
             self._last_rx = self.clock.seconds()
             self._rx_bytes_seen = self.bytes_in
