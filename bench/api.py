@@ -466,10 +466,7 @@ def main() -> None:
     a.repeat = max(1, a.repeat)
     # source + one store (pipeline's, then the node's) + one read-back at a time; --keep keeps every node's store
     need = max(a.size) * (3 + (a.repeat if a.keep else 0)) + 512 * MiB
-    st = os.statvfs(a.dir)
-    free = st.f_bavail * st.f_frsize
-    if free < need:
-        raise SystemExit(f"not enough room in {a.dir}: {free / (1 << 30):.1f} GiB free, {need / (1 << 30):.1f} GiB needed")
+    pipeline.require_room(a.dir, need)
     env = pipeline.environment()
     results = [bench_size(size, a) for size in a.size]
     text = table(results, a.repeat)

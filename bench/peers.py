@@ -32,8 +32,6 @@ import time), because an exec'd child's ``ru_maxrss`` starts at its parent's pea
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import re
 import shutil
@@ -47,6 +45,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import api as apibench  # standard library only at import time
 import pipeline  # standard library only at import time
+from procs import LIVE, START_TIMEOUT, parse_result, reap, spawn, tail, wait_file
 
 MiB = pipeline.MiB
 BLOCK = (1 << 20) + 16  # a sealed 1 MiB segment: the largest data block
@@ -54,10 +53,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
 
 TARGET_RATIO = 0.80  # cas GET_BLOCK >= 80% of the bare TLS stream
-START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 RUN_TIMEOUT_S_PER_GIB = 120.0  # a transfer slower than ~8.5 MiB/s is a hang: kill it
-_children: set[subprocess.Popen] = set()  # every live child, killed on the way out
 
 
 # == children (each imports what it needs) =====================================================================
@@ -393,30 +390,6 @@ def child_cmd(mode: str, a: argparse.Namespace, **kw: Any) -> list[str]:
     return cmd
 
 
-def spawn(cmd: list[str], stdout: Any, stderr: Any, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env or apibench.child_env(),
-                            cwd=cwd)
-    _children.add(proc)
-    return proc
-
-
-def reap(proc: subprocess.Popen, timeout: float | None = None) -> None:
-    try:
-        proc.wait(timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _children.discard(proc)
-
-
-def parse_result(text: str, what: str) -> dict[str, Any]:
-    lines = [l for l in text.splitlines() if l.startswith(pipeline.RESULT_PREFIX)]
-    if not lines:
-        raise SystemExit(f"FAIL: {what} gave no result")
-    return json.loads(lines[-1][len(pipeline.RESULT_PREFIX):])
-
-
 def run_receiver(cmd: list[str], work: str, name: str, timeout: float, sender_pid: int | None) -> dict[str, Any]:
     """Run a receiver child; its peak RSS from wait4's ru_maxrss, VmHWM sampled every 20 ms and its own
     VmHWM at the end (the largest is reported). With ``sender_pid``, that process's CPU and disk reads over
@@ -431,7 +404,7 @@ def run_receiver(cmd: list[str], work: str, name: str, timeout: float, sender_pi
         try:
             ru, samples, wall = apibench.wait_sampled(proc, t0, timeout)
         finally:
-            _children.discard(proc)
+            LIVE.discard(proc)
     with open(out_path, "rb") as f:
         stdout = f.read().decode("utf-8", "replace")
     with open(err_path, "rb") as f:
@@ -469,24 +442,6 @@ def proc_minflt(pid: int) -> int:
     """Minor page faults of a process (all threads) so far."""
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[7])  # field 10
-
-
-def wait_file(path: str, proc: subprocess.Popen, what: str, log: str) -> None:
-    t0 = time.perf_counter()
-    while not os.path.exists(path):
-        if proc.poll() is not None:
-            raise SystemExit(f"FAIL: {what} exited ({proc.returncode}) before it was ready:\n{tail(log)}")
-        if time.perf_counter() - t0 > START_TIMEOUT:
-            raise SystemExit(f"FAIL: {what} not ready within {START_TIMEOUT:.0f} s:\n{tail(log)}")
-        time.sleep(0.02)
-
-
-def tail(path: str, n: int = 30) -> str:
-    try:
-        with open(path, "rb") as f:
-            return b"\n".join(f.read().splitlines()[-n:]).decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool, tuned: bool = False) -> dict[str, Any]:
@@ -743,10 +698,7 @@ def main() -> None:
     os.makedirs(a.dir, exist_ok=True)
     # one block store at a time (the largest size), plus room for logs and the data dirs
     need = max(a.size) // MiB * BLOCK + 512 * MiB
-    st = os.statvfs(a.dir)
-    free = st.f_bavail * st.f_frsize
-    if free < need:
-        raise SystemExit(f"not enough room in {a.dir}: {free / (1 << 30):.1f} GiB free, {need / (1 << 30):.1f} GiB needed")
+    pipeline.require_room(a.dir, need)
     if not a.json:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"peers-{sizes}-r{a.repeat}.json")
@@ -756,23 +708,17 @@ def main() -> None:
     try:
         results = [bench_size(size, a) for size in a.size]
     finally:
-        pipeline.stop_children(_children)
+        pipeline.stop_children(LIVE)
     text = table(results, a.repeat)
     print()
     print(f"cas peer GET_BLOCK benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, "
           f"{a.repeat} round(s), window {a.window}")
     print(f"target: cas GET_BLOCK >= {TARGET_RATIO:.0%} of the bare TLS stream; receiver peak RSS flat in the size")
     print(text, end="")
-    env["loadavg_end"] = pipeline.loadavg()
-    env["parent_peak_rss_mib"] = pipeline.mem_status().get("VmHWM")
-    env["date_end"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    pipeline.end_environment(env)
     doc = {"environment": env, "repeat": a.repeat, "window": a.window, "block_bytes": BLOCK,
            "targets": {"ratio_vs_bare": TARGET_RATIO}, "sizes": results, "table": text}
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    print(f"JSON: {a.json}", file=sys.stderr)
+    pipeline.write_results(a.json, doc)
 
 
 if __name__ == "__main__":

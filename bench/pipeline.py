@@ -726,10 +726,7 @@ def main() -> None:
     os.makedirs(a.dir, exist_ok=True)
     # source + loop store + cas store + one read-back at a time (the threaded store is removed before cas put)
     need = max(a.size) * 4 * (a.repeat if a.keep else 1) + 256 * MiB
-    st = os.statvfs(a.dir)
-    free = st.f_bavail * st.f_frsize
-    if free < need:
-        raise SystemExit(f"not enough room in {a.dir}: {free / (1 << 30):.1f} GiB free, {need / (1 << 30):.1f} GiB needed")
+    require_room(a.dir, need)
     env = environment()
     results = [bench_size(size, a) for size in a.size]
     text = table(results, a.threads, a.repeat)
@@ -772,6 +769,30 @@ def git_state(repo: str) -> dict[str, Any]:
 def terminate(signum: int, frame: Any) -> None:
     """A signal handler that exits through the normal clean-up (finally blocks, atexit)."""
     raise SystemExit(128 + signum)
+
+
+def end_environment(env: dict[str, Any]) -> None:
+    """Stamp the end of a run on its environment record: load, the parent's own peak RSS, the time."""
+    env["loadavg_end"] = loadavg()
+    env["parent_peak_rss_mib"] = mem_status().get("VmHWM")
+    env["date_end"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def write_results(path: str, doc: dict[str, Any]) -> None:
+    """Every figure of a run as JSON at ``path`` (its directory created), and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    print(f"JSON: {path}", file=sys.stderr)
+
+
+def require_room(path: str, need: int) -> None:
+    """Stop before starting when the file system of ``path`` has less than ``need`` bytes free."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise SystemExit(f"not enough room in {path}: {free / (1 << 30):.1f} GiB free, {need / (1 << 30):.1f} GiB needed")
 
 
 def stop_children(children: set[subprocess.Popen]) -> None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import datetime
 import json
 import os
 import re
@@ -62,6 +61,7 @@ from typing import Any, Self
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import api as apibench  # standard library only at import time
 import pipeline  # standard library only at import time
+from procs import LIVE, START_TIMEOUT, parse_result, read_text, reap, spawn, tail, wait_file
 
 MiB = pipeline.MiB
 SEG = pipeline.SEG  # plaintext bytes per block (cas.cipher.SEGMENT_SIZE)
@@ -77,7 +77,6 @@ REFERENCE_SIZE = 100 * MiB
 NODES = 4
 REPLICAS = 3  # twistd cas's default --replicas
 
-START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 MEMBERSHIP_TIMEOUT = 120.0
 RUN_TIMEOUT_S_PER_GIB = 300.0  # slower than ~3.4 MiB/s is a hang: kill it
@@ -91,7 +90,6 @@ _LISTENING = re.compile(r"cas node (\S+) listening for peers on tcp:127\.0\.0\.1
 _LOG_PROBLEM = re.compile(r"Traceback|Unhandled|#error\]|#critical\]|#failure\]")
 _LOG_WARNING = re.compile(r"#warn\]")
 
-_children: set[subprocess.Popen] = set()  # every live child, killed on the way out
 
 
 def run_timeout(nbytes: int) -> float:
@@ -609,44 +607,6 @@ def child_cmd(mode: str, a: argparse.Namespace, **kw: Any) -> list[str]:
     return cmd
 
 
-def spawn(cmd: list[str], stdout: Any, stderr: Any, env: dict[str, str] | None = None, cwd: str | None = None,
-          stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env or apibench.child_env(), cwd=cwd)
-    _children.add(proc)
-    return proc
-
-
-def reap(proc: subprocess.Popen, timeout: float | None = None) -> None:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _children.discard(proc)
-
-
-def parse_result(text: str, what: str) -> dict[str, Any]:
-    lines = [l for l in text.splitlines() if l.startswith(pipeline.RESULT_PREFIX)]
-    if not lines:
-        raise SystemExit(f"FAIL: {what} gave no result")
-    return json.loads(lines[-1][len(pipeline.RESULT_PREFIX):])
-
-
-def read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def tail(path: str, n: int = 30) -> str:
-    return "\n".join(read_text(path).splitlines()[-n:])
-
-
 def free_ports(n: int) -> list[int]:
     """n distinct free TCP ports on 127.0.0.1 (the nodes get fixed peer ports so that a restart keeps them)."""
     socks = []
@@ -659,16 +619,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def wait_file(path: str, proc: subprocess.Popen, what: str, log: str) -> None:
-    t0 = time.perf_counter()
-    while not os.path.exists(path):
-        if proc.poll() is not None:
-            raise SystemExit(f"FAIL: {what} exited ({proc.returncode}) before it was ready:\n{tail(log)}")
-        if time.perf_counter() - t0 > START_TIMEOUT:
-            raise SystemExit(f"FAIL: {what} not ready within {START_TIMEOUT:.0f} s:\n{tail(log)}")
-        time.sleep(0.02)
 
 
 # -- node processes ------------------------------------------------------------------------------------------
@@ -954,7 +904,7 @@ class CliRun:
         try:
             ru, samples, dt = apibench.wait_sampled(self.proc, self.t0, timeout)
         finally:
-            _children.discard(self.proc)
+            LIVE.discard(self.proc)
             if self._out is not None:
                 self._out.close()
             self._err.close()
@@ -1028,11 +978,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         r["logs"] = stop_nodes(nodes, "the get")
         say_cas("cas get", r, verified=r.get("verified"))
     finally:
-        for n in nodes:
-            n.stop()
-        if not a.keep:
-            shutil.rmtree(cdir, ignore_errors=True)
-        pipeline.settle()
+        network_down(nodes, cdir, a.keep)
     return rows
 
 
@@ -1068,7 +1014,7 @@ def run_child_sampled(cmd: list[str], work: str, name: str, timeout: float) -> d
         try:
             ru, samples, wall = apibench.wait_sampled(proc, t0, timeout)
         finally:
-            _children.discard(proc)
+            LIVE.discard(proc)
     if proc.returncode != 0:
         why = f"timed out after {timeout:.0f} s" if wall >= timeout else f"exited {proc.returncode}"
         raise SystemExit(f"FAIL: {name} {why}:\n{tail(err_path)}")
@@ -1164,6 +1110,15 @@ def network_up(nodes: list[NodeProc], seed: NodeProc, what: str) -> tuple[Any, f
     return conv, pipeline.loadavg(), phase_begin(nodes)
 
 
+def network_down(nodes: list[NodeProc], cdir: str, keep: bool) -> None:
+    """The end of a phase, however it ended: every node stopped, its data dirs removed (unless kept), synced."""
+    for n in nodes:
+        n.stop()
+    if not keep:
+        shutil.rmtree(cdir, ignore_errors=True)
+    pipeline.settle()
+
+
 def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namespace) -> dict[str, Any]:
     cdir = os.path.join(work, "cas-concurrent")
     nodes = make_nodes(cdir, NODES, a)
@@ -1209,11 +1164,7 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
         say_cas(f"{len(files)}x put", r)
         return r
     finally:
-        for n in nodes:
-            n.stop()
-        if not a.keep:
-            shutil.rmtree(cdir, ignore_errors=True)
-        pipeline.settle()
+        network_down(nodes, cdir, a.keep)
 
 
 # -- reporting -----------------------------------------------------------------------------------------------
@@ -1470,17 +1421,14 @@ def main() -> None:
     a.concurrent = max(0, a.concurrent)
     signal.signal(signal.SIGTERM, pipeline.terminate)  # so that children are stopped and the temp dirs removed
     signal.signal(signal.SIGHUP, pipeline.terminate)
-    atexit.register(pipeline.stop_children, _children)
+    atexit.register(pipeline.stop_children, LIVE)
     os.makedirs(a.dir, exist_ok=True)
     a.dir = os.path.abspath(a.dir)
     # one size at a time: the source, then 4 copies (cas: origin + 3 holders; baseline: sender + 3 receivers)
     need = max(a.size) * (1 + NODES) + a.concurrent * a.concurrent_size * (1 + NODES) + 1024 * MiB
     if a.keep:
         need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
-    st = os.statvfs(a.dir)
-    free = st.f_bavail * st.f_frsize
-    if free < need:
-        raise SystemExit(f"not enough room in {a.dir}: {free / (1 << 30):.1f} GiB free, {need / (1 << 30):.1f} GiB needed")
+    pipeline.require_room(a.dir, need)
     if not a.json:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"replication-{sizes}-r{a.repeat}.json")
@@ -1490,7 +1438,7 @@ def main() -> None:
         results = [bench_size(size, a) for size in a.size]
         conc = bench_concurrent(a) if a.concurrent else None
     finally:
-        pipeline.stop_children(_children)
+        pipeline.stop_children(LIVE)
     text, judged = table(results, conc, a)
     print()
     print(f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, "
@@ -1501,9 +1449,7 @@ def main() -> None:
           f"figure (also with {a.concurrent} concurrent puts)")
     print("put: n0 origin, n1-n3 holders; get: n4 reads (no local copy), n0-n3 serve")
     print(text, end="")
-    env["loadavg_end"] = pipeline.loadavg()
-    env["parent_peak_rss_mib"] = pipeline.mem_status().get("VmHWM")
-    env["date_end"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    pipeline.end_environment(env)
     doc = {"environment": env, "repeat": a.repeat, "nodes": NODES, "replicas": REPLICAS,
            "options": {"baseline_tls": a.baseline_tls, "baseline_threads": a.baseline_threads, "window": a.window,
                        "concurrent": a.concurrent, "concurrent_size": a.concurrent_size,
@@ -1511,11 +1457,7 @@ def main() -> None:
            "targets": {"ratio_vs_base": TARGET_RATIO, "node_peak_rss_mib": TARGET_NODE_RSS_MIB,
                        "rss_growth_vs_reference": TARGET_RSS_GROWTH, "reference_size": REFERENCE_SIZE},
            "judged": judged, "sizes": results, "concurrent": conc, "table": text}
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    print(f"JSON: {a.json}", file=sys.stderr)
+    pipeline.write_results(a.json, doc)
 
 
 if __name__ == "__main__":
