@@ -73,8 +73,8 @@ class Download:
         self._paused = False
         self._unpause: Deferred | None = None
         self._stopped = False
-        self._pending: deque[Deferred] = deque()
-        self._forced: deque[bool] = deque()  # per pending segment: its budget was forced (past the budget)
+        # segments fetched ahead, in order, each with whether its budget was forced (past the budget)
+        self._pending: deque[tuple[Deferred, bool]] = deque()
 
     def start(self, consumer: IConsumer) -> Deferred:
         """Register with ``consumer`` and stream; fires when the last byte was written (the producer is then
@@ -102,7 +102,7 @@ class Download:
     def stopProducing(self) -> None:
         """The consumer went away: stop fetching and fail the stream with CancelledError."""
         self._stopped = True
-        for d in list(self._pending):
+        for d, _forced in list(self._pending):
             d.cancel()
         if self._unpause is not None:
             d, self._unpause = self._unpause, None
@@ -135,14 +135,13 @@ class Download:
                 except BaseException:
                     self._give(forced)  # taken for a segment that never started
                     raise
-                self._pending.append(segment)
-                self._forced.append(forced)
+                self._pending.append((segment, forced))
             while self._pending:
                 await self._deliver()
         finally:
             while self._pending:  # after a failure: stop the work ahead, swallow its outcome
-                d = self._pending.popleft()
-                self._give(self._forced.popleft())
+                d, forced = self._pending.popleft()
+                self._give(forced)
                 d.addErrback(lambda _: None)
                 d.cancel()
 
@@ -158,9 +157,9 @@ class Download:
             raise CancelledError("consumer stopped")
 
     async def _deliver(self) -> None:
-        data = await self._pending[0]
-        self._pending.popleft()
-        self._give(self._forced.popleft())  # from here the segment is plaintext on its way out, no longer fetched ahead
+        data = await self._pending[0][0]
+        _d, forced = self._pending.popleft()
+        self._give(forced)  # from here the segment is plaintext on its way out, no longer fetched ahead
         while self._paused:
             self._unpause = Deferred()
             await self._unpause
