@@ -81,6 +81,7 @@ class Node:
         self.quota = quota  # bytes this node holds for others at most (None: up to the storage limit)
         self.placement = Rendezvous()
         self.block_deadline = block_deadline  # seconds a holder has to acknowledge (or send) one block
+        self._retriever: Retriever | None = None  # made once peers are set (_retrieve)
         self.block_times = BlockTimes(reactor)  # how fast each peer sends blocks: readers ask the fastest first
         self.budget = Budget(buffer_budget)  # block buffers of all uploads and downloads together (cas/budget.py)
         self.max_uploads = max_uploads  # uploads at once; past it, Busy (HTTP 503 with Retry-After)
@@ -369,10 +370,16 @@ class Node:
 
     def _retrieve(self, cid: CID, key: bytes, spread: int) -> Deferred[bytes | memoryview]:
         assert self.peers is not None
-        # Blocks are hashed on a worker thread: a node reading a file it does not hold is bound by its reactor
-        # thread (TLS, HTTP, per-block work), and BLAKE3 releases the GIL.
-        return Retriever(self.peers, self.placement, self.replicas, self.block_deadline,
-                         check=lambda c, data: self.run(c.verify, data), times=self.block_times).fetch(cid, key, spread)
+        r = self._retriever
+        if r is None or r.peers is not self.peers:  # one per PeerManager: it keeps no state of its own per block
+            # Blocks are hashed on a worker thread: a node reading a file it does not hold is bound by its
+            # reactor thread (TLS, HTTP, per-block work), and BLAKE3 releases the GIL.
+            r = self._retriever = Retriever(self.peers, self.placement, self.replicas, self.block_deadline,
+                                            check=self._verify_block, times=self.block_times)
+        return r.fetch(cid, key, spread)
+
+    def _verify_block(self, cid: CID, data: bytes | memoryview) -> Deferred[bool]:
+        return self.run(cid.verify, data)
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))
