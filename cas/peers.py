@@ -43,6 +43,7 @@ log = Logger()
 MAX_HAS = 1024
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
+SAVE_SPACING = 1.0  # seconds between two saves of the peer table prompted by membership changes
 
 
 @attrs.define
@@ -128,6 +129,7 @@ class PeerManager:
         )
         self.own_record: PeerRecord | None = None
         self._seq = 0
+        self._saved_at = -SAVE_SPACING  # reactor time of the last save of the table
 
     # -- life ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,21 +198,28 @@ class PeerManager:
 
     def _save(self) -> None:
         if self.table.dirty:
+            self._saved_at = self.reactor.seconds()
             try:
                 self.table.save()
             except OSError as e:
                 log.warn("cannot save the peer table: {e}", e=e.strerror)
 
     def _save_soon(self) -> None:
-        """Save within a second: membership changed, and a node killed now should restart knowing it."""
+        """Membership changed: save now, so that a node killed next restarts knowing it; but at most once a
+        second (one write and fsync however fast a large network churns), the changes in between saved
+        together at the end of that second."""
         if self._stopping or ("save_soon" in self._timers and self._timers["save_soon"].active()):
+            return
+        wait = self._saved_at + SAVE_SPACING - self.reactor.seconds()
+        if wait <= 0:
+            self._save()
             return
 
         def save() -> None:
             self._timers.pop("save_soon", None)
             self._save()
 
-        self._timers["save_soon"] = self.reactor.callLater(1.0, save)
+        self._timers["save_soon"] = self.reactor.callLater(wait, save)
 
     def _sign(self) -> None:
         now = self.wall()

@@ -112,8 +112,10 @@ class FourNodes(SynchronousTestCase):
 
         eventually(lambda: all(full(n) for n in nodes), "every node to list the three others as members")
 
-        # kill -9 one node: the others lose their connections to it and suspect it.
+        # kill -9 one node: the others lose their connections to it and suspect it. It lists the others, so it
+        # has saved its table already: the first membership change is written at once, not a second later.
         victim = nodes[2]
+        self.assertTrue(os.path.exists(os.path.join(victim.data_dir, "peers.json")), "the peer table is saved")
         victim.kill()
         others = [n for n in nodes if n is not victim]
         eventually(lambda: all(n.peers()[victim.node_id]["state"] in ("suspect", "dead") for n in others),

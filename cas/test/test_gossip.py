@@ -3,6 +3,8 @@ fire, a Clock for the rounds and the flood-control buckets, and a settable wall 
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from typing import Any
 
@@ -524,3 +526,52 @@ class RoundTests(GossipCase):
         self.assertEqual(self.clock.getDelayedCalls(), [], "no round after stop()")
         self.clock.advance(100)
         self.assertEqual(self.gossip.rounds, 1)
+
+
+class TableSaveTests(SynchronousTestCase):
+    """The peer manager saves ``peers.json`` at once when membership changes (a node killed right after
+    joining restarts knowing its peers), at most once a second, the changes in between together."""
+
+    def setUp(self) -> None:
+        from cas.peers import SAVE_SPACING, PeerManager
+
+        class Node:
+            identity = new_identity()
+
+        self.spacing = SAVE_SPACING
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.path = os.path.join(self.mktemp() + ".json")
+        self.manager = PeerManager(Node(), self.clock, table_path=self.path, wall=lambda: WALL0)
+
+    def saved(self) -> set[bytes]:
+        with open(self.path, encoding="utf-8") as f:
+            return {bytes.fromhex(p["node_id"]) for p in json.load(f)["peers"]}
+
+    def join(self) -> bytes:
+        ident = new_identity()
+        self.assertEqual(self.manager.gossip.receive(b"s" * 32, [make_record(ident).encode()]), 1)
+        self.assertIn(ident.node_id, self.manager.members())
+        return ident.node_id
+
+    def test_first_change_saved_at_once(self) -> None:
+        a = self.join()
+        self.assertEqual(self.saved(), {a})
+
+    def test_changes_within_a_second_saved_together_at_its_end(self) -> None:
+        a = self.join()
+        self.clock.advance(self.spacing / 4)
+        b = self.join()
+        c = self.join()
+        self.assertEqual(self.saved(), {a}, "not written again within the second")
+        self.clock.advance(self.spacing * 3 / 4 - 0.01)
+        self.assertEqual(self.saved(), {a})
+        self.clock.advance(0.01)
+        self.assertEqual(self.saved(), {a, b, c})
+        self.assertEqual(self.clock.getDelayedCalls(), [], "nothing else scheduled")
+
+    def test_change_after_a_quiet_second_saved_at_once(self) -> None:
+        a = self.join()
+        self.clock.advance(self.spacing)
+        b = self.join()
+        self.assertEqual(self.saved(), {a, b})
