@@ -8,6 +8,7 @@ A byte range touches only the blocks it needs (and the manifest nodes on their p
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from typing import Callable
 
 import attrs
@@ -23,8 +24,7 @@ from .errors import RangeNotSatisfiable, TamperedData
 from .manifest import Link, Metadata, Node, Root, data_links, decode_node, decode_root
 from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
-Runner = Callable[..., Deferred]
-Fetch = Callable[..., Deferred]  # (block id, placement key[, spread]) -> verified block bytes
+Fetch = Callable[..., Deferred]  # (block id, placement key[, spread][, then=f]) -> verified block, or f(block) (worker)
 
 
 @attrs.frozen
@@ -59,11 +59,11 @@ def resolve_range(size: int, offset: int, length: int | None) -> tuple[int, int]
 @implementer(IPushProducer)
 class Download:
     def __init__(
-        self, f: OpenFile, fetch: Fetch, run: Runner, offset: int = 0, length: int | None = None, window: int = 4,
+        self, f: OpenFile, fetch: Fetch, offset: int = 0, length: int | None = None, window: int = 4,
         budget: Budget | None = None,
     ) -> None:
         self.file = f
-        self._fetch, self._run, self._window = fetch, run, window
+        self._fetch, self._window = fetch, window
         # The node-wide buffer budget: a segment fetched ahead holds one segment of it until it is delivered.
         # Past the budget the download reads no further ahead; it always keeps one segment in flight.
         self._budget, self._cost = budget, f.root.segment_size
@@ -170,23 +170,21 @@ class Download:
 
     def _segment(self, key: bytes, index: int, last: bool, link: Link, expect: int, lo: int, hi: int) -> Deferred:
         root = self.file.root
-        # Consecutive blocks start with different holders of their stripe: several send at once.
-        d = self._fetch(link.cid, stripe_key(root.salt, index // STRIPE_BLOCKS), index)
-
-        def check(block: bytes) -> Deferred:
-            if len(block) != link.count:
-                raise TamperedData(f"block {index} has {len(block)} bytes, the manifest says {link.count}")
-            return self._run(_open, key, index, last, block, expect, lo, hi)
-
-        return d.addCallback(check)
+        # Consecutive blocks start with different holders of their stripe: several send at once. The block is
+        # decrypted where it was checked (``then``: one worker job per block).
+        return self._fetch(link.cid, stripe_key(root.salt, index // STRIPE_BLOCKS), index,
+                           then=partial(_open, key, index, last, link.count, expect, lo, hi))
 
     async def _load_node(self, cid: CID) -> Node:
         raw = await self._fetch(cid, manifest_key(cid.to_bytes()))
         return decode_node(raw, self.file.root.segment_size)
 
 
-def _open(key: bytes, index: int, last: bool, block: bytes, expect: int, lo: int, hi: int) -> bytes:
-    """Worker thread: decrypt one block, check its length against the file size, cut the range."""
+def _open(key: bytes, index: int, last: bool, count: int, expect: int, lo: int, hi: int, block: bytes) -> bytes:
+    """Worker thread: check the block's length against the manifest, decrypt it, check its length against the
+    file size, cut the range."""
+    if len(block) != count:
+        raise TamperedData(f"block {index} has {len(block)} bytes, the manifest says {count}")
     plain = cipher.open_segment(key, index, last, block)
     if len(plain) != expect:
         raise TamperedData(f"segment {index} holds {len(plain)} bytes where {expect} were expected")

@@ -34,7 +34,7 @@ from .index import FileRecord, Index, Session
 from .manifest import FANOUT, SALT_SIZE, Link, check_name
 from .placement import Rendezvous
 from .replication import BLOCK_DEADLINE, Replicator
-from .retrieval import BlockTimes, Retriever
+from .retrieval import BlockTimes, Retriever, Then, checked_then
 from .upload import SESSION_TTL, StoredFile, Upload
 from .verify import VerifyReport, verify_file
 
@@ -348,27 +348,33 @@ class Node:
         """Bytes held for other nodes (recorded, and being written)."""
         return self._held + self._reserved_bytes
 
-    def fetch_placed(self, cid: CID, key: bytes, spread: int = 0) -> Deferred[bytes | memoryview]:
-        """A verified block: from the local store, else from the holders of its placement ``key``."""
+    def fetch_placed(self, cid: CID, key: bytes, spread: int = 0, then: Then | None = None) -> Deferred[Any]:
+        """A verified block: from the local store, else from the holders of its placement ``key``. With
+        ``then``: what ``then`` (run on a worker thread) made of the block; it runs in the job that checked a
+        block fetched from a holder."""
         if self.peers is None:
-            return self.fetch(cid)
+            return self._then(self.fetch(cid), then)
         if not self.store.has(cid) and self.peers.members():
             # Not here (a stat, on this thread): straight to the holders, without a worker thread's round trip
             # and a BlockNotFound per block, which a node reading a file it does not hold would pay every MiB.
-            return self._retrieve(cid, key, spread)
+            return self._retrieve(cid, key, spread, then)
         d = self.fetch(cid)
 
-        def elsewhere(f: Failure) -> Deferred[bytes | memoryview] | Failure:
+        def elsewhere(f: Failure) -> Deferred[Any] | Failure:
             f.trap(BlockNotFound, CorruptBlock)
             if not self.peers.members():
                 return f
-            d = self._retrieve(cid, key, spread)
+            d = self._retrieve(cid, key, spread, then)
             # A corrupt local copy (quarantined) that no peer could replace: that is the error to report.
             return d.addErrback(lambda f2: f if f.check(CorruptBlock) and f2.check(BlockNotFound) else f2)
 
-        return d.addErrback(elsewhere)
+        # ``then`` of a local block only: the holders' answer (from ``elsewhere``) has been through it already.
+        return d.addCallbacks(lambda block: self.run(then, block) if then is not None else block, elsewhere)
 
-    def _retrieve(self, cid: CID, key: bytes, spread: int) -> Deferred[bytes | memoryview]:
+    def _then(self, d: Deferred[Any], then: Then | None) -> Deferred[Any]:
+        return d if then is None else d.addCallback(lambda block: self.run(then, block))
+
+    def _retrieve(self, cid: CID, key: bytes, spread: int, then: Then | None = None) -> Deferred[Any]:
         assert self.peers is not None
         r = self._retriever
         if r is None or r.peers is not self.peers:  # one per PeerManager: it keeps no state of its own per block
@@ -376,10 +382,10 @@ class Node:
             # reactor thread (TLS, HTTP, per-block work), and BLAKE3 releases the GIL.
             r = self._retriever = Retriever(self.peers, self.placement, self.replicas, self.block_deadline,
                                             check=self._verify_block, times=self.block_times)
-        return r.fetch(cid, key, spread)
+        return r.fetch(cid, key, spread, then)
 
-    def _verify_block(self, cid: CID, data: bytes | memoryview) -> Deferred[bool]:
-        return self.run(cid.verify, data)
+    def _verify_block(self, cid: CID, data: bytes | memoryview, then: Then | None) -> Deferred[Any]:
+        return self.run(checked_then, cid, data, then)
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))
@@ -389,7 +395,7 @@ class Node:
         return ensureDeferred(verify_file(root, self.fetch))
 
     def download(self, f: OpenFile, offset: int = 0, length: int | None = None) -> Download:
-        return Download(f, self.fetch_placed, self.run, offset, length, window=self.window, budget=self.budget)
+        return Download(f, self.fetch_placed, offset, length, window=self.window, budget=self.budget)
 
     # -- the owner's files -------------------------------------------------------------------------------------
     def files(self) -> list[FileRecord]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -30,6 +31,35 @@ log = Logger()
 FETCH_DEADLINE = 30.0  # seconds one holder has to send one block
 EXTRA = 4  # nodes past the first ``replicas`` of the rank asked before falling back to HAS
 HAS_FANOUT = 64  # members asked HAS at most, in the fallback
+
+
+MISMATCH = object()  # what a check returns for bytes that are not the block asked for
+
+
+class ThenFailed(Exception):
+    """What a fetch's ``then`` raised on a block that passed its check: not the holder's fault, so it is
+    raised to the caller as is (``error``) instead of asking the next holder."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+Then = Callable[[bytes | memoryview], Any]  # runs on the verified block where the check ran (a worker thread)
+Check = Callable[[CID, bytes | memoryview, "Then | None"], Deferred[Any]]  # the block, then(block), or MISMATCH
+
+
+def checked_then(cid: CID, data: bytes | memoryview, then: Then | None) -> Any:
+    """A ``Check``'s job, on a worker thread: MISMATCH if ``data`` is not block ``cid``, else the block or what
+    ``then`` made of it (ThenFailed if ``then`` raised)."""
+    if not cid.verify(data):
+        return MISMATCH
+    if then is None:
+        return data
+    try:
+        return then(data)
+    except Exception as e:
+        raise ThenFailed(e) from e
 
 
 class Peers(TypingProtocol):
@@ -93,13 +123,15 @@ class Retriever:
     def __init__(
         self, peers: Peers, placement: IPlacement, replicas: int, deadline: float = FETCH_DEADLINE,
         extra: int = EXTRA, members: Callable[[], Sequence[bytes]] | None = None,
-        check: Callable[[CID, bytes | memoryview], Deferred[bool]] | None = None,
+        check: Check | None = None,
         times: BlockTimes | None = None,
     ) -> None:
         self.peers, self.placement, self.replicas = peers, placement, max(1, replicas)
         self.deadline, self.extra = deadline, extra
         self._members = members or peers.members
-        self._check = check  # checks a block against its id elsewhere (a worker thread); None: get_block does
+        # Checks a block against its id elsewhere (a worker thread) and applies a fetch's ``then`` there in the
+        # same job; None: get_block checks, and ``then`` runs here.
+        self._check = check
         self._times = times  # when given: holders are asked fastest and least busy first, and timed
 
     def candidates(self, key: bytes, spread: int = 0) -> list[bytes]:
@@ -115,43 +147,55 @@ class Retriever:
                 top.sort(key=lambda n: times.expected(n) * (in_flight(n) + 1))
         return top + rank[self.replicas: self.replicas + self.extra]
 
-    def fetch(self, cid: CID, key: bytes, spread: int = 0) -> Deferred[bytes | memoryview]:
-        """The block, verified, from a holder; fails with BlockNotFound saying whom it asked."""
-        return ensureDeferred(self._fetch(cid, key, spread))
+    def fetch(self, cid: CID, key: bytes, spread: int = 0, then: Then | None = None) -> Deferred[Any]:
+        """The block, verified, from a holder, or what ``then`` made of it (in the check's job, so a block costs
+        one trip to a worker thread, not two); fails with BlockNotFound saying whom it asked, or with what
+        ``then`` raised."""
+        return ensureDeferred(self._fetch(cid, key, spread, then))
 
-    async def _fetch(self, cid: CID, key: bytes, spread: int) -> bytes | memoryview:
+    async def _fetch(self, cid: CID, key: bytes, spread: int, then: Then | None) -> Any:
         asked: list[str] = []
         tried: set[bytes] = set()
         first = self.candidates(key, spread)
         expected = set(first[: self.replicas])
         for node in first:
-            data = await self._try(node, cid, asked, node in expected)
+            data = await self._try(node, cid, asked, then, node in expected)
             tried.add(node)
             if data is not None:
                 return data
         others = [m for m in self._members() if m not in tried and m != self.peers.node_id][:HAS_FANOUT]
         if others:
             for node in await self._who_has(others, cid):
-                data = await self._try(node, cid, asked)
+                data = await self._try(node, cid, asked, then)
                 if data is not None:
                     return data
         where = "; ".join(asked) if asked else "no other node is known"
         raise BlockNotFound(f"block {cid} is not on this node, and no peer could send it ({where})")
 
-    async def _try(self, node: bytes, cid: CID, asked: list[str], holder: bool = False) -> bytes | memoryview | None:
-        """The block from ``node`` if it sends a good one. A failure is held against ``node`` only if it is one
-        of the block's expected holders (``holder``): others, asked on the off chance, may just not have it."""
+    async def _try(
+        self, node: bytes, cid: CID, asked: list[str], then: Then | None = None, holder: bool = False,
+    ) -> Any:
+        """The block (or ``then`` of it) from ``node`` if it sends a good one. A failure is held against
+        ``node`` only if it is one of the block's expected holders (``holder``): others, asked on the off
+        chance, may just not have it."""
         times = self._times
         start = times.now() if times is not None else 0.0
         try:
             if self._check is None:
                 data = await self.peers.get_block(node, cid, timeout=self.deadline)
+                if then is not None:
+                    try:
+                        data = then(data)
+                    except Exception as e:
+                        raise ThenFailed(e) from e
             else:
-                data = await self.peers.get_block(node, cid, timeout=self.deadline, verify=False)
-                if not await self._check(cid, data):
+                data = await self._check(cid, await self.peers.get_block(node, cid, timeout=self.deadline, verify=False), then)
+                if data is MISMATCH:
                     raise CorruptBlock(f"node {short_node_id(node)} sent bytes that do not match block {cid}")
         except CancelledError:
             raise  # the reader went away: no next holder
+        except ThenFailed as e:
+            raise e.error from None  # the block was good: what was made of it failed, as it would from any holder
         except Exception as e:  # not found, corrupt, timeout, unreachable: the next one
             if times is not None and holder:
                 times.note(node, self.deadline)  # as bad as the deadline: asked last until it fades

@@ -19,13 +19,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cas.cid import CID
 from cas.connection import SEND_WINDOW
-from cas.errors import BlockNotFound, TooFewReplicas
+from cas.errors import BlockNotFound, TamperedData, TooFewReplicas
 from cas.manifest import data_links, decode_node, decode_root
 from cas.connection import Response
 from cas.peers import PeerManager, PeerSettings
 from cas.placement import Rendezvous
 from cas.replication import Replicator
-from cas.retrieval import BlockTimes, Retriever
+from cas.retrieval import BlockTimes, Retriever, checked_then
 from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 from cas.service import NodeService
 from cas.upload import StoredFile
@@ -512,7 +512,7 @@ class BlockTimesTests(SynchronousTestCase):
         block = b"elsewhere"
         peers = FakeHolders(self.clock, [self.a, self.b, self.c, b"d" * 32])
         r = Retriever(peers, Rendezvous(), 1, deadline=30.0, extra=3, times=self.times,
-                      check=lambda cid, data: succeed(cid.verify(data)))
+                      check=lambda cid, data, then: succeed(checked_then(cid, data, then)))
         holder, *others = r.candidates(b"k", 0)
         peers.answers = {others[-1]: block}
         d = r.fetch(CID.of(block), b"k")
@@ -523,7 +523,7 @@ class BlockTimesTests(SynchronousTestCase):
 
     def retriever(self, peers: FakeHolders) -> Retriever:
         return Retriever(peers, Rendezvous(), 3, deadline=30.0, extra=0, times=self.times,
-                         check=lambda cid, data: succeed(cid.verify(data)))
+                         check=lambda cid, data, then: succeed(checked_then(cid, data, then)))
 
     def test_order_by_time_and_queue(self) -> None:
         peers = FakeHolders(self.clock, [self.a, self.b, self.c])
@@ -552,6 +552,71 @@ class BlockTimesTests(SynchronousTestCase):
         self.assertGreater(min(self.times.expected(first), self.times.expected(second)), 29.0)
         self.assertAlmostEqual(self.times.expected(third), 0.5)
         self.assertEqual(r.candidates(b"k", 0)[0], third)
+
+
+class FetchThenTests(SynchronousTestCase):
+    """``Retriever.fetch(..., then=f)``: ``f`` runs on the block once it passed its check, in the check's job
+    (one worker job per block); what ``f`` raises is the fetch's error, not a reason to ask the next holder."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.block = b"the block"
+        self.cid = CID.of(self.block)
+        self.peers = FakeHolders(self.clock, [b"a" * 32, b"b" * 32, b"c" * 32])
+        self.jobs: list[tuple[CID, Any]] = []
+
+    def check(self, cid: CID, data: Any, then: Any) -> Deferred[Any]:
+        self.jobs.append((cid, then))  # one job per block asked: the check and ``then`` together
+        return succeed(checked_then(cid, data, then))
+
+    def retriever(self, checked_here: bool = True) -> Retriever:
+        return Retriever(self.peers, Rendezvous(), 3, deadline=30.0, extra=0, check=self.check if checked_here else None)
+
+    def fetch(self, r: Retriever, answers: list[Any], then: Any) -> Deferred[Any]:
+        order = r.candidates(b"k", 0)
+        self.peers.answers = dict(zip(order, answers))
+        d = r.fetch(self.cid, b"k", then=then)
+        self.clock.pump([0.0] * 4)
+        return d
+
+    def test_then_applied_to_the_good_block_in_its_check_job(self) -> None:
+        seen: list[bytes] = []
+
+        def then(block: bytes) -> bytes:
+            seen.append(block)
+            return block.upper()
+
+        d = self.fetch(self.retriever(), [b"forged", self.block], then)
+        self.assertEqual(self.successResultOf(d), b"THE BLOCK")
+        self.assertEqual(seen, [self.block], "never applied to the forged bytes")
+        self.assertEqual(self.jobs, [(self.cid, then), (self.cid, then)], "one job per answer, none for then alone")
+
+    def test_what_then_raises_is_the_error_and_no_other_holder_is_asked(self) -> None:
+        def then(block: bytes) -> bytes:
+            raise TamperedData("does not decrypt")
+
+        d = self.fetch(self.retriever(), [self.block, self.block, self.block], then)
+        self.assertEqual(str(self.failureResultOf(d, TamperedData).value), "does not decrypt")
+        self.assertEqual(len(self.peers.asked), 1)
+
+    def test_without_a_check_job_then_runs_after_get_block(self) -> None:
+        def then(block: bytes) -> bytes:
+            raise TamperedData("bad")
+
+        r = self.retriever(checked_here=False)
+        self.assertEqual(self.successResultOf(self.fetch(r, [self.block], len)), len(self.block))
+        self.peers.asked.clear()
+        self.failureResultOf(self.fetch(r, [self.block, self.block], then), TamperedData)
+        self.assertEqual(len(self.peers.asked), 1)
+
+    def test_checked_then(self) -> None:
+        from cas.retrieval import MISMATCH, ThenFailed
+
+        self.assertIs(checked_then(self.cid, b"forged", len), MISMATCH)
+        self.assertEqual(checked_then(self.cid, self.block, None), self.block)
+        self.assertEqual(checked_then(self.cid, self.block, len), len(self.block))
+        e = self.assertRaises(ThenFailed, checked_then, self.cid, self.block, lambda b: 1 // 0)
+        self.assertIsInstance(e.error, ZeroDivisionError)
 
 
 class TopUpStopTests(SynchronousTestCase):
