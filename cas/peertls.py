@@ -185,8 +185,10 @@ def peer_node_id(transport: object) -> bytes | None:
 try:  # pyOpenSSL's cffi binding (cryptography's): private, so every name is checked and the public API remains
     from OpenSSL.SSL import _ffi as _ssl_ffi, _lib as _ssl_lib
 
-    _DIRECT = all(hasattr(_ssl_lib, name) for name in ("SSL_read", "SSL_write", "BIO_read")) and all(
-        hasattr(SSL.Connection, name) for name in ("_raise_ssl_error", "_handle_bio_errors"))
+    _DIRECT = all(hasattr(_ssl_lib, name) for name in (
+        "SSL_read", "SSL_write", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read", "BIO_write", "BIO_should_retry",
+    )) and all(hasattr(SSL.Connection, name) for name in ("_raise_ssl_error", "_handle_bio_errors"))
+    _CHARS = _ssl_ffi.typeof("char[]")  # for from_buffer: resolved once, not parsed from a string per call
 except ImportError:  # pragma: no cover - a pyOpenSSL without them: the public methods are used
     _DIRECT = False
 
@@ -223,9 +225,25 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
 
     direct = _DIRECT  # call OpenSSL through pyOpenSSL's binding (tests turn it off to cover the public path)
     _bio_buffer: Any = None  # where the BIO is read, allocated once per connection
+    _direct_ok: bool | None = None  # whether this connection calls OpenSSL directly: decided once
 
     def _direct(self) -> bool:
-        return self.direct and hasattr(self._tlsConnection, "_ssl") and hasattr(self._tlsConnection, "_from_ssl")
+        ok = self._direct_ok
+        if ok is None:
+            conn = self._tlsConnection
+            ok = self._direct_ok = bool(self.direct and all(hasattr(conn, a) for a in ("_ssl", "_from_ssl", "_into_ssl")))
+        return ok
+
+    def dataReceived(self, data: bytes) -> None:
+        """Twisted's, with the ciphertext written to the memory BIO directly once the handshake is over."""
+        if not self._handshakeDone or self._appSendBuffer or not self._direct():
+            return super().dataReceived(data)
+        conn = self._tlsConnection
+        bio = conn._into_ssl
+        n = _ssl_lib.BIO_write(bio, data, len(data))  # a memory BIO takes it all, or fails
+        if n <= 0:
+            conn._handle_bio_errors(bio, n)  # raises, as pyOpenSSL's bio_write would
+        self._flushReceiveBIO()
 
     def _write(self, data: bytes | memoryview) -> None:  # type: ignore[override]
         if self._lostTLSConnection:
@@ -264,15 +282,18 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
         conn = self._tlsConnection
         get_buffer, updated = proto.get_buffer, proto.buffer_updated
         if self._direct():  # SSL_read straight into the buffer: no temporary, no copy, no error check on success
-            ssl, ssl_read, from_buffer = conn._ssl, _ssl_lib.SSL_read, _ssl_ffi.from_buffer
+            ssl, ssl_read, from_buffer, chars = conn._ssl, _ssl_lib.SSL_read, _ssl_ffi.from_buffer, _CHARS
+            get_error, want_read = _ssl_lib.SSL_get_error, _ssl_lib.SSL_ERROR_WANT_READ
         else:
             ssl = None
         while not self._lostTLSConnection and not self._aborted:
             buf = get_buffer()
             try:
                 if ssl is not None:
-                    n = ssl_read(ssl, from_buffer(buf, require_writable=True), min(len(buf), READ_CHUNK))
+                    n = ssl_read(ssl, from_buffer(chars, buf, require_writable=True), min(len(buf), READ_CHUNK))
                     if n <= 0:
+                        if get_error(ssl, n) == want_read:  # the usual end of a loop: no exception for it
+                            break
                         conn._raise_ssl_error(ssl, n)  # raises what pyOpenSSL's recv_into would
                         raise SSL.Error([("", "SSL_read", f"returned {n}")])  # pragma: no cover
                 else:
@@ -300,12 +321,15 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
         bio, buf = conn._from_ssl, self._bio_buffer
         if buf is None:
             buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
+        bio_read, should_retry = _ssl_lib.BIO_read, _ssl_lib.BIO_should_retry
         while True:
-            n = _ssl_lib.BIO_read(bio, buf, BIO_CHUNK)
+            n = bio_read(bio, buf, BIO_CHUNK)
             if n <= 0:
+                if should_retry(bio):  # just empty (the usual case): no exception for it
+                    return
                 try:
-                    conn._handle_bio_errors(bio, n)  # WantReadError when it is just empty
-                except SSL.WantReadError:
+                    conn._handle_bio_errors(bio, n)
+                except SSL.WantReadError:  # pragma: no cover - what should_retry said
                     return
                 return  # pragma: no cover - _handle_bio_errors always raises
             self.transport.write(_ssl_ffi.buffer(buf, n)[:])
