@@ -465,6 +465,21 @@ class PeerTLSStreamTests(TestCase):
         else:
             self.assertEqual(used, {})
 
+    async def test_reads_a_quarter_mebibyte_at_a_time(self) -> None:
+        """The TCP transports under peer TLS read up to RECV_SIZE per call (Twisted's default is 64 KiB)."""
+        sink = BufferSink()
+        seen: list[int] = []
+        real = peertls.PeerTLSProtocol.dataReceived
+
+        def counted(tls: peertls.PeerTLSProtocol, data: bytes) -> None:
+            seen.append(tls.transport.bufferSize)
+            real(tls, data)
+
+        self.patch(peertls.PeerTLSProtocol, "dataReceived", counted)
+        await self.stream_to(sink)
+        self.assertEqual(set(seen), {peertls.RECV_SIZE})
+        self.assertGreater(peertls.RECV_SIZE, 1 << 16)
+
     async def test_data_received(self) -> None:
         """A protocol without ``IReceiveBuffer`` gets Twisted's own receive loop, and the same bytes."""
         sink = Sink()
