@@ -652,8 +652,10 @@ class PeerProtocol(Protocol):
                         view = memoryview(p)
                         room = TLS_RECORD - sum(len(b) for b in batch) % TLS_RECORD
                         batch.append(view[:room])  # fill the record that carries the head
-                        self._flush(batch)
-                        self.transport.write(view[room:])  # type: ignore[union-attr]
+                        head = b"".join(batch)
+                        batch.clear()
+                        # head and payload: one bytes for the TCP transport, which sends it without a join
+                        self.transport.writeSequence([head, view[room:]])  # type: ignore[union-attr]
         finally:
             self._flush(batch)
 

@@ -187,8 +187,10 @@ try:  # pyOpenSSL's cffi binding (cryptography's): private, so every name is che
 
     _DIRECT = all(hasattr(_ssl_lib, name) for name in (
         "SSL_read", "SSL_write", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read", "BIO_write", "BIO_should_retry",
+        "BIO_get_mem_data",
     )) and all(hasattr(SSL.Connection, name) for name in ("_raise_ssl_error", "_handle_bio_errors"))
     _CHARS = _ssl_ffi.typeof("char[]")  # for from_buffer: resolved once, not parsed from a string per call
+    _uninitialized = _ssl_ffi.new_allocator(should_clear_after_alloc=False)  # filled by BIO_read before use
 except ImportError:  # pragma: no cover - a pyOpenSSL without them: the public methods are used
     _DIRECT = False
 
@@ -230,6 +232,7 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
     direct = _DIRECT  # call OpenSSL through pyOpenSSL's binding (tests turn it off to cover the public path)
     _bio_buffer: Any = None  # where the BIO is read, allocated once per connection
     _direct_ok: bool | None = None  # whether this connection calls OpenSSL directly: decided once
+    _corked = False  # within writeSequence: the BIO is drained once, after the last piece
 
     def _direct(self) -> bool:
         ok = self._direct_ok
@@ -283,6 +286,25 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                 self._tlsShutdownFinished(Failure())
                 break
             sent_total += sent
+            if ssl is None:
+                self._flushSendBIO()
+        if ssl is not None and not self._lostTLSConnection and not self._corked:
+            # The whole write's records in one piece: one bytes object for the transport, which Twisted then
+            # sends as it is, instead of joining a list of 68 KiB pieces into a new buffer (a copy of it all).
+            self._flushSendBIO()
+
+    def writeSequence(self, iovec: Any) -> None:  # type: ignore[override]
+        """Each piece encrypted as it is (a ``memoryview`` too: no join, unlike Twisted's), and the records of
+        them all handed to the transport as one ``bytes``: a frame's head and its payload become one write."""
+        if self.disconnecting and self._producer is None:
+            return
+        self._corked = True
+        try:
+            for piece in iovec:
+                self._write(piece)
+        finally:
+            self._corked = False
+        if self._handshakeDone and not self._lostTLSConnection and self._direct():
             self._flushSendBIO()
 
     def _flushReceiveBIO(self) -> None:
@@ -329,12 +351,20 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                 except SSL.WantReadError:  # the BIO is empty
                     return
                 self.transport.write(out)
-        bio, buf = conn._from_ssl, self._bio_buffer
-        if buf is None:
-            buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
-        bio_read, should_retry = _ssl_lib.BIO_read, _ssl_lib.BIO_should_retry
+        bio = conn._from_ssl
+        bio_read, should_retry, pending_of = _ssl_lib.BIO_read, _ssl_lib.BIO_should_retry, _ssl_lib.BIO_get_mem_data
         while True:
-            n = bio_read(bio, buf, BIO_CHUNK)
+            # Everything waiting in one read: a small flight into the buffer kept for them, a whole frame's
+            # records into a buffer of their size (uninitialised: BIO_read fills what is handed on).
+            pending = pending_of(bio, _ssl_ffi.NULL)
+            if pending <= BIO_CHUNK:
+                buf = self._bio_buffer
+                if buf is None:
+                    buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
+                want = BIO_CHUNK
+            else:
+                buf, want = _uninitialized("char[]", pending), pending
+            n = bio_read(bio, buf, want)
             if n <= 0:
                 if should_retry(bio):  # just empty (the usual case): no exception for it
                     return

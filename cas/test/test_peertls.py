@@ -29,6 +29,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -520,6 +521,49 @@ class PeerTLSStreamTests(TestCase):
         await next_one.lost
         self.assertTrue(next_one.reason.check(ConnectionDone), next_one.reason)
         self.assertTrue(next_one.data == STREAM)
+
+    def test_write_sequence_is_one_transport_write(self) -> None:
+        """A frame's head and payload (a memoryview) written together reach the TCP transport as one ``bytes``
+        (directly; Twisted would then send it without joining), and decrypt to the same bytes."""
+        a, b = new_identity(), new_identity()
+        writes: list[bytes] = []
+
+        class Recording(StringTransport):
+            def write(self, data: bytes) -> None:
+                assert isinstance(data, bytes)
+                writes.append(data)
+
+        proto = peertls.PeerTLSFactory(server_creator(a), False, Factory.forProtocol(Protocol)).buildProtocol(None)
+        proto.makeConnection(Recording())
+        client = client_creator(b, a.node_id).clientConnectionForTLS(None)
+        client.set_connect_state()
+        for _ in range(10):  # the handshake, by hand
+            try:
+                client.do_handshake()
+            except SSL.WantReadError:
+                pass
+            while True:
+                try:
+                    proto.dataReceived(client.bio_read(1 << 20))
+                except SSL.WantReadError:
+                    break
+            for w in writes:
+                client.bio_write(w)
+            writes.clear()
+        self.assertTrue(proto._handshakeDone)
+        payload = STREAM[: 1 << 20]
+        proto.wrappedProtocol.transport.writeSequence([b"head", memoryview(payload)])
+        if self.direct:
+            self.assertEqual(len(writes), 1, "one write for head and payload")
+        for w in writes:
+            client.bio_write(w)
+        got = bytearray()
+        while True:
+            try:
+                got += client.recv(1 << 20)
+            except SSL.WantReadError:
+                break
+        self.assertTrue(bytes(got) == b"head" + payload)
 
     def test_direct_calls_available(self) -> None:
         """The pyOpenSSL in use has the private names the fast path needs (else it silently runs slower)."""
