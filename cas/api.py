@@ -555,16 +555,11 @@ class File(_JsonResource):
             request.finish()
             return
         download = self.node.download(f, offset, length)
-        # Twisted pauses a producer once 64 KiB are buffered, i.e. after every 1 MiB segment; allow two.
-        widen_buffer(request.channel.transport, 2 * self.node.segment_size)
+        # The transport keeps Twisted's pause level (64 KiB): the download is paused after each 1 MiB segment
+        # and resumed once the kernel took it all, so Twisted's buffer holds one segment, which it sends as it
+        # is. Allowing two (as until 2026-11-26) let three pile up, and Twisted joined them into a new 3 MiB
+        # buffer before sending: a copy of every byte served, on the reactor thread (docs/performance.md).
         d = download.start(request)
-
-        def restore(result: object) -> object:
-            if request.channel is not None:
-                restore_buffer(request.channel.transport)
-            return result
-
-        d.addBoth(restore)
         d.addCallbacks(lambda _: request.finish(), self._failed_mid_stream, errbackArgs=(request,))
 
     @staticmethod

@@ -306,6 +306,31 @@ class ReadSize(ApiTestCase):
         self.assertEqual(self.node.uploads, 2)
 
 
+class DownloadWriteBuffer(ApiTestCase):
+    """A download leaves the transport's pause level at Twisted's default, so that Twisted's buffer holds one
+    segment at a time (sent as it is) instead of several that it would join into a new buffer first."""
+
+    def test_pause_level_kept(self) -> None:
+        self.node = make_node(self, segment_size=256 * 1024)
+        self.site = api.make_site(self.node, self.token, self.clock)
+        key = self.put(random.Random(1).randbytes(5 * 256 * 1024))
+        levels: list[int] = []
+
+        class Recording(BufferedTransport):
+            def write(self, data: bytes) -> None:
+                levels.append(self.bufferSize)  # the pause level while each piece is written
+                super().write(data)
+
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        t = Recording()
+        proto.makeConnection(t)
+        self.addCleanup(lambda: proto.connectionLost(Failure(ConnectionError("test over"))))
+        proto.dataReceived(self.raw("GET", f"/v1/files/{key}"))
+        self.assertGreater(len(t.value()), 5 * 256 * 1024, "the file was sent")
+        self.assertGreaterEqual(len(levels), 5)
+        self.assertEqual(set(levels), {1 << 16})
+
+
 class ResumableUpload(ApiTestCase):
     """``/v1/uploads``: open, send pieces with Content-Range, ask where it stands, finish, drop."""
 
