@@ -210,9 +210,12 @@ class PeerManager:
         together at the end of that second."""
         if self._stopping or ("save_soon" in self._timers and self._timers["save_soon"].active()):
             return
-        wait = self._saved_at + SAVE_SPACING - self.reactor.seconds()
+        wait = min(SAVE_SPACING, self._saved_at + SAVE_SPACING - self.reactor.seconds())  # a clock stepped back
         if wait <= 0:
-            self._save()
+            try:
+                self._save()
+            except Exception:  # called from connection callbacks: a bug here must not break them
+                log.failure("saving the peer table failed")
             return
 
         def save() -> None:
@@ -604,6 +607,7 @@ class PeerManager:
                 if address is not None and address not in e.operator_addresses:
                     e.operator_addresses += (address,)  # kept (and saved): the node may advertise no address
                 self.table.dirty = True
+                self._save_soon()  # the pin too: membership (saved at once) changed before it was set
             self.gossip.exchange(conn.peer_id)
 
         def failed(f: Failure) -> None:

@@ -7,6 +7,7 @@ few seconds. Conditions are polled on the real reactor with a deadline; no test 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -366,6 +367,28 @@ class ReviewTests(TestCase):
         await net.stop(b)
         again = net.start(path=b_path, bootstrap=[net.bootstrap_to(a, pinned=False)])
         self.assertEqual(again.peers.bootstrap[0].node_id, a_id)  # the earlier first use pins it
+
+    async def test_trust_on_first_use_survives_a_kill(self) -> None:
+        """The pin of a contact trusted on first use reaches peers.json within a second or so, not only at the
+        next periodic save: a node killed right after first contact still refuses another key there."""
+        net = Net(self)
+        a = net.start()
+        b_path = self.mktemp()
+        b = net.start(path=b_path, bootstrap=[net.bootstrap_to(a, pinned=False)])
+        a_id = a.node.identity.node_id
+        table = os.path.join(b_path, "peers.json")
+
+        def saved_pin() -> bool:
+            try:
+                with open(table, encoding="utf-8") as f:
+                    return any(p["node_id"] == a_id.hex() and p.get("pinned") for p in json.load(f)["peers"])
+            except (OSError, ValueError):
+                return False
+
+        await wait_for(saved_pin, "the pin to be saved", 3)  # the periodic save comes 5-10 s after start
+        await net.kill(b)
+        again = net.start(path=b_path, bootstrap=[net.bootstrap_to(a, pinned=False)])
+        self.assertEqual(again.peers.bootstrap[0].node_id, a_id)
 
     async def test_new_identities_from_one_address_are_limited(self) -> None:
         net = Net(self)
