@@ -216,6 +216,22 @@ class IReceiveBuffer(Interface):
         """``n`` bytes were written at the start of the buffer ``get_buffer`` returned last."""
 
 
+class _Gather:
+    """The TLS records of one large write (a block frame), collected from the memory BIO after every
+    ``SSL_write`` of ``WRITE_CHUNK`` and handed to the transport as one ``bytes``: Twisted sends a lone buffer
+    as it is, but joins a list of pieces into a new one first (a copy of every byte). The BIO is drained as
+    before, so it stays at one chunk's records for the connection's life (OpenSSL's memory BIO never
+    shrinks); the gather buffer is freed with the write. Sized for the plaintext plus every record's 22 bytes
+    of TLS 1.3 overhead, with room to spare; should more arrive, what is gathered is handed on first."""
+
+    __slots__ = ("buf", "size", "used")
+
+    def __init__(self, plaintext: int) -> None:
+        self.size = plaintext + (plaintext // (1 << 14) + 4) * 64
+        self.buf = _uninitialized("char[]", self.size)  # BIO_read fills what is handed on
+        self.used = 0
+
+
 class PeerTLSProtocol(TLSMemoryBIOProtocol):
     """Twisted's TLS protocol, with bulk writes made cheaper for 1 MiB block frames.
 
@@ -232,7 +248,7 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
     direct = _DIRECT  # call OpenSSL through pyOpenSSL's binding (tests turn it off to cover the public path)
     _bio_buffer: Any = None  # where the BIO is read, allocated once per connection
     _direct_ok: bool | None = None  # whether this connection calls OpenSSL directly: decided once
-    _corked = False  # within writeSequence: the BIO is drained once, after the last piece
+    _gather: _Gather | None = None  # while a large write (or writeSequence) is encrypted: its records
 
     def _direct(self) -> bool:
         ok = self._direct_ok
@@ -269,43 +285,54 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
             ssl, ssl_write, from_buffer = conn._ssl, _ssl_lib.SSL_write, _ssl_ffi.from_buffer
         else:
             ssl = None
-        while sent_total < size:
-            chunk = view[sent_total:sent_total + WRITE_CHUNK]
-            try:
-                if ssl is not None:
-                    sent = ssl_write(ssl, from_buffer(chunk), len(chunk))
-                    if sent <= 0:
-                        conn._raise_ssl_error(ssl, sent)  # raises what pyOpenSSL's send would
-                        raise SSL.Error([("", "SSL_write", f"returned {sent}")])  # pragma: no cover
-                else:
-                    sent = conn.send(chunk)
-            except SSL.WantReadError:  # the handshake is not over: Twisted keeps the rest until it is
-                self._bufferedWrite(view[sent_total:])
-                break
-            except SSL.Error:
-                self._tlsShutdownFinished(Failure())
-                break
-            sent_total += sent
-            if ssl is None:
-                self._flushSendBIO()
-        if ssl is not None and not self._lostTLSConnection and not self._corked:
-            # The whole write's records in one piece: one bytes object for the transport, which Twisted then
-            # sends as it is, instead of joining a list of 68 KiB pieces into a new buffer (a copy of it all).
-            self._flushSendBIO()
+        own = ssl is not None and self._gather is None and size > WRITE_CHUNK and self._handshakeDone
+        if own:
+            self._gather = _Gather(size)
+        try:
+            while sent_total < size:
+                chunk = view[sent_total:sent_total + WRITE_CHUNK]
+                try:
+                    if ssl is not None:
+                        sent = ssl_write(ssl, from_buffer(chunk), len(chunk))
+                        if sent <= 0:
+                            conn._raise_ssl_error(ssl, sent)  # raises what pyOpenSSL's send would
+                            raise SSL.Error([("", "SSL_write", f"returned {sent}")])  # pragma: no cover
+                    else:
+                        sent = conn.send(chunk)
+                except SSL.WantReadError:  # the handshake is not over: Twisted keeps the rest until it is
+                    self._bufferedWrite(view[sent_total:])
+                    break
+                except SSL.Error:
+                    self._tlsShutdownFinished(Failure())
+                    break
+                sent_total += sent
+                self._flushSendBIO()  # into the gather buffer when there is one: the BIO stays small
+        finally:
+            if own:
+                self._emit()
 
     def writeSequence(self, iovec: Any) -> None:  # type: ignore[override]
         """Each piece encrypted as it is (a ``memoryview`` too: no join, unlike Twisted's), and the records of
         them all handed to the transport as one ``bytes``: a frame's head and its payload become one write."""
         if self.disconnecting and self._producer is None:
             return
-        self._corked = True
+        views = [memoryview(piece).cast("B") for piece in iovec]  # a bad piece fails before anything is written
+        if self._gather is not None or not self._handshakeDone or self._lostTLSConnection or not self._direct():
+            for v in views:
+                self._write(v)
+            return
+        self._gather = _Gather(sum(len(v) for v in views))
         try:
-            for piece in iovec:
-                self._write(piece)
+            for v in views:
+                self._write(v)
         finally:
-            self._corked = False
-        if self._handshakeDone and not self._lostTLSConnection and self._direct():
-            self._flushSendBIO()
+            self._emit()
+
+    def _emit(self) -> None:
+        """Hand what the gather buffer holds to the transport as one ``bytes``, and stop gathering."""
+        g, self._gather = self._gather, None
+        if g is not None and g.used and not self._lostTLSConnection:
+            self.transport.write(_ssl_ffi.buffer(g.buf, g.used)[:])
 
     def _flushReceiveBIO(self) -> None:
         """Twisted's loop, decrypting into the application protocol's buffer when it offers one."""
@@ -353,17 +380,27 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                 self.transport.write(out)
         bio = conn._from_ssl
         bio_read, should_retry, pending_of = _ssl_lib.BIO_read, _ssl_lib.BIO_should_retry, _ssl_lib.BIO_get_mem_data
+        g = self._gather
         while True:
-            # Everything waiting in one read: a small flight into the buffer kept for them, a whole frame's
-            # records into a buffer of their size (uninitialised: BIO_read fills what is handed on).
-            pending = pending_of(bio, _ssl_ffi.NULL)
-            if pending <= BIO_CHUNK:
-                buf = self._bio_buffer
-                if buf is None:
-                    buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
-                want = BIO_CHUNK
+            if g is not None:  # a large write under way: its records go on gathering (see _Gather)
+                pending = pending_of(bio, _ssl_ffi.NULL)
+                if pending <= 0:
+                    return
+                if g.used + pending > g.size and g.used:
+                    self.transport.write(_ssl_ffi.buffer(g.buf, g.used)[:])  # more than estimated: hand it on
+                    g.used = 0
+                buf, want = g.buf + g.used, min(pending, g.size - g.used)
             else:
-                buf, want = _uninitialized("char[]", pending), pending
+                # Everything waiting in one read (a small write's records, a handshake flight, a reply sent
+                # while reading) into the buffer kept for them; more than that into a buffer of its size.
+                pending = pending_of(bio, _ssl_ffi.NULL)
+                if pending <= BIO_CHUNK:
+                    buf = self._bio_buffer
+                    if buf is None:
+                        buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
+                    want = BIO_CHUNK
+                else:
+                    buf, want = _uninitialized("char[]", pending), pending
             n = bio_read(bio, buf, want)
             if n <= 0:
                 if should_retry(bio):  # just empty (the usual case): no exception for it
@@ -373,7 +410,10 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                 except SSL.WantReadError:  # pragma: no cover - what should_retry said
                     return
                 return  # pragma: no cover - _handle_bio_errors always raises
-            self.transport.write(_ssl_ffi.buffer(buf, n)[:])
+            if g is not None:
+                g.used += n
+            else:
+                self.transport.write(_ssl_ffi.buffer(buf, n)[:])
 
 
 class PeerTLSFactory(TLSMemoryBIOFactory):

@@ -522,9 +522,9 @@ class PeerTLSStreamTests(TestCase):
         self.assertTrue(next_one.reason.check(ConnectionDone), next_one.reason)
         self.assertTrue(next_one.data == STREAM)
 
-    def test_write_sequence_is_one_transport_write(self) -> None:
-        """A frame's head and payload (a memoryview) written together reach the TCP transport as one ``bytes``
-        (directly; Twisted would then send it without joining), and decrypt to the same bytes."""
+    def memory_pair(self) -> tuple[Any, Any, list[bytes]]:
+        """A server ``PeerTLSProtocol`` over a transport recording its writes, and a client pyOpenSSL connection,
+        handshaken by hand over memory."""
         a, b = new_identity(), new_identity()
         writes: list[bytes] = []
 
@@ -537,7 +537,7 @@ class PeerTLSStreamTests(TestCase):
         proto.makeConnection(Recording())
         client = client_creator(b, a.node_id).clientConnectionForTLS(None)
         client.set_connect_state()
-        for _ in range(10):  # the handshake, by hand
+        for _ in range(10):
             try:
                 client.do_handshake()
             except SSL.WantReadError:
@@ -551,10 +551,10 @@ class PeerTLSStreamTests(TestCase):
                 client.bio_write(w)
             writes.clear()
         self.assertTrue(proto._handshakeDone)
-        payload = STREAM[: 1 << 20]
-        proto.wrappedProtocol.transport.writeSequence([b"head", memoryview(payload)])
-        if self.direct:
-            self.assertEqual(len(writes), 1, "one write for head and payload")
+        return proto, client, writes
+
+    @staticmethod
+    def received(client: Any, writes: list[bytes]) -> bytes:
         for w in writes:
             client.bio_write(w)
         got = bytearray()
@@ -562,8 +562,44 @@ class PeerTLSStreamTests(TestCase):
             try:
                 got += client.recv(1 << 20)
             except SSL.WantReadError:
-                break
-        self.assertTrue(bytes(got) == b"head" + payload)
+                return bytes(got)
+
+    def test_write_sequence_is_one_transport_write(self) -> None:
+        """A frame's head and payload (a memoryview) written together reach the TCP transport as one ``bytes``
+        (directly; Twisted would then send it without joining), and decrypt to the same bytes."""
+        proto, client, writes = self.memory_pair()
+        payload = STREAM[: 1 << 20]
+        proto.wrappedProtocol.transport.writeSequence([b"head", memoryview(payload)])
+        if self.direct:
+            self.assertEqual(len(writes), 1, "one write for head and payload")
+        self.assertTrue(self.received(client, writes) == b"head" + payload)
+        writes.clear()
+        proto.wrappedProtocol.transport.write(memoryview(payload))  # a large write alone: one piece too
+        if self.direct:
+            self.assertEqual(len(writes), 1)
+        self.assertTrue(self.received(client, writes) == payload)
+
+    def test_gathering_past_the_estimate(self) -> None:
+        """Should the records outgrow the gather buffer, what it holds is handed on first: more writes, same bytes."""
+        if self.direct:
+            real = peertls._Gather.__init__
+
+            def small(g: Any, plaintext: int) -> None:
+                real(g, plaintext)
+                g.size = 70_000  # about four records
+
+            self.patch(peertls._Gather, "__init__", small)
+        proto, client, writes = self.memory_pair()
+        payload = STREAM[: 1 << 20]
+        proto.wrappedProtocol.transport.writeSequence([b"head", memoryview(payload), b"tail"])
+        if self.direct:
+            self.assertGreater(len(writes), 10)
+        self.assertTrue(self.received(client, writes) == b"head" + payload + b"tail")
+
+    def test_write_sequence_checks_every_piece_first(self) -> None:
+        proto, client, writes = self.memory_pair()
+        self.assertRaises(TypeError, proto.wrappedProtocol.transport.writeSequence, [b"head", 12345])
+        self.assertEqual(self.received(client, writes), b"", "nothing of it was written")
 
     def test_direct_calls_available(self) -> None:
         """The pyOpenSSL in use has the private names the fast path needs (else it silently runs slower)."""
