@@ -195,6 +195,7 @@ except ImportError:  # pragma: no cover - a pyOpenSSL without them: the public m
     _DIRECT = False
 
 WRITE_CHUNK = 1 << 16  # plaintext handed to OpenSSL per call (it cuts 16 KiB records): fastest measured, 16-256 KiB
+GATHER_EVERY = 4 * WRITE_CHUNK  # a large write's records leave the BIO for the gather buffer this often
 BIO_CHUNK = WRITE_CHUNK + 4096  # ciphertext read from the memory BIO per call: a chunk and its record overheads
 READ_CHUNK = 1 << 14  # plaintext asked of OpenSSL per call: one TLS record (SSL_read returns one record at most)
 # Ciphertext read from the socket per call (Twisted's default is 64 KiB). A receiver of blocks is the slower side
@@ -217,11 +218,12 @@ class IReceiveBuffer(Interface):
 
 
 class _Gather:
-    """The TLS records of one large write (a block frame), collected from the memory BIO after every
-    ``SSL_write`` of ``WRITE_CHUNK`` and handed to the transport as one ``bytes``: Twisted sends a lone buffer
-    as it is, but joins a list of pieces into a new one first (a copy of every byte). The BIO is drained as
-    before, so it stays at one chunk's records for the connection's life (OpenSSL's memory BIO never
-    shrinks); the gather buffer is freed with the write. Sized for the plaintext plus every record's 22 bytes
+    """The TLS records of one large write (a block frame), collected from the memory BIO every
+    ``GATHER_EVERY`` bytes of plaintext and handed to the transport as one ``bytes``: Twisted sends a lone
+    buffer as it is, but joins a list of pieces into a new one first (a copy of every byte). The BIO holds at
+    most ``GATHER_EVERY``'s records (about 260 KiB; OpenSSL's memory BIO never shrinks, so draining it only at
+    the end of a frame would keep a frame's worth per connection for its life; draining after every 64 KiB
+    call measured 15% slower in process); the gather buffer is freed with the write. Sized for the plaintext plus every record's 22 bytes
     of TLS 1.3 overhead, with room to spare; should more arrive, what is gathered is handed on first."""
 
     __slots__ = ("buf", "size", "used")
@@ -306,7 +308,8 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                     self._tlsShutdownFinished(Failure())
                     break
                 sent_total += sent
-                self._flushSendBIO()  # into the gather buffer when there is one: the BIO stays small
+                if self._gather is None or sent_total % GATHER_EVERY == 0:
+                    self._flushSendBIO()  # into the gather buffer when there is one (and in _emit)
         finally:
             if own:
                 self._emit()
@@ -330,6 +333,8 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
 
     def _emit(self) -> None:
         """Hand what the gather buffer holds to the transport as one ``bytes``, and stop gathering."""
+        if self._gather is not None and not self._lostTLSConnection:
+            self._flushSendBIO()  # the records still in the BIO join the gathered ones
         g, self._gather = self._gather, None
         if g is not None and g.used and not self._lostTLSConnection:
             self.transport.write(_ssl_ffi.buffer(g.buf, g.used)[:])
