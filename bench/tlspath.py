@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""CPU per GiB of the peer TLS layer alone, in one process: an A/B harness for changes to cas/peertls.py.
+
+    python bench/tlspath.py [--root DIR] [--blocks 512] [--chunk 262144] [--repeat 3]
+
+- **recv**: TLS records of 1 MiB GET_BLOCK response frames, made beforehand, are fed to a client
+  ``PeerTLSProtocol`` in ``--chunk``-byte pieces (what a socket read returns) and decoded by a
+  ``FrameDecoder`` through ``IReceiveBuffer``.
+- **send**: 1 MiB frames (head and payload through ``writeSequence``, as ``PeerProtocol`` writes them) go
+  through a server ``PeerTLSProtocol`` into a transport that buffers as Twisted's ``FileDescriptor`` does
+  (a list of ``bytes``, joined when flushed unless there is just one).
+
+No sockets, no scheduling: the figures move only with the code and the CPU's speed, so compare two trees
+(``--root``, a checkout of another commit) in alternation in the same minute. This VM's speed swings 2x, and
+end-to-end benchmarks (bench/peers.py, bench/replication.py) cannot show a 10% change; this can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                   help="the tree whose cas package is measured (default: this one)")
+    p.add_argument("--blocks", type=int, default=512, help="1 MiB frames per measurement (default 512)")
+    p.add_argument("--chunk", type=int, default=1 << 18, help="bytes per socket read on the recv side (default 256 KiB)")
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args()
+    sys.path.insert(0, os.path.abspath(a.root))
+
+    from cas.malloc import tune
+
+    tune()
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+    from zope.interface import implementer
+
+    from cas import frames, peertls
+    from cas.identity import load_or_create
+
+    d = tempfile.mkdtemp()
+    srv_id = load_or_create(d + "/s.key", d + "/s.crt")
+    cli_id = load_or_create(d + "/c.key", d + "/c.crt")
+    payload = os.urandom(1 << 20)
+
+    @implementer(peertls.IReceiveBuffer)
+    class Sink(Protocol):
+        def __init__(self) -> None:
+            self.dec, self.frames = frames.FrameDecoder(), 0
+
+        def get_buffer(self) -> memoryview:
+            return self.dec.get_buffer()
+
+        def buffer_updated(self, n: int) -> None:
+            self.frames += len(self.dec.buffer_updated(n))
+
+        def dataReceived(self, data: bytes) -> None:
+            self.frames += len(self.dec.feed(data))
+
+    class FDTransport(StringTransport):
+        """Twisted FileDescriptor's buffering: writes append, a flush joins (no copy for a lone buffer)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pieces: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            assert isinstance(data, bytes)
+            self.pieces.append(data)
+
+        def flush(self) -> bytes:
+            out = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+            self.pieces = []
+            return out
+
+    def connected(proto_app: Protocol) -> tuple:
+        """A server PeerTLSProtocol (on an FDTransport) and a client one (on a StringTransport), handshaken."""
+        server = peertls.PeerTLSFactory(peertls.server_creator(srv_id), False, Factory.forProtocol(Protocol)).buildProtocol(None)
+        st = FDTransport()
+        server.makeConnection(st)
+        client = peertls.PeerTLSFactory(peertls.client_creator(cli_id, srv_id.node_id), True,
+                                        Factory.forProtocol(lambda: proto_app)).buildProtocol(None)
+        ct = StringTransport()
+        client.makeConnection(ct)
+        for _ in range(20):
+            c2s = ct.value()
+            ct.clear()
+            if c2s:
+                server.dataReceived(c2s)
+            s2c = st.flush()
+            if s2c:
+                client.dataReceived(s2c)
+            if server._handshakeDone and client._handshakeDone and not ct.value() and not st.pieces:
+                break
+        assert server._handshakeDone and client._handshakeDone, "handshake"
+        return server, st, client
+
+    def frame() -> list:
+        return frames.encode(frames.Frame(frames.GET_BLOCK, frames.RESPONSE, 7, header={}, payload=payload))
+
+    def recv_once() -> float:
+        sink = Sink()
+        server, st, client = connected(sink)
+        wire = bytearray()
+        for _ in range(a.blocks):
+            server.wrappedProtocol.transport.writeSequence(frame())
+            wire += st.flush()
+        chunks = [bytes(wire[o:o + a.chunk]) for o in range(0, len(wire), a.chunk)]
+        t = cpu()
+        for c in chunks:
+            client.dataReceived(c)
+        spent = cpu() - t
+        assert sink.frames == a.blocks, (sink.frames, a.blocks)
+        return spent / (a.blocks / 1024)
+
+    def send_once() -> float:
+        server, st, _client = connected(Sink())
+        out = server.wrappedProtocol.transport
+        t = cpu()
+        for _ in range(a.blocks):
+            out.writeSequence(frame())
+            st.flush()
+        return (cpu() - t) / (a.blocks / 1024)
+
+    print(f"cas from {os.path.dirname(peertls.__file__)}")
+    for i in range(a.repeat):
+        print(f"round {i + 1}: recv {recv_once():.3f} CPU s/GiB  send {send_once():.3f} CPU s/GiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
