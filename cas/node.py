@@ -352,8 +352,12 @@ class Node:
         """A verified block: from the local store, else from the holders of its placement ``key``. With
         ``then``: what ``then`` (run on a worker thread) made of the block; it runs in the job that checked a
         block fetched from a holder."""
+
+        def local(block: bytes | memoryview) -> Any:  # ``then`` of a block read here (a worker job of its own)
+            return self.run(then, block) if then is not None else block
+
         if self.peers is None:
-            return self._then(self.fetch(cid), then)
+            return self.fetch(cid).addCallback(local)
         if not self.store.has(cid) and self.peers.members():
             # Not here (a stat, on this thread): straight to the holders, without a worker thread's round trip
             # and a BlockNotFound per block, which a node reading a file it does not hold would pay every MiB.
@@ -369,10 +373,7 @@ class Node:
             return d.addErrback(lambda f2: f if f.check(CorruptBlock) and f2.check(BlockNotFound) else f2)
 
         # ``then`` of a local block only: the holders' answer (from ``elsewhere``) has been through it already.
-        return d.addCallbacks(lambda block: self.run(then, block) if then is not None else block, elsewhere)
-
-    def _then(self, d: Deferred[Any], then: Then | None) -> Deferred[Any]:
-        return d if then is None else d.addCallback(lambda block: self.run(then, block))
+        return d.addCallbacks(local, elsewhere)
 
     def _retrieve(self, cid: CID, key: bytes, spread: int, then: Then | None = None) -> Deferred[Any]:
         assert self.peers is not None

@@ -223,8 +223,9 @@ class _Gather:
     buffer as it is, but joins a list of pieces into a new one first (a copy of every byte). The BIO holds at
     most ``GATHER_EVERY``'s records (about 260 KiB; OpenSSL's memory BIO never shrinks, so draining it only at
     the end of a frame would keep a frame's worth per connection for its life; draining after every 64 KiB
-    call measured 15% slower in process); the gather buffer is freed with the write. Sized for the plaintext plus every record's 22 bytes
-    of TLS 1.3 overhead, with room to spare; should more arrive, what is gathered is handed on first."""
+    call measured 15% slower in process); the gather buffer is freed with the write. Sized for the plaintext
+    plus every record's 22 bytes of TLS 1.3 overhead, with room to spare; should more arrive, what is gathered
+    is handed on first."""
 
     __slots__ = ("buf", "size", "used")
 
@@ -395,17 +396,12 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                     self.transport.write(_ssl_ffi.buffer(g.buf, g.used)[:])  # more than estimated: hand it on
                     g.used = 0
                 buf, want = g.buf + g.used, min(pending, g.size - g.used)
-            else:
-                # Everything waiting in one read (a small write's records, a handshake flight, a reply sent
-                # while reading) into the buffer kept for them; more than that into a buffer of its size.
-                pending = pending_of(bio, _ssl_ffi.NULL)
-                if pending <= BIO_CHUNK:
-                    buf = self._bio_buffer
-                    if buf is None:
-                        buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
-                    want = BIO_CHUNK
-                else:
-                    buf, want = _uninitialized("char[]", pending), pending
+            else:  # a small write's records, or a reply sent while reading: through the buffer kept for them,
+                # until BIO_read finds the BIO empty
+                buf = self._bio_buffer
+                if buf is None:
+                    buf = self._bio_buffer = _ssl_ffi.new("char[]", BIO_CHUNK)
+                want = BIO_CHUNK
             n = bio_read(bio, buf, want)
             if n <= 0:
                 if should_retry(bio):  # just empty (the usual case): no exception for it
