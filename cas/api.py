@@ -102,6 +102,16 @@ def restore_buffer(transport: Any) -> None:
         del transport.bufferSize
 
 
+def widen_sends(transport: Any, size: int) -> None:
+    """Let a socket transport hand up to ``size`` bytes to one ``send()`` (Twisted: 128 KiB), for a download:
+    a 1 MiB segment then goes to the kernel in one call instead of eight, each of which, on loopback, runs the
+    receiver's TCP input and wakes the client (docs/performance.md). It stays for the connection's later
+    answers: it only caps how much one call may take. Test doubles without the attribute are left alone."""
+    default = getattr(type(transport), "SEND_LIMIT", None)
+    if isinstance(default, int) and default < size:
+        transport.SEND_LIMIT = size
+
+
 BAD_UPLOAD_OPTIONS = "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64"
 
 
@@ -559,6 +569,7 @@ class File(_JsonResource):
         # and resumed once the kernel took it all, so Twisted's buffer holds one segment, which it sends as it
         # is. Allowing two (as until 2026-11-26) let three pile up, and Twisted joined them into a new 3 MiB
         # buffer before sending: a copy of every byte served, on the reactor thread (docs/performance.md).
+        widen_sends(request.channel.transport, f.root.segment_size)
         d = download.start(request)
         d.addCallbacks(lambda _: request.finish(), self._failed_mid_stream, errbackArgs=(request,))
 

@@ -279,6 +279,7 @@ class Upload(ApiTestCase):
 
 class BufferedTransport(StringTransport):
     bufferSize = 1 << 16  # as a socket transport has (Twisted's default)
+    SEND_LIMIT = 128 * 1024  # likewise: bytes one send() may take
 
 
 class ReadSize(ApiTestCase):
@@ -329,6 +330,32 @@ class DownloadWriteBuffer(ApiTestCase):
         self.assertGreater(len(t.value()), 5 * 256 * 1024, "the file was sent")
         self.assertGreaterEqual(len(levels), 5)
         self.assertEqual(set(levels), {1 << 16})
+
+    def test_one_send_per_segment(self) -> None:
+        """A download lets the socket take a whole segment per send() (Twisted's 128 KiB would make it eight
+        sends per MiB, each waking the client); the class default is untouched."""
+        seg = 512 * 1024
+        self.node = make_node(self, segment_size=seg)
+        self.site = api.make_site(self.node, self.token, self.clock)
+        key = self.put(random.Random(2).randbytes(3 * seg))
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        t = BufferedTransport()
+        proto.makeConnection(t)
+        self.addCleanup(lambda: proto.connectionLost(Failure(ConnectionError("test over"))))
+        self.assertEqual(t.SEND_LIMIT, 128 * 1024)
+        proto.dataReceived(self.raw("GET", f"/v1/files/{key}"))
+        self.assertGreater(len(t.value()), 3 * seg, "the file was sent")
+        self.assertEqual(t.SEND_LIMIT, seg)
+        self.assertEqual(BufferedTransport.SEND_LIMIT, 128 * 1024)
+
+    def test_no_wider_sends_for_other_answers(self) -> None:
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        t = BufferedTransport()
+        proto.makeConnection(t)
+        self.addCleanup(lambda: proto.connectionLost(Failure(ConnectionError("test over"))))
+        proto.dataReceived(self.raw("GET", "/v1/status"))
+        self.assertIn(b"200", t.value().split(b"\r\n", 1)[0])
+        self.assertNotIn("SEND_LIMIT", vars(t))
 
 
 class ResumableUpload(ApiTestCase):
