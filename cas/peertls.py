@@ -356,14 +356,32 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
             buf = get_buffer()
             try:
                 if ssl is not None:
-                    n = ssl_read(ssl, from_buffer(chars, buf, require_writable=True), min(len(buf), READ_CHUNK))
-                    if n <= 0:
-                        if get_error(ssl, n) == want_read:  # the usual end of a loop: no exception for it
+                    # Record after record into the same buffer until it is full or OpenSSL has no more: one
+                    # ``buffer_updated`` per buffer (a 1 MiB frame body takes 64 records), not one per record.
+                    room, base, got = len(buf), from_buffer(chars, buf, require_writable=True), 0
+                    n, error = 1, None
+                    while got < room:
+                        n = ssl_read(ssl, base + got, min(room - got, READ_CHUNK))
+                        if n <= 0:
+                            # Told now: SSL_get_error reads the state the last call left, and the protocol
+                            # may write (SSL_write) before we act on it.
+                            if get_error(ssl, n) != want_read:  # the usual end of a loop: no exception for it
+                                try:
+                                    conn._raise_ssl_error(ssl, n)  # raises what pyOpenSSL's recv_into would
+                                    raise SSL.Error([("", "SSL_read", f"returned {n}")])  # pragma: no cover
+                                except SSL.Error as e:
+                                    error = e
                             break
-                        conn._raise_ssl_error(ssl, n)  # raises what pyOpenSSL's recv_into would
-                        raise SSL.Error([("", "SSL_read", f"returned {n}")])  # pragma: no cover
-                else:
-                    n = conn.recv_into(buf, READ_CHUNK)
+                        got += n
+                    base = None  # let go of the buffer before the protocol sees it: it may release or resize it
+                    if got:
+                        updated(got)
+                    if n > 0:
+                        continue
+                    if error is None or self._lostTLSConnection or self._aborted:
+                        break
+                    raise error
+                n = conn.recv_into(buf, READ_CHUNK)
             except WantReadError:  # nothing more to decrypt until more bytes arrive
                 break
             except ZeroReturnError:  # the peer closed TLS cleanly: as Twisted does

@@ -377,6 +377,31 @@ class BufferSink(Sink):
         self.data += self._buf[:n]
 
 
+class BigBufferSink(BufferSink):
+    """Offers 1 MiB buffers, as a frame body is; records how much each ``buffer_updated`` brought."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def get_buffer(self) -> memoryview:
+        self._buf = memoryview(bytearray(1 << 20))
+        return self._buf
+
+    def buffer_updated(self, n: int) -> None:
+        self.sizes.append(n)
+        super().buffer_updated(n)
+
+
+class AnsweringSink(BigBufferSink):
+    """Writes a byte back for every ``buffer_updated``, as a peer answers a request from inside it: OpenSSL
+    is called (SSL_write) between the receive loop's last SSL_read and its look at that read's outcome."""
+
+    def buffer_updated(self, n: int) -> None:
+        super().buffer_updated(n)
+        self.transport.write(b"!")  # type: ignore[union-attr]
+
+
 @implementer(IHandshakeListener)
 class Sender(Protocol):
     """Writes ``STREAM`` as bytes and memoryview pieces of several sizes, then closes cleanly."""
@@ -465,6 +490,22 @@ class PeerTLSStreamTests(TestCase):
             self.assertLessEqual(len(self.raised), 1, f"only the clean close raises: {self.raised}")
         else:
             self.assertEqual(used, {})
+
+    async def test_records_fill_one_buffer(self) -> None:
+        """Directly, the records OpenSSL has are decrypted one after the other into the buffer offered and
+        announced with one ``buffer_updated`` (not one per 16 KiB record); through the public API, one each."""
+        sink = BigBufferSink()
+        await self.stream_to(sink)
+        if self.direct:
+            self.assertGreater(max(sink.sizes), 1 << 14)
+            self.assertLess(len(sink.sizes), len(STREAM) // (1 << 14) // 2)
+        else:
+            self.assertLessEqual(max(sink.sizes), 1 << 14)
+
+    async def test_protocol_writing_as_it_reads(self) -> None:
+        sink = AnsweringSink()
+        await self.stream_to(sink)
+        self.assertGreater(len(sink.sizes), 1)
 
     async def test_reads_a_quarter_mebibyte_at_a_time(self) -> None:
         """The TCP transports under peer TLS read up to RECV_SIZE per call (Twisted's default is 64 KiB)."""
