@@ -105,11 +105,24 @@ def restore_buffer(transport: Any) -> None:
 def widen_sends(transport: Any, size: int) -> None:
     """Let a socket transport hand up to ``size`` bytes to one ``send()`` (Twisted: 128 KiB), for a download:
     a 1 MiB segment then goes to the kernel in one call instead of eight, each of which, on loopback, runs the
-    receiver's TCP input and wakes the client (docs/performance.md). It stays for the connection's later
-    answers: it only caps how much one call may take. Test doubles without the attribute are left alone."""
+    receiver's TCP input and wakes the client (docs/performance.md).
+
+    Only for a buffer not yet partly sent: Twisted joins what is left of its buffer into a new one whenever less
+    than ``SEND_LIMIT`` is left, so after a partial send (a slow client) a wide limit would copy the rest of the
+    segment on every write. From a partial send until the buffer is empty the transport's own limit applies
+    again (the rest is sent as slices, and only the last piece under 128 KiB is joined, as Twisted always
+    does). It stays for the connection's later answers. Test doubles without ``SEND_LIMIT`` or ``doWrite`` are
+    left alone."""
     default = getattr(type(transport), "SEND_LIMIT", None)
-    if isinstance(default, int) and default < size:
-        transport.SEND_LIMIT = size
+    write_ready = getattr(transport, "doWrite", None)
+    if not isinstance(default, int) or default >= size or write_ready is None or "doWrite" in vars(transport):
+        return
+
+    def doWrite() -> Any:
+        transport.SEND_LIMIT = size if transport.offset == 0 else default
+        return write_ready()
+
+    transport.doWrite = doWrite
 
 
 BAD_UPLOAD_OPTIONS = "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64"

@@ -235,6 +235,9 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
 
 
 HEAD_SIZE = 64 << 10  # frames up to this size (prefix included) are gathered in one reused buffer
+# At most this much of the head buffer is offered at a time (one TLS record's plaintext): a large frame's first
+# bytes land there before its length prefix is read, and are then copied into the frame's own buffer.
+HEAD_READ = 16 << 10
 _NOTHING: tuple = ()  # buffer_updated's answer when no frame completed (most calls): no list per call
 
 
@@ -285,7 +288,7 @@ class FrameDecoder:
         if self._head_view is None:
             self._head = bytearray(HEAD_SIZE)
             self._head_view = memoryview(self._head)
-        return self._head_view[self._filled:]
+        return self._head_view[self._filled:self._filled + HEAD_READ]
 
     def buffer_updated(self, n: int) -> list[Frame] | tuple:
         """``n`` bytes were written at the start of the last ``get_buffer()``: the frames they complete."""

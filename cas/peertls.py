@@ -187,7 +187,7 @@ try:  # pyOpenSSL's cffi binding (cryptography's): private, so every name is che
 
     _DIRECT = all(hasattr(_ssl_lib, name) for name in (
         "SSL_read", "SSL_write", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read", "BIO_write", "BIO_should_retry",
-        "BIO_get_mem_data",
+        "BIO_get_mem_data", "ERR_clear_error",
     )) and all(hasattr(SSL.Connection, name) for name in ("_raise_ssl_error", "_handle_bio_errors"))
     _CHARS = _ssl_ffi.typeof("char[]")  # for from_buffer: resolved once, not parsed from a string per call
     _uninitialized = _ssl_ffi.new_allocator(should_clear_after_alloc=False)  # filled by BIO_read before use
@@ -350,16 +350,22 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
         if self._direct():  # SSL_read straight into the buffer: no temporary, no copy, no error check on success
             ssl, ssl_read, from_buffer, chars = conn._ssl, _ssl_lib.SSL_read, _ssl_ffi.from_buffer, _CHARS
             get_error, want_read = _ssl_lib.SSL_get_error, _ssl_lib.SSL_ERROR_WANT_READ
+            clear_errors = _ssl_lib.ERR_clear_error
         else:
             ssl = None
         while not self._lostTLSConnection and not self._aborted:
             buf = get_buffer()
+            room = len(buf)
+            if not room:  # nothing could ever be read into it: fail the connection rather than spin
+                why = f"{type(proto).__name__}.get_buffer() offered no room"
+                self._tlsShutdownFinished(Failure(SSL.Error([("", "cas.peertls", why)])))  # the shape Twisted reads
+                break
             try:
                 if ssl is not None:
                     # Record after record into the same buffer until it is full or OpenSSL has no more: one
                     # ``buffer_updated`` per buffer (a 1 MiB frame body takes 64 records), not one per record.
-                    room, base, got = len(buf), from_buffer(chars, buf, require_writable=True), 0
-                    n, error = 1, None
+                    base, got, n, error = from_buffer(chars, buf, require_writable=True), 0, 1, None
+                    clear_errors()  # OpenSSL reads its error queue after a failed call: nothing stale in it
                     while got < room:
                         n = ssl_read(ssl, base + got, min(room - got, READ_CHUNK))
                         if n <= 0:
@@ -373,14 +379,21 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
                                     error = e
                             break
                         got += n
-                    base = None  # let go of the buffer before the protocol sees it: it may release or resize it
+                    base = buf = None  # let go of the buffer before the protocol sees it: it may release or resize it
+                    if error is not None and not isinstance(error, ZeroReturnError):
+                        # The connection fails with OpenSSL's reason first; then the protocol gets the bytes read
+                        # before the error, and what it writes in answer is dropped (it cannot replace the reason).
+                        self._tlsShutdownFinished(Failure(error))
+                        if got:
+                            updated(got)
+                        break
                     if got:
                         updated(got)
                     if n > 0:
                         continue
                     if error is None or self._lostTLSConnection or self._aborted:
                         break
-                    raise error
+                    raise error  # the peer's clean close, after the last bytes before it
                 n = conn.recv_into(buf, READ_CHUNK)
             except WantReadError:  # nothing more to decrypt until more bytes arrive
                 break

@@ -4,12 +4,14 @@ matters. The node's worker pool is synchronous (or manual), so every exchange is
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 
 from twisted.internet import task
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import globalLogPublisher, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -280,6 +282,33 @@ class Upload(ApiTestCase):
 class BufferedTransport(StringTransport):
     bufferSize = 1 << 16  # as a socket transport has (Twisted's default)
     SEND_LIMIT = 128 * 1024  # likewise: bytes one send() may take
+    offset = 0  # likewise: how much of the buffer was sent (here: always all of it)
+
+    def doWrite(self) -> None:
+        """What the reactor calls when the socket can take more (a StringTransport has taken it all)."""
+
+
+class PartialSends(FileDescriptor):
+    """Twisted's socket write path (``FileDescriptor.doWrite``: buffer, joins, ``SEND_LIMIT``) over a fake socket
+    that takes at most ``accept`` bytes per send; records every piece sent and every buffer sent from."""
+
+    def __init__(self, accept: int) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = 1  # FileDescriptor.write drops data otherwise
+        self.accept = accept
+        self.sent: list[bytes] = []
+        self.buffers: list[bytes] = []  # dataBuffer at each send, when it is a new object
+
+    def writeSomeData(self, data: bytes) -> int:
+        if not self.buffers or self.dataBuffer is not self.buffers[-1]:
+            self.buffers.append(self.dataBuffer)
+        n = min(len(data), self.SEND_LIMIT, self.accept)
+        self.sent.append(bytes(memoryview(data)[:n]))
+        return n
+
+    def drain(self) -> None:
+        while self._tempDataLen or self.offset < len(self.dataBuffer):
+            self.doWrite()
 
 
 class ReadSize(ApiTestCase):
@@ -332,8 +361,8 @@ class DownloadWriteBuffer(ApiTestCase):
         self.assertEqual(set(levels), {1 << 16})
 
     def test_one_send_per_segment(self) -> None:
-        """A download lets the socket take a whole segment per send() (Twisted's 128 KiB would make it eight
-        sends per MiB, each waking the client); the class default is untouched."""
+        """A download's transport lets a whole segment go in one send() (Twisted's 128 KiB would make it eight,
+        each waking the client); the class default is untouched."""
         seg = 512 * 1024
         self.node = make_node(self, segment_size=seg)
         self.site = api.make_site(self.node, self.token, self.clock)
@@ -342,11 +371,44 @@ class DownloadWriteBuffer(ApiTestCase):
         t = BufferedTransport()
         proto.makeConnection(t)
         self.addCleanup(lambda: proto.connectionLost(Failure(ConnectionError("test over"))))
-        self.assertEqual(t.SEND_LIMIT, 128 * 1024)
         proto.dataReceived(self.raw("GET", f"/v1/files/{key}"))
         self.assertGreater(len(t.value()), 3 * seg, "the file was sent")
+        t.doWrite()
         self.assertEqual(t.SEND_LIMIT, seg)
         self.assertEqual(BufferedTransport.SEND_LIMIT, 128 * 1024)
+
+    def test_whole_segments_sent_as_they_are(self) -> None:
+        seg = os.urandom(1 << 20)
+        t = PartialSends(accept=1 << 30)
+        api.widen_sends(t, len(seg))
+        for _ in range(3):
+            t.write(seg)
+            t.drain()
+        self.assertEqual(t.sent, [seg] * 3)
+        self.assertTrue(all(b is seg for b in t.buffers), "sent from the segment itself: no copy")
+
+    def test_partial_sends_copy_no_more_than_twisted_does(self) -> None:
+        """A slow client (the socket takes 300 KiB at a time): the rest of a segment is sent as slices of it,
+        and only its last piece under Twisted's 128 KiB is joined into a new buffer, as without the wider sends
+        (a wide limit throughout would copy the whole rest after every partial send)."""
+        seg = os.urandom(1 << 20)
+        copies = {}
+        for how in ("twisted", "widen_sends", "wide throughout"):
+            t = PartialSends(accept=300 * 1024)
+            if how == "widen_sends":
+                api.widen_sends(t, len(seg))
+            elif how == "wide throughout":
+                t.SEND_LIMIT = len(seg)
+            t.write(seg)
+            t.drain()
+            self.assertEqual(b"".join(t.sent), seg)
+            self.assertIs(t.buffers[0], seg)
+            copies[how] = sum(len(b) for b in t.buffers[1:])  # bytes joined into new buffers
+            if how != "twisted":
+                self.assertEqual(len(t.sent[0]), 300 * 1024, "the first send was offered the whole segment")
+        self.assertLess(copies["widen_sends"], FileDescriptor.SEND_LIMIT, copies)
+        self.assertLessEqual(copies["twisted"], copies["widen_sends"])
+        self.assertGreater(copies["wide throughout"], len(seg), copies)  # what the test guards against
 
     def test_no_wider_sends_for_other_answers(self) -> None:
         proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
@@ -355,6 +417,7 @@ class DownloadWriteBuffer(ApiTestCase):
         self.addCleanup(lambda: proto.connectionLost(Failure(ConnectionError("test over"))))
         proto.dataReceived(self.raw("GET", "/v1/status"))
         self.assertIn(b"200", t.value().split(b"\r\n", 1)[0])
+        self.assertNotIn("doWrite", vars(t))
         self.assertNotIn("SEND_LIMIT", vars(t))
 
 

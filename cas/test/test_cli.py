@@ -955,11 +955,13 @@ class RoundTripTests(SynchronousTestCase):
     def interrupted(self, sig: int) -> tuple[int, bytes]:
         self.node.mode = "stall"
         key = self.node.add(os.urandom(4 << 20), "slow.bin")
-        # SIGINT at its default in the child: a shell starts background jobs (``trial cas &``) with it ignored,
-        # and a command started that way rightly keeps ignoring it.
-        proc = subprocess.Popen([*CLI, "--node", self.node_dir, "get", key], cwd=self.cwd, env=cli_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # SIGINT handled as Python does by default, even when this test runs with it ignored: a shell starts
+        # background jobs (``trial cas &``) so, and a command started that way rightly keeps ignoring it. (Set in
+        # the child's own code: preexec_fn is unsafe while the fake node's thread runs.)
+        cli = [sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('cas.cli', run_name='__main__', alter_sys=True)"]
+        proc = subprocess.Popen([*cli, "--node", self.node_dir, "get", key], cwd=self.cwd, env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 30
         while not glob.glob(os.path.join(self.cwd, ".slow.bin.cas-partial-*")):
             self.assertLess(time.time(), deadline, "no partial file appeared")

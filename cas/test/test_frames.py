@@ -24,6 +24,7 @@ from cas.frames import (
     CANCEL,
     ERROR,
     FIXED,
+    HEAD_READ,
     HEAD_SIZE,
     GET_BLOCK,
     HAS,
@@ -362,7 +363,34 @@ class ReceiveBufferTests(SynchronousTestCase):
         decoder = FrameDecoder()
         self.assertIsNone(decoder._head)
         self.assertEqual(decoder.buffered, 0)
-        self.assertEqual(len(decoder.get_buffer()), HEAD_SIZE)
+        self.assertEqual(len(decoder.get_buffer()), HEAD_READ)
+        self.assertEqual(len(decoder._head), HEAD_SIZE)
+
+    def test_head_buffer_offered_a_record_at_a_time(self) -> None:
+        """Before a frame's length prefix is read, at most one TLS record's worth of the head buffer is offered
+        (a large frame's first bytes are copied from there into its own buffer); then the frame's whole rest."""
+        big = wire(Frame(PING, 0, 1, {}, b"x" * (HEAD_SIZE + 100)))
+        decoder = FrameDecoder()
+        buf = decoder.get_buffer()
+        self.assertEqual(len(buf), HEAD_READ)
+        buf[:] = big[:HEAD_READ]
+        self.assertEqual(decoder.buffer_updated(HEAD_READ), ())
+        rest = decoder.get_buffer()
+        self.assertEqual(len(rest), len(big) - HEAD_READ)
+        rest[:] = big[HEAD_READ:]
+        [frame] = decoder.buffer_updated(len(rest))
+        self.assertEqual(bytes(frame.payload), b"x" * (HEAD_SIZE + 100))
+        # Small frames, as much as offered each time: never more than HEAD_READ at once, every frame decoded.
+        data = wire(Frame(PING, 0, 1)) * 3000
+        decoder, frames, pos = FrameDecoder(), [], 0
+        while pos < len(data):
+            b = decoder.get_buffer()
+            self.assertLessEqual(len(b), HEAD_READ)
+            n = min(len(b), len(data) - pos)
+            b[:n] = data[pos:pos + n]
+            pos += n
+            frames += decoder.buffer_updated(n)
+        self.assertEqual(len(frames), 3000)
 
     def test_oversize_prefix_refused_before_any_buffer(self) -> None:
         decoder = FrameDecoder()

@@ -7,7 +7,7 @@ import datetime
 import hashlib
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -503,9 +503,41 @@ class PeerTLSStreamTests(TestCase):
             self.assertLessEqual(max(sink.sizes), 1 << 14)
 
     async def test_protocol_writing_as_it_reads(self) -> None:
+        """A protocol that writes from ``buffer_updated`` gets the whole stream and a clean close (the outcome
+        of the last SSL_read is read before the protocol runs)."""
         sink = AnsweringSink()
         await self.stream_to(sink)
-        self.assertGreater(len(sink.sizes), 1)
+        self.assertEqual(sum(sink.sizes), len(STREAM))
+
+    async def test_empty_buffer_refused(self) -> None:
+        """A protocol whose ``get_buffer`` offers nothing fails its connection instead of spinning the loop."""
+
+        class Empty(BigBufferSink):
+            def get_buffer(self) -> memoryview:
+                return memoryview(bytearray(0))
+
+        sink = Empty()
+        a, b = new_identity(), new_identity()
+        endpoint = peertls.wrap_server(server_creator(b), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = await endpoint.listen(Factory.forProtocol(lambda: sink))
+        self.addCleanup(port.stopListening)
+        client = peertls.wrap_client(client_creator(a, b.node_id), TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+        await connectProtocol(client, Sender())
+        await sink.lost
+        self.assertEqual(bytes(sink.data), b"")
+        self.assertTrue(sink.reason.check(SSL.Error), sink.reason)
+        self.assertIn("offered no room", str(sink.reason.value))
+
+    async def test_protocol_releasing_its_buffer(self) -> None:
+        """The TLS layer holds no export of the buffer while the protocol runs: it may release its view."""
+
+        class Releasing(BigBufferSink):
+            def buffer_updated(self, n: int) -> None:
+                super().buffer_updated(n)
+                self._buf.release()  # BufferError if anything still exported it
+
+        sink = Releasing()
+        await self.stream_to(sink)
 
     async def test_reads_a_quarter_mebibyte_at_a_time(self) -> None:
         """The TCP transports under peer TLS read up to RECV_SIZE per call (Twisted's default is 64 KiB)."""
@@ -531,11 +563,19 @@ class PeerTLSStreamTests(TestCase):
     async def test_tampered_record_closes_only_that_connection(self) -> None:
         """Bytes injected under TLS (a forged record) fail that connection with a TLS error on the receiving side,
         nothing is delivered from them, and the listener goes on accepting: the next stream arrives intact."""
+        await self.tampered_record(BufferSink)
+
+    async def test_tampered_record_with_a_protocol_that_answers(self) -> None:
+        """The same when the receiving protocol writes from ``buffer_updated`` (as a peer answers a request): the
+        bytes before the forged record still arrive, and the reason stays OpenSSL's (not a failed write's)."""
+        await self.tampered_record(AnsweringSink)
+
+    async def tampered_record(self, make_sink: Callable[[], BufferSink]) -> None:
         a, b = new_identity(), new_identity()
         sinks: DeferredQueue[BufferSink] = DeferredQueue()
 
         def build() -> BufferSink:
-            sink = BufferSink()
+            sink = make_sink()
             sinks.put(sink)
             return sink
 
