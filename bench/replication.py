@@ -116,6 +116,23 @@ _LOG_WARNING = re.compile(r"#warn\]")
 
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, all) jiffies of the machine so far (/proc/stat): how much of the vCPUs' time the host gave to
+    others. Recorded per timed phase as ``steal_share``, because this shared VM's speed swings with it."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int]) -> float | None:
+    after = cpu_ticks()
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
 def run_timeout(nbytes: int) -> float:
     return max(MIN_RUN_TIMEOUT, RUN_TIMEOUT_S_PER_GIB * nbytes / (1 << 30))
 
@@ -994,7 +1011,9 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         # -- put: 4 fresh nodes ----------------------------------------------------------------------------
         conv, load, before = network_up(four, four[0], f"{NODES} fresh nodes up")
         with NodeSampler(four) as sampler:
+            ticks = cpu_ticks()
             r = CliRun(["--node", four[0].data, "put", "--quiet", "--json", src], cdir, "put", timed=True).wait(timeout)
+            r["steal_share"] = steal_share(ticks)
         r["nodes"] = phase_end(four, before, sampler, size)
         ans = put_answer(r, size, "cas put")
         r.update(bytes=size, mib_s=size / MiB / r["transfer_seconds"], mib_s_end_to_end=size / MiB / r["seconds"], key=ans["key"], replicas=ans["replicas"], loadavg_before=load,
@@ -1008,8 +1027,10 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         # -- get: the 4 restarted (same data dirs and ports), a 5th fresh node reads -------------------------
         conv, load, before = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
         with NodeSampler(nodes) as sampler:
+            ticks = cpu_ticks()
             r = CliRun(["--node", reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get",
                        timed=True).wait(timeout)
+            r["steal_share"] = steal_share(ticks)
         r.pop("stdout")
         r["nodes"] = phase_end(nodes, before, sampler, size)
         r.update(bytes=size, mib_s=size / MiB / r["transfer_seconds"], mib_s_end_to_end=size / MiB / r["seconds"],
@@ -1101,8 +1122,10 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         servers = [p for p, *_ in started]
         pipeline.settle()
         load = pipeline.loadavg()
+        ticks = cpu_ticks()
         r = run_child_sampled(child_cmd("bsend", a, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
                                         list_out=list_path), bdir, "send", timeout)
+        r["steal_share"] = steal_share(ticks)
         recvs = [finish_server(p, o, e, f"receiver {i + 1}") for i, (p, _c, o, e) in enumerate(started)]
         nseg = r["blocks"]
         for i, x in enumerate(recvs):
@@ -1121,8 +1144,10 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         proc, contact, o, e = start_server("bserve", a, bdir, "serve", data=sender, list=list_path)
         servers = [proc]
         load = pipeline.loadavg()
+        ticks = cpu_ticks()
         r = run_child_sampled(child_cmd("bfetch", a, data=recv_dirs[0], list=list_path, peers=contact), bdir, "fetch",
                               timeout)
+        r["steal_share"] = steal_share(ticks)
         srv = finish_server(proc, o, e, "block server")
         r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, server=srv)
         base_cpu(r, size, [r, srv])
@@ -1241,7 +1266,7 @@ def say_cas(label: str, r: dict[str, Any], verified: str | None = None) -> None:
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {timing}  node RSS "
           + " ".join(f"{k} {v:.1f}" for k, v in peaks.items())
           + f"  CLI RSS {r['cli_peak_rss_mib']:.1f} MiB  CPU nodes+CLI {r['cpu_s_per_gib']:.2f} s/GiB"
-          + f"  load {r['loadavg_before']}" + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""),
+          + f"  load {r['loadavg_before']}{_steal(r)}" + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""),
           file=sys.stderr)
 
 
@@ -1252,7 +1277,12 @@ def say_base(label: str, r: dict[str, Any]) -> None:
     if "server" in r:
         extra = f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB"
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s  RSS {r['peak_rss_mib']:.1f} MiB{extra}  "
-          f"CPU all processes {r['cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}", file=sys.stderr)
+          f"CPU all processes {r['cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}{_steal(r)}", file=sys.stderr)
+
+
+def _steal(r: dict[str, Any]) -> str:
+    share = r.get("steal_share")
+    return "" if share is None else f"  host steal {share:.0%}"
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1266,6 +1296,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         x: dict[str, Any] = {"mib_s": med([r["mib_s"] for r in rs]), "mib_s_min": min(r["mib_s"] for r in rs),
                              "mib_s_max": max(r["mib_s"] for r in rs), "seconds": med([r["seconds"] for r in rs]),
                              "cpu_s_per_gib": med([r["cpu_s_per_gib"] for r in rs])}
+        steals = [r["steal_share"] for r in rs if r.get("steal_share") is not None]
+        if steals:
+            x["steal_share"] = med(steals)
         if key.startswith("cas_"):
             x["transfer_seconds"] = med([r["transfer_seconds"] for r in rs])  # what mib_s is from; "seconds": spawn to exit
             x["mib_s_end_to_end"] = med([r["mib_s_end_to_end"] for r in rs])
