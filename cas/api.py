@@ -111,8 +111,8 @@ def widen_sends(transport: Any, size: int) -> None:
     than ``SEND_LIMIT`` is left, so after a partial send (a slow client) a wide limit would copy the rest of the
     segment on every write. From a partial send until the buffer is empty the transport's own limit applies
     again (the rest is sent as slices, and only the last piece under 128 KiB is joined, as Twisted always
-    does). It stays for the connection's later answers. Test doubles without ``SEND_LIMIT`` or ``doWrite`` are
-    left alone."""
+    does). ``narrow_sends`` undoes it (the wrapper refers to the transport: until then they form a cycle). Test
+    doubles without ``SEND_LIMIT`` or ``doWrite`` are left alone."""
     default = getattr(type(transport), "SEND_LIMIT", None)
     write_ready = getattr(transport, "doWrite", None)
     if not isinstance(default, int) or default >= size or write_ready is None or "doWrite" in vars(transport):
@@ -123,6 +123,12 @@ def widen_sends(transport: Any, size: int) -> None:
         return write_ready()
 
     transport.doWrite = doWrite
+
+
+def narrow_sends(transport: Any) -> None:
+    """The transport's own ``doWrite`` and ``SEND_LIMIT`` again (after a download, finished or cut off)."""
+    for name in ("doWrite", "SEND_LIMIT"):
+        vars(transport).pop(name, None)
 
 
 BAD_UPLOAD_OPTIONS = "the name must be UTF-8 (percent-encoded), the content type ASCII and min_replicas a number from 0 to 64"
@@ -582,7 +588,9 @@ class File(_JsonResource):
         # and resumed once the kernel took it all, so Twisted's buffer holds one segment, which it sends as it
         # is. Allowing two (as until 2026-11-26) let three pile up, and Twisted joined them into a new 3 MiB
         # buffer before sending: a copy of every byte served, on the reactor thread (docs/performance.md).
-        widen_sends(request.channel.transport, f.root.segment_size)
+        transport = request.channel.transport
+        widen_sends(transport, f.root.segment_size)
+        request.notifyFinish().addBoth(lambda _: narrow_sends(transport))
         d = download.start(request)
         d.addCallbacks(lambda _: request.finish(), self._failed_mid_stream, errbackArgs=(request,))
 
