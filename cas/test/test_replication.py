@@ -619,6 +619,49 @@ class FetchThenTests(SynchronousTestCase):
         self.assertIsInstance(e.error, ZeroDivisionError)
 
 
+class FetchPlacedThenTests(SynchronousTestCase):
+    """``Node.fetch_placed(..., then=f)`` on a block whose local copy is corrupt: the copy is quarantined, a
+    holder's copy is fetched and checked, and ``f`` runs on it exactly once (in the check's job), not again as
+    if it were the local block."""
+
+    def test_corrupt_local_copy_read_elsewhere_then_applied_once(self) -> None:
+        node = make_node(self)
+        block = os.urandom(1000)
+        cid = CID.of(block)
+        node.store.put(cid, block)
+        with open(node.store._path(cid), "r+b") as f:
+            f.write(b"\xff" if block[0] != 0xFF else b"\x00")  # the local copy rots
+        clock = Clock()
+        peers = FakeHolders(clock, [b"a" * 32, b"b" * 32, b"c" * 32])
+        peers.answers = {n: block for n in peers.nodes}
+        node.peers = peers
+        seen: list[bytes] = []
+
+        def then(data: Any) -> bytes:
+            seen.append(bytes(data))
+            return b"made of " + bytes(data)
+
+        d = node.fetch_placed(cid, b"stripe key", 0, then=then)
+        clock.pump([0.0] * 4)
+        self.assertEqual(self.successResultOf(d), b"made of " + block)
+        self.assertEqual(seen, [block], "then ran once, on the holder's good copy")
+        self.assertEqual(len(peers.asked), 1)
+        self.assertFalse(node.store.has(cid), "the corrupt copy was quarantined")
+
+    def test_good_local_copy_then_applied_once_and_no_peer_asked(self) -> None:
+        node = make_node(self)
+        block = os.urandom(1000)
+        cid = CID.of(block)
+        node.store.put(cid, block)
+        peers = FakeHolders(Clock(), [b"a" * 32])
+        node.peers = peers
+        seen: list[bytes] = []
+        d = node.fetch_placed(cid, b"stripe key", 0, then=lambda data: seen.append(bytes(data)) or len(data))
+        self.assertEqual(self.successResultOf(d), len(block))
+        self.assertEqual(seen, [block])
+        self.assertEqual(peers.asked, [])
+
+
 class TopUpStopTests(SynchronousTestCase):
     def test_a_pass_in_progress_ends_at_stop_without_writing(self) -> None:
         from cas.index import Underplaced
