@@ -459,16 +459,20 @@ class PeerTLSStreamTests(TestCase):
 
             self.patch(SSL.Connection, name, counted)
 
-    async def stream_to(self, sink: Sink) -> None:
+    async def send_to(self, sink: Sink) -> None:
+        """``Sender``'s stream over peer TLS on 127.0.0.1 to ``sink``, until ``sink`` has lost its connection."""
         a, b = new_identity(), new_identity()
         factory = Factory.forProtocol(lambda: sink)
         endpoint = peertls.wrap_server(server_creator(b), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
         port = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)
         client = peertls.wrap_client(client_creator(a, b.node_id), TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
-        sender = Sender()
-        await connectProtocol(client, sender)
+        await connectProtocol(client, Sender())
         await sink.lost
+
+    async def stream_to(self, sink: Sink) -> None:
+        """``send_to``, and the whole stream arrived intact with a clean close."""
+        await self.send_to(sink)
         self.assertIsNotNone(sink.reason)
         self.assertTrue(sink.reason.check(ConnectionDone), sink.reason)  # a clean TLS close, not an error
         self.assertEqual(len(sink.data), len(STREAM))
@@ -517,13 +521,7 @@ class PeerTLSStreamTests(TestCase):
                 return memoryview(bytearray(0))
 
         sink = Empty()
-        a, b = new_identity(), new_identity()
-        endpoint = peertls.wrap_server(server_creator(b), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        port = await endpoint.listen(Factory.forProtocol(lambda: sink))
-        self.addCleanup(port.stopListening)
-        client = peertls.wrap_client(client_creator(a, b.node_id), TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
-        await connectProtocol(client, Sender())
-        await sink.lost
+        await self.send_to(sink)
         self.assertEqual(bytes(sink.data), b"")
         self.assertTrue(sink.reason.check(SSL.Error), sink.reason)
         self.assertIn("offered no room", str(sink.reason.value))
