@@ -133,6 +133,20 @@ def steal_share(before: tuple[int, int]) -> float | None:
     return (after[0] - before[0]) / total if total > 0 else None
 
 
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+def cool(a: argparse.Namespace) -> str:
+    """Before a timed get (both sides, untimed): with ``--cache cold``, write back dirty pages and drop the page
+    cache, so both gets read their blocks from the disk. Returns the cache state to record."""
+    if a.cache != "cold":
+        return "warm"
+    os.sync()
+    with open(DROP_CACHES, "w") as f:
+        f.write("3\n")
+    return "cold"
+
+
 def run_timeout(nbytes: int) -> float:
     return max(MIN_RUN_TIMEOUT, RUN_TIMEOUT_S_PER_GIB * nbytes / (1 << 30))
 
@@ -1026,6 +1040,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
 
         # -- get: the 4 restarted (same data dirs and ports), a 5th fresh node reads -------------------------
         conv, load, before = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
+        cache = cool(a)
         with NodeSampler(nodes) as sampler:
             ticks = cpu_ticks()
             r = CliRun(["--node", reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get",
@@ -1034,7 +1049,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         r.pop("stdout")
         r["nodes"] = phase_end(nodes, before, sampler, size)
         r.update(bytes=size, mib_s=size / MiB / r["transfer_seconds"], mib_s_end_to_end=size / MiB / r["seconds"],
-                 loadavg_before=load, membership_seconds=conv)
+                 loadavg_before=load, membership_seconds=conv, cache=cache)
         cas_cpu(r)
         if verify:
             r["verified"] = verify_get(reader, ans["key"], s, cdir, timeout)
@@ -1144,12 +1159,13 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         proc, contact, o, e = start_server("bserve", a, bdir, "serve", data=sender, list=list_path)
         servers = [proc]
         load = pipeline.loadavg()
+        cache = cool(a)
         ticks = cpu_ticks()
         r = run_child_sampled(child_cmd("bfetch", a, data=recv_dirs[0], list=list_path, peers=contact), bdir, "fetch",
                               timeout)
         r["steal_share"] = steal_share(ticks)
         srv = finish_server(proc, o, e, "block server")
-        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, server=srv)
+        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, server=srv, cache=cache)
         base_cpu(r, size, [r, srv])
         rows["base_get"] = r
         say_base("base get", r)
@@ -1266,7 +1282,7 @@ def say_cas(label: str, r: dict[str, Any], verified: str | None = None) -> None:
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {timing}  node RSS "
           + " ".join(f"{k} {v:.1f}" for k, v in peaks.items())
           + f"  CLI RSS {r['cli_peak_rss_mib']:.1f} MiB  CPU nodes+CLI {r['cpu_s_per_gib']:.2f} s/GiB"
-          + f"  load {r['loadavg_before']}{_steal(r)}" + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""),
+          + f"  load {r['loadavg_before']}{_steal(r)}{_disk(r)}" + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""),
           file=sys.stderr)
 
 
@@ -1275,9 +1291,20 @@ def say_base(label: str, r: dict[str, Any]) -> None:
     if "receivers" in r:
         extra = f"  receivers RSS {r['recv_peak_rss_mib']:.1f} MiB"
     if "server" in r:
-        extra = f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB"
+        extra = f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB{_disk(r)}"
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s  RSS {r['peak_rss_mib']:.1f} MiB{extra}  "
           f"CPU all processes {r['cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}{_steal(r)}", file=sys.stderr)
+
+
+def _disk(r: dict[str, Any]) -> str:
+    """For a get: the page cache state and how much the serving side read from the disk."""
+    if "cache" not in r:
+        return ""
+    if "server" in r:
+        mib = r["server"].get("disk_read_bytes_mib", 0.0)
+    else:
+        mib = sum(v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}")
+    return f"  cache {r['cache']}, served {mib:.0f} MiB from disk"
 
 
 def _steal(r: dict[str, Any]) -> str:
@@ -1486,6 +1513,9 @@ def main() -> None:
                    help="skip the untimed read-back (cas get -o - into BLAKE3) in each size's first round")
     p.add_argument("--only", choices=("cas", "base"), default=None,
                    help="experiments: run only the cas side or only the baseline (no ratios then)")
+    p.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                   help="page cache before each timed get: cold (default: sync and drop it, both sides; needs root) "
+                        "or warm (leave it: blocks written seconds to minutes earlier, partly reclaimed by the VM)")
     p.add_argument("--gossip-interval", type=float, default=None,
                    help="pass --gossip-interval to the nodes (default: cas's own default)")
     # hidden: child modes
@@ -1515,6 +1545,9 @@ def main() -> None:
     if a.keep:
         need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
     pipeline.require_room(a.dir, need)
+    if a.cache == "cold" and not os.access(DROP_CACHES, os.W_OK):
+        raise SystemExit(f"FAIL: --cache cold drops the page cache before each get, which needs write access to "
+                         f"{DROP_CACHES} (root); run as root or pass --cache warm")
     if not a.json:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"replication-{sizes}-r{a.repeat}.json")
@@ -1529,6 +1562,7 @@ def main() -> None:
     print()
     print(f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, "
           f"{a.repeat} round(s), {NODES} nodes, replicas {REPLICAS}, baseline TLS {a.baseline_tls}, "
+          f"page cache before the gets: {a.cache}, "
           f"baseline threads {a.baseline_threads}")
     print(f"targets: cas put and get >= {TARGET_RATIO:.0%} of the baseline (cas timed from the CLI's request, as the "
           f"baselines from theirs; e2e: cas from the CLI's spawn, not judged); every node's peak RSS < "
@@ -1538,7 +1572,7 @@ def main() -> None:
     print(text, end="")
     pipeline.end_environment(env)
     doc = {"environment": env, "repeat": a.repeat, "nodes": NODES, "replicas": REPLICAS,
-           "options": {"baseline_tls": a.baseline_tls, "baseline_threads": a.baseline_threads, "window": a.window,
+           "options": {"cache": a.cache, "baseline_tls": a.baseline_tls, "baseline_threads": a.baseline_threads, "window": a.window,
                        "concurrent": a.concurrent, "concurrent_size": a.concurrent_size,
                        "gossip_interval": a.gossip_interval},
            "targets": {"ratio_vs_base": TARGET_RATIO, "node_peak_rss_mib": TARGET_NODE_RSS_MIB,
