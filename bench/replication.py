@@ -137,8 +137,10 @@ DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
 def cool(a: argparse.Namespace) -> str:
-    """Before a timed get (both sides, untimed): with ``--cache cold``, write back dirty pages and drop the page
-    cache, so both gets read their blocks from the disk. Returns the cache state to record."""
+    """Just before each timed phase (untimed, once its processes are up): with ``--cache cold``, write back dirty
+    pages and drop the page cache, so every phase starts from the same state. The gets then read their blocks
+    from the disk, and a put does not pay for the files deleted before it (ext4 without a journal skips inodes
+    deleted in the last minute while their inode table block is cached: bench/README.md). Returns the state."""
     if a.cache != "cold":
         return "warm"
     os.sync()
@@ -1024,6 +1026,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
     try:
         # -- put: 4 fresh nodes ----------------------------------------------------------------------------
         conv, load, before = network_up(four, four[0], f"{NODES} fresh nodes up")
+        cache = cool(a)
         with NodeSampler(four) as sampler:
             ticks = cpu_ticks()
             r = CliRun(["--node", four[0].data, "put", "--quiet", "--json", src], cdir, "put", timed=True).wait(timeout)
@@ -1031,7 +1034,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         r["nodes"] = phase_end(four, before, sampler, size)
         ans = put_answer(r, size, "cas put")
         r.update(bytes=size, mib_s=size / MiB / r["transfer_seconds"], mib_s_end_to_end=size / MiB / r["seconds"], key=ans["key"], replicas=ans["replicas"], loadavg_before=load,
-                 membership_seconds=conv)
+                 membership_seconds=conv, cache=cache)
         cas_cpu(r)
         r["logs"] = stop_nodes(four, "the put")
         rows["cas_put"] = r
@@ -1137,6 +1140,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         servers = [p for p, *_ in started]
         pipeline.settle()
         load = pipeline.loadavg()
+        cache = cool(a)
         ticks = cpu_ticks()
         r = run_child_sampled(child_cmd("bsend", a, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
                                         list_out=list_path), bdir, "send", timeout)
@@ -1146,7 +1150,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         for i, x in enumerate(recvs):
             if x["blocks"] != nseg:
                 raise SystemExit(f"FAIL: baseline receiver {i + 1} stored {x['blocks']} of {nseg} blocks")
-        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, receivers=recvs,
+        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, receivers=recvs, cache=cache,
                  recv_peak_rss_mib=max(x["peak_rss_mib"] for x in recvs))
         base_cpu(r, size, [r, *recvs])
         rows["base_put"] = r
@@ -1211,6 +1215,7 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
         conv, load, before = network_up(nodes, nodes[0], f"{NODES} fresh nodes up")
         errors: list[BaseException] = []
         results: list[dict[str, Any] | None] = [None] * len(files)
+        cache = cool(a)
         with NodeSampler(nodes) as sampler:
             runs = [CliRun(["--node", nodes[0].data, "put", "--quiet", "--json", f], cdir, f"put{i}")
                     for i, f in enumerate(files)]
@@ -1231,7 +1236,7 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
         wall = max(rn.end for rn in runs) - runs[0].t0
         r: dict[str, Any] = {"nodes": phase_end(nodes, before, sampler, total), "count": len(files), "file_bytes": fsize,
                              "bytes": total, "seconds": wall, "mib_s": total / MiB / wall, "loadavg_before": load,
-                             "membership_seconds": conv}
+                             "membership_seconds": conv, "cache": cache}
         clis = []
         for i, x in enumerate(results):
             assert x is not None
@@ -1292,18 +1297,22 @@ def say_base(label: str, r: dict[str, Any]) -> None:
         extra = f"  receivers RSS {r['recv_peak_rss_mib']:.1f} MiB"
     if "server" in r:
         extra = f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB{_disk(r)}"
+    if "receivers" in r:
+        extra += _disk(r)
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s  RSS {r['peak_rss_mib']:.1f} MiB{extra}  "
           f"CPU all processes {r['cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}{_steal(r)}", file=sys.stderr)
 
 
 def _disk(r: dict[str, Any]) -> str:
-    """For a get: the page cache state and how much the serving side read from the disk."""
+    """The page cache state at the start; for a get, how much the serving side read from the disk."""
     if "cache" not in r:
         return ""
     if "server" in r:
         mib = r["server"].get("disk_read_bytes_mib", 0.0)
-    else:
+    elif f"n{NODES}" in r.get("nodes", {}):  # a cas get: n4 reads, n0-n3 serve
         mib = sum(v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}")
+    else:
+        return f"  cache {r['cache']}"
     return f"  cache {r['cache']}, served {mib:.0f} MiB from disk"
 
 
@@ -1514,8 +1523,8 @@ def main() -> None:
     p.add_argument("--only", choices=("cas", "base"), default=None,
                    help="experiments: run only the cas side or only the baseline (no ratios then)")
     p.add_argument("--cache", choices=("cold", "warm"), default="cold",
-                   help="page cache before each timed get: cold (default: sync and drop it, both sides; needs root) "
-                        "or warm (leave it: blocks written seconds to minutes earlier, partly reclaimed by the VM)")
+                   help="page cache at the start of each timed phase: cold (default: sync and drop it, both sides; "
+                        "needs root) or warm (leave it as the last phase left it)")
     p.add_argument("--gossip-interval", type=float, default=None,
                    help="pass --gossip-interval to the nodes (default: cas's own default)")
     # hidden: child modes
@@ -1546,7 +1555,7 @@ def main() -> None:
         need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
     pipeline.require_room(a.dir, need)
     if a.cache == "cold" and not os.access(DROP_CACHES, os.W_OK):
-        raise SystemExit(f"FAIL: --cache cold drops the page cache before each get, which needs write access to "
+        raise SystemExit(f"FAIL: --cache cold drops the page cache before each timed phase, which needs write access to "
                          f"{DROP_CACHES} (root); run as root or pass --cache warm")
     if not a.json:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
@@ -1562,7 +1571,7 @@ def main() -> None:
     print()
     print(f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, "
           f"{a.repeat} round(s), {NODES} nodes, replicas {REPLICAS}, baseline TLS {a.baseline_tls}, "
-          f"page cache before the gets: {a.cache}, "
+          f"page cache at each phase's start: {a.cache}, "
           f"baseline threads {a.baseline_threads}")
     print(f"targets: cas put and get >= {TARGET_RATIO:.0%} of the baseline (cas timed from the CLI's request, as the "
           f"baselines from theirs; e2e: cas from the CLI's spawn, not judged); every node's peak RSS < "
