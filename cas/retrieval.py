@@ -31,6 +31,7 @@ log = Logger()
 FETCH_DEADLINE = 30.0  # seconds one holder has to send one block
 EXTRA = 4  # nodes past the first ``replicas`` of the rank asked before falling back to HAS
 HAS_FANOUT = 64  # members asked HAS at most, in the fallback
+RANKS_KEPT = 8  # placement keys whose ranking a Retriever keeps (a download reads a few stripes at a time)
 
 
 MISMATCH = object()  # what a check returns for bytes that are not the block asked for
@@ -133,19 +134,35 @@ class Retriever:
         # same job; None: get_block checks, and ``then`` runs here.
         self._check = check
         self._times = times  # when given: holders are asked fastest and least busy first, and timed
+        # key -> (the membership it was ranked over, the rank without this node), newest last: every block of a
+        # stripe has the same key, and ranking hashes the key with every member.
+        self._ranks: dict[bytes, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
+
+    def _rank(self, key: bytes) -> tuple[bytes, ...]:
+        """The members other than this node in rank order for ``key``; recomputed when the membership changed."""
+        members = tuple(self._members())
+        kept = self._ranks.pop(key, None)
+        if kept is not None and kept[0] == members:
+            rank = kept[1]
+        else:
+            me = self.peers.node_id
+            rank = tuple(m for m in self.placement.rank(key, members) if m != me)
+            if len(self._ranks) >= RANKS_KEPT:
+                del self._ranks[next(iter(self._ranks))]  # the one used longest ago
+        self._ranks[key] = (members, rank)
+        return rank
 
     def candidates(self, key: bytes, spread: int = 0) -> list[bytes]:
         """The nodes to ask first, in order: the expected holders rotated by ``spread``, then the next ones."""
-        me = self.peers.node_id
-        rank = [m for m in self.placement.rank(key, list(self._members())) if m != me]
-        top = rank[: self.replicas]
+        rank = self._rank(key)
+        top = list(rank[: self.replicas])
         if top:
             r = spread % len(top)
             top = top[r:] + top[:r]
             if self._times is not None:  # the fastest, least busy holder first; ties keep the rotation
                 times, in_flight = self._times, self.peers.in_flight
                 top.sort(key=lambda n: times.expected(n) * (in_flight(n) + 1))
-        return top + rank[self.replicas: self.replicas + self.extra]
+        return top + list(rank[self.replicas: self.replicas + self.extra])
 
     def fetch(self, cid: CID, key: bytes, spread: int = 0, then: Then | None = None) -> Deferred[Any]:
         """The block, verified, from a holder, or what ``then`` made of it (in the check's job, so a block costs

@@ -25,7 +25,7 @@ from cas.connection import Response
 from cas.peers import PeerManager, PeerSettings
 from cas.placement import Rendezvous
 from cas.replication import Replicator
-from cas.retrieval import BlockTimes, Retriever, checked_then
+from cas.retrieval import RANKS_KEPT, BlockTimes, Retriever, checked_then
 from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 from cas.service import NodeService
 from cas.upload import StoredFile
@@ -439,6 +439,93 @@ class RetrieverTests(SynchronousTestCase):
         d.cancel()  # the reader went away
         self.failureResultOf(d, CancelledError)
         self.assertEqual(len(asked), 1)
+
+
+class CountingRendezvous(Rendezvous):
+    """Rendezvous placement that counts its rankings."""
+
+    def __init__(self) -> None:
+        self.ranked: list[bytes] = []
+
+    def rank(self, key: bytes, members: Any) -> list[bytes]:
+        self.ranked.append(key)
+        return super().rank(key, members)
+
+
+class RankKeptTests(SynchronousTestCase):
+    """A Retriever ranks the membership once per placement key (every block of a stripe shares it), and again
+    when the membership changes."""
+
+    def setUp(self) -> None:
+        self.nodes = [bytes([i]) * 32 for i in range(1, 9)]
+        self.peers = FakeHolders(Clock(), self.nodes)
+        self.placement = CountingRendezvous()
+        self.r = Retriever(self.peers, self.placement, 3, extra=2)
+
+    def expected(self, key: bytes) -> list[bytes]:
+        return Rendezvous().rank(key, self.peers.members())[:5]
+
+    def test_once_per_key(self) -> None:
+        for spread in range(5):
+            got = self.r.candidates(b"stripe", spread)
+            top = self.expected(b"stripe")[:3]
+            self.assertEqual(got[:3], top[spread % 3:] + top[: spread % 3])  # the rotation is per call
+            self.assertEqual(got[3:], self.expected(b"stripe")[3:])
+        self.assertEqual(self.placement.ranked, [b"stripe"])
+        self.assertEqual(self.r.candidates(b"other")[:3], self.expected(b"other")[:3])
+        self.assertEqual(self.placement.ranked, [b"stripe", b"other"])
+
+    def newcomer(self, members: list[bytes]) -> bytes:
+        """A node id not among ``members`` that would rank first for the stripe."""
+        return next(n for n in (bytes([i]) * 32 for i in range(9, 256))
+                    if n != self.peers.node_id and Rendezvous().rank(b"stripe", [*members, n])[0] == n)
+
+    def test_membership_change_ranks_again(self) -> None:
+        self.r.candidates(b"stripe")
+        newcomer = self.newcomer(self.nodes)
+        self.nodes.append(newcomer)
+        self.assertEqual(self.r.candidates(b"stripe")[0], newcomer)
+        self.nodes.remove(newcomer)
+        self.assertNotIn(newcomer, self.r.candidates(b"stripe"))
+        self.assertEqual(self.placement.ranked, [b"stripe"] * 3)
+
+    def test_same_size_other_members_ranks_again(self) -> None:
+        self.r.candidates(b"stripe")
+        last = self.expected(b"stripe")[-1]
+        newcomer = self.newcomer([n for n in self.nodes if n != last])
+        self.nodes[self.nodes.index(last)] = newcomer  # one left, one joined: as many members as before
+        self.assertEqual(self.r.candidates(b"stripe")[0], newcomer)
+        self.assertEqual(self.placement.ranked, [b"stripe"] * 2)
+
+    def test_ordering_by_speed_leaves_the_ranking_alone(self) -> None:
+        clock = Clock()
+        times = BlockTimes(clock)
+        r = Retriever(self.peers, self.placement, 3, extra=2, times=times)
+        top = self.expected(b"stripe")[:3]
+        times.note(top[0], 9.0)  # the first in rank is slow: asked last
+        times.note(top[1], 1.0)
+        times.note(top[2], 1.0)
+        self.assertEqual(r.candidates(b"stripe"), [top[1], top[2], top[0], *self.expected(b"stripe")[3:]])
+        clock.advance(3600)  # 60 half-lives: every peer back at the mean, so ties keep the rank's rotation
+        self.assertEqual(r.candidates(b"stripe"), self.expected(b"stripe"))
+        self.assertEqual(self.placement.ranked, [b"stripe"])
+
+    def test_this_node_is_never_a_candidate(self) -> None:
+        self.nodes.append(self.peers.node_id)
+        for _ in range(2):
+            self.assertNotIn(self.peers.node_id, self.r.candidates(b"stripe"))
+
+    def test_keeps_the_keys_used_last(self) -> None:
+        keys = [b"k%d" % i for i in range(RANKS_KEPT + 1)]
+        for k in keys:
+            self.r.candidates(k)
+        self.r.candidates(keys[-1])  # kept
+        self.r.candidates(keys[1])  # kept
+        self.r.candidates(keys[0])  # the oldest: dropped when the last came
+        self.assertEqual(self.placement.ranked, keys + [keys[0]])
+        self.r.candidates(keys[2])  # dropped for keys[0] (keys[1] was used since)
+        self.r.candidates(keys[1])  # still kept
+        self.assertEqual(self.placement.ranked, keys + [keys[0], keys[2]])
 
 
 class FakeHolders:
