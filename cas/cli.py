@@ -1399,5 +1399,21 @@ def _silence_stdout() -> None:
         pass
 
 
+def entry() -> NoReturn:
+    """The ``cas`` console script (and ``python -m cas.cli``): ``main``, then out without the interpreter's
+    finalization. By the time ``main`` returns the command has closed or renamed its files and written its
+    output; what Python would still do (tear down every module, collect garbage one last time) took about 20 ms
+    here with the cipher loaded, for every command of a shell pipeline. atexit handlers do not run: the CLI
+    registers none."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # stdout gone (EPIPE) or closed: the exit code already says so
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

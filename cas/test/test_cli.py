@@ -356,6 +356,36 @@ class NoTwistedTests(SynchronousTestCase):
         self.assertEqual(out.stdout.strip(), b"[]")
 
 
+class QuickExitTests(SynchronousTestCase):
+    """``python -m cas.cli`` (and the ``cas`` script, ``cli.entry``) leaves without the interpreter's
+    finalization, with its output flushed and its exit code kept."""
+
+    def run_entry(self, *argv: str) -> subprocess.CompletedProcess:
+        code = ("import atexit, runpy, sys\n"
+                "atexit.register(lambda: sys.stderr.write('finalized\\n'))\n"
+                "runpy.run_module('cas.cli', run_name='__main__', alter_sys=True)\n")
+        env = cli_env({"CAS_TOKEN": "t"})
+        env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as a command in a pipeline has it
+        return subprocess.run([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env, timeout=60)
+
+    def test_output_flushed_finalization_skipped(self) -> None:
+        out = self.run_entry("--version")  # written by argparse into a buffered pipe, never flushed by it
+        self.assertEqual((out.returncode, out.stderr), (0, b""))
+        self.assertTrue(out.stdout.startswith(b"cas "), out.stdout)
+
+    def test_exit_code_and_error_kept(self) -> None:
+        out = self.run_entry("--node", "http://127.0.0.1:9/", "get", "cas1x")
+        self.assertEqual(out.returncode, cli.EXIT_USAGE)
+        self.assertTrue(out.stderr.startswith(b"cas: ") and out.stderr.count(b"\n") == 1, out.stderr)
+
+    def test_the_console_script_is_entry(self) -> None:
+        from importlib.metadata import entry_points
+
+        [script] = [e for e in entry_points(group="console_scripts") if e.name == "cas"]
+        self.assertEqual(script.value, "cas.cli:entry")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The fake API server
 
