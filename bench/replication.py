@@ -532,10 +532,13 @@ def child_bserve(a: argparse.Namespace) -> None:
 
     def started() -> None:
         result["split0"] = pipeline.cpu_split()
+        result["read0"] = pipeline.mem_status().get("read_bytes", 0.0)
 
     def ended(was_started: bool) -> None:
         if was_started:
             result["split1"] = pipeline.cpu_split()
+            # what the stream read from the disk (the process's start-up, before the drop, excluded)
+            result["served_disk_read_mib"] = pipeline.mem_status().get("read_bytes", 0.0) - result.pop("read0")
 
     Streamer = tlsstream.streamer(paths, result, started, ended)
 
@@ -1308,7 +1311,7 @@ def _disk(r: dict[str, Any]) -> str:
     if "cache" not in r:
         return ""
     if "server" in r:
-        mib = r["server"].get("disk_read_bytes_mib", 0.0)
+        mib = r["server"].get("served_disk_read_mib", 0.0)
     elif f"n{NODES}" in r.get("nodes", {}):  # a cas get: n4 reads, n0-n3 serve
         mib = sum(v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}")
     else:
@@ -1554,9 +1557,11 @@ def main() -> None:
     if a.keep:
         need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
     pipeline.require_room(a.dir, need)
-    if a.cache == "cold" and not os.access(DROP_CACHES, os.W_OK):
+    try:
+        cool(a)  # once now: a run that cannot drop the cache stops here, not in its first timed phase
+    except OSError as e:
         raise SystemExit(f"FAIL: --cache cold drops the page cache before each timed phase, which needs write access to "
-                         f"{DROP_CACHES} (root); run as root or pass --cache warm")
+                         f"{DROP_CACHES} (root): {e.strerror}; run as root or pass --cache warm") from None
     if not a.json:
         sizes = "-".join(pipeline.fmt_size(s) for s in a.size)
         a.json = os.path.join(RESULTS, f"replication-{sizes}-r{a.repeat}.json")
