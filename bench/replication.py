@@ -1297,11 +1297,9 @@ def say_cas(label: str, r: dict[str, Any], verified: str | None = None) -> None:
 def say_base(label: str, r: dict[str, Any]) -> None:
     extra = ""
     if "receivers" in r:
-        extra = f"  receivers RSS {r['recv_peak_rss_mib']:.1f} MiB"
+        extra = f"  receivers RSS {r['recv_peak_rss_mib']:.1f} MiB{_disk(r)}"
     if "server" in r:
         extra = f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB{_disk(r)}"
-    if "receivers" in r:
-        extra += _disk(r)
     print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s  RSS {r['peak_rss_mib']:.1f} MiB{extra}  "
           f"CPU all processes {r['cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}{_steal(r)}", file=sys.stderr)
 
