@@ -64,6 +64,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -143,10 +145,20 @@ def cool(a: argparse.Namespace) -> str:
     deleted in the last minute while their inode table block is cached: bench/README.md). Returns the state."""
     if a.cache != "cold":
         return "warm"
-    os.sync()
+    pipeline.settle()
     with open(DROP_CACHES, "w") as f:
         f.write("3\n")
     return "cold"
+
+
+@contextmanager
+def timed_phase(a: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Around a timed phase's command (its processes up): the page cache dropped first (``cool``), the host's steal
+    share measured over it; both go into the dict it yields, for the phase's row."""
+    row: dict[str, Any] = {"cache": cool(a)}
+    ticks = cpu_ticks()
+    yield row
+    row["steal_share"] = steal_share(ticks)
 
 
 def run_timeout(nbytes: int) -> float:
@@ -1029,15 +1041,13 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
     try:
         # -- put: 4 fresh nodes ----------------------------------------------------------------------------
         conv, load, before = network_up(four, four[0], f"{NODES} fresh nodes up")
-        cache = cool(a)
-        with NodeSampler(four) as sampler:
-            ticks = cpu_ticks()
+        with timed_phase(a) as phase, NodeSampler(four) as sampler:
             r = CliRun(["--node", four[0].data, "put", "--quiet", "--json", src], cdir, "put", timed=True).wait(timeout)
-            r["steal_share"] = steal_share(ticks)
+        r.update(phase)
         r["nodes"] = phase_end(four, before, sampler, size)
         ans = put_answer(r, size, "cas put")
         r.update(bytes=size, mib_s=size / MiB / r["transfer_seconds"], mib_s_end_to_end=size / MiB / r["seconds"], key=ans["key"], replicas=ans["replicas"], loadavg_before=load,
-                 membership_seconds=conv, cache=cache)
+                 membership_seconds=conv)
         cas_cpu(r)
         r["logs"] = stop_nodes(four, "the put")
         rows["cas_put"] = r
@@ -1046,16 +1056,14 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
 
         # -- get: the 4 restarted (same data dirs and ports), a 5th fresh node reads -------------------------
         conv, load, before = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
-        cache = cool(a)
-        with NodeSampler(nodes) as sampler:
-            ticks = cpu_ticks()
+        with timed_phase(a) as phase, NodeSampler(nodes) as sampler:
             r = CliRun(["--node", reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get",
                        timed=True).wait(timeout)
-            r["steal_share"] = steal_share(ticks)
+        r.update(phase)
         r.pop("stdout")
         r["nodes"] = phase_end(nodes, before, sampler, size)
         r.update(bytes=size, mib_s=size / MiB / r["transfer_seconds"], mib_s_end_to_end=size / MiB / r["seconds"],
-                 loadavg_before=load, membership_seconds=conv, cache=cache)
+                 loadavg_before=load, membership_seconds=conv)
         cas_cpu(r)
         if verify:
             r["verified"] = verify_get(reader, ans["key"], s, cdir, timeout)
@@ -1143,17 +1151,16 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         servers = [p for p, *_ in started]
         pipeline.settle()
         load = pipeline.loadavg()
-        cache = cool(a)
-        ticks = cpu_ticks()
-        r = run_child_sampled(child_cmd("bsend", a, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
-                                        list_out=list_path), bdir, "send", timeout)
-        r["steal_share"] = steal_share(ticks)
+        with timed_phase(a) as phase:
+            r = run_child_sampled(child_cmd("bsend", a, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
+                                            list_out=list_path), bdir, "send", timeout)
+        r.update(phase)
         recvs = [finish_server(p, o, e, f"receiver {i + 1}") for i, (p, _c, o, e) in enumerate(started)]
         nseg = r["blocks"]
         for i, x in enumerate(recvs):
             if x["blocks"] != nseg:
                 raise SystemExit(f"FAIL: baseline receiver {i + 1} stored {x['blocks']} of {nseg} blocks")
-        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, receivers=recvs, cache=cache,
+        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, receivers=recvs,
                  recv_peak_rss_mib=max(x["peak_rss_mib"] for x in recvs))
         base_cpu(r, size, [r, *recvs])
         rows["base_put"] = r
@@ -1166,13 +1173,12 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         proc, contact, o, e = start_server("bserve", a, bdir, "serve", data=sender, list=list_path)
         servers = [proc]
         load = pipeline.loadavg()
-        cache = cool(a)
-        ticks = cpu_ticks()
-        r = run_child_sampled(child_cmd("bfetch", a, data=recv_dirs[0], list=list_path, peers=contact), bdir, "fetch",
-                              timeout)
-        r["steal_share"] = steal_share(ticks)
+        with timed_phase(a) as phase:
+            r = run_child_sampled(child_cmd("bfetch", a, data=recv_dirs[0], list=list_path, peers=contact), bdir,
+                                  "fetch", timeout)
+        r.update(phase)
         srv = finish_server(proc, o, e, "block server")
-        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, server=srv, cache=cache)
+        r.update(mib_s=size / MiB / r["seconds"], loadavg_before=load, server=srv)
         base_cpu(r, size, [r, srv])
         rows["base_get"] = r
         say_base("base get", r)
@@ -1218,8 +1224,7 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
         conv, load, before = network_up(nodes, nodes[0], f"{NODES} fresh nodes up")
         errors: list[BaseException] = []
         results: list[dict[str, Any] | None] = [None] * len(files)
-        cache = cool(a)
-        with NodeSampler(nodes) as sampler:
+        with timed_phase(a) as phase, NodeSampler(nodes) as sampler:
             runs = [CliRun(["--node", nodes[0].data, "put", "--quiet", "--json", f], cdir, f"put{i}")
                     for i, f in enumerate(files)]
 
@@ -1239,7 +1244,7 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
         wall = max(rn.end for rn in runs) - runs[0].t0
         r: dict[str, Any] = {"nodes": phase_end(nodes, before, sampler, total), "count": len(files), "file_bytes": fsize,
                              "bytes": total, "seconds": wall, "mib_s": total / MiB / wall, "loadavg_before": load,
-                             "membership_seconds": conv, "cache": cache}
+                             "membership_seconds": conv, **phase}
         clis = []
         for i, x in enumerate(results):
             assert x is not None
