@@ -7,10 +7,10 @@
 For each size, in one run (see bench/README.md, "bench/peers.py"):
 
 - setup (untimed): a data dir S holding N random blocks of 1 MiB + 16 bytes (a sealed segment's size) written
-  through ``cas.blockstore.DiskBlockStore.put``, the ordered list of their ids, and a fresh data dir R (the
+  through ``cas.store.blockstore.DiskBlockStore.put``, the ordered list of their ids, and a fresh data dir R (the
   receiver's identity); then ``sync()``.
 - **bare TLS** (the baseline): child S0 listens (Twisted, TLS 1.3, S's key and certificate through
-  ``cas.peertls.server_creator``); child R0 dials it (R's identity, S's key pinned, ``client_creator``) and
+  ``cas.peer.peertls.server_creator``); child R0 dials it (R's identity, S's key pinned, ``client_creator``) and
   sends one byte; S0 then streams the block files in order with a registered push producer (no framing) and
   R0 counts and discards the bytes. Timed in R0 from that byte to the last byte received.
 - **bare TLS + BLAKE3** (context, ``--no-hash-baseline`` skips it): the same, R0 also hashes each block's
@@ -92,10 +92,10 @@ def child_mkblocks(a: argparse.Namespace) -> None:
 
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    from cas.blockstore import DiskBlockStore
-    from cas.cid import CID
-    from cas.datadir import prepare
-    from cas.index import Index
+    from cas.base.cid import CID
+    from cas.store.blockstore import DiskBlockStore
+    from cas.store.datadir import prepare
+    from cas.store.index import Index
 
     t0 = time.perf_counter()
     s = prepare(a.data)
@@ -133,10 +133,10 @@ def child_mkblocks(a: argparse.Namespace) -> None:
 
 
 def child_serve0(a: argparse.Namespace) -> None:
-    """The bare sender: a TLS 1.3 server (cas.peertls, S's identity) that, once the client's one byte
+    """The bare sender: a TLS 1.3 server (cas.peer.peertls, S's identity) that, once the client's one byte
     arrives, streams the block files in order through a registered push producer, then closes."""
     if a.tune:  # the same allocator settings as a cas node
-        from cas.malloc import tune
+        from cas.base.malloc import tune
 
         tune()
 
@@ -144,9 +144,9 @@ def child_serve0(a: argparse.Namespace) -> None:
     from twisted.internet import endpoints, reactor
     from twisted.internet.protocol import Factory, Protocol
 
-    from cas.cid import CID
-    from cas.identity import load_or_create
-    from cas.peertls import server_creator
+    from cas.base.cid import CID
+    from cas.base.identity import load_or_create
+    from cas.peer.peertls import server_creator
 
     ident = load_or_create(os.path.join(a.data, "node.key"), os.path.join(a.data, "node.crt"))
     paths = [block_path(a.data, c, CID.parse(c).digest.hex()) for c in read_cids(a.cids)]
@@ -202,7 +202,7 @@ def child_recv0(a: argparse.Namespace) -> None:
     """The bare receiver: dials S0 (TLS 1.3, R's identity, S's key pinned), sends one byte, counts and
     discards what arrives (with --hash, also checks each block's BLAKE3 against its id, hashing as it arrives)."""
     if a.tune:  # the same allocator settings as a cas node
-        from cas.malloc import tune
+        from cas.base.malloc import tune
 
         tune()
 
@@ -214,10 +214,10 @@ def child_recv0(a: argparse.Namespace) -> None:
     from twisted.internet.protocol import Protocol
     from zope.interface import implementer
 
-    from cas.cid import CID
-    from cas.datadir import prepare
-    from cas.nodeid import parse_node_id
-    from cas.peertls import client_creator
+    from cas.base.cid import CID
+    from cas.base.nodeid import parse_node_id
+    from cas.peer.peertls import client_creator
+    from cas.store.datadir import prepare
 
     ident = prepare(a.recv_data).identity()
     expected = parse_node_id(a.node_id)
@@ -293,19 +293,19 @@ def child_recv0(a: argparse.Namespace) -> None:
 def child_recv(a: argparse.Namespace) -> None:
     """The cas receiver: Node + PeerManager on data dir R, dial S pinned, GET_BLOCK every block with a
     window of requests in flight (PeerManager.get_block checks each against its id), discard."""
-    from cas.malloc import tune
+    from cas.base.malloc import tune
 
     tune()  # the receiver stands for a node: the same allocator settings as twistd cas
 
     from twisted.internet import reactor
     from twisted.python.failure import Failure
 
-    from cas.cid import CID
-    from cas.datadir import prepare
-    from cas.node import Node
-    from cas.nodeid import parse_node_id
-    from cas.peers import PeerManager
-    from cas.records import Address
+    from cas.base.cid import CID
+    from cas.base.nodeid import parse_node_id
+    from cas.node.core import Node
+    from cas.peer.peers import PeerManager
+    from cas.peer.records import Address
+    from cas.store.datadir import prepare
 
     cids = [CID.parse(c) for c in read_cids(a.cids)]
     expected = parse_node_id(a.node_id)
@@ -446,7 +446,7 @@ def proc_minflt(pid: int) -> int:
 
 def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool, tuned: bool = False) -> dict[str, Any]:
     """S0 (bare TLS server streaming the block files) and R0 (bare TLS client), both fresh processes; with
-    ``tuned`` both apply cas's allocator settings (cas.malloc.tune), as a cas node does."""
+    ``tuned`` both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
     name = ("bare-b3" if hashing else "bare") + ("-tuned" if tuned else "")
     port_file = os.path.join(work, f"{name}.port")
     if os.path.exists(port_file):
@@ -623,7 +623,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
     x["ratio_vs_bare_tuned"] = x["mib_s"] / out["bare_tuned"]["mib_s"]
     out["bare_tuned"]["ratio_vs_bare"] = out["bare_tuned"]["mib_s"] / out["bare"]["mib_s"]
     # The target is met against the faster of the two bare streams: the baseline must not be handicapped by
-    # glibc's defaults that cas itself tunes away (cas.malloc).
+    # glibc's defaults that cas itself tunes away (cas.base.malloc).
     x["ratio_vs_best_bare"] = min(x["ratio_vs_bare"], x["ratio_vs_bare_tuned"])
     x["target_met"] = x["ratio_vs_best_bare"] >= TARGET_RATIO
     if "bare_b3" in out:

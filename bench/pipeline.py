@@ -34,7 +34,7 @@ from typing import Any
 
 MiB = 1 << 20
 CHUNK = 16 * MiB  # source file generation
-SEG = 1 << 20  # plaintext bytes per block (cas.cipher.SEGMENT_SIZE)
+SEG = 1 << 20  # plaintext bytes per block (cas.content.cipher.SEGMENT_SIZE)
 RESULT_PREFIX = "BENCH-RESULT "
 
 TARGET_RATIO = 0.70  # cas >= 70% of the plain loop, both ways
@@ -175,9 +175,9 @@ def child_mksrc(a: argparse.Namespace) -> None:
 
 # -- child: the plain loop (no Twisted) ----------------------------------------------------------------------
 # Same work and durability as cas: 1 MiB segments, AES-256-GCM with the nonce and associated data derived from
-# the segment index and last flag (as cas.cipher), BLAKE3-256 of the block, one file per block under
+# the segment index and last flag (as cas.content.cipher), BLAKE3-256 of the block, one file per block under
 # blocks/<aa>/<bb>/, written to tmp/, fsynced, renamed, shard directory fsynced (and new shard directories made
-# durable as cas.blockstore does). The ordered block list is written durably at the end (cas's manifest).
+# durable as cas.store.blockstore does). The ordered block list is written durably at the end (cas's manifest).
 
 _SEGMENT_AD = b"cas/segment/v1"
 
@@ -342,8 +342,8 @@ def child_cas_put(a: argparse.Namespace) -> None:
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
 
-    from cas.datadir import prepare
-    from cas.node import Node
+    from cas.node.core import Node
+    from cas.store.datadir import prepare
 
     result: dict[str, Any] = {}
 
@@ -383,9 +383,9 @@ def child_cas_get(a: argparse.Namespace) -> None:
     from twisted.internet.task import react
     from zope.interface import implementer
 
-    from cas.capability import ReadCap
-    from cas.datadir import prepare
-    from cas.node import Node
+    from cas.content.capability import ReadCap
+    from cas.node.core import Node
+    from cas.store.datadir import prepare
 
     @implementer(IConsumer)
     class HashingFileConsumer:

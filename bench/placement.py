@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Balance and movement of rendezvous placement (cas/placement.py), for docs/placement.md.
+"""Balance and movement of rendezvous placement (cas/network/placement.py), for docs/placement.md.
 
 For 100,000 stripes over 10, 100 and 1,000 nodes (random node ids, fixed seed), with 3 replicas:
 - balance: stripes held per node (min, max, standard deviation, max/mean), and as first holder;
@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cas.placement import Rendezvous, stripe_key  # noqa: E402
+from cas.network.placement import Rendezvous, stripe_key  # noqa: E402
 
 REPLICAS = 3
 

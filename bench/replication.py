@@ -16,7 +16,7 @@ For each size and round, in one run (see bench/README.md, "bench/replication.py"
   no block: it fetches every one from the holders). In the first round of each size the file is read again
   on n4 (untimed) with ``cas get -o -`` into a hashing child, and its BLAKE3 and size must be the source's.
 - **baseline put**: three receiver processes (TLS servers) and one sender (TLS client to all three), each
-  with cas's allocator tuning (``cas.malloc.tune``) and its own Ed25519 identity (``cas.peertls``, TLS 1.3,
+  with cas's allocator tuning (``cas.base.malloc.tune``) and its own Ed25519 identity (``cas.peer.peertls``, TLS 1.3,
   keys pinned). The sender reads the source 1 MiB at a time, seals it (AES-256-GCM, cas's nonce and
   associated data), hashes it (BLAKE3), writes it as its own block file (write, fsync, rename, directory
   fsync: bench/pipeline.py's ``LoopStore``, the same durability as cas's block store) on a worker thread, then
@@ -74,7 +74,7 @@ import pipeline  # standard library only at import time
 from procs import LIVE, START_TIMEOUT, parse_result, read_text, reap, spawn, tail, wait_file
 
 MiB = pipeline.MiB
-SEG = pipeline.SEG  # plaintext bytes per block (cas.cipher.SEGMENT_SIZE)
+SEG = pipeline.SEG  # plaintext bytes per block (cas.content.cipher.SEGMENT_SIZE)
 BLOCK = SEG + 16  # a sealed segment
 HDR_FORMAT = ">I32s"  # baseline put frame: block length (0 = end), BLAKE3 digest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,7 @@ def _tls_server(a: argparse.Namespace) -> Any:
     from twisted.internet import endpoints
 
     if a.baseline_tls == "cas":
-        from cas.peertls import wrap_server
+        from cas.peer.peertls import wrap_server
 
         return wrap_server
     return endpoints.wrapServerTLS
@@ -182,14 +182,14 @@ def _tls_client(a: argparse.Namespace) -> Any:
     from twisted.internet import endpoints
 
     if a.baseline_tls == "cas":
-        from cas.peertls import wrap_client
+        from cas.peer.peertls import wrap_client
 
         return wrap_client
     return endpoints.wrapClientTLS
 
 
 def _identity(data: str) -> Any:
-    from cas.identity import load_or_create
+    from cas.base.identity import load_or_create
 
     os.makedirs(data, exist_ok=True)
     return load_or_create(os.path.join(data, "node.key"), os.path.join(data, "node.crt"))
@@ -200,7 +200,7 @@ def _listen_once(a: argparse.Namespace, ident: Any, proto_factory: Any, result: 
     from twisted.internet import endpoints, reactor
     from twisted.internet.protocol import Factory
 
-    from cas.peertls import server_creator
+    from cas.peer.peertls import server_creator
 
     class OneShot(Factory):
         served = False
@@ -251,7 +251,7 @@ def child_brecv(a: argparse.Namespace) -> None:
     """A baseline holder: one TLS connection; every frame's block checked (BLAKE3) and written durably on a
     worker thread; the stream paused while --window blocks wait; one byte back once the end marker arrived
     and every block is durable."""
-    from cas.malloc import tune
+    from cas.base.malloc import tune
 
     tuned = tune()  # the same allocator settings as a cas node
 
@@ -363,7 +363,7 @@ def child_brecv(a: argparse.Namespace) -> None:
 def child_bsend(a: argparse.Namespace) -> None:
     """The baseline origin: dials the receivers (TLS 1.3, keys pinned), then reads, seals, hashes and stores
     each segment on a worker thread and writes it to every stream; timed to the last receiver's answer."""
-    from cas.malloc import tune
+    from cas.base.malloc import tune
 
     tuned = tune()  # the same allocator settings as a cas node
 
@@ -379,8 +379,8 @@ def child_bsend(a: argparse.Namespace) -> None:
     from twisted.python.threadpool import ThreadPool
     from zope.interface import implementer
 
-    from cas.nodeid import parse_node_id
-    from cas.peertls import client_creator
+    from cas.base.nodeid import parse_node_id
+    from cas.peer.peertls import client_creator
 
     ident = _identity(a.data)
     peers = [(int(port), nid) for port, nid in (p.split("@", 1) for p in a.peers.split(","))]
@@ -529,7 +529,7 @@ def child_bsend(a: argparse.Namespace) -> None:
 def child_bserve(a: argparse.Namespace) -> None:
     """The baseline holder for the get: once the client's byte arrives, streams the block files of --list in
     order (read on the reactor thread, a registered push producer, no framing), then closes."""
-    from cas.malloc import tune
+    from cas.base.malloc import tune
 
     tuned = tune()
 
@@ -565,7 +565,7 @@ def child_bserve(a: argparse.Namespace) -> None:
 def child_bfetch(a: argparse.Namespace) -> None:
     """The baseline reader: dials the block server (its key pinned), sends one byte, then checks each block's
     BLAKE3 against its id and decrypts it (AES-256-GCM at its position); the plaintext is dropped."""
-    from cas.malloc import tune
+    from cas.base.malloc import tune
 
     tuned = tune()
 
@@ -578,8 +578,8 @@ def child_bfetch(a: argparse.Namespace) -> None:
     from twisted.internet.protocol import Protocol
     from zope.interface import implementer
 
-    from cas.nodeid import parse_node_id
-    from cas.peertls import client_creator
+    from cas.base.nodeid import parse_node_id
+    from cas.peer.peertls import client_creator
 
     ident = _identity(a.data)
     with open(a.list) as f:
@@ -1520,7 +1520,7 @@ def main() -> None:
                    help="size of each concurrently put file (default 64M)")
     p.add_argument("--baseline-tls", choices=("twisted", "cas"), default="twisted",
                    help="the baseline's TLS layer: Twisted's stock TLSMemoryBIOProtocol (default) or cas's "
-                        "PeerTLSProtocol (cas.peertls.wrap_server/wrap_client, what cas's peer links use)")
+                        "PeerTLSProtocol (cas.peer.peertls.wrap_server/wrap_client, what cas's peer links use)")
     p.add_argument("--baseline-threads", type=int, default=1,
                    help="worker threads per baseline process for sealing/hashing/storing (default 1)")
     p.add_argument("--window", type=int, default=8, help="blocks in flight in the baseline put (default 8, as Node.window)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU per GiB of the peer TLS layer alone, in one process: an A/B harness for changes to cas/peertls.py.
+"""CPU per GiB of the peer TLS layer alone, in one process: an A/B harness for changes to cas/peer/peertls.py.
 
     python bench/tlspath.py [--root DIR] [--blocks 512] [--chunk 262144] [--repeat 3]
 
@@ -39,15 +39,15 @@ def main() -> None:
     a = p.parse_args()
     sys.path.insert(0, os.path.abspath(a.root))
 
-    from cas.malloc import tune
+    from cas.base.malloc import tune
 
     tune()
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.testing import StringTransport
     from zope.interface import implementer
 
-    from cas import frames, peertls
-    from cas.identity import load_or_create
+    from cas.base.identity import load_or_create
+    from cas.peer import frames, peertls
 
     d = tempfile.mkdtemp()
     srv_id = load_or_create(d + "/s.key", d + "/s.crt")

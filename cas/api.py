@@ -21,15 +21,29 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from .capability import ReadCap
-from .download import OpenFile
-from .errors import (
-    BlockNotFound, Busy, CasError, OffsetMismatch, SessionBusy, SessionNotFound, CorruptBlock, DiskFull, FileNotFound, InvalidMetadata, MalformedKey,
-    MalformedManifest, RangeNotSatisfiable, StorageLimitExceeded, TamperedData, TooFewReplicas,
+from cas.base.errors import (
+    BlockNotFound,
+    Busy,
+    CasError,
+    CorruptBlock,
+    DiskFull,
+    FileNotFound,
+    InvalidMetadata,
+    MalformedKey,
+    MalformedManifest,
+    OffsetMismatch,
+    RangeNotSatisfiable,
+    SessionBusy,
+    SessionNotFound,
+    StorageLimitExceeded,
+    TamperedData,
+    TooFewReplicas,
 )
-from .index import Session
-from .node import Node
-from .upload import StoredFile, Upload
+from cas.content.capability import ReadCap
+from cas.node.core import Node
+from cas.node.download import OpenFile
+from cas.node.upload import StoredFile, Upload
+from cas.store.index import Session
 
 log = Logger()
 DRAIN_LIMIT = 1 << 20  # body bytes read and discarded after an early error answer, before closing

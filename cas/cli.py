@@ -29,7 +29,7 @@ import unicodedata
 import urllib.parse
 from typing import IO, Any, Callable, Iterator, NoReturn
 
-from .paths import default_data_dir, state_dir
+from cas.store.paths import default_data_dir, state_dir
 
 CHUNK = 1 << 20
 DEFAULT_PORT = 3000
@@ -575,8 +575,8 @@ def read_key(args: argparse.Namespace) -> str:
         text = _first_line(sys.stdin.buffer, "stdin") if sys.stdin is not None else ""
     if not text.strip():
         raise CliError("no key given (as an argument, with --key-file FILE, or on stdin)", EXIT_USAGE)
-    from .capability import ReadCap  # only now: it loads blake3 and the cipher
-    from .errors import MalformedKey
+    from cas.base.errors import MalformedKey
+    from cas.content.capability import ReadCap  # only now: it loads blake3 and the cipher
 
     try:
         return str(ReadCap.parse(text))
@@ -1259,7 +1259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cas", parents=[common], description="Store and fetch files on a cas node.",
                      epilog="Exit codes: 0 ok, 1 failed, 2 usage/bad key/refused name/file exists, "
                             "3 not found, 4 node unreachable or unauthorized. See docs/cli.md.")
-    from . import __version__
+    from cas import __version__
 
     parser.add_argument("--version", action="version", version=f"cas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -13,12 +13,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .api import make_site
-from .node import Node
-from .peers import Bootstrap, PeerManager, PeerSettings
-from .peertls import server_creator, wrap_server
-from .replication import TopUp
-from .records import Address
+from cas.api import make_site
+from cas.network.replication import TopUp
+from cas.node.core import Node
+from cas.peer.peers import Bootstrap, PeerManager, PeerSettings
+from cas.peer.peertls import server_creator, wrap_server
+from cas.peer.records import Address
 
 log = Logger()
 

@@ -10,14 +10,14 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from .datadir import prepare
-from .errors import DataDirError
-from .malloc import tune as tune_allocator
-from .node import Node
-from .paths import default_data_dir
-from .peers import Bootstrap, PeerSettings
-from .records import Address, InvalidRecord, parse_operator_address
-from .service import NodeService
+from cas.base.errors import DataDirError
+from cas.base.malloc import tune as tune_allocator
+from cas.node.core import Node
+from cas.peer.peers import Bootstrap, PeerSettings
+from cas.peer.records import Address, InvalidRecord, parse_operator_address
+from cas.service import NodeService
+from cas.store.datadir import prepare
+from cas.store.paths import default_data_dir
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
           "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40, "tb": 10**12}

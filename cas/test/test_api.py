@@ -12,14 +12,14 @@ from twisted.internet import task
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactor, StringTransport
-from twisted.logger import globalLogPublisher, formatEvent
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
 from cas import api
-from cas.capability import ReadCap
-from cas.errors import CorruptBlock, DiskFull
+from cas.base.errors import CorruptBlock, DiskFull
+from cas.content.capability import ReadCap
 
 from .util import ManualRunner, make_node
 

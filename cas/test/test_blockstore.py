@@ -1,4 +1,4 @@
-"""Tests for cas.blockstore.DiskBlockStore: verification, write-once, quarantine, atomicity, durability
+"""Tests for cas.store.blockstore.DiskBlockStore: verification, write-once, quarantine, atomicity, durability
 calls, limits, disk-full handling and thread safety."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas import blockstore
-from cas.blockstore import MAX_BLOCK_SIZE, DiskBlockStore
-from cas.cid import CID
-from cas.errors import BlockNotFound, CorruptBlock, DiskFull, StorageFull, StorageLimitExceeded
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock, DiskFull, StorageFull, StorageLimitExceeded
+from cas.store import blockstore
+from cas.store.blockstore import MAX_BLOCK_SIZE, DiskBlockStore
 
 
 def make_block(n: int, size: int = 100) -> tuple[CID, bytes]:

@@ -6,8 +6,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.budget import Budget
-from cas.errors import Busy, StorageLimitExceeded
+from cas.base.budget import Budget
+from cas.base.errors import Busy, StorageLimitExceeded
 from cas.test.util import Collector, FakeProducer, ManualRunner, make_node
 
 SEG = 64 * 1024

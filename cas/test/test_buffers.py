@@ -1,4 +1,4 @@
-"""cas.buffers: uninitialised buffers are writable, sized, and outlive everything but their views."""
+"""cas.base.buffers: uninitialised buffers are writable, sized, and outlive everything but their views."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.buffers import uninitialized
+from cas.base.buffers import uninitialized
 
 
 class UninitializedTests(SynchronousTestCase):

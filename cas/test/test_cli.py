@@ -27,9 +27,9 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from cas import cli
-from cas.capability import ReadCap
-from cas.cid import CID
-from cas.nodeid import format_node_id
+from cas.base.cid import CID
+from cas.base.nodeid import format_node_id
+from cas.content.capability import ReadCap
 
 from .util_cli import CLI, assert_one_line_error, cli_env, run_cli, write_node_dir
 

@@ -12,11 +12,11 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from cas.capability import ReadCap
-from cas.datadir import prepare
-from cas.errors import CorruptBlock
-from cas.node import Node
+from cas.base.errors import CorruptBlock
+from cas.content.capability import ReadCap
+from cas.node.core import Node
 from cas.service import NodeService
+from cas.store.datadir import prepare
 
 from .util_cli import run_cli
 

@@ -1,4 +1,4 @@
-"""Tests for cas.index.Index and cas.collector (Pins, collect), including the upload/collection race."""
+"""Tests for cas.store.index.Index and cas.store.collector (Pins, collect), including the upload/collection race."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.blockstore import DiskBlockStore
-from cas.cid import CID
-from cas.collector import CollectResult, Pins, collect
-from cas.index import FileRecord, Index
+from cas.base.cid import CID
+from cas.store.blockstore import DiskBlockStore
+from cas.store.collector import CollectResult, Pins, collect
+from cas.store.index import FileRecord, Index
 
 
 def make_block(n: int, size: int = 100) -> tuple[CID, bytes]:

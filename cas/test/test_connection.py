@@ -1,4 +1,4 @@
-"""Tests for one peer connection (cas.connection.PeerProtocol) over in-memory transports.
+"""Tests for one peer connection (cas.peer.connection.PeerProtocol) over in-memory transports.
 
 Two ``PeerProtocol``s talk through ``StringTransport``s moved by ``Pair.pump`` (whole chunks or one byte at a
 time); ``identify`` stands in for TLS, a ``FakeHost`` records what the node would see, and time is a ``Clock``.
@@ -18,8 +18,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas import connection, frames
-from cas.connection import (
+from cas.peer import connection, frames
+from cas.peer.connection import (
     HELLO_TIMEOUT,
     IDLE_LIMIT,
     INTERNAL,
@@ -36,7 +36,7 @@ from cas.connection import (
     RequestTimeout,
     Response,
 )
-from cas.frames import (
+from cas.peer.frames import (
     BYE,
     CANCEL,
     ERROR,

@@ -13,15 +13,16 @@ import attrs
 import blake3
 import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cas import capability, cipher, manifest
-from cas.capability import TOKEN_LEN, ReadCap
-from cas.cid import CID, CID_STR_LEN, PREFIX
-from cas.errors import MalformedKey, MalformedManifest, TamperedData
-from cas.manifest import (
+from cas.base.cid import CID, CID_STR_LEN, PREFIX
+from cas.base.errors import MalformedKey, MalformedManifest, TamperedData
+from cas.content import capability, cipher, manifest
+from cas.content.capability import TOKEN_LEN, ReadCap
+from cas.content.manifest import (
     MAX_DEPTH,
     MAX_LINKS,
     MAX_MANIFEST_SIZE,

@@ -1,4 +1,4 @@
-"""Tests for the frame codec of the peer protocol (cas.frames).
+"""Tests for the frame codec of the peer protocol (cas.peer.frames).
 
 The test vectors pinned here are the ones printed in docs/protocol.md ("Test vectors", "Frames");
 ``FrameVectorTests`` checks that the code reproduces them exactly and that the document still shows them.
@@ -17,17 +17,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cas import frames
-from cas.cid import PREFIX, digest
-from cas.frames import (
+from cas.base.cid import PREFIX, digest
+from cas.peer import frames
+from cas.peer.frames import (
     BYE,
     CANCEL,
     ERROR,
     FIXED,
-    HEAD_READ,
-    HEAD_SIZE,
     GET_BLOCK,
     HAS,
+    HEAD_READ,
+    HEAD_SIZE,
     HELLO,
     MAX_FRAME,
     MAX_HEADER,

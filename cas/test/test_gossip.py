@@ -1,4 +1,4 @@
-"""Gossip of signed peer records (cas/gossip.py), without a network: a fake ``send`` whose answers the tests
+"""Gossip of signed peer records (cas/peer/gossip.py), without a network: a fake ``send`` whose answers the tests
 fire, a Clock for the rounds and the flood-control buckets, and a settable wall clock for record expiry."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.gossip import Gossip
-from cas.identity import Identity, make_certificate
-from cas.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerTable
-from cas.records import MAX_TTL, Address, PeerRecord, UnknownAddress, sign_record
+from cas.base.identity import Identity, make_certificate
+from cas.peer.gossip import Gossip
+from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerTable
+from cas.peer.records import MAX_TTL, Address, PeerRecord, UnknownAddress, sign_record
 
 WALL0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 TTL = 3600
@@ -533,7 +533,7 @@ class TableSaveTests(SynchronousTestCase):
     joining restarts knowing its peers), at most once a second, the changes in between together."""
 
     def setUp(self) -> None:
-        from cas.peers import SAVE_SPACING, PeerManager
+        from cas.peer.peers import SAVE_SPACING, PeerManager
 
         class Node:
             identity = new_identity()

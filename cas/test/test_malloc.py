@@ -1,4 +1,4 @@
-"""The allocator tuning a node process applies at start (cas/malloc.py)."""
+"""The allocator tuning a node process applies at start (cas/base/malloc.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas import malloc
+from cas.base import malloc
 
 
 class TuneTests(SynchronousTestCase):
     def test_applies_on_glibc_only(self) -> None:
         # In a child process, so that this test process keeps its own settings.
-        out = subprocess.run([sys.executable, "-c", "from cas.malloc import tune; print(tune())"],
+        out = subprocess.run([sys.executable, "-c", "from cas.base.malloc import tune; print(tune())"],
                              capture_output=True, text=True, timeout=60, check=True)
         glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
         self.assertEqual(out.stdout.strip(), str(glibc))
@@ -26,7 +26,7 @@ class TuneTests(SynchronousTestCase):
 
     def test_node_service_tunes_its_process(self) -> None:
         code = (
-            "import cas.malloc, cas.tap\n"
+            "import cas.base.malloc, cas.tap\n"
             "calls = []\n"
             "cas.tap.tune_allocator = lambda: calls.append(1) or True\n"
             "o = cas.tap.Options(); o.parseOptions(['--port', '0', '--data-dir', sys.argv[1]])\n"

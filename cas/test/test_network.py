@@ -20,15 +20,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from cas import frames
-from cas.cid import CID
-from cas.connection import PeerError, RemoteError
-from cas.datadir import prepare
-from cas.node import Node
-from cas.peers import Bootstrap, MembershipChange, PeerSettings
-from cas.peertable import DEAD
-from cas.records import Address, decode_record, sign_record
+from cas.base.cid import CID
+from cas.node.core import Node
+from cas.peer import frames
+from cas.peer.connection import PeerError, RemoteError
+from cas.peer.peers import Bootstrap, MembershipChange, PeerSettings
+from cas.peer.peertable import DEAD
+from cas.peer.records import Address, decode_record, sign_record
 from cas.service import NodeService
+from cas.store.datadir import prepare
 
 from .util import sync_run
 
@@ -259,8 +259,8 @@ class ConnectionManagementTests(TestCase):
         a_id = a.node.identity.node_id
         await wait_for(lambda: a_id in members(b), "b to know a")
         conn = await b.peers.connect(a_id)
-        from twisted.internet.protocol import Protocol
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
 
         closed: Deferred[None] = Deferred()
 
@@ -311,7 +311,7 @@ class ReviewTests(TestCase):
         """A PEERS answer walks the table: a connection gets a burst of 5, then 5 per second."""
         from twisted.internet.defer import DeferredList
 
-        from cas.peers import PEERS_PER_SECOND
+        from cas.peer.peers import PEERS_PER_SECOND
 
         slow = PeerSettings(gossip_interval=1000, probe_interval=1000)
         net = Net(self)
@@ -397,8 +397,8 @@ class ReviewTests(TestCase):
         allowed = a.peers.gossip.new_per_source
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        from cas.identity import Identity, make_certificate
-        from cas.peers import PeerManager
+        from cas.base.identity import Identity, make_certificate
+        from cas.peer.peers import PeerManager
 
         class Fake:
             def __init__(self) -> None:
@@ -478,8 +478,9 @@ class NetworkTests(TestCase):
         stolen = sign_record(liar.node.identity, [Address("tcp", "127.0.0.1", 2)], genuine.seq + 2000, genuine.expires)
         stolen = type(stolen)(genuine.public_key, stolen.addresses, stolen.seq, stolen.expires, stolen.signature).encode()
         # 3. An expired record of a fresh identity.
-        from cas.identity import Identity, make_certificate
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from cas.base.identity import Identity, make_certificate
 
         key = Ed25519PrivateKey.generate()
         ghost = Identity(key, make_certificate(key))

@@ -1,4 +1,4 @@
-"""The peer table (cas/peertable.py): membership, capacity and the saved ``peers.json``."""
+"""The peer table (cas/peer/peertable.py): membership, capacity and the saved ``peers.json``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
-from cas.records import Address
+from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
+from cas.peer.records import Address
 
 from .test_gossip import TTL, WALL0, addr, make_record, new_identity
 

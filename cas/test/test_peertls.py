@@ -27,16 +27,20 @@ from twisted.internet.endpoints import (
     wrapServerTLS,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from cas import peertls
-from cas.identity import Identity, make_certificate
-from cas.peertls import PeerVerificationError, client_creator, peer_node_id, server_creator
+from cas.base.identity import Identity, make_certificate
+from cas.peer import peertls
+from cas.peer.peertls import PeerVerificationError, client_creator, peer_node_id, server_creator
 
 
 def new_identity(now: datetime.datetime | None = None) -> Identity:
@@ -418,7 +422,7 @@ class Sender(Protocol):
 
 
 class CountingLib:
-    """Stands in for pyOpenSSL's binding in ``cas.peertls``: counts the direct calls, passes them on."""
+    """Stands in for pyOpenSSL's binding in ``cas.peer.peertls``: counts the direct calls, passes them on."""
 
     def __init__(self, lib: Any) -> None:
         self._lib = lib
@@ -447,7 +451,7 @@ class PeerTLSStreamTests(TestCase):
         self.patch(peertls.PeerTLSProtocol, "direct", self.direct)
         self.lib = CountingLib(peertls._ssl_lib)
         self.patch(peertls, "_ssl_lib", self.lib)
-        self.raised: list[str] = []  # error checks that cas.peertls called itself (each raises)
+        self.raised: list[str] = []  # error checks that cas.peer.peertls called itself (each raises)
         for name in ("_raise_ssl_error", "_handle_bio_errors"):
             real = getattr(SSL.Connection, name)
 

@@ -6,17 +6,18 @@ import os
 import random
 from typing import Any
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas import cipher
-from cas.capability import ReadCap
-from cas.cid import CID
-from cas.errors import BlockNotFound, CorruptBlock, QuotaExceeded, RangeNotSatisfiable, StorageLimitExceeded
-from cas.manifest import decode_root
-from cas.node import Node
-from cas.upload import UploadAborted
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock, QuotaExceeded, RangeNotSatisfiable, StorageLimitExceeded
+from cas.content import cipher
+from cas.content.capability import ReadCap
+from cas.content.manifest import decode_root
+from cas.node.core import Node
+from cas.node.upload import UploadAborted
 
 from .util import Collector, FakeProducer, ManualRunner, make_node
 
@@ -443,7 +444,7 @@ class Beyond4GiB(SynchronousTestCase):
                 return cipher.seal_segment(key, i, i == nseg - 1, plain(i)[: size - i * seg])
 
         store = DigestStore()
-        from cas.upload import Upload
+        from cas.node.upload import Upload
 
         up = Upload(store=store, index=node.index, pins=node.pins, run=node.run, clock=node.reactor, name="big", key=key)
         for i in range(nseg):
@@ -480,7 +481,7 @@ class VerifyCapability(SynchronousTestCase):
         links = []
 
         async def collect() -> None:
-            from cas.manifest import data_links, decode_node
+            from cas.content.manifest import data_links, decode_node
 
             async def load(cid):
                 return decode_node(node.store.get(cid))
@@ -503,7 +504,7 @@ class VerifyCapability(SynchronousTestCase):
 class Names(SynchronousTestCase):
     def test_overlong_name_refused_up_front(self) -> None:
         """A name the metadata decoder would refuse is refused before any byte is stored."""
-        from cas.errors import InvalidMetadata
+        from cas.base.errors import InvalidMetadata
 
         node = make_node(self)
         e = self.assertRaises(InvalidMetadata, node.upload, "n" * 4097)
@@ -530,7 +531,7 @@ class GarbageAfterFailure(SynchronousTestCase):
         up.write(pattern(5 * SEG))  # blocks written, upload never finished: then the process "dies"
         self.assertGreater(node.store.used(), 0)
         node.stop()
-        from cas.node import Node
+        from cas.node.core import Node
 
         again = Node(node.datadir, node.reactor, run=node.run, segment_size=SEG)
         again.start()

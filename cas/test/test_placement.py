@@ -1,14 +1,15 @@
-"""Rendezvous placement: deterministic, balanced, minimal movement (cas/placement.py)."""
+"""Rendezvous placement: deterministic, balanced, minimal movement (cas/network/placement.py)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import blake3
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas.placement import IPlacement, Rendezvous, manifest_key, stripe_key, stripe_of
+from cas.network.placement import IPlacement, Rendezvous, manifest_key, stripe_key, stripe_of
 
 
 def node(i: int) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for the human form of node ids (cas/nodeid.py) and signed peer records (cas/records.py).
+"""Tests for the human form of node ids (cas/base/nodeid.py) and signed peer records (cas/peer/records.py).
 
 The test vectors pinned here are the ones printed in docs/peers.md; ``test_document_shows_vectors`` checks
 that the document still shows them.
@@ -19,16 +19,16 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cas import identity, nodeid
-from cas.identity import Identity, make_certificate, node_id_of
-from cas.nodeid import (
+from cas.base import identity, nodeid
+from cas.base.identity import Identity, make_certificate, node_id_of
+from cas.base.nodeid import (
     ALPHABET,
     MalformedNodeId,
     format_node_id,
     parse_node_id,
     short_node_id,
 )
-from cas.records import (
+from cas.peer.records import (
     DOMAIN,
     MAX_ADDRESSES,
     MAX_RECORD_SIZE,

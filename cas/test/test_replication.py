@@ -17,18 +17,16 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cas.cid import CID
-from cas.connection import SEND_WINDOW
-from cas.errors import BlockNotFound, TamperedData, TooFewReplicas
-from cas.manifest import data_links, decode_node, decode_root
-from cas.connection import Response
-from cas.peers import PeerManager, PeerSettings
-from cas.placement import Rendezvous
-from cas.replication import Replicator
-from cas.retrieval import RANKS_KEPT, BlockTimes, Retriever, checked_then
-from cas.placement import STRIPE_BLOCKS, manifest_key, stripe_key
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, TamperedData, TooFewReplicas
+from cas.content.manifest import data_links, decode_node, decode_root
+from cas.network.placement import STRIPE_BLOCKS, Rendezvous, manifest_key, stripe_key
+from cas.network.replication import Replicator
+from cas.network.retrieval import RANKS_KEPT, BlockTimes, Retriever, checked_then
+from cas.node.upload import StoredFile
+from cas.peer.connection import SEND_WINDOW, Response
+from cas.peer.peers import PeerManager, PeerSettings
 from cas.service import NodeService
-from cas.upload import StoredFile
 
 from .test_network import Net, ids, members, wait_for
 from .util import Collector, make_node
@@ -697,7 +695,7 @@ class FetchThenTests(SynchronousTestCase):
         self.assertEqual(len(self.peers.asked), 1)
 
     def test_checked_then(self) -> None:
-        from cas.retrieval import MISMATCH, ThenFailed
+        from cas.network.retrieval import MISMATCH, ThenFailed
 
         self.assertIs(checked_then(self.cid, b"forged", len), MISMATCH)
         self.assertEqual(checked_then(self.cid, self.block, None), self.block)
@@ -751,8 +749,8 @@ class FetchPlacedThenTests(SynchronousTestCase):
 
 class TopUpStopTests(SynchronousTestCase):
     def test_a_pass_in_progress_ends_at_stop_without_writing(self) -> None:
-        from cas.index import Underplaced
-        from cas.replication import TopUp
+        from cas.network.replication import TopUp
+        from cas.store.index import Underplaced
 
         node = make_node(self)
         block = os.urandom(1000)

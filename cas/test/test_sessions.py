@@ -7,11 +7,11 @@ import os
 from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from cas import node as node_module
-from cas.errors import OffsetMismatch, SessionBusy, SessionNotFound, TooFewReplicas
-from cas.node import Node
+from cas.base.errors import OffsetMismatch, SessionBusy, SessionNotFound, TooFewReplicas
+from cas.node import core as node_module
+from cas.node.core import Node
+from cas.node.upload import SESSION_TTL
 from cas.test.util import Collector, ManualRunner, make_node, sync_run
-from cas.upload import SESSION_TTL
 
 SEG = 64 * 1024
 

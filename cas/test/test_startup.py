@@ -10,18 +10,18 @@ import stat
 from cryptography.hazmat.primitives import serialization
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
 from twisted.web.resource import getChildForRequest
+from twisted.web.test.requesthelper import DummyRequest
 
 from cas import tap
 from cas.api import make_site
-from cas.cid import digest
-from cas.datadir import prepare
-from cas.errors import DataDirError
-from cas.identity import format_node_id, load_or_create, make_certificate
-from cas.nodeid import ALPHABET
-from cas.peers import Bootstrap
-from cas.records import Address
+from cas.base.cid import digest
+from cas.base.errors import DataDirError
+from cas.base.identity import format_node_id, load_or_create, make_certificate
+from cas.base.nodeid import ALPHABET
+from cas.peer.peers import Bootstrap
+from cas.peer.records import Address
+from cas.store.datadir import prepare
 
 from .util import make_node
 

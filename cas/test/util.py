@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from cas.datadir import prepare
-from cas.node import Node
+from cas.node.core import Node
+from cas.store.datadir import prepare
 
 
 def property_settings(max_examples: int = 200) -> settings:

@@ -13,12 +13,12 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 import attrs
 import cbor2
 
-from . import cipher
-from .cid import CID
-from .errors import InvalidMetadata, MalformedManifest, TamperedData
+from cas.base.cid import CID
+from cas.base.errors import InvalidMetadata, MalformedManifest, TamperedData
+from cas.content import cipher
 
 VERSION = 2  # 2 added the root's placement salt
-SALT_SIZE = 16  # bytes of the root's placement salt (see cas/placement.py)
+SALT_SIZE = 16  # bytes of the root's placement salt (see cas/network/placement.py)
 FANOUT = 20_000  # links per manifest block: 20,000 x <= 48 bytes stays under 1 MiB
 MAX_LINKS = 20_000
 MAX_DEPTH = 6  # 20,000 ** 7 blocks of 1 MiB is far beyond any disk

@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 
 import attrs
 
-from .cid import CID
-from .errors import SessionNotFound
+from cas.base.cid import CID
+from cas.base.errors import SessionNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (

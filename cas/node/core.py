@@ -18,25 +18,33 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import FileBodyProducer
 
-from . import __version__, cipher
-from .blockstore import DiskBlockStore
-from .budget import Budget
-from .capability import ReadCap
-from .cid import CID
-from .collector import CollectResult, Pins, collect
-from .datadir import DataDir
-from .download import Download, OpenFile, open_file
-from .errors import (
-    BlockNotFound, Busy, CorruptBlock, FileNotFound, OffsetMismatch, QuotaExceeded, SessionBusy, SessionNotFound,
+from cas import __version__
+from cas.base.budget import Budget
+from cas.base.cid import CID
+from cas.base.errors import (
+    BlockNotFound,
+    Busy,
+    CorruptBlock,
+    FileNotFound,
+    OffsetMismatch,
+    QuotaExceeded,
+    SessionBusy,
+    SessionNotFound,
     TooFewReplicas,
 )
-from .index import FileRecord, Index, Session
-from .manifest import FANOUT, SALT_SIZE, Link, check_name
-from .placement import Rendezvous
-from .replication import BLOCK_DEADLINE, Replicator
-from .retrieval import BlockTimes, Retriever, Then, checked_then
-from .upload import SESSION_TTL, StoredFile, Upload
-from .verify import VerifyReport, verify_file
+from cas.content import cipher
+from cas.content.capability import ReadCap
+from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name
+from cas.content.verify import VerifyReport, verify_file
+from cas.network.placement import Rendezvous
+from cas.network.replication import BLOCK_DEADLINE, Replicator
+from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
+from cas.node.download import Download, OpenFile, open_file
+from cas.node.upload import SESSION_TTL, StoredFile, Upload
+from cas.store.blockstore import DiskBlockStore
+from cas.store.collector import CollectResult, Pins, collect
+from cas.store.datadir import DataDir
+from cas.store.index import FileRecord, Index, Session
 
 log = Logger()
 
@@ -83,7 +91,7 @@ class Node:
         self.block_deadline = block_deadline  # seconds a holder has to acknowledge (or send) one block
         self._retriever: Retriever | None = None  # made once peers are set (_retrieve)
         self.block_times = BlockTimes(reactor)  # how fast each peer sends blocks: readers ask the fastest first
-        self.budget = Budget(buffer_budget)  # block buffers of all uploads and downloads together (cas/budget.py)
+        self.budget = Budget(buffer_budget)  # block buffers of all uploads and downloads together (cas/base/budget.py)
         self.max_uploads = max_uploads  # uploads at once; past it, Busy (HTTP 503 with Retry-After)
         self.uploads = 0
         self._held = self.index.held_bytes()

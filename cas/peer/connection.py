@@ -19,7 +19,8 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -29,10 +30,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import frames
-from .frames import Frame, FrameDecoder, FrameError
-from .nodeid import format_node_id, short_node_id
-from .peertls import IReceiveBuffer, PeerTLSProtocol, peer_node_id
+from cas.base.nodeid import format_node_id, short_node_id
+from cas.peer import frames
+from cas.peer.frames import Frame, FrameDecoder, FrameError
+from cas.peer.peertls import IReceiveBuffer, PeerTLSProtocol, peer_node_id
 
 log = Logger()
 

@@ -14,7 +14,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import TamperedData
+from cas.base.errors import TamperedData
 
 KEY_SIZE = 32
 TAG_SIZE = 16

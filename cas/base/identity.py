@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from . import nodeid
-from .cid import digest
+from cas.base import nodeid
+from cas.base.cid import digest
 
 CERT_VALIDITY = datetime.timedelta(days=3650)
 
@@ -27,7 +27,7 @@ def node_id_of(public_key: object) -> bytes:
 
 
 def format_node_id(node_id: bytes) -> str:
-    """The human form (base32 with check characters, in groups): see cas/nodeid.py."""
+    """The human form (base32 with check characters, in groups): see cas/base/nodeid.py."""
     return nodeid.format_node_id(node_id)
 
 

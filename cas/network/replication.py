@@ -13,17 +13,18 @@ with it (readers walk the rank further and fall back to HAS, see ``retrieval.py`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .cid import CID
-from .errors import BlockNotFound, CorruptBlock
-from .nodeid import short_node_id
-from .placement import IPlacement
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock
+from cas.base.nodeid import short_node_id
+from cas.network.placement import IPlacement
 
 log = Logger()
 

@@ -23,20 +23,32 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import __version__, frames
-from .blockstore import MAX_BLOCK_SIZE
-from .cid import CID
-from .connection import (
+from cas import __version__
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
+from cas.base.nodeid import format_node_id, short_node_id
+from cas.peer import frames
+from cas.peer.connection import (
+    BAD_REQUEST,
+    BUSY,
+    INTERNAL,
+    NOT_FOUND,
+    OVER_QUOTA,
     REQUEST_TIMEOUT,
-    BAD_REQUEST, BUSY, INTERNAL, NOT_FOUND, OVER_QUOTA, TOO_LARGE, ConnectionClosed, PeerError, PeerProtocol,
-    RemoteError, Response, SelfConnection, peer_text,
+    TOO_LARGE,
+    ConnectionClosed,
+    PeerError,
+    PeerProtocol,
+    RemoteError,
+    Response,
+    SelfConnection,
+    peer_text,
 )
-from .errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
-from .gossip import Gossip, TokenBucket
-from .nodeid import format_node_id, short_node_id
-from .peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
-from .peertls import client_creator, wrap_client
-from .records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
+from cas.peer.gossip import Gossip, TokenBucket
+from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
+from cas.peer.peertls import client_creator, wrap_client
+from cas.peer.records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
+from cas.store.blockstore import MAX_BLOCK_SIZE
 
 log = Logger()
 

@@ -11,7 +11,7 @@ import hmac
 
 import blake3
 
-from .errors import MalformedKey
+from cas.base.errors import MalformedKey
 
 CID_VERSION = 0x01
 RAW_CODEC = 0x55

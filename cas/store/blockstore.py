@@ -16,9 +16,9 @@ from typing import Callable, Iterator
 
 from zope.interface import Interface, implementer
 
-from .buffers import uninitialized
-from .cid import CID
-from .errors import BlockNotFound, CorruptBlock, DiskFull, StorageLimitExceeded
+from cas.base.buffers import uninitialized
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock, DiskFull, StorageLimitExceeded
 
 MAX_BLOCK_SIZE = (1 << 20) + 64 * 1024
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT}

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from .records import Address, InvalidRecord, PeerRecord, decode_record
+from cas.peer.records import Address, InvalidRecord, PeerRecord, decode_record
 
 log = Logger()
 

@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .peertable import DEAD, NEW, PeerTable
-from .records import InvalidRecord, PeerRecord, decode_record
+from cas.peer.peertable import DEAD, NEW, PeerTable
+from cas.peer.records import InvalidRecord, PeerRecord, decode_record
 
 log = Logger()
 

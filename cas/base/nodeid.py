@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import blake3
 
-from .cid import b32decode, b32encode
-from .errors import CasError
+from cas.base.cid import b32decode, b32encode
+from cas.base.errors import CasError
 
 NODE_ID_LEN = 32
 DATA_CHARS = 52  # ceil(256 / 5)

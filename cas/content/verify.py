@@ -8,9 +8,9 @@ from typing import Callable
 import attrs
 from twisted.internet.defer import Deferred
 
-from .cid import CID
-from .errors import CasError
-from .manifest import Node, data_links, decode_node, decode_root
+from cas.base.cid import CID
+from cas.base.errors import CasError
+from cas.content.manifest import Node, data_links, decode_node, decode_root
 
 
 @attrs.frozen

@@ -20,17 +20,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import cipher
-from .blockstore import IBlockStore
-from .budget import Budget
-from .capability import ReadCap
-from .cid import CID
-from .collector import Pins
-from .errors import CasError
-from .index import FileRecord, Index, Session, Underplaced
-from .errors import SessionNotFound, TooFewReplicas
-from .manifest import FANOUT, SALT_SIZE, Link, ManifestBuilder, Metadata, check_name
-from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
+from cas.base.budget import Budget
+from cas.base.cid import CID
+from cas.base.errors import CasError, SessionNotFound, TooFewReplicas
+from cas.content import cipher
+from cas.content.capability import ReadCap
+from cas.content.manifest import FANOUT, SALT_SIZE, Link, ManifestBuilder, Metadata, check_name
+from cas.network.placement import STRIPE_BLOCKS, manifest_key, stripe_key
+from cas.store.blockstore import IBlockStore
+from cas.store.collector import Pins
+from cas.store.index import FileRecord, Index, Session, Underplaced
 
 Runner = Callable[..., Deferred]
 SESSION_TTL = 24 * 3600  # seconds a resumable upload is kept after its last progress

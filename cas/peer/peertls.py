@@ -17,8 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from OpenSSL import SSL
-from OpenSSL.SSL import WantReadError, ZeroReturnError
 from OpenSSL.crypto import X509
+from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -32,7 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from .identity import Identity, format_node_id, node_id_of
+from cas.base.identity import Identity, format_node_id, node_id_of
 
 log = Logger()
 
@@ -183,7 +183,8 @@ def peer_node_id(transport: object) -> bytes | None:
 # -- the TLS transport of peer links -----------------------------------------------------------------------
 
 try:  # pyOpenSSL's cffi binding (cryptography's): private, so every name is checked and the public API remains
-    from OpenSSL.SSL import _ffi as _ssl_ffi, _lib as _ssl_lib
+    from OpenSSL.SSL import _ffi as _ssl_ffi
+    from OpenSSL.SSL import _lib as _ssl_lib
 
     _DIRECT = all(hasattr(_ssl_lib, name) for name in (
         "SSL_read", "SSL_write", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read", "BIO_write", "BIO_should_retry",
@@ -358,7 +359,8 @@ class PeerTLSProtocol(TLSMemoryBIOProtocol):
             room = len(buf)
             if not room:  # nothing could ever be read into it: fail the connection rather than spin
                 why = f"{type(proto).__name__}.get_buffer() offered no room"
-                self._tlsShutdownFinished(Failure(SSL.Error([("", "cas.peertls", why)])))  # the shape Twisted reads
+                # the shape Twisted reads
+                self._tlsShutdownFinished(Failure(SSL.Error([("", "cas.peer.peertls", why)])))
                 break
             try:
                 if ssl is not None:

@@ -15,8 +15,8 @@ from typing import Callable, Iterable
 
 import attrs
 
-from .blockstore import IBlockStore
-from .cid import CID
+from cas.base.cid import CID
+from cas.store.blockstore import IBlockStore
 
 
 class Pins:

@@ -12,8 +12,8 @@ import hmac
 
 import attrs
 
-from .cid import CID, CID_BYTES_LEN, b32decode, b32encode, digest
-from .errors import MalformedKey
+from cas.base.cid import CID, CID_BYTES_LEN, b32decode, b32encode, digest
+from cas.base.errors import MalformedKey
 
 TAG = "cas1"
 CHECKSUM_LEN = 4

@@ -16,13 +16,13 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from . import cipher
-from .budget import Budget
-from .capability import ReadCap
-from .cid import CID
-from .errors import RangeNotSatisfiable, TamperedData
-from .manifest import Link, Metadata, Node, Root, data_links, decode_node, decode_root
-from .placement import STRIPE_BLOCKS, manifest_key, stripe_key
+from cas.base.budget import Budget
+from cas.base.cid import CID
+from cas.base.errors import RangeNotSatisfiable, TamperedData
+from cas.content import cipher
+from cas.content.capability import ReadCap
+from cas.content.manifest import Link, Metadata, Node, Root, data_links, decode_node, decode_root
+from cas.network.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 
 Fetch = Callable[..., Deferred]  # (block id, placement key[, spread][, then=f]) -> verified block, or f(block) (worker)
 

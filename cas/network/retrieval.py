@@ -21,10 +21,10 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .cid import CID
-from .errors import BlockNotFound, CorruptBlock
-from .nodeid import short_node_id
-from .placement import IPlacement
+from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock
+from cas.base.nodeid import short_node_id
+from cas.network.placement import IPlacement
 
 log = Logger()
 

@@ -17,8 +17,8 @@ import secrets
 
 import attrs
 
-from .errors import DataDirError
-from .identity import Identity, load_or_create, write_private
+from cas.base.errors import DataDirError
+from cas.base.identity import Identity, load_or_create, write_private
 
 FORMAT_VERSION = 1
 

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import attrs
 import cbor2
 
-from .buffers import uninitialized
+from cas.base.buffers import uninitialized
 
 MAX_FRAME = (1 << 20) + (64 << 10)  # largest body (bytes after the length prefix): a block plus headroom
 FIXED = 8  # type u8, flags u8, request_id u32, header_length u16
@@ -245,7 +245,7 @@ class FrameDecoder:
     """Incremental decoder: feed() any split of the byte stream, or let the transport write into the buffer
     ``get_buffer()`` gives and call ``buffer_updated(n)``; either way, complete frames come out.
 
-    The receive-into-buffer pair is how ``cas.peertls.PeerTLSProtocol`` delivers a peer's bytes: OpenSSL
+    The receive-into-buffer pair is how ``cas.peer.peertls.PeerTLSProtocol`` delivers a peer's bytes: OpenSSL
     decrypts each TLS record straight into the decoder's buffer, so a 1 MiB block costs no join and no
     intermediate ``bytes`` per 16 KiB record. Small frames (up to ``HEAD_SIZE`` with their prefix) are
     gathered in one reused buffer and their payloads copied out; a larger frame gets a buffer of its own,

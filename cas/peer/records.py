@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from .errors import CasError
-from .frames import CBOR_NO_TAGS
-from .identity import Identity, node_id_of
-from .nodeid import parse_node_id
+from cas.base.errors import CasError
+from cas.base.identity import Identity, node_id_of
+from cas.base.nodeid import parse_node_id
+from cas.peer.frames import CBOR_NO_TAGS
 
 DOMAIN = "cas/peer-record/v1"
 MAX_RECORD_SIZE = 2048
