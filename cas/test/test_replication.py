@@ -19,11 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cas.base.cid import CID
 from cas.base.errors import BlockNotFound, TamperedData, TooFewReplicas
-from cas.content.manifest import data_links, decode_node, decode_root
+from cas.content.manifest import SALT_SIZE, data_links, decode_node, decode_root
 from cas.network.placement import STRIPE_BLOCKS, Rendezvous, manifest_key, stripe_key
 from cas.network.replication import Replicator
 from cas.network.retrieval import RANKS_KEPT, BlockTimes, Retriever, checked_then
-from cas.node.upload import StoredFile
+from cas.node import core as node_module
+from cas.node.upload import StoredFile, Upload
 from cas.peer.connection import SEND_WINDOW, Response
 from cas.peer.peers import PeerManager, PeerSettings
 from cas.service import NodeService
@@ -107,19 +108,27 @@ class ReplicationTests(TestCase):
     async def test_put_places_every_block_on_three_holders_and_any_node_reads_it(self) -> None:
         net, nodes = await network(self, 6)
         origin = nodes[0]
+        me = origin.node.identity.node_id
+        others = [s.node.identity.node_id for s in nodes[1:]]
+
+        def stripe_sets(salt: bytes) -> set[frozenset[bytes]]:
+            return {frozenset(origin.node.placement.holders(stripe_key(salt, s), others, 3)) for s in range(3)}
+
+        # 3 stripes over 10 possible holder sets share one set about 1 time in 100: with random salts this test
+        # failed that often. The first salt (counting up) under which they spread makes it deterministic.
+        salt = next(salt for i in range(1000) if len(stripe_sets(salt := i.to_bytes(SALT_SIZE, "big"))) > 1)
+        self.patch(node_module, "Upload", lambda **kw: Upload(**{**kw, "salt": salt}))
         path, data = content(self, 130 * SEG + 1234)  # 131 data blocks: 3 stripes; 4 manifest nodes
         stored = await put(origin, path)
         self.assertEqual(stored.replicas, 3)
         blocks = await placed_blocks(origin, stored)
         self.assertEqual(len(blocks), 1 + 4 + 131)
-        me = origin.node.identity.node_id
-        others = [s.node.identity.node_id for s in nodes[1:]]
         for cid, key in blocks:
             expected = set(origin.node.placement.holders(key, others, 3))
             self.assertEqual(holders(nodes, cid), expected | {me}, f"holders of {cid}")
         # The stripes spread over different holder sets (rendezvous per stripe, not per file).
-        stripe_sets = {frozenset(origin.node.placement.holders(stripe_key(decode_root(origin.node.store.get(stored.cap.root)).salt, s), others, 3)) for s in range(3)}
-        self.assertGreater(len(stripe_sets), 1)
+        self.assertEqual(decode_root(origin.node.store.get(stored.cap.root)).salt, salt)
+        self.assertGreater(len(stripe_sets(salt)), 1)
         # Holders keep ciphertext only, recorded as held for the origin.
         for s in nodes[1:]:
             for dirpath, _dirs, files in os.walk(os.path.join(s.node.datadir.path, "blocks")):
