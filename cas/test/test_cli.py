@@ -29,6 +29,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from cas import cli
 from cas.base.cid import CID
 from cas.base.nodeid import format_node_id
+from cas.cli import client as cli_client
+from cas.cli import exits, files, output
+from cas.cli import parser as cli_parser
 from cas.content.capability import ReadCap
 
 from .util_cli import CLI, assert_one_line_error, cli_env, run_cli, write_node_dir
@@ -46,40 +49,40 @@ def make_key(seed: bytes = b"") -> str:
 
 class ParseArgsTests(SynchronousTestCase):
     def test_put_defaults(self) -> None:
-        a = cli.parse_args(["put", "f.txt"])
+        a = cli_parser.parse_args(["put", "f.txt"])
         self.assertEqual((a.command, a.path, a.name, a.type, a.json), ("put", "f.txt", None, None, False))
-        self.assertEqual((a.node, a.token_file, a.timeout, a.quiet), (None, None, cli.DEFAULT_TIMEOUT, False))
+        self.assertEqual((a.node, a.token_file, a.timeout, a.quiet), (None, None, cli_client.DEFAULT_TIMEOUT, False))
 
     def test_put_options(self) -> None:
-        a = cli.parse_args(["put", "-", "--name", "n", "--type", "text/plain", "--json"])
+        a = cli_parser.parse_args(["put", "-", "--name", "n", "--type", "text/plain", "--json"])
         self.assertEqual((a.path, a.name, a.type, a.json), ("-", "n", "text/plain", True))
 
     def test_global_options_before_or_after_the_command(self) -> None:
-        before = cli.parse_args(["--node", "/d", "--token-file", "/t", "--timeout", "5", "-q", "ls"])
-        after = cli.parse_args(["ls", "--node", "/d", "--token-file", "/t", "--timeout", "5", "-q"])
+        before = cli_parser.parse_args(["--node", "/d", "--token-file", "/t", "--timeout", "5", "-q", "ls"])
+        after = cli_parser.parse_args(["ls", "--node", "/d", "--token-file", "/t", "--timeout", "5", "-q"])
         for a in (before, after):
             self.assertEqual((a.node, a.token_file, a.timeout, a.quiet), ("/d", "/t", 5.0, True))
 
     def test_timeout_zero_means_none(self) -> None:
-        self.assertIsNone(cli.parse_args(["--timeout", "0", "status"]).timeout)
+        self.assertIsNone(cli_parser.parse_args(["--timeout", "0", "status"]).timeout)
 
     def test_get_options(self) -> None:
-        a = cli.parse_args(["get", "K", "-o", "-", "--force", "--json"])
+        a = cli_parser.parse_args(["get", "K", "-o", "-", "--force", "--json"])
         self.assertEqual((a.key, a.output, a.force, a.json, a.key_file), ("K", "-", True, True, None))
-        a = cli.parse_args(["get", "--key-file", "kf"])
+        a = cli_parser.parse_args(["get", "--key-file", "kf"])
         self.assertEqual((a.key, a.key_file, a.output, a.force), (None, "kf", None, False))
 
     def test_rm_and_json_flags(self) -> None:
-        self.assertTrue(cli.parse_args(["peers", "--json"]).json)
-        self.assertFalse(cli.parse_args(["peers"]).json)
-        self.assertEqual(cli.parse_args(["rm", "K", "--json"]).key, "K")
-        self.assertTrue(cli.parse_args(["ls", "--json"]).json)
-        self.assertTrue(cli.parse_args(["status", "--json"]).json)
+        self.assertTrue(cli_parser.parse_args(["peers", "--json"]).json)
+        self.assertFalse(cli_parser.parse_args(["peers"]).json)
+        self.assertEqual(cli_parser.parse_args(["rm", "K", "--json"]).key, "K")
+        self.assertTrue(cli_parser.parse_args(["ls", "--json"]).json)
+        self.assertTrue(cli_parser.parse_args(["status", "--json"]).json)
 
     def test_usage_errors_are_one_line_exit_2(self) -> None:
         for argv in ([], ["frob"], ["put"], ["get", "a", "b"], ["--timeout", "x", "ls"], ["ls", "--bogus"]):
-            e = self.assertRaises(cli.CliError, cli.parse_args, argv)
-            self.assertEqual(e.code, cli.EXIT_USAGE, argv)
+            e = self.assertRaises(exits.CliError, cli_parser.parse_args, argv)
+            self.assertEqual(e.code, exits.EXIT_USAGE, argv)
             self.assertNotIn("\n", str(e))
 
     def test_help_exits_0(self) -> None:
@@ -94,7 +97,7 @@ class ResolveNodeTests(SynchronousTestCase):
         return write_node_dir(os.path.abspath(self.mktemp()), url, token)
 
     def test_dir(self) -> None:
-        n = cli.resolve_node(self.node_dir(), None, {})
+        n = cli_client.resolve_node(self.node_dir(), None, {})
         self.assertEqual((n.url, n.host, n.port, n.base, n.token), ("http://127.0.0.1:3001/", "127.0.0.1", 3001, "/", "tok"))
         self.assertEqual(n.path("v1/status"), "/v1/status")
 
@@ -102,24 +105,24 @@ class ResolveNodeTests(SynchronousTestCase):
         tf = self.mktemp()
         with open(tf, "w") as f:
             f.write("  other\n")
-        self.assertEqual(cli.resolve_node(self.node_dir(), tf, {"CAS_TOKEN": "env"}).token, "other")
+        self.assertEqual(cli_client.resolve_node(self.node_dir(), tf, {"CAS_TOKEN": "env"}).token, "other")
 
     def test_dir_ignores_cas_token(self) -> None:
-        self.assertEqual(cli.resolve_node(self.node_dir(), None, {"CAS_TOKEN": "env"}).token, "tok")
+        self.assertEqual(cli_client.resolve_node(self.node_dir(), None, {"CAS_TOKEN": "env"}).token, "tok")
 
     def test_cas_node_env(self) -> None:
         d = self.node_dir("http://127.0.0.1:4001")
-        n = cli.resolve_node(None, None, {"CAS_NODE": d})
+        n = cli_client.resolve_node(None, None, {"CAS_NODE": d})
         self.assertEqual(n.url, "http://127.0.0.1:4001/")
 
     def test_option_beats_env(self) -> None:
         d1, d2 = self.node_dir("http://127.0.0.1:1111/"), self.node_dir("http://127.0.0.1:2222/")
-        self.assertEqual(cli.resolve_node(d1, None, {"CAS_NODE": d2}).port, 1111)
+        self.assertEqual(cli_client.resolve_node(d1, None, {"CAS_NODE": d2}).port, 1111)
 
     def test_default_is_node_3000_under_xdg(self) -> None:
         xdg = os.path.abspath(self.mktemp())
         self.node_dir_at = write_node_dir(os.path.join(xdg, "cas", "node-3000"), "http://127.0.0.1:3001/", "t")
-        self.assertEqual(cli.resolve_node(None, None, {"XDG_DATA_HOME": xdg}).url, "http://127.0.0.1:3001/")
+        self.assertEqual(cli_client.resolve_node(None, None, {"XDG_DATA_HOME": xdg}).url, "http://127.0.0.1:3001/")
 
     def test_default_data_dir_matches_the_node(self) -> None:
         from cas import tap
@@ -131,65 +134,65 @@ class ResolveNodeTests(SynchronousTestCase):
             else:
                 os.environ["XDG_DATA_HOME"] = value
             try:
-                self.assertEqual(cli.default_data_dir(3000), tap.default_data_dir(3000))
-                self.assertEqual(cli.default_data_dir(4100), tap.default_data_dir(4100))
+                self.assertEqual(cli_client.default_data_dir(3000), tap.default_data_dir(3000))
+                self.assertEqual(cli_client.default_data_dir(4100), tap.default_data_dir(4100))
             finally:
                 if old is None:
                     os.environ.pop("XDG_DATA_HOME", None)
                 else:
                     os.environ["XDG_DATA_HOME"] = old
-        self.assertEqual(cli.default_data_dir(3000, {"XDG_DATA_HOME": "/x"}), "/x/cas/node-3000")
+        self.assertEqual(cli_client.default_data_dir(3000, {"XDG_DATA_HOME": "/x"}), "/x/cas/node-3000")
 
     def test_url_with_env_token(self) -> None:
-        n = cli.resolve_node("http://[::1]:3001", None, {"CAS_TOKEN": " abc\n"})
+        n = cli_client.resolve_node("http://[::1]:3001", None, {"CAS_TOKEN": " abc\n"})
         self.assertEqual((n.url, n.host, n.port, n.token), ("http://[::1]:3001/", "::1", 3001, "abc"))
 
     def test_url_with_token_file(self) -> None:
         tf = self.mktemp()
         with open(tf, "w") as f:
             f.write("fromfile\n")
-        n = cli.resolve_node("http://localhost:9/prefix", tf, {"CAS_TOKEN": "env"})
+        n = cli_client.resolve_node("http://localhost:9/prefix", tf, {"CAS_TOKEN": "env"})
         self.assertEqual((n.token, n.path("v1/files")), ("fromfile", "/prefix/v1/files"))
 
     def test_url_without_token(self) -> None:
-        e = self.assertRaises(cli.CliError, cli.resolve_node, "http://127.0.0.1:3001/", None, {})
-        self.assertEqual(e.code, cli.EXIT_NODE)
+        e = self.assertRaises(exits.CliError, cli_client.resolve_node, "http://127.0.0.1:3001/", None, {})
+        self.assertEqual(e.code, exits.EXIT_NODE)
         self.assertIn("--token-file", str(e))
         self.assertIn("CAS_TOKEN", str(e))
 
     def test_url_bad_scheme_or_port(self) -> None:
         for url in ("https://h:1/", "ftp://h/", "http://h:99999/", "http:///x", "http://h:1/?q=1"):
-            e = self.assertRaises(cli.CliError, cli.resolve_node, url, None, {"CAS_TOKEN": "t"})
-            self.assertEqual(e.code, cli.EXIT_USAGE, url)
+            e = self.assertRaises(exits.CliError, cli_client.resolve_node, url, None, {"CAS_TOKEN": "t"})
+            self.assertEqual(e.code, exits.EXIT_USAGE, url)
 
     def test_missing_dir(self) -> None:
-        e = self.assertRaises(cli.CliError, cli.resolve_node, os.path.abspath(self.mktemp()), None, {})
-        self.assertEqual(e.code, cli.EXIT_NODE)
+        e = self.assertRaises(exits.CliError, cli_client.resolve_node, os.path.abspath(self.mktemp()), None, {})
+        self.assertEqual(e.code, exits.EXIT_NODE)
         self.assertIn("no node data directory", str(e))
 
     def test_missing_or_empty_api_url(self) -> None:
         d = self.node_dir()
         os.unlink(os.path.join(d, "api.url"))
-        e = self.assertRaises(cli.CliError, cli.resolve_node, d, None, {})
-        self.assertEqual(e.code, cli.EXIT_NODE)
+        e = self.assertRaises(exits.CliError, cli_client.resolve_node, d, None, {})
+        self.assertEqual(e.code, exits.EXIT_NODE)
         self.assertIn("is the node running?", str(e))
         with open(os.path.join(d, "api.url"), "w"):
             pass
-        e = self.assertRaises(cli.CliError, cli.resolve_node, d, None, {})
+        e = self.assertRaises(exits.CliError, cli_client.resolve_node, d, None, {})
         self.assertIn("empty", str(e))
 
     def test_missing_empty_or_bad_token(self) -> None:
         d = self.node_dir()
         tok = os.path.join(d, "api.token")
         os.unlink(tok)
-        e = self.assertRaises(cli.CliError, cli.resolve_node, d, None, {})
-        self.assertEqual(e.code, cli.EXIT_NODE)
+        e = self.assertRaises(exits.CliError, cli_client.resolve_node, d, None, {})
+        self.assertEqual(e.code, exits.EXIT_NODE)
         self.assertIn("api.token does not exist", str(e))
         for content in ("\n", "two words\n", "evil\r\nX-Injected: 1\n"):
             with open(tok, "w") as f:
                 f.write(content)
-            e = self.assertRaises(cli.CliError, cli.resolve_node, d, None, {})
-            self.assertEqual(e.code, cli.EXIT_NODE, content)
+            e = self.assertRaises(exits.CliError, cli_client.resolve_node, d, None, {})
+            self.assertEqual(e.code, exits.EXIT_NODE, content)
 
 
 class SafeNameTests(SynchronousTestCase):
@@ -200,20 +203,20 @@ class SafeNameTests(SynchronousTestCase):
             "x" * 256, "é" * 128, "\udcff",
         ]
         for name in hostile:
-            self.assertRaises(cli.UnsafeName, cli.safe_name, name)
+            self.assertRaises(files.UnsafeName, files.safe_name, name)
 
     def test_accepted(self) -> None:
         for name in ("notes.txt", "€ report.txt", ".hidden", "a b", "x" * 255, "é" * 127, "...", "-dash", "日本.pdf"):
-            self.assertEqual(cli.safe_name(name), name)
+            self.assertEqual(files.safe_name(name), name)
 
     def test_printable_escapes_controls(self) -> None:
-        self.assertEqual(cli.printable("a\x1b[31m\u202eb"), "a\\x1b[31m\\u202eb")
-        self.assertEqual(len(cli.printable("x" * 500, 50)), 50)
+        self.assertEqual(output.printable("a\x1b[31m\u202eb"), "a\\x1b[31m\\u202eb")
+        self.assertEqual(len(output.printable("x" * 500, 50)), 50)
 
 
 class ContentDispositionTests(SynchronousTestCase):
     def check(self, header: str | None, expected: str | None) -> None:
-        self.assertEqual(cli.content_disposition_filename(header), expected, header)
+        self.assertEqual(files.content_disposition_filename(header), expected, header)
 
     def test_forms(self) -> None:
         self.check("attachment; filename=\"notes.txt\"; filename*=UTF-8''notes.txt", "notes.txt")
@@ -244,20 +247,20 @@ class ContentDispositionTests(SynchronousTestCase):
 
 class HelpersTests(SynchronousTestCase):
     def test_guess_type(self) -> None:
-        self.assertEqual(cli.guess_type("a.txt"), "text/plain")
-        self.assertEqual(cli.guess_type("dir/a.PNG"), "image/png")
-        self.assertEqual(cli.guess_type("a.tar.gz"), "application/gzip")
-        self.assertEqual(cli.guess_type("a.no-such-extension"), "application/octet-stream")
-        self.assertEqual(cli.guess_type("Makefile"), "application/octet-stream")
+        self.assertEqual(files.guess_type("a.txt"), "text/plain")
+        self.assertEqual(files.guess_type("dir/a.PNG"), "image/png")
+        self.assertEqual(files.guess_type("a.tar.gz"), "application/gzip")
+        self.assertEqual(files.guess_type("a.no-such-extension"), "application/octet-stream")
+        self.assertEqual(files.guess_type("Makefile"), "application/octet-stream")
 
     def test_exit_code_for_status(self) -> None:
-        self.assertEqual([cli.exit_code_for_status(s) for s in (400, 401, 403, 404, 405, 413, 416, 500, 507)],
+        self.assertEqual([cli_client.exit_code_for_status(s) for s in (400, 401, 403, 404, 405, 413, 416, 500, 507)],
                          [2, 4, 4, 3, 1, 1, 1, 1, 1])
 
     def test_human(self) -> None:
-        self.assertEqual([cli.human_size(n) for n in (0, 1023, 1024, 3 << 30)], ["0 B", "1023 B", "1.0 KiB", "3.0 GiB"])
-        self.assertEqual(cli.human_duration(3723.5), "1h 2m 3s")
-        self.assertEqual(cli.human_duration(5), "5s")
+        self.assertEqual([output.human_size(n) for n in (0, 1023, 1024, 3 << 30)], ["0 B", "1023 B", "1.0 KiB", "3.0 GiB"])
+        self.assertEqual(output.human_duration(3723.5), "1h 2m 3s")
+        self.assertEqual(output.human_duration(5), "5s")
 
 
 class InProcessExitCodeTests(SynchronousTestCase):
@@ -276,28 +279,28 @@ class InProcessExitCodeTests(SynchronousTestCase):
         for cmd in ("get", "rm"):
             for key in ("nonsense", good[:-3], bad_checksum, good.upper(), "b" + "a" * 58):
                 code, err = self.run_main(unreachable + [cmd, key])
-                self.assertEqual(code, cli.EXIT_USAGE, (cmd, key))
+                self.assertEqual(code, exits.EXIT_USAGE, (cmd, key))
                 self.assertTrue(err.startswith("cas: ") and err.count("\n") == 1, err)
                 self.assertNotIn(key, err)
 
     def test_malformed_key_on_stdin_exit_2(self) -> None:
         code, err = self.run_main(["--node", "http://127.0.0.1:9/", "get"], stdin=b"cas1nope\n")
-        self.assertEqual(code, cli.EXIT_USAGE)
+        self.assertEqual(code, exits.EXIT_USAGE)
         self.assertIn("wrong length", err)
 
     def test_no_key(self) -> None:
         code, err = self.run_main(["get"], stdin=b"")
-        self.assertEqual(code, cli.EXIT_USAGE)
+        self.assertEqual(code, exits.EXIT_USAGE)
         self.assertIn("no key given", err)
 
     def test_key_twice(self) -> None:
         code, err = self.run_main(["get", make_key(), "--key-file", "f"])
-        self.assertEqual(code, cli.EXIT_USAGE)
+        self.assertEqual(code, exits.EXIT_USAGE)
         self.assertIn("not both", err)
 
     def test_json_with_stdout_output_refused(self) -> None:
         code, err = self.run_main(["get", make_key(), "-o", "-", "--json"])
-        self.assertEqual(code, cli.EXIT_USAGE)
+        self.assertEqual(code, exits.EXIT_USAGE)
 
 
 class SinkWriteBehindTests(SynchronousTestCase):
@@ -306,27 +309,27 @@ class SinkWriteBehindTests(SynchronousTestCase):
     def test_write_back_started_over_contiguous_ranges(self) -> None:
         d = self.mktemp()
         os.mkdir(d)
-        sink = cli._Sink.open(os.path.join(d, "out"), None, False)
+        sink = files.Sink.open(os.path.join(d, "out"), None, False)
         self.assertIsNotNone(sink.tmp)
         calls: list[tuple[int, int]] = []
         sink.write_behind = lambda fd, offset, length: calls.append((offset, length))
         chunk = os.urandom(1 << 20)
-        total = 2 * cli.WRITE_BEHIND + 3 * len(chunk)
+        total = 2 * files.WRITE_BEHIND + 3 * len(chunk)
         for _ in range(total // len(chunk)):
             sink.write(memoryview(chunk))
         sink.commit()
-        self.assertEqual(calls, [(0, cli.WRITE_BEHIND), (cli.WRITE_BEHIND, cli.WRITE_BEHIND)])
+        self.assertEqual(calls, [(0, files.WRITE_BEHIND), (files.WRITE_BEHIND, files.WRITE_BEHIND)])
         with open(os.path.join(d, "out"), "rb") as f:
             self.assertEqual(f.read(), chunk * (total // len(chunk)))
 
     def test_not_for_stdout_or_devices(self) -> None:
-        self.assertIsNone(cli._Sink.open("-", None, False).write_behind)
-        dev = cli._Sink.open(os.devnull, None, False)
+        self.assertIsNone(files.Sink.open("-", None, False).write_behind)
+        dev = files.Sink.open(os.devnull, None, False)
         self.addCleanup(dev.abort)
         self.assertIsNone(dev.write_behind)
 
     def test_real_call_on_linux(self) -> None:
-        start = cli._write_behind()
+        start = files._write_behind()
         if not sys.platform.startswith("linux"):
             self.assertIsNone(start)
             return
@@ -376,7 +379,7 @@ class QuickExitTests(SynchronousTestCase):
 
     def test_exit_code_and_error_kept(self) -> None:
         out = self.run_entry("--node", "http://127.0.0.1:9/", "get", "cas1x")
-        self.assertEqual(out.returncode, cli.EXIT_USAGE)
+        self.assertEqual(out.returncode, exits.EXIT_USAGE)
         self.assertTrue(out.stderr.startswith(b"cas: ") and out.stderr.count(b"\n") == 1, out.stderr)
 
     def test_the_console_script_is_entry(self) -> None:
