@@ -71,6 +71,8 @@ class NodeService(service.Service):
     def privilegedStartService(self) -> None:
         # Bind here so that a busy port stops twistd with a one-line error before the reactor runs.
         super().privilegedStartService()
+        if self.node.datadir.lock is not None:
+            self.node.datadir.lock.write_pid()  # twistd may have forked into a daemon since the lock was taken
         try:
             peer = self._listen(self.peer_endpoint, self.peers.server_factory(), "peer", tls=True)
             api = self._listen(self.api_endpoint, make_site(self.node, self.node.datadir.read_token(), self.reactor), "API")

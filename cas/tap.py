@@ -91,6 +91,9 @@ class Options(usage.Options):
             if self["api"] is None:
                 self["api"] = f"tcp:{n + 1 if n else 0}:interface=127.0.0.1"
             if self["data-dir"] is None:
+                if n == 0:  # every such node would share node-0 (and be refused by its lock): say so at once
+                    raise SystemExit("cas: --port 0 picks a new port at each start, so it has no default data dir; "
+                                     "give --data-dir DIR")
                 self["data-dir"] = default_data_dir(n)
         elif self["api"] is None or self["data-dir"] is None:
             raise usage.UsageError("--api and --data-dir are required when --port is an endpoint, not a port number")

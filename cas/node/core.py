@@ -131,6 +131,7 @@ class Node:
         if self._pool is not None:
             self._pool.stop()
         self.index.close()
+        self.datadir.release()  # last: another node may use the dir once this one has closed it
 
     # -- storing -----------------------------------------------------------------------------------------------
     def upload(

@@ -1,5 +1,6 @@
 """The node's data directory: layout, first-start initialisation and the format-version check.
 
+    lock             flock'ed by the node using the dir, for the process's life; holds its pid
     format-version   "1"; a directory of another version is refused
     node.key         Ed25519 private key (0600)
     node.crt         self-signed certificate (0600)
@@ -12,6 +13,8 @@
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import os
 import secrets
 
@@ -21,11 +24,68 @@ from cas.base.errors import DataDirError
 from cas.base.identity import Identity, load_or_create, write_private
 
 FORMAT_VERSION = 1
+LOCK_NAME = "lock"
+
+
+class DirLock:
+    """An exclusive ``flock`` on ``DATA_DIR/lock``: one node per data dir.
+
+    ``flock`` belongs to the open file, so it survives twistd's fork into a daemon and is dropped only when the
+    last descriptor closes (the process exits, or ``release``); ``fcntl``/``lockf`` locks would be lost at the
+    fork and whenever any descriptor of the file closed. The file holds the owner's pid, for the error a second
+    node shows; ``write_pid`` records the daemon's pid after the fork."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = _read_pid(fd)
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            who = f"pid {owner}" if owner else "another process"
+            raise DataDirError(f"data dir {os.path.dirname(self.path)} is in use by {who}") from None
+        self._fd = fd
+        self.write_pid()
+
+    def write_pid(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # the last descriptor of the open file: the lock goes with it
+
+    def __del__(self) -> None:  # a DataDir dropped without release (a test's node never stopped)
+        try:
+            self.release()
+        except OSError:
+            pass
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 @attrs.frozen
 class DataDir:
     path: str
+    lock: DirLock | None = attrs.field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "path", os.path.abspath(self.path))
@@ -44,6 +104,11 @@ class DataDir:
     def identity(self) -> Identity:
         return load_or_create(self.join("node.key"), self.join("node.crt"))
 
+    def release(self) -> None:
+        """Let another node use this data dir (a node that stops in-process; a process's exit does it too)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def write_public(self, name: str, text: str) -> None:
         tmp = self.join(name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -52,7 +117,9 @@ class DataDir:
 
 
 def prepare(path: str) -> DataDir:
-    """Create (0700) or open a data dir; raises DataDirError with a one-line message on any problem."""
+    """Create (0700) or open a data dir and lock it for this process; raises DataDirError with a one-line message
+    on any problem. The lock is taken before anything in the dir is read or written (a foreign, non-empty
+    directory is refused first, so nothing is created in it)."""
     path = os.path.abspath(os.path.expanduser(path))
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -63,7 +130,10 @@ def prepare(path: str) -> DataDir:
     if not os.access(path, os.W_OK | os.X_OK):
         raise DataDirError(f"data dir {path} is not writable")
     version_file = os.path.join(path, "format-version")
+    lock = DirLock(os.path.join(path, LOCK_NAME))
     try:
+        _check_foreign(path, version_file)
+        lock.acquire()
         if os.path.exists(version_file):
             with open(version_file, encoding="ascii", errors="replace") as f:
                 text = f.read().strip()
@@ -72,16 +142,23 @@ def prepare(path: str) -> DataDir:
                     f"data dir {path} has format version {text!r}; this cas understands version {FORMAT_VERSION} only"
                 )
         else:
-            if [n for n in os.listdir(path) if not n.startswith(".")]:
-                raise DataDirError(f"{path} is not empty and is not a cas data dir (no format-version file)")
+            _check_foreign(path, version_file)  # again under the lock: another node may have started here
             with open(version_file, "w", encoding="ascii") as f:
                 f.write(f"{FORMAT_VERSION}\n")
-        d = DataDir(path)
+        d = DataDir(path, lock)
         if not os.path.exists(d.token_path):
             write_private(d.token_path, (base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=") + b"\n"))
         d.identity()
         return d
     except DataDirError:
+        lock.release()
         raise
     except OSError as e:
+        lock.release()
         raise DataDirError(f"data dir {path}: {e.strerror} ({e.filename})") from None
+
+
+def _check_foreign(path: str, version_file: str) -> None:
+    """A directory without a format-version file must be empty (but for dot files and the lock)."""
+    if not os.path.exists(version_file) and [n for n in os.listdir(path) if not n.startswith(".") and n != LOCK_NAME]:
+        raise DataDirError(f"{path} is not empty and is not a cas data dir (no format-version file)")

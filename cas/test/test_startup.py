@@ -211,6 +211,7 @@ class DataDirTests(SynchronousTestCase):
         path = self.mktemp()
         a = prepare(path)
         id1, tok1 = str(a.identity()), a.read_token()
+        a.release()
         b = prepare(path)
         self.assertEqual((str(b.identity()), b.read_token()), (id1, tok1))
 
@@ -229,6 +230,49 @@ class DataDirTests(SynchronousTestCase):
             f.write("x")
         e = self.assertRaises(DataDirError, prepare, path)
         self.assertIn("not a cas data dir", str(e))
+
+    def test_foreign_directory_gets_no_lock_file(self) -> None:
+        path = self.mktemp()
+        os.makedirs(path)
+        with open(os.path.join(path, "notes.txt"), "w") as f:
+            f.write("x")
+        self.assertRaises(DataDirError, prepare, path)
+        self.assertEqual(os.listdir(path), ["notes.txt"])
+
+    def test_second_user_refused_with_the_owners_pid(self) -> None:
+        path = self.mktemp()
+        a = prepare(path)
+        self.assertEqual(stat.S_IMODE(os.stat(a.join("lock")).st_mode), 0o600)
+        with open(a.join("lock")) as f:
+            self.assertEqual(f.read(), f"{os.getpid()}\n")
+        e = self.assertRaises(DataDirError, prepare, path)
+        self.assertEqual(str(e), f"data dir {os.path.abspath(path)} is in use by pid {os.getpid()}")
+        a.release()
+        prepare(path).release()
+
+    def test_lock_taken_before_anything_is_written(self) -> None:
+        """A refused second node creates nothing: a first start that lost the race leaves the dir as it was."""
+        path = self.mktemp()
+        os.makedirs(path)
+        from cas.store.datadir import DirLock
+
+        held = DirLock(os.path.join(path, "lock"))
+        held.acquire()
+        self.addCleanup(held.release)
+        self.assertRaises(DataDirError, prepare, path)
+        self.assertEqual(os.listdir(path), ["lock"])
+
+    def test_a_stopped_node_releases_its_data_dir(self) -> None:
+        node = make_node(self)
+        path = node.datadir.path
+        self.assertRaises(DataDirError, prepare, path)
+        node.stop()
+        prepare(path).release()
+
+    def test_port_0_needs_a_data_dir(self) -> None:
+        e = self.assertRaises(SystemExit, parse, "--port", "0")
+        self.assertEqual(e.code, "cas: --port 0 picks a new port at each start, so it has no default data dir; "
+                                 "give --data-dir DIR")
 
     def test_not_a_directory(self) -> None:
         path = self.mktemp()

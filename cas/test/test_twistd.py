@@ -21,13 +21,13 @@ def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(TWISTD + ["cas", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(path: str, proc: subprocess.Popen, timeout: float = 30.0) -> str:
+def wait_for(path: str, proc: subprocess.Popen | None, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.exists(path):
             with open(path) as f:
                 return f.read().strip()
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise AssertionError(f"node exited early:\n{proc.communicate()[0]}")
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout}s")
@@ -78,9 +78,61 @@ class TwistdProcess(SynchronousTestCase):
         self.assertIn("format version '99'", out)
         self.assertNotIn("Traceback", out)
 
+    def test_data_dir_locked_across_the_daemon_fork(self) -> None:
+        """A daemonized node (twistd forks after the lock is taken) keeps the lock and shows its own pid; a
+        second node on the same data dir is refused with one line, and starts once the first has stopped."""
+        d = os.path.abspath(self.mktemp())
+        pidfile = os.path.abspath(self.mktemp())
+        daemon = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile", pidfile,
+             "--logfile", os.path.abspath(self.mktemp()), "cas", "--port", "0", "--data-dir", d],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        self.assertEqual(daemon.returncode, 0, daemon.stdout)
+        pid = int(wait_for(pidfile, None))
+        self.addCleanup(lambda: _kill(pid))
+        wait_for(os.path.join(d, "api.url"), None)
+        with open(os.path.join(d, "lock")) as f:
+            self.assertEqual(f.read().strip(), str(pid))
+        second = start("--port", "0", "--data-dir", d)
+        out, _ = second.communicate(timeout=60)
+        self.assertEqual(second.returncode, 1, out)
+        self.assertEqual(out.strip().splitlines(), [f"cas: data dir {d} is in use by pid {pid}"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(_alive(pid))
+        again = start("--port", "0", "--data-dir", d)
+        self.addCleanup(lambda: again.poll() is None and again.kill())
+        os.unlink(os.path.join(d, "api.url"))
+        wait_for(os.path.join(d, "api.url"), again)
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)
+
+    def test_port_0_without_data_dir_refused_in_one_line(self) -> None:
+        proc = start("--port", "0")
+        out, _ = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(out.strip().splitlines(),
+                         ["cas: --port 0 picks a new port at each start, so it has no default data dir; "
+                          "give --data-dir DIR"])
+
     def test_bad_option(self) -> None:
         proc = start("--port", "tcp6:3000")
         out, _ = proc.communicate(timeout=60)
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("--api and --data-dir are required", out)
         self.assertNotIn("Traceback", out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill(pid: int) -> None:
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
