@@ -346,6 +346,7 @@ class ApiRequest(server.Request):
         else:
             body = file_json(result.cap, result.metadata.name, result.metadata.content_type, result.size, result.blocks)
             body["replicas"] = result.replicas
+            body["replicas_wanted"] = result.wanted
             self.write(json_body(self, 201, body))
         self.finish()
 

@@ -19,7 +19,16 @@ from typing import IO, Any, Callable
 from cas.cli.client import CHUNK, Client, error_from_response, read_json
 from cas.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from cas.cli.files import Sink, check_content_type, content_disposition_filename, fs_name, guess_type
-from cas.cli.output import Progress, human_duration, human_size, print_json, print_out, printable, size_or_q
+from cas.cli.output import (
+    Progress,
+    human_duration,
+    human_size,
+    print_err,
+    print_json,
+    print_out,
+    printable,
+    size_or_q,
+)
 from cas.store.paths import state_dir
 
 MAX_KEY_LINE = 4096
@@ -139,7 +148,19 @@ def _put_done(args: argparse.Namespace, answer: Any) -> int:
         print_json(answer)
     else:
         print_out(printable(answer["key"], 1000))
+    shortfall = replica_shortfall(answer)
+    if shortfall:
+        print_err(shortfall)
     return EXIT_OK
+
+
+def replica_shortfall(answer: dict[str, Any]) -> str | None:
+    """One line when fewer holders than the node's ``--replicas`` acknowledged the file: the put succeeded (the
+    file is stored on the node) but is not yet as durable as asked, and the user must not take it for so."""
+    got, wanted = answer.get("replicas"), answer.get("replicas_wanted")
+    if not (type(got) is int and type(wanted) is int and 0 <= got < wanted):
+        return None
+    return f"stored here and on {got} of {wanted} peers; the rest will be placed when peers are available"
 
 
 def _put_resumable(

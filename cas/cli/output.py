@@ -34,6 +34,16 @@ def print_out(text: str = "") -> None:
     write_stdout((text + "\n").encode("utf-8", "surrogateescape"))
 
 
+def print_err(message: str) -> None:
+    """One line ``cas: MESSAGE`` on stderr (errors, and warnings of a command that succeeded)."""
+    line = "cas: " + " ".join(message.split()) + "\n"
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def print_json(obj: Any) -> None:
     print_out(json.dumps(obj, sort_keys=True))
 

@@ -18,7 +18,7 @@ from cas.cli.exits import (
     StdoutClosed,
     Terminated,
 )
-from cas.cli.output import flush_stdout, printable
+from cas.cli.output import flush_stdout, print_err, printable
 from cas.cli.parser import parse_args
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     except CliError as e:
-        _error(str(e))
+        print_err(str(e))
         return e.code
     except StdoutClosed:
         _silence_stdout()
@@ -68,17 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else 0
     except Exception as e:  # a bug: still one line, with the exception type to report it
-        _error(f"internal error: {type(e).__name__}: {printable(str(e))}")
+        print_err(f"internal error: {type(e).__name__}: {printable(str(e))}")
         return EXIT_FAILED
-
-
-def _error(message: str) -> None:
-    line = "cas: " + " ".join(message.split()) + "\n"
-    try:
-        sys.stderr.write(line)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _silence_stdout() -> None:

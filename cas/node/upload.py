@@ -44,6 +44,7 @@ class StoredFile:
     blocks: int
     metadata: Metadata
     replicas: int = 0  # holders that acknowledged every block (the fewest over the file's blocks)
+    wanted: int = 0  # holders every block was to have (the node's --replicas; 0 when it places nothing)
 
 
 class UploadAborted(CasError):
@@ -515,7 +516,8 @@ class Upload:
             self._pins.release(self._pinned)
             self._pinned = []
             self._settled = True
-            self.done.callback(StoredFile(ReadCap(root_cid, self._key), self.size, blocks, meta, self.replicas or 0))
+            self.done.callback(StoredFile(ReadCap(root_cid, self._key), self.size, blocks, meta, self.replicas or 0,
+                                         self._want))
 
         d = put_nodes()
         d.addCallback(put_root)

@@ -189,7 +189,7 @@ class Upload(ApiTestCase):
         r = self.request("POST", "/v1/files?name=x&min_replicas=many", b"data")
         self.assertEqual((r.status, r.json()["error"]), (400, "bad_request"))
         r = self.request("POST", "/v1/files?name=x&min_replicas=0", b"data")
-        self.assertEqual((r.status, r.json()["replicas"]), (201, 0))
+        self.assertEqual((r.status, r.json()["replicas"], r.json()["replicas_wanted"]), (201, 0, 0))
 
     def test_drain_is_bounded(self) -> None:
         proto, t, r = self._early({"Content-Length": str(10 * api.DRAIN_LIMIT)}, expect=False)

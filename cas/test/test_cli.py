@@ -423,6 +423,7 @@ class FakeNode:
         self.release = threading.Event()
         self.started = time.time()
         self.peer_table: Any = {"node_id": "n" * 62, "members": 0, "peers": []}
+        self.replicas = (3, 3)  # (acknowledged, wanted) in the answer to a put
         fake = self
 
         class Handler(FakeHandler):
@@ -572,6 +573,7 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                                self.headers.get("Content-Type") or "application/octet-stream")
                 d = node.describe(key)
                 answer = {k: d[k] for k in ("key", "size", "blocks", "name", "content_type")}
+                answer["replicas"], answer["replicas_wanted"] = node.replicas
                 node.answers.append(answer)
                 return self.send_json(201, answer)
             if method == "GET":
@@ -741,6 +743,44 @@ class RoundTripTests(SynchronousTestCase):
         self.ok("put", "-", stdin=b"y")
         self.assertEqual(self.node.requests[-1]["query"], {})
         self.fails(2, "put", "-", "--min-replicas", "65", stdin=b"z", fragments=("--min-replicas",))
+
+    SHORT = b"cas: stored here and on 1 of 3 peers; the rest will be placed when peers are available\n"
+
+    def test_put_short_of_replicas_says_so_on_stderr(self) -> None:
+        self.node.replicas = (1, 3)
+        code, out, err = self.cas("put", "-", stdin=b"x")
+        self.assertEqual((code, err), (0, self.SHORT))
+        self.assertEqual(out.decode().strip(), self.node.answers[-1]["key"])  # stdout still holds the key only
+        code, out, err = self.cas("put", "-", "--json", "--quiet", stdin=b"y")
+        self.assertEqual((code, err), (0, self.SHORT))
+        self.assertEqual(json.loads(out), self.node.answers[-1])
+        for enough in ((3, 3), (4, 3), (0, 0)):
+            self.node.replicas = enough
+            self.ok("put", "-", stdin=b"z")  # nothing on stderr
+
+    def test_put_short_of_replicas_on_a_terminal(self) -> None:
+        self.node.replicas = (1, 3)
+        master, slave = os.openpty()
+        try:
+            proc = subprocess.run([*CLI, "--node", self.node_dir, "put", "-q", "-"], cwd=self.cwd, env=cli_env(),
+                                  input=b"data", stdout=subprocess.PIPE, stderr=slave, timeout=60)
+            os.close(slave)
+            slave = -1
+            err = b""
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: nothing more to read
+                    break
+                if not data:
+                    break
+                err += data
+        finally:
+            if slave >= 0:
+                os.close(slave)
+            os.close(master)
+        self.assertEqual(proc.returncode, 0)
+        self.assertEqual(err.replace(b"\r\n", b"\n"), self.SHORT)
 
     def test_put_large_file_streams_exactly(self) -> None:
         data = os.urandom(3 * (1 << 20) + 1)

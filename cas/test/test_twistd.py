@@ -109,6 +109,21 @@ class TwistdProcess(SynchronousTestCase):
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=30)
 
+    def test_put_with_no_peers_says_it_reached_none(self) -> None:
+        """The node keeps --replicas 3 but knows no peer: the put succeeds (stored here) and says so."""
+        d = os.path.abspath(self.mktemp())
+        proc = start("--port", "tcp:0:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1", "--data-dir", d)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        wait_for(os.path.join(d, "api.url"), proc)
+        put = subprocess.run([sys.executable, "-m", "cas.cli", "--node", d, "put", "-"], input=b"hello",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(put.returncode, 0, put.stderr)
+        self.assertTrue(put.stdout.startswith(b"cas1"), put.stdout)
+        self.assertEqual(put.stderr, b"cas: stored here and on 0 of 3 peers; the rest will be placed when peers "
+                                     b"are available\n")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
     def test_port_0_without_data_dir_refused_in_one_line(self) -> None:
         proc = start("--port", "0")
         out, _ = proc.communicate(timeout=60)
