@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from cas.api import make_site
 from cas.network.replication import TopUp
 from cas.node.core import Node
+from cas.peer.interfaces import RECHECK_INTERVAL, Lister, candidates, is_wildcard, list_interfaces
 from cas.peer.peers import Bootstrap, PeerManager, PeerSettings
 from cas.peer.peertls import server_creator, wrap_server
 from cas.peer.records import Address
@@ -33,13 +34,16 @@ class NodeService(service.Service):
     def __init__(
         self, node: Node, reactor: Any, peer_endpoint: str, api_endpoint: str,
         advertise: list[Address] | None = None, bootstrap: list[Bootstrap] | None = None,
-        settings: PeerSettings | None = None,
+        settings: PeerSettings | None = None, interfaces: Lister = list_interfaces,
     ) -> None:
         self.node = node
         self.reactor = reactor
         self.peer_endpoint = peer_endpoint
         self.api_endpoint = api_endpoint
         self.advertise = advertise  # None: derived from the peer port once bound
+        self.interfaces = interfaces
+        self._wildcard: tuple[str, int] | None = None  # (host, port) bound on every interface: candidates
+        self._recheck: Any = None
         self.peers = PeerManager(
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
@@ -89,11 +93,16 @@ class NodeService(service.Service):
         if self.api_url:
             self.node.datadir.write_public("api.url", self.api_url + "\n")
         if self.advertise is None:
-            self.advertise = default_advertise(peer)
+            h = peer.getHost()
+            if isinstance(h, (IPv4Address, IPv6Address)) and h.type == "TCP" and is_wildcard(h.host):
+                self._wildcard = (h.host, h.port)
+                self.advertise = self._candidates() or []
+            else:
+                self.advertise = default_advertise(peer)
             if not self.advertise:
                 log.warn(
-                    "the peer port {peer} listens on every interface: peers cannot learn an address for this node "
-                    "(it can still dial them); give --advertise HOST:PORT", peer=describe(peer),
+                    "the peer port {peer} has no address peers can dial: peers cannot learn an address for this "
+                    "node (it can still dial them); give --advertise HOST:PORT", peer=describe(peer),
                 )
         self.peers.advertise = list(self.advertise)
         log.info(
@@ -109,10 +118,35 @@ class NodeService(service.Service):
         self.peers.start()
         if self.node.replicas > 0:
             self.topup.start()
+        if self._wildcard is not None:
+            self._recheck = self.reactor.callLater(RECHECK_INTERVAL, self._recheck_addresses)
         super().startService()
+
+    def _candidates(self) -> list[Address] | None:
+        """The interface candidates for the wildcard port; None (logged) if the interfaces cannot be read."""
+        assert self._wildcard is not None
+        try:
+            return candidates(*self._wildcard, self.interfaces())
+        except Exception as e:
+            log.warn("cannot list the network interfaces: {e}", e=f"{type(e).__name__}: {e}")
+            return None
+
+    def _recheck_addresses(self) -> None:
+        """Interfaces come and go (DHCP, VPNs, a cable): advertise what is there now, in a new signed record."""
+        self._recheck = self.reactor.callLater(RECHECK_INTERVAL, self._recheck_addresses)
+        found = self._candidates()
+        if found is None or found == self.advertise:
+            return
+        log.info("advertised addresses changed: {old} -> {new}", old=", ".join(map(str, self.advertise or [])) or "none",
+                 new=", ".join(map(str, found)) or "none")
+        self.advertise = found
+        self.peers.set_advertise(found)
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._recheck is not None and self._recheck.active():
+            self._recheck.cancel()
+        self._recheck = None
         self.topup.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
@@ -122,7 +156,8 @@ class NodeService(service.Service):
 
 
 def default_advertise(port: IListeningPort) -> list[Address]:
-    """The bound address when it is a specific IP (tcp:3000:interface=10.0.0.5), else nothing."""
+    """The bound address when it is a specific IP (tcp:3000:interface=10.0.0.5), else nothing (a wildcard
+    address advertises its interfaces' candidates instead: ``cas.peer.interfaces``)."""
     h = port.getHost()
     if not isinstance(h, (IPv4Address, IPv6Address)) or h.type != "TCP" or h.host in ("0.0.0.0", "::", ""):
         return []

@@ -72,3 +72,25 @@ class WheelInstall(SynchronousTestCase):
         imported = run([py, "-c", "import importlib, sys\nfor n in sys.argv[1:]: importlib.import_module(n)",
                         *names], here)
         self.assertEqual(imported.returncode, 0, imported.stdout)
+
+
+class DependencyFloors(SynchronousTestCase):
+    def test_psutil_floor_lists_interfaces(self) -> None:
+        """``psutil >= 5.9.4`` in setup.cfg: that release (the oldest with a wheel for every CPython 3) is enough
+        for ``cas.peer.interfaces``."""
+        work = os.path.abspath(self.mktemp())
+        target = os.path.join(work, "site")
+        got = run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target,
+                   "psutil==5.9.4"], ROOT)
+        self.assertEqual(got.returncode, 0, got.stdout)
+        code = ("import psutil, sys\n"
+                "assert psutil.__version__ == '5.9.4', psutil.__version__\n"
+                "from cas.peer.interfaces import candidates, list_interfaces\n"
+                "found = list_interfaces()\n"
+                "assert any('127.0.0.1' in a for a in found.values()), found\n"
+                "print(candidates('0.0.0.0', 3000, {'lo': ['127.0.0.1']}))\n")
+        env = {**os.environ, "PYTHONPATH": target + os.pathsep + ROOT}
+        out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stdout)
+        self.assertIn("127.0.0.1", out.stdout)

@@ -236,6 +236,11 @@ class PeerManager:
 
         self._timers["save_soon"] = self.reactor.callLater(wait, save)
 
+    def set_advertise(self, addresses: Sequence[Address]) -> None:
+        """Advertise other addresses from now on: a new signed record, which gossip spreads."""
+        self.advertise = list(addresses)
+        self._sign()
+
     def _sign(self) -> None:
         now = self.wall()
         self._seq = next_seq(max(self._seq, self.table.own_seq) or None, now)

@@ -3,7 +3,7 @@
 States (docs/peers.md): ``new`` (learned, never reached), ``connected`` (an accepted connection is open),
 ``alive`` (reached recently, no connection open now), ``suspect`` (the last contact failed, since
 ``suspect_since``) and ``dead`` (still failing ``dead_after`` seconds later). Membership is every peer with an
-unexpired signed record that is not dead.
+unexpired signed record with a dialable address that is not dead.
 
 The table is saved in the data dir (``peers.json``, written atomically) so that a restarted node rejoins
 without bootstrap: records are saved with their signatures and verified again on load; addresses are kept
@@ -47,7 +47,9 @@ class PeerEntry:
     dead_since: float | None = None  # wall clock; a record signed before this does not revive the node
 
     def member(self, now: float) -> bool:
-        return self.record is not None and self.record.expires > now and self.state != DEAD
+        """A placement member: a live signed record with an address others can dial. A node that advertises
+        none can still store and read (it dials out), but no node could reach it to hold or serve blocks."""
+        return self.record is not None and self.record.expires > now and self.state != DEAD and bool(self.record.dialable)
 
     def dial_addresses(self) -> tuple[Address, ...]:
         """The record's addresses, then those an operator gave (a node may advertise none)."""

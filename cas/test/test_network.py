@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,11 +49,11 @@ class Net:
 
     def start(
         self, path: str | None = None, bootstrap: list[Bootstrap] | None = None, settings: PeerSettings = FAST,
-        peer_endpoint: str = "tcp:0:interface=127.0.0.1", **node_kw: Any,
+        peer_endpoint: str = "tcp:0:interface=127.0.0.1", advertise: list[Address] | None = None, **node_kw: Any,
     ) -> NodeService:
         node = Node(prepare(path or self.tc.mktemp()), reactor, run=sync_run, **node_kw)
         s = NodeService(node, reactor, peer_endpoint, "tcp:0:interface=127.0.0.1",
-                        bootstrap=bootstrap, settings=settings)
+                        advertise=advertise, bootstrap=bootstrap, settings=settings)
         s.startService()
         self.services.append(s)
         return s
@@ -341,17 +342,43 @@ class ReviewTests(TestCase):
         self.assertEqual(entry.state, "connected")
         self.assertEqual(entry.failures, 0)
 
-    async def test_suspect_without_address_dies_by_time(self) -> None:
-        """A peer that advertises nothing cannot be probed: time alone makes it dead."""
+    async def test_peer_without_address_is_no_member_and_dies_by_time(self) -> None:
+        """A peer that advertises nothing is known (it dials out, its record arrives) but is never a placement
+        member: no node could dial it to place or fetch a block. It cannot be probed: time alone makes it dead."""
         net = Net(self)
         a = net.start()
-        hidden = net.start(peer_endpoint="tcp:0", bootstrap=[net.bootstrap_to(a, pinned=True)])  # advertises nothing
+        hidden = net.start(advertise=[], bootstrap=[net.bootstrap_to(a, pinned=True)])
         hid = hidden.node.identity.node_id
         self.assertEqual(hidden.peers.advertise, [])
-        await wait_for(lambda: hid in members(a), "a to know the hidden node")
+        await wait_for(lambda: a.node.identity.node_id in members(hidden), "the hidden node to count a as member")
+        await wait_for(lambda: getattr(a.peers.table.get(hid), "record", None) is not None, "a to know its record")
+        self.assertEqual(a.peers.table.get(hid).state, "connected")
+        self.assertNotIn(hid, members(a))
         await net.kill(hidden)
         await wait_for(lambda: a.peers.table.get(hid).state == DEAD, "the hidden node to be marked dead")
         self.assertNotIn(hid, members(a))
+
+    async def test_never_reached_address_is_probed_and_goes_dead(self) -> None:
+        """A node learned by gossip whose address answers nothing (a wrong or private address) is probed like a
+        suspect and is dead, so out of placement, about dead_after later: it is never kept as a member."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from cas.base.identity import Identity, make_certificate
+
+        net = Net(self)
+        a = net.start()
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # a port nobody listens on: connection refused
+        port = closed.getsockname()[1]
+        self.addCleanup(closed.close)
+        key = Ed25519PrivateKey.generate()
+        ghost = Identity(key, make_certificate(key))
+        record = sign_record(ghost, [Address("tcp", "127.0.0.1", port)], 1, int(time.time()) + 3600)
+        self.assertTrue(a.peers.gossip.apply(record, None))
+        gid = ghost.node_id
+        await wait_for(lambda: a.peers.table.get(gid).state == DEAD, "the unreachable node to be marked dead", 10)
+        self.assertNotIn(gid, members(a))
+        self.assertGreater(a.peers.table.get(gid).failures, 1)  # probed again as a suspect, not given up at once
 
     async def test_trust_on_first_use_is_remembered(self) -> None:
         net = Net(self)

@@ -10,7 +10,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
-from cas.peer.records import Address
+from cas.peer.records import Address, UnknownAddress, sign_record
 
 from .test_gossip import TTL, WALL0, addr, make_record, new_identity
 
@@ -30,6 +30,16 @@ class MemberTests(SynchronousTestCase):
             self.assertTrue(e.member(WALL0 + 99.9), state)
             self.assertFalse(e.member(WALL0 + 100), "a record expiring now has expired")
         e.state = DEAD
+        self.assertFalse(e.member(WALL0))
+
+    def test_record_without_dialable_address_is_no_member(self) -> None:
+        """Connected or not: nobody could dial it to place or fetch a block."""
+        p = new_identity()
+        e = PeerEntry(p.node_id, record=sign_record(p, (), 1, int(WALL0) + 100), operator_addresses=(addr(1),))
+        for state in (NEW, CONNECTED, ALIVE, SUSPECT):
+            e.state = state
+            self.assertFalse(e.member(WALL0), state)
+        e.record = sign_record(p, (UnknownAddress(("quic", "x")),), 2, int(WALL0) + 100)  # kept, never dialled
         self.assertFalse(e.member(WALL0))
 
     def test_members(self) -> None:
