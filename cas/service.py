@@ -44,6 +44,8 @@ class NodeService(service.Service):
         self.interfaces = interfaces
         self._wildcard: tuple[str, int] | None = None  # (host, port) bound on every interface: candidates
         self._recheck: Any = None
+        self._observed: list[str] = []  # IPs peers see us at, checked by dial-back (cas.peer.reach)
+        self._found: list[Address] = []  # the interfaces' candidates, last read
         self.peers = PeerManager(
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
@@ -96,13 +98,17 @@ class NodeService(service.Service):
             h = peer.getHost()
             if isinstance(h, (IPv4Address, IPv6Address)) and h.type == "TCP" and is_wildcard(h.host):
                 self._wildcard = (h.host, h.port)
-                self.advertise = self._candidates() or []
+                self._found = self._candidates() or []
+                self.advertise = list(self._found)
+                self.peers.reach.port = h.port  # learn a NAT's public address too (cas.peer.reach)
+                self.peers.reach.on_verified = self._observed_verified
             else:
                 self.advertise = default_advertise(peer)
             if not self.advertise:
                 log.warn(
-                    "the peer port {peer} has no address peers can dial: peers cannot learn an address for this "
-                    "node (it can still dial them); give --advertise HOST:PORT", peer=describe(peer),
+                    "the peer port {peer} has no address to advertise: other nodes cannot dial this one first (it "
+                    "can still dial them) and it is no placement member; give --advertise HOST:PORT",
+                    peer=describe(peer),
                 )
         self.peers.advertise = list(self.advertise)
         log.info(
@@ -131,11 +137,30 @@ class NodeService(service.Service):
             log.warn("cannot list the network interfaces: {e}", e=f"{type(e).__name__}: {e}")
             return None
 
+    def _observed_verified(self, ip: str) -> None:
+        """Peers see this node at ``ip`` and one dialled it back there: advertise it first, with our own port.
+        One observed address per family: a newer one (the NAT's address changed) replaces the older."""
+        family = 6 if ":" in ip else 4
+        self._observed = [o for o in self._observed if (6 if ":" in o else 4) != family] + [ip]
+        found = self._with_observed(self._found)
+        if found != self.advertise:
+            self.advertise = found
+            self.peers.set_advertise(found)
+
+    def _with_observed(self, candidates: list[Address]) -> list[Address]:
+        assert self._wildcard is not None
+        first = [Address("tcp", ip, self._wildcard[1]) for ip in self._observed]
+        return first + [a for a in candidates if a not in first]
+
     def _recheck_addresses(self) -> None:
         """Interfaces come and go (DHCP, VPNs, a cable): advertise what is there now, in a new signed record."""
         self._recheck = self.reactor.callLater(RECHECK_INTERVAL, self._recheck_addresses)
         found = self._candidates()
-        if found is None or found == self.advertise:
+        if found is None:
+            return
+        self._found = found
+        found = self._with_observed(found)
+        if found == self.advertise:
             return
         log.info("advertised addresses changed: {old} -> {new}", old=", ".join(map(str, self.advertise or [])) or "none",
                  new=", ".join(map(str, found)) or "none")

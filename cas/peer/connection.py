@@ -33,6 +33,7 @@ from zope.interface import implementer
 from cas.base.nodeid import format_node_id, short_node_id
 from cas.peer import frames
 from cas.peer.frames import Frame, FrameDecoder, FrameError
+from cas.peer.observed import canonical_ip
 from cas.peer.peertls import IReceiveBuffer, PeerTLSProtocol, peer_node_id
 
 log = Logger()
@@ -105,6 +106,7 @@ class HelloInfo:
     addresses: list[Any]
     record: bytes | None
     nonce: bytes  # random per connection: with the dialler's id, it names the connection the same way on both sides
+    observed: str | None = None  # the IP the peer sees this connection come from (canonical text), if it said
 
 
 class PeerHost(TypingProtocol):
@@ -165,6 +167,7 @@ class PeerProtocol(Protocol):
         self._bye_sent = False  # we closed: the transport is closed once the queues drain
         self.close_reason: str | None = None
         self.remote = "?"
+        self.remote_ip: str | None = None
         self._decoder = FrameDecoder()
         self._ids = itertools.count(1)
         self._last_id = 0
@@ -218,6 +221,7 @@ class PeerProtocol(Protocol):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         self.remote = f"{host}:{peer.port}" if host is not None else str(peer)  # type: ignore[attr-defined]
+        self.remote_ip = canonical_ip(host)  # None for a non-IP transport (unix socket, memory)
         self._last_rx = self.last_used = self.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._hello_timer = self.clock.callLater(HELLO_TIMEOUT, self._hello_timeout)
@@ -225,6 +229,8 @@ class PeerProtocol(Protocol):
         header["versions"] = list(PROTOCOL_VERSIONS)
         header["node_id"] = self.host.node_id
         header["nonce"] = self.nonce
+        if self.remote_ip is not None:
+            header["observed"] = self.remote_ip  # where we see the peer: how it learns an address behind NAT
         self._send(Frame(frames.HELLO, header=header), self._control)
 
     def handshakeCompleted(self) -> None:
@@ -388,7 +394,7 @@ class PeerProtocol(Protocol):
             raise FrameError(f"{frames.TYPE_NAMES[frame.type]} before HELLO")
         if frame.is_response:
             return self._on_response(frame)
-        if frame.type == frames.PING:
+        if frame.type == frames.PING and "dial_back" not in frame.header:
             return self._respond(frame.request_id, frames.PING, Response({}, b""))
         if frame.type == frames.CANCEL:
             return self._on_cancel(frame)
@@ -435,6 +441,7 @@ class PeerProtocol(Protocol):
             addresses=addresses if isinstance(addresses, list) else [],
             record=record if isinstance(record, bytes) else None,
             nonce=nonce,
+            observed=canonical_ip(h.get("observed")),
         )
         self.accepted = True
         if self._hello_timer is not None and self._hello_timer.active():

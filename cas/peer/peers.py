@@ -47,6 +47,7 @@ from cas.peer.connection import (
 from cas.peer.gossip import Gossip, TokenBucket
 from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, PeerTable
 from cas.peer.peertls import client_creator, wrap_client
+from cas.peer.reach import Reachability
 from cas.peer.records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
 from cas.store.blockstore import MAX_BLOCK_SIZE
 
@@ -140,6 +141,7 @@ class PeerManager:
             interval=self.settings.gossip_interval,
         )
         self.own_record: PeerRecord | None = None
+        self.reach = Reachability(self, reactor)  # our address as peers see it; their dial-backs
         self._seq = 0
         self._saved_at = -SAVE_SPACING  # reactor time of the last save of the table
 
@@ -317,6 +319,7 @@ class PeerManager:
                  sw=peer_text(conn.hello_info.software, 64))
         self._publish()
         self._enforce_connection_limit()
+        self.reach.seen(conn)
 
     def lost(self, conn: PeerProtocol, reason: str) -> None:
         self.all.discard(conn)
@@ -342,6 +345,8 @@ class PeerManager:
 
     def handle(self, conn: PeerProtocol, frame: frames.Frame) -> Deferred[Response] | Response:
         h = frame.header
+        if frame.type == frames.PING:  # only one with dial_back reaches us: a plain PING is answered below us
+            return self.reach.answer(conn, h)
         if frame.type == frames.PEERS:
             # A gossip exchange walks the table: a few per second per connection is plenty.
             now = self.reactor.seconds()

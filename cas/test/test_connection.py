@@ -260,8 +260,10 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(pair.ready[pair.b], [pair.b])
         self.assertEqual(pair.ha.accepted_conns, [pair.a])
         self.assertEqual(pair.hb.accepted_conns, [pair.b])
-        self.assertEqual(pair.a.hello_info, HelloInfo(B_ID, 1, "test", [], None, pair.b.nonce))
-        self.assertEqual(pair.b.hello_info, HelloInfo(A_ID, 1, "test", [], None, pair.a.nonce))
+        # ``observed``: where each side's transport says the other is (StringTransport's fake peer address)
+        self.assertEqual(pair.a.hello_info, HelloInfo(B_ID, 1, "test", [], None, pair.b.nonce, pair.b.remote_ip))
+        self.assertEqual(pair.b.hello_info, HelloInfo(A_ID, 1, "test", [], None, pair.a.nonce, pair.a.remote_ip))
+        self.assertEqual(pair.a.hello_info.observed, "192.168.1.1")
         self.assertNotEqual(pair.a.nonce, pair.b.nonce)
         self.assertEqual(pair.a.dialler_key(A_ID), (A_ID, pair.a.nonce))
         self.assertEqual(pair.b.dialler_key(B_ID), (A_ID, pair.a.nonce))
@@ -272,7 +274,8 @@ class HelloTests(SynchronousTestCase):
             self.assertEqual((h.type, h.flags, h.request_id), (HELLO, 0, 0))
             self.assertEqual(
                 h.header,
-                {"software": "test", "addresses": [], "record": None, "versions": [1], "node_id": own, "nonce": p.nonce},
+                {"software": "test", "addresses": [], "record": None, "versions": [1], "node_id": own, "nonce": p.nonce,
+                 "observed": p.remote_ip},
             )
             self.assertIs(p.transport.producer, p)  # type: ignore[union-attr]
             self.assertTrue(p.transport.streaming)  # type: ignore[union-attr]
@@ -301,12 +304,13 @@ class HelloTests(SynchronousTestCase):
         pair.hb.hello_header = {"software": "cas 9", "addresses": [["tcp", "192.0.2.1", 4001]], "record": b"rec"}
         pair.start()
         self.assertEqual(
-            pair.a.hello_info, HelloInfo(B_ID, 1, "cas 9", [["tcp", "192.0.2.1", 4001]], b"rec", pair.b.nonce)
+            pair.a.hello_info,
+            HelloInfo(B_ID, 1, "cas 9", [["tcp", "192.0.2.1", 4001]], b"rec", pair.b.nonce, "192.168.1.1"),
         )
 
     def test_hello_mistyped_optional_fields(self) -> None:
         lone = Lone()
-        lone.feed(hello(software=7, addresses="x", record="text", extra_key=1))
+        lone.feed(hello(software=7, addresses="x", record="text", extra_key=1, observed="not an address"))
         self.assertEqual(lone.proto.hello_info, HelloInfo(B_ID, 1, "?", [], None, NONCE))
 
     def test_highest_common_version(self) -> None:
