@@ -760,27 +760,10 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_put_short_of_replicas_on_a_terminal(self) -> None:
         self.node.replicas = (1, 3)
-        master, slave = os.openpty()
-        try:
-            proc = subprocess.run([*CLI, "--node", self.node_dir, "put", "-q", "-"], cwd=self.cwd, env=cli_env(),
-                                  input=b"data", stdout=subprocess.PIPE, stderr=slave, timeout=60)
-            os.close(slave)
-            slave = -1
-            err = b""
-            while True:
-                try:
-                    data = os.read(master, 4096)
-                except OSError:  # EIO: nothing more to read
-                    break
-                if not data:
-                    break
-                err += data
-        finally:
-            if slave >= 0:
-                os.close(slave)
-            os.close(master)
-        self.assertEqual(proc.returncode, 0)
-        self.assertEqual(err.replace(b"\r\n", b"\n"), self.SHORT)
+        code, out, tty = self.run_with_tty_stderr("put", "-q", self.write("t.bin", b"data"))
+        self.assertEqual(code, 0)
+        self.assertEqual(tty.replace(b"\r\n", b"\n"), self.SHORT)
+        self.assertEqual(out.decode().strip(), self.node.answers[-1]["key"])
 
     def test_put_large_file_streams_exactly(self) -> None:
         data = os.urandom(3 * (1 << 20) + 1)
