@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.application import service
@@ -19,7 +20,7 @@ from cas.node.core import Node
 from cas.peer.interfaces import RECHECK_INTERVAL, Lister, candidates, is_wildcard, list_interfaces
 from cas.peer.peers import Bootstrap, PeerManager, PeerSettings
 from cas.peer.peertls import server_creator, wrap_server
-from cas.peer.records import Address
+from cas.peer.records import MAX_ADDRESSES, Address
 
 log = Logger()
 
@@ -44,7 +45,8 @@ class NodeService(service.Service):
         self.interfaces = interfaces
         self._wildcard: tuple[str, int] | None = None  # (host, port) bound on every interface: candidates
         self._recheck: Any = None
-        self._observed: list[str] = []  # IPs peers see us at, checked by dial-back (cas.peer.reach)
+        self._observed: list[Address] = []  # where peers see us, checked by dial-back (cas.peer.reach)
+        self._worse_once = False  # the last read of the interfaces lost every reachable address
         self._found: list[Address] = []  # the interfaces' candidates, last read
         self.peers = PeerManager(
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
@@ -77,8 +79,13 @@ class NodeService(service.Service):
     def privilegedStartService(self) -> None:
         # Bind here so that a busy port stops twistd with a one-line error before the reactor runs.
         super().privilegedStartService()
-        if self.node.datadir.lock is not None:
-            self.node.datadir.lock.write_pid()  # twistd may have forked into a daemon since the lock was taken
+        lock = self.node.datadir.lock
+        if lock is not None:
+            lock.write_pid()  # twistd may have forked into a daemon since the lock was taken
+            if not lock.still_held():
+                self.node.stop()
+                raise SystemExit(f"cas: the lock on data dir {self.node.datadir.path} was lost when twistd forked "
+                                 "(is it on a network filesystem?); use a local data dir, or run twistd -n")
         try:
             peer = self._listen(self.peer_endpoint, self.peers.server_factory(), "peer", tls=True)
             api = self._listen(self.api_endpoint, make_site(self.node, self.node.datadir.read_token(), self.reactor), "API")
@@ -140,17 +147,21 @@ class NodeService(service.Service):
     def _observed_verified(self, ip: str) -> None:
         """Peers see this node at ``ip`` and one dialled it back there: advertise it first, with our own port.
         One observed address per family: a newer one (the NAT's address changed) replaces the older."""
-        family = 6 if ":" in ip else 4
-        self._observed = [o for o in self._observed if (6 if ":" in o else 4) != family] + [ip]
-        found = self._with_observed(self._found)
-        if found != self.advertise:
-            self.advertise = found
-            self.peers.set_advertise(found)
+        assert self._wildcard is not None
+        address = Address("tcp", ip, self._wildcard[1])  # before any state changes: InvalidRecord leaves all as is
+        self._observed = [a for a in self._observed if a.is_ipv6 != address.is_ipv6] + [address]
+        self._advertise(self._with_observed(self._found))
 
     def _with_observed(self, candidates: list[Address]) -> list[Address]:
-        assert self._wildcard is not None
-        first = [Address("tcp", ip, self._wildcard[1]) for ip in self._observed]
-        return first + [a for a in candidates if a not in first]
+        return (self._observed + [a for a in candidates if a not in self._observed])[:MAX_ADDRESSES]
+
+    def _advertise(self, found: list[Address]) -> None:
+        if found == self.advertise:
+            return
+        log.info("advertised addresses changed: {old} -> {new}", old=", ".join(map(str, self.advertise or [])) or "none",
+                 new=", ".join(map(str, found)) or "none")
+        self.peers.set_advertise(found)  # signs first: a record it cannot sign changes nothing
+        self.advertise = found
 
     def _recheck_addresses(self) -> None:
         """Interfaces come and go (DHCP, VPNs, a cable): advertise what is there now, in a new signed record."""
@@ -158,14 +169,19 @@ class NodeService(service.Service):
         found = self._candidates()
         if found is None:
             return
-        self._found = found
-        found = self._with_observed(found)
-        if found == self.advertise:
+        # A flapping interface must not publish a record nobody can dial: losing every non-loopback address
+        # takes two reads in a row.
+        reachable = [a for a in found if not ipaddress.ip_address(a.host).is_loopback]
+        had = any(not ipaddress.ip_address(a.host).is_loopback for a in self._found)
+        if had and not reachable and not self._worse_once:
+            self._worse_once = True
             return
-        log.info("advertised addresses changed: {old} -> {new}", old=", ".join(map(str, self.advertise or [])) or "none",
-                 new=", ".join(map(str, found)) or "none")
-        self.advertise = found
-        self.peers.set_advertise(found)
+        self._worse_once = False
+        self._found = found
+        try:
+            self._advertise(self._with_observed(found))
+        except Exception:
+            log.failure("advertising the interfaces' addresses failed")
 
     def stopService(self) -> Any:
         super().stopService()

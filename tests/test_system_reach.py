@@ -46,7 +46,10 @@ class ReachableByDefault(SynchronousTestCase):
             raise SkipTest("needs root to create a network namespace")
         if shutil.which("ip") is None:
             raise SkipTest("needs ip (iproute2) to create a network namespace")
-        self.ns = Namespace(f"cas-reach-{os.getpid()}")
+        try:
+            self.ns = Namespace(f"cas-reach-{os.getpid()}")
+        except subprocess.CalledProcessError as e:  # root without CAP_SYS_ADMIN (a container)
+            raise SkipTest(f"cannot create a network namespace: {e.stderr.decode(errors='replace').strip()}")
         self.addCleanup(self.ns.delete)
 
     def start(self, i: int, bootstrap: str | None) -> tuple[subprocess.Popen, str]:

@@ -394,7 +394,7 @@ class PeerProtocol(Protocol):
             raise FrameError(f"{frames.TYPE_NAMES[frame.type]} before HELLO")
         if frame.is_response:
             return self._on_response(frame)
-        if frame.type == frames.PING and "dial_back" not in frame.header:
+        if frame.type == frames.PING and not frame.header:  # others (dial-back) are for the host
             return self._respond(frame.request_id, frames.PING, Response({}, b""))
         if frame.type == frames.CANCEL:
             return self._on_cancel(frame)

@@ -239,9 +239,14 @@ class PeerManager:
         self._timers["save_soon"] = self.reactor.callLater(wait, save)
 
     def set_advertise(self, addresses: Sequence[Address]) -> None:
-        """Advertise other addresses from now on: a new signed record, which gossip spreads."""
-        self.advertise = list(addresses)
-        self._sign()
+        """Advertise other addresses from now on: a new signed record, which gossip spreads. If it cannot be
+        signed (ValueError: too many addresses), nothing changes."""
+        old, self.advertise = self.advertise, list(addresses)
+        try:
+            self._sign()
+        except ValueError:
+            self.advertise = old
+            raise
 
     def _sign(self) -> None:
         now = self.wall()
@@ -345,8 +350,12 @@ class PeerManager:
 
     def handle(self, conn: PeerProtocol, frame: frames.Frame) -> Deferred[Response] | Response:
         h = frame.header
-        if frame.type == frames.PING:  # only one with dial_back reaches us: a plain PING is answered below us
-            return self.reach.answer(conn, h)
+        if frame.type == frames.PING:  # one with a header: a plain PING is answered by the connection
+            if "proof" in h:
+                return self.reach.proof(conn, h["proof"])
+            if "dial_back" in h:
+                return self.reach.answer(conn, h)
+            return Response({}, b"")  # keys of a later version: ignored
         if frame.type == frames.PEERS:
             # A gossip exchange walks the table: a few per second per connection is plenty.
             now = self.reactor.seconds()
@@ -435,9 +444,10 @@ class PeerManager:
 
         return Deferred.fromCoroutine(attempt())
 
-    def dial(self, endpoint: IStreamClientEndpoint, expected: bytes | None) -> Deferred[PeerProtocol]:
+    def dial(self, endpoint: IStreamClientEndpoint, expected: bytes | None, new: bool = False) -> Deferred[PeerProtocol]:
         """Connect over TLS to ``endpoint`` expecting node ``expected`` (None: trust on first use); fires
-        with the accepted connection to that peer (the surviving one, if two raced)."""
+        with the accepted connection to that peer (the surviving one, if two raced; with ``new``, the one this
+        dial opened, even if it is the duplicate to be closed: a dial-back must use the path it tested)."""
 
         def mismatch(want: bytes, seen: bytes) -> None:
             log.warn("dropped a connection: the peer presented node {seen}, expected {want}",
@@ -463,7 +473,8 @@ class PeerManager:
             assert p.peer_id is not None
             return self.connections.get(p.peer_id, p)
 
-        return d.addCallbacks(connected, not_connected).addCallback(winner)
+        d.addCallbacks(connected, not_connected)
+        return d if new else d.addCallback(winner)
 
     def _close_voluntarily(self, conn: PeerProtocol, reason: str) -> None:
         """Close a healthy connection for ``reason`` (one of VOLUNTARY_REASONS: not a failure of the peer)."""

@@ -55,8 +55,23 @@ class DirLock:
 
     def write_pid(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            text = f"{os.getpid()}\n".encode("ascii")
+            os.pwrite(self._fd, text, 0)  # then cut: a reader never sees the file empty
+            os.ftruncate(self._fd, len(text))
+
+    def still_held(self) -> bool:
+        """Whether another open of the file is refused, as it must be while we hold the lock. On a network
+        filesystem Linux emulates flock with a POSIX lock of the process, which twistd's fork loses."""
+        if self._fd is None:
+            return False
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            return e.errno in (errno.EWOULDBLOCK, errno.EACCES)
+        finally:
+            os.close(fd)  # drops the probe's lock, if it got one
+        return False
 
     @property
     def held(self) -> bool:

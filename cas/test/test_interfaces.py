@@ -36,6 +36,7 @@ class CandidateTests(SynchronousTestCase):
         self.assertEqual(hosts(candidates("0.0.0.0", 1, {"lo": ["127.0.0.1", "::1"]})), ["127.0.0.1"])
         self.assertEqual(hosts(candidates("::", 1, {"lo": ["127.0.0.1", "::1"]})), ["127.0.0.1", "::1"])
         self.assertEqual(hosts(candidates("::", 1, {"lo": ["127.0.0.1", "::1"], "eth0": ["fd00::2"]})), ["fd00::2"])
+        self.assertEqual(hosts(candidates("::", 1, {"lo": ["127.0.0.1"], "eth0": ["fe80::1%eth0"]})), ["127.0.0.1"])
 
     def test_ipv4_bind_advertises_ipv4_only(self) -> None:
         self.assertEqual(hosts(candidates("0.0.0.0", 1, {"eth0": ["192.168.1.7", "2001:4860::8"]})), ["192.168.1.7"])
@@ -44,10 +45,22 @@ class CandidateTests(SynchronousTestCase):
         found = candidates("::", 1, {
             "eth0": ["169.254.3.4", "fe80::1%eth0", "ff02::1", "224.0.0.1", "0.0.0.0", "::", "240.0.0.1",
                      "::ffff:10.0.0.1", "not an address"],
-            "docker0": ["172.17.0.1"], "br-1a2b3c": ["172.18.0.1"], "virbr0": ["192.168.122.1"],
-            "lxcbr0": ["10.0.3.1"],
+            "docker0": ["172.17.0.1"], "br-0123456789ab": ["172.18.0.1"], "virbr0": ["192.168.122.1"],
+            "lxcbr0": ["10.0.3.1"], "vboxnet0": ["192.168.56.1"], "lo": ["127.0.0.1"],
         })
-        self.assertEqual(found, [])
+        self.assertEqual(found, [])  # not even loopback: the host has other addresses, only none to advertise
+
+    def test_a_lan_bridge_is_not_a_container_bridge(self) -> None:
+        self.assertEqual(hosts(candidates("0.0.0.0", 1, {"br-lan": ["192.168.1.1"]})), ["192.168.1.1"])
+
+    def test_loopback_never_when_the_host_has_other_addresses(self) -> None:
+        """An IPv6-only host running the documented --port 3000 (IPv4): advertising 127.0.0.1 would make it a
+        member nobody can reach, so it advertises nothing (and the service warns)."""
+        self.assertEqual(candidates("0.0.0.0", 1, {"lo": ["127.0.0.1", "::1"], "eth0": ["2001:4860::8"]}), [])
+
+    def test_site_local_ipv6_is_not_global(self) -> None:
+        self.assertEqual(hosts(candidates("::", 1, {"eth0": ["fec0::5", "fd00::2"]})), ["fec0::5", "fd00::2"])
+        self.assertEqual(hosts(candidates("::", 1, {"eth0": ["fec0::5", "2001:4860::8"]})), ["2001:4860::8"])
 
     def test_at_most_eight_per_family_no_duplicates(self) -> None:
         many = [f"10.0.0.{i}" for i in range(1, 20)] + ["10.0.0.1"]

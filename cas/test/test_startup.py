@@ -262,6 +262,27 @@ class DataDirTests(SynchronousTestCase):
         self.assertRaises(DataDirError, prepare, path)
         self.assertEqual(os.listdir(path), ["lock"])
 
+    def test_lock_checked_after_the_fork(self) -> None:
+        """On a network filesystem the fork loses the lock: the service sees it and refuses to run unlocked."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from cas.node.core import Node
+        from cas.service import NodeService
+
+        d = prepare(self.mktemp())
+        assert d.lock is not None
+        self.assertTrue(d.lock.still_held())
+        node = Node(d, MemoryReactorClock())
+        service = NodeService(node, node.reactor, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
+        self.patch(d.lock, "still_held", lambda: False)
+        e = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(e.code, f"cas: the lock on data dir {d.path} was lost when twistd forked (is it on a "
+                                 "network filesystem?); use a local data dir, or run twistd -n")
+        self.assertFalse(os.path.exists(d.join("api.url")))
+        prepare(d.path).release()  # the refused node let go of the dir
+        d.release()
+        self.assertFalse(d.lock.still_held())
+
     def test_a_stopped_node_releases_its_data_dir(self) -> None:
         node = make_node(self)
         path = node.datadir.path
