@@ -749,10 +749,6 @@ def main() -> None:
             f.write("\n")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def git_state(repo: str) -> dict[str, Any]:
     """The commit measured and any uncommitted change under cas/ (the code the node and receiver ran)."""
     def git(*args: str) -> str:
@@ -817,3 +813,7 @@ def remove_work(work: str, keep: bool) -> None:
     else:
         shutil.rmtree(work, ignore_errors=True)
     settle()
+
+
+if __name__ == "__main__":
+    main()
