@@ -131,7 +131,7 @@ class RunningNode:
         self.data = data
         self.log_path = log_path
         cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
-               "cas", "--port", "0", "--data-dir", data]
+               "cas", "--port", "tcp:0:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1", "--data-dir", data]
         self.log = open(log_path, "wb")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
