@@ -698,14 +698,46 @@ def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any], wrap: Any
     reactor.callWhenRunning(lambda: endpoints.connectProtocol(ep, proto).addErrback(failed))
 
 
-def streamer(paths: list[str], result: dict[str, Any], on_start: Callable[[], None], on_end: Callable[[bool], None]) -> Any:
-    """The bare TLS sender of the baselines: once the client's first byte arrives, the block files in order
-    (read on the reactor thread) through a registered push producer, no framing, then close. Counts
-    ``result["bytes"]``, sets ``blocks_sent`` and ``complete``; stops the reactor when the connection is lost."""
+def run_reactor(a: argparse.Namespace, name: str) -> None:
+    """reactor.run(), under cProfile with ``a.profile`` (bench/peers.py --profile DIR: stats to DIR/NAME.prof)."""
+    from twisted.internet import reactor
+
+    if not getattr(a, "profile", None):
+        return reactor.run()
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(reactor.run)
+    finally:
+        os.makedirs(a.profile, exist_ok=True)
+        prof.dump_stats(os.path.join(a.profile, f"{name}.prof"))
+
+
+def tls_wrap(kind: str, server: bool) -> Any:
+    """The baselines' TLS layer: Twisted's TLSMemoryBIOProtocol (None: the default) or cas's PeerTLSProtocol."""
+    if kind != "cas":
+        return None
+    from cas.peer.peertls import wrap_client, wrap_server
+
+    return wrap_server if server else wrap_client
+
+
+def child_serve(a: argparse.Namespace) -> None:
+    """The bare TLS sender of the baselines: once the client's first byte arrives, the files of ``a.paths`` in order
+    (read on the reactor thread) through a registered push producer, no framing, then close."""
+    result: dict[str, Any] = {"op": "serve", "bytes": 0}
+    if a.tune:  # the same allocator settings as a cas node
+        from cas.base.malloc import tune
+
+        result["tuned"] = tune()
     from twisted.internet import reactor
     from twisted.internet.interfaces import IPushProducer
     from twisted.internet.protocol import Protocol
     from zope.interface import implementer
+
+    with open(a.paths) as f:
+        paths = f.read().split()
 
     @implementer(IPushProducer)
     class Streamer(Protocol):
@@ -714,7 +746,7 @@ def streamer(paths: list[str], result: dict[str, Any], on_start: Callable[[], No
         def dataReceived(self, data: bytes) -> None:
             if not self.started:
                 self.started = True
-                on_start()
+                result["split0"], result["read0"] = cpu_split(), mem_status().get("read_bytes", 0.0)
                 self.transport.registerProducer(self, True)
                 self._pump()
 
@@ -747,11 +779,36 @@ def streamer(paths: list[str], result: dict[str, Any], on_start: Callable[[], No
             self.stopped = True
 
         def connectionLost(self, reason: Any = None) -> None:
-            on_end(self.started)
+            if self.started:  # what the stream read from the disk (the start-up, before any cache drop, excluded)
+                result["split1"] = cpu_split()
+                result["served_disk_read_mib"] = mem_status().get("read_bytes", 0.0) - result.pop("read0")
             result["blocks_sent"], result["complete"] = self.i, self.finished
             reactor.callLater(0, reactor.stop)
 
-    return Streamer
+    listen_once(a.port_file, identity(a.data), Streamer, result, tls_wrap(a.tls, True))
+    run_reactor(a, "serve")
+    if not result.get("complete"):
+        raise SystemExit(f"serve: the stream did not complete ({result.get('blocks_sent', 0)} blocks sent) "
+                         f"{result.get('error', '')}")
+    emit(result)
+
+
+def start_server(script: str, mode: str, work: str, name: str, **kw: Any) -> tuple[subprocess.Popen, str, str, str]:
+    """A TLS server child (``listen_once``); (process, "PORT@NODEID" to dial, stdout, stderr) once it listens."""
+    port_file, out, err = (os.path.join(work, f"{name}.{x}") for x in ("port", "stdout", "stderr"))
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        proc = spawn(child_cmd(script, mode, port_file=port_file, **kw), fo, fe)
+    wait_file(port_file, proc, name, err)
+    with open(port_file) as f:
+        port, nid = f.read().split()
+    return proc, f"{port}@{nid}", out, err
+
+
+def finish_server(proc: subprocess.Popen, out: str, err: str, name: str) -> dict[str, Any]:
+    """Its result, once it has exited on its own (killed after STOP_TIMEOUT)."""
+    if reap(proc, STOP_TIMEOUT) != 0:
+        raise SystemExit(f"FAIL: {name} exited {proc.returncode}:\n{tail(err)}")
+    return parse_result(read_text(out), name)
 
 
 # -- a run: options, set-up, results ------------------------------------------------------------------------------
@@ -865,4 +922,4 @@ def finish(a: argparse.Namespace, script: str, env: dict[str, Any], header: list
 
 
 if __name__ == "__main__":  # the children above: harness.py --child MODE JSON
-    {"mksrc": child_mksrc, "b3sum": child_b3sum}[sys.argv[2]](argparse.Namespace(**json.loads(sys.argv[3])))
+    {"mksrc": child_mksrc, "b3sum": child_b3sum, "serve": child_serve}[sys.argv[2]](argparse.Namespace(**json.loads(sys.argv[3])))

@@ -26,22 +26,6 @@ LABELS = {"bare": "bare TLS stream", "bare_tuned": "bare, cas malloc", "bare_b3"
 # == children (each imports what it needs) =========================================================================
 
 
-def _run_reactor(a: argparse.Namespace, name: str) -> None:
-    """reactor.run(), under cProfile with --profile DIR (stats to DIR/NAME.prof)."""
-    from twisted.internet import reactor
-
-    if not a.profile:
-        return reactor.run()
-    import cProfile
-
-    prof = cProfile.Profile()
-    try:
-        prof.runcall(reactor.run)
-    finally:
-        os.makedirs(a.profile, exist_ok=True)
-        prof.dump_stats(os.path.join(a.profile, f"{name}.prof"))
-
-
 def _cids(path: str) -> list[Any]:
     from cas.base.cid import CID
 
@@ -92,33 +76,9 @@ def child_mkblocks(a: argparse.Namespace) -> None:
     for c in cids:  # the baseline reads these paths: check the layout assumption once
         if not os.path.exists(block_path(s.path, c)):
             raise SystemExit(f"block {c} is not where the store layout says")
+    with open(a.paths, "w") as f:
+        f.write("\n".join(block_path(s.path, c) for c in cids) + "\n")
     harness.emit({"op": "mkblocks", "blocks": a.blocks, "seconds": time.perf_counter() - t0, "node_id": str(s.identity())})
-
-
-def child_serve0(a: argparse.Namespace) -> None:
-    """The bare sender (S's identity): once the client's byte arrives, the block files in order, then close."""
-    if a.tune:  # the same allocator settings as a cas node
-        from cas.base.malloc import tune
-
-        tune()
-    ident = harness.identity(a.data)
-    result: dict[str, Any] = {"op": "serve0", "bytes": 0}
-
-    def started() -> None:
-        result["split0"], result["read0"] = harness.cpu_split(), harness.mem_status().get("read_bytes", 0.0)
-
-    def ended(was_started: bool) -> None:
-        if was_started:
-            result["split1"] = harness.cpu_split()
-            result["disk_read_mib"] = harness.mem_status().get("read_bytes", 0.0) - result.pop("read0")
-
-    paths = [block_path(a.data, c) for c in _cids(a.cids)]
-    harness.listen_once(a.port_file, ident, harness.streamer(paths, result, started, ended), result)
-    _run_reactor(a, "serve0")
-    if not result.get("complete"):
-        raise SystemExit(f"serve0: the stream did not complete ({result.get('blocks_sent', 0)} blocks sent) "
-                         f"{result.get('error', '')}")
-    harness.emit(result)
 
 
 def child_recv0(a: argparse.Namespace) -> None:
@@ -175,7 +135,7 @@ def child_recv0(a: argparse.Namespace) -> None:
             reactor.callLater(0, reactor.stop)
 
     harness.dial(a.contact, prepare(a.recv_data).identity(), Counter(), result)
-    _run_reactor(a, "recv0-hash" if a.hash else "recv0")
+    harness.run_reactor(a, "recv0-hash" if a.hash else "recv0")
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"recv0: {result.get('error', 'no result')}")
     result["blocks"] = len(digests)
@@ -233,7 +193,7 @@ def child_recv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(lambda: pm.dial(Address("tcp", "127.0.0.1", a.port).endpoint(reactor, timeout=10), expected)
                             .addCallbacks(connected, lambda f: finish(f"cannot connect: {f.getErrorMessage()}")))
-    _run_reactor(a, "recv")
+    harness.run_reactor(a, "recv")
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"recv: {result.get('error', 'no result')}")
     if result["bytes"] != len(cids) * BLOCK:
@@ -242,7 +202,7 @@ def child_recv(a: argparse.Namespace) -> None:
     harness.emit(result)
 
 
-CHILDREN = {"mkblocks": child_mkblocks, "serve0": child_serve0, "recv0": child_recv0, "recv": child_recv}
+CHILDREN = {"mkblocks": child_mkblocks, "recv0": child_recv0, "recv": child_recv}
 
 # == parent (standard library only) ================================================================================
 
@@ -269,27 +229,19 @@ def receive(mode: str, work: str, name: str, setup: dict[str, Any], a: argparse.
 
 
 def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool, tuned: bool = False) -> dict[str, Any]:
-    """S0 (bare TLS server streaming the block files) and R0 (bare TLS client), both fresh processes; with ``tuned``
-    both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
+    """S0 (harness.py's bare TLS server streaming the block files) and R0 (bare TLS client), both fresh processes;
+    with ``tuned`` both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
     name = ("bare-b3" if hashing else "bare") + ("-tuned" if tuned else "")
-    port_file = os.path.join(work, f"{name}.port")
-    s_out, s_err = os.path.join(work, f"{name}-serve.stdout"), os.path.join(work, f"{name}-serve.stderr")
-    with open(s_out, "wb") as so, open(s_err, "wb") as se:
-        server = harness.spawn(harness.child_cmd(__file__, "serve0", data=setup["data"], cids=setup["cids"], port_file=port_file,
-                                                 tune=tuned, profile=a.profile), so, se)
+    server, contact, out, err = harness.start_server(harness.__file__, "serve", work, f"{name}-serve", data=setup["data"],
+                                                     paths=setup["paths"], tune=tuned, tls="twisted",
+                                                     profile=a.profile)
     try:
-        harness.wait_file(port_file, server, "the bare TLS server", s_err)
-        with open(port_file) as f:
-            port, node_id = f.read().split()
-        r = receive("recv0", work, f"{name}-recv", setup, a, {}, contact=f"{port}@{node_id}", hash=hashing, tune=tuned)
+        r = receive("recv0", work, f"{name}-recv", setup, a, {}, contact=contact, hash=hashing, tune=tuned)
     finally:
-        harness.reap(server, harness.STOP_TIMEOUT)
-    if server.returncode != 0:
-        raise SystemExit(f"FAIL: the bare TLS server exited {server.returncode}:\n{harness.tail(s_err)}")
-    srv = harness.parse_result(harness.read_text(s_out), "the bare TLS server")
+        srv = harness.finish_server(server, out, err, "the bare TLS server")
     r.update(send_cpu_seconds=srv["cpu_seconds"], send_cpu_user_seconds=srv["cpu_user_seconds"],
              send_cpu_sys_seconds=srv["cpu_sys_seconds"], send_minor_faults=srv["minor_faults"],
-             send_peak_rss_mib=srv["peak_rss_mib"], send_disk_read_mib=srv["disk_read_mib"], send_bytes=srv["bytes"])
+             send_peak_rss_mib=srv["peak_rss_mib"], send_disk_read_mib=srv["served_disk_read_mib"], send_bytes=srv["bytes"])
     return say(name, r)
 
 
@@ -326,9 +278,9 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
     blocks = max(1, size // MiB)
     with harness.workdir(a, f"peers-{harness.fmt_size(size)}") as work:
         setup = {"data": os.path.join(work, "S"), "recv_data": os.path.join(work, "R"), "cids": os.path.join(work, "cids.txt"),
-                 "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
+                 "paths": os.path.join(work, "paths.txt"), "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
         made = harness.run_child(__file__, "mkblocks", work, "mkblocks", data=setup["data"], recv_data=setup["recv_data"],
-                                 cids=setup["cids"], blocks=blocks)
+                                 cids=setup["cids"], paths=setup["paths"], blocks=blocks)
         setup["node_id"] = made["node_id"]
         harness.settle()
         print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in {made['seconds']:.1f} s; "

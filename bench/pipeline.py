@@ -54,8 +54,12 @@ class LoopStore:
         os.makedirs(self.blocks, exist_ok=True)
         os.makedirs(self.tmp, exist_ok=True)
 
+    @staticmethod
+    def block_path(root: str, hexdigest: str) -> str:
+        return os.path.join(root, "blocks", hexdigest[0:2], hexdigest[2:4], hexdigest)
+
     def path(self, hexdigest: str) -> str:
-        return os.path.join(self.blocks, hexdigest[0:2], hexdigest[2:4], hexdigest)
+        return self.block_path(self.root, hexdigest)
 
     def put(self, hexdigest: str, block: bytes, tag: str) -> None:
         tmp = os.path.join(self.tmp, f"{hexdigest}.{tag}")

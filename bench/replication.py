@@ -46,15 +46,6 @@ def run_timeout(nbytes: int) -> float:
 # == children (each imports what it needs) =========================================================================
 
 
-def _tls(a: argparse.Namespace, server: bool) -> Any:
-    """The baselines' TLS layer: Twisted's TLSMemoryBIOProtocol, or cas's PeerTLSProtocol (--baseline-tls cas)."""
-    if a.baseline_tls == "cas":
-        from cas.peer.peertls import wrap_client, wrap_server
-
-        return wrap_server if server else wrap_client
-    return None  # harness: Twisted's wrapServerTLS / wrapClientTLS
-
-
 def _tuned_start(op: str) -> tuple[dict[str, Any], Any]:
     from cas.base.malloc import tune
 
@@ -157,7 +148,7 @@ def child_brecv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    harness.listen_once(a.port_file, ident, Receiver, result, _tls(a, True))
+    harness.listen_once(a.port_file, ident, Receiver, result, harness.tls_wrap(a.baseline_tls, True))
     reactor.run()
     if "error" in result:
         raise SystemExit(f"brecv: {result['error']}")
@@ -288,36 +279,11 @@ def child_bsend(a: argparse.Namespace) -> None:
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     for contact in peers:
-        harness.dial(contact, ident, Link(), result, _tls(a, False))
+        harness.dial(contact, ident, Link(), result, harness.tls_wrap(a.baseline_tls, False))
     reactor.run()
     os.close(fd)
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"bsend: {result.get('error', 'no result')}")
-    harness.emit(result)
-
-
-def child_bserve(a: argparse.Namespace) -> None:
-    """The baseline holder for the get: once the client's byte arrives, the block files of --list in order (read on
-    the reactor thread, a registered push producer, no framing), then close."""
-    result, reactor = _tuned_start("bserve")
-    store = pipeline.LoopStore(os.path.join(a.data, "store"))
-    with open(a.list) as f:
-        paths = [store.path(h) for h in json.load(f)["blocks"]]
-
-    def started() -> None:
-        result["split0"], result["read0"] = harness.cpu_split(), harness.mem_status().get("read_bytes", 0.0)
-
-    def ended(was_started: bool) -> None:
-        if was_started:  # what the stream read from the disk (the process's start-up, before the drop, excluded)
-            result["split1"] = harness.cpu_split()
-            result["served_disk_read_mib"] = harness.mem_status().get("read_bytes", 0.0) - result.pop("read0")
-
-    harness.listen_once(a.port_file, harness.identity(a.data), harness.streamer(paths, result, started, ended), result,
-                        _tls(a, True))
-    reactor.run()
-    if not result.get("complete"):
-        raise SystemExit(f"bserve: the stream did not complete ({result.get('blocks_sent', 0)} blocks sent) "
-                         f"{result.get('error', '')}")
     harness.emit(result)
 
 
@@ -383,7 +349,7 @@ def child_bfetch(a: argparse.Namespace) -> None:
                 result["error"] = f"got {self.i} of {n} blocks: {reason.getErrorMessage() if reason else '?'}"
             reactor.callLater(0, reactor.stop)
 
-    harness.dial(a.peers, harness.identity(a.data), Reader(), result, _tls(a, False))
+    harness.dial(a.peers, harness.identity(a.data), Reader(), result, harness.tls_wrap(a.baseline_tls, False))
     reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"bfetch: {result.get('error', 'no result')}")
@@ -392,7 +358,7 @@ def child_bfetch(a: argparse.Namespace) -> None:
     harness.emit(result)
 
 
-CHILDREN = {"brecv": child_brecv, "bsend": child_bsend, "bserve": child_bserve, "bfetch": child_bfetch}
+CHILDREN = {"brecv": child_brecv, "bsend": child_bsend, "bfetch": child_bfetch}
 
 # == parent (standard library only) ================================================================================
 
@@ -528,20 +494,7 @@ def verify_get(reader: harness.Node, key: str, s: dict[str, Any], work: str, tim
 
 
 def start_server(mode: str, a: argparse.Namespace, work: str, name: str, **kw: Any) -> tuple[subprocess.Popen, str, str, str]:
-    """A baseline TLS server child; (process, 'PORT@NODEID' to dial, stdout path, stderr path) once it listens."""
-    port_file, out, err = (os.path.join(work, f"{name}.{x}") for x in ("port", "stdout", "stderr"))
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = harness.spawn(harness.child_cmd(__file__, mode, port_file=port_file, **base_kw(a), **kw), fo, fe)
-    harness.wait_file(port_file, proc, f"the baseline {name}", err)
-    with open(port_file) as f:
-        port, nid = f.read().split()
-    return proc, f"{port}@{nid}", out, err
-
-
-def finish_server(proc: subprocess.Popen, out: str, err: str, name: str) -> dict[str, Any]:
-    if harness.reap(proc, harness.STOP_TIMEOUT) != 0:
-        raise SystemExit(f"FAIL: the baseline {name} exited {proc.returncode}:\n{harness.tail(err)}")
-    return harness.parse_result(harness.read_text(out), f"the baseline {name}")
+    return harness.start_server(__file__, mode, work, name, **base_kw(a), **kw)
 
 
 def base_kw(a: argparse.Namespace) -> dict[str, Any]:
@@ -567,7 +520,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         harness.settle()
         put = base_phase("bsend", a, bdir, "send", size, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
                          list_out=lst)
-        recvs = [finish_server(p, o, e, f"receiver {i + 1}") for i, (p, _c, o, e) in enumerate(started)]
+        recvs = [harness.finish_server(p, o, e, f"baseline receiver {i + 1}") for i, (p, _c, o, e) in enumerate(started)]
         for i, x in enumerate(recvs):
             if x["blocks"] != put["blocks"]:
                 raise SystemExit(f"FAIL: baseline receiver {i + 1} stored {x['blocks']} of {put['blocks']} blocks")
@@ -578,10 +531,13 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
             shutil.rmtree(os.path.join(d, "store"), ignore_errors=True)
         harness.settle()
         # the sender's blocks streamed to one reader that checks and decrypts them
-        proc, contact, o, e = start_server("bserve", a, bdir, "serve", data=sender, list=lst)
+        with open(lst) as f, open(os.path.join(bdir, "paths.txt"), "w") as p:
+            p.write("\n".join(pipeline.LoopStore.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
+        proc, contact, o, e = harness.start_server(harness.__file__, "serve", bdir, "serve", data=sender,
+                                                   paths=os.path.join(bdir, "paths.txt"), tune=True, tls=a.baseline_tls)
         servers = [proc]
         get = base_phase("bfetch", a, bdir, "fetch", size, data=recv_dirs[0], list=lst, peers=contact)
-        get["server"] = finish_server(proc, o, e, "block server")
+        get["server"] = harness.finish_server(proc, o, e, "the baseline block server")
         base_cpu(get, size, [get, get["server"]])
         say_base("base get", get)
         return {"base_put": put, "base_get": get}
