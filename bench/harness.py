@@ -65,9 +65,13 @@ def median(xs: list[float]) -> float:
 
 
 def summary(rs: list[dict[str, Any]], med: tuple[str, ...] = (), top: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Over rounds: median MiB/s with min and max, the median of ``med`` keys and the highest of ``top`` keys."""
-    x: dict[str, Any] = {"mib_s": median([r["mib_s"] for r in rs]), "mib_s_min": min(r["mib_s"] for r in rs),
-                         "mib_s_max": max(r["mib_s"] for r in rs)}
+    """Over rounds: median MiB/s (from the request, and from the start when there) with min and max, the median of
+    ``med`` keys and the highest of ``top`` keys."""
+    x: dict[str, Any] = {}
+    for k in ("mib_s", "mib_s_end_to_end"):
+        if all(k in r for r in rs):
+            vals = [r[k] for r in rs]
+            x.update({k: median(vals), f"{k}_min": min(vals), f"{k}_max": max(vals)})
     for k in med:
         vals = [r[k] for r in rs if r.get(k) is not None]
         if vals:

@@ -319,7 +319,7 @@ def one_round(size: int, work: str, src: str, s: dict[str, Any], a: argparse.Nam
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {k: harness.summary([r[k] for r in rounds], med=("cpu_s_per_gib", "mib_s_end_to_end", "steal_share"),
+    out = {k: harness.summary([r[k] for r in rounds], med=("cpu_s_per_gib", "steal_share"),
                               top=("peak_rss_mib", "disk_read_bytes_mib")) for k, _ in ROWS}
     for op in ("put", "get"):
         x = out[f"cas_{op}"]

@@ -649,7 +649,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         rs = [r[key] for r in rounds if key in r]
         if not rs:
             continue
-        x = out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share", "mib_s_end_to_end",
+        x = out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share",
                                                 "transfer_seconds", "connect_seconds"), top=("peak_rss_mib", "cli_peak_rss_mib"))
         if key.startswith("cas_"):
             x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rs) for k in node_peaks(rs[0])}
@@ -700,7 +700,7 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
                 continue
             cells = [op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat) if c else "-",
                      harness.speed(b, a.repeat) if b else "-", fig(c, "ratio_vs_base", ".3f"), fig(c, "ratio_end_to_end", ".2f"),
-                     fig(c, "mib_s_end_to_end") + "/" + fig(b, "mib_s_end_to_end"),
+                     fig(c) + "/" + fig(b),
                      fig(c, "cpu_s_per_gib") + "/" + fig(b, "cpu_s_per_gib"), "", "", ""]
             if c:
                 j = jz[op] = judge_rss(c["node_peak_rss_mib"],
