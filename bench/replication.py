@@ -700,7 +700,7 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
                 continue
             cells = [op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat) if c else "-",
                      harness.speed(b, a.repeat) if b else "-", fig(c, "ratio_vs_base", ".3f"), fig(c, "ratio_end_to_end", ".2f"),
-                     fig(c) + "/" + fig(b),
+                     fig(c, "mib_s_end_to_end") + "/" + fig(b, "mib_s_end_to_end"),
                      fig(c, "cpu_s_per_gib") + "/" + fig(b, "cpu_s_per_gib"), "", "", ""]
             if c:
                 j = jz[op] = judge_rss(c["node_peak_rss_mib"],
