@@ -109,7 +109,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rs:
             r.setdefault("node_peak_rss_mib", r.get("peak_rss_mib"))
         out[key] = harness.summary(rs, med=("cpu_s_per_gib", "node_cpu_s_per_gib", "cli_cpu_s_per_gib", "steal_share"),
-                                   top=("node_peak_rss_mib", "cli_peak_rss_mib"))
+                                   top=("node_peak_rss_mib",) + (("cli_peak_rss_mib",) if key.startswith("api_") else ()))
     for op in ("put", "get"):
         p, x = out[f"pipeline_{op}"], out[f"api_{op}"]
         # judged as since 2026-11-26: the CLI from its spawn (what a user waits) over the pipeline's timed part
