@@ -80,6 +80,7 @@ def api_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Names
         print(f"  node {node.pid} up in {node.startup_seconds:.2f} s at {node.url}, idle RSS {idle:.1f} MiB", file=sys.stderr)
         # The smallest CLI round trip (start-up, imports, one HTTP request): included in every command's e2e time.
         rt = harness.Cli(["--node", node.data, "status"], work, "status").wait()
+        harness.settle()
         put = api_op(node, ["put", src], work, "API put", size, a, reset=False)
         key = put.pop("stdout").strip()
         if not key.startswith("cas1") or "\n" in key:
