@@ -19,6 +19,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
+install-test: $(VENV)/.installed-test
+
 run: $(VENV)/.installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= cas --port $(PORT)
 

@@ -6,14 +6,13 @@ For 100,000 stripes over 10, 100 and 1,000 nodes (random node ids, fixed seed), 
 - movement when one node joins, and when one node leaves: the share of stripes whose holder set changes,
   against the ideal (a joiner takes 3/(n+1) of the stripe-replicas; a leaver frees 3/n).
 
-Pure computation, no network: ``python bench/placement.py [--stripes N] [--nodes 10,100,1000]``. Uses both
-cores (one process per node count).
+Pure computation, no network, both cores (one process per node count):
+``.venv/bin/python bench/placement.py [--stripes N] [--nodes 10,100,1000] [--json OUT]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -23,6 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import harness  # noqa: E402
 
 from cas.network.placement import Rendezvous, stripe_key  # noqa: E402
 
@@ -74,27 +75,25 @@ def measure(n_nodes: int, n_stripes: int, seed: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stripes", type=int, default=100_000)
-    ap.add_argument("--nodes", default="10,100,1000")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json")
-    a = ap.parse_args()
+def run(a: argparse.Namespace) -> None:
     counts = [int(x) for x in a.nodes.split(",")]
+    env = harness.environment()
     with ProcessPoolExecutor(max_workers=2) as ex:
         results = list(ex.map(measure, counts, [a.stripes] * len(counts), [a.seed] * len(counts)))
-    print(f"{a.stripes:,} stripes, {REPLICAS} replicas, rendezvous (BLAKE3) placement")
-    print(f"{'nodes':>6} {'mean':>9} {'min':>7} {'max':>7} {'stdev':>7} {'max/mean':>8} {'min/mean':>8} "
-          f"{'1st max/mean':>12} {'join moves':>10} {'ideal':>6} {'leave moves':>11} {'ideal':>6}")
-    for r in results:
-        print(f"{r['nodes']:>6} {r['held_mean']:>9.1f} {r['held_min']:>7} {r['held_max']:>7} {r['held_stdev']:>7.1f} "
-              f"{r['held_max_over_mean']:>8.3f} {r['held_min_over_mean']:>8.3f} {r['first_max_over_mean']:>12.3f} "
-              f"{r['moved_on_join']:>10.4f} {r['ideal_on_join']:>6.4f} {r['moved_on_leave']:>11.4f} {r['ideal_on_leave']:>6.4f}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
+    cols = [("nodes", 6), ("mean", 9), ("min", 7), ("max", 7), ("stdev", 7), ("max/mean", 8), ("min/mean", 8),
+            ("1st max/mean", 12), ("join moves", 10), ("ideal", 6), ("leave moves", 11), ("ideal", 6)]
+    rows = [[str(r["nodes"]), f"{r['held_mean']:.1f}", str(r["held_min"]), str(r["held_max"]), f"{r['held_stdev']:.1f}",
+             f"{r['held_max_over_mean']:.3f}", f"{r['held_min_over_mean']:.3f}", f"{r['first_max_over_mean']:.3f}",
+             f"{r['moved_on_join']:.4f}", f"{r['ideal_on_join']:.4f}", f"{r['moved_on_leave']:.4f}",
+             f"{r['ideal_on_leave']:.4f}"] for r in results]
+    a.json = a.json or os.path.join(harness.RESULTS, f"placement-{a.stripes}.json")
+    harness.finish(a, "placement", env, [f"{a.stripes:,} stripes, {REPLICAS} replicas, rendezvous (BLAKE3) placement"],
+                   harness.render(cols, [rows]), {"results": results})
 
 
 if __name__ == "__main__":
-    main()
+    p = harness.parser(__doc__.splitlines()[0], files=False)
+    p.add_argument("--stripes", type=int, default=100_000)
+    p.add_argument("--nodes", default="10,100,1000")
+    p.add_argument("--seed", type=int, default=1)
+    harness.main(p, {}, run)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU per GiB of the peer TLS layer alone, in one process: an A/B harness for changes to cas/peer/peertls.py.
 
-    python bench/tlspath.py [--root DIR] [--blocks 512] [--chunk 262144] [--repeat 3]
+    .venv/bin/python bench/tlspath.py [--root DIR] [--blocks 512] [--chunk 262144] [--repeat 3] [--json OUT]
 
 - **recv**: TLS records of 1 MiB GET_BLOCK response frames, made beforehand, are fed to a client
   ``PeerTLSProtocol`` in ``--chunk``-byte pieces (what a socket read returns) and decoded by a
@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
+
+import harness
 
 
 def cpu() -> float:
@@ -29,15 +32,9 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                   help="the tree whose cas package is measured (default: this one)")
-    p.add_argument("--blocks", type=int, default=512, help="1 MiB frames per measurement (default 512)")
-    p.add_argument("--chunk", type=int, default=1 << 18, help="bytes per socket read on the recv side (default 256 KiB)")
-    p.add_argument("--repeat", type=int, default=3)
-    a = p.parse_args()
+def run(a: argparse.Namespace) -> None:
     sys.path.insert(0, os.path.abspath(a.root))
+    env = harness.environment()
 
     from cas.base.malloc import tune
 
@@ -49,7 +46,7 @@ def main() -> None:
     from cas.base.identity import load_or_create
     from cas.peer import frames, peertls
 
-    d = tempfile.mkdtemp()
+    d = tempfile.mkdtemp(prefix="cas-tlspath-")  # the two identities; removed at the end
     srv_id = load_or_create(d + "/s.key", d + "/s.crt")
     cli_id = load_or_create(d + "/c.key", d + "/c.crt")
     payload = os.urandom(1 << 20)
@@ -133,10 +130,25 @@ def main() -> None:
             st.flush()
         return (cpu() - t) / (a.blocks / 1024)
 
-    print(f"cas from {os.path.dirname(peertls.__file__)}")
+    rounds = []
     for i in range(a.repeat):
-        print(f"round {i + 1}: recv {recv_once():.3f} CPU s/GiB  send {send_once():.3f} CPU s/GiB", flush=True)
+        rounds.append({"recv_cpu_s_per_gib": recv_once(), "send_cpu_s_per_gib": send_once()})
+        print(f"round {i + 1}: recv {rounds[-1]['recv_cpu_s_per_gib']:.3f} CPU s/GiB  send "
+              f"{rounds[-1]['send_cpu_s_per_gib']:.3f} CPU s/GiB", file=sys.stderr, flush=True)
+    shutil.rmtree(d, ignore_errors=True)
+    med = {k: harness.median([r[k] for r in rounds]) for k in rounds[0]}
+    a.json = a.json or os.path.join(harness.RESULTS, f"tlspath-{a.blocks}-r{a.repeat}.json")
+    harness.finish(a, "tlspath", env, [f"cas from {os.path.dirname(peertls.__file__)}, {a.blocks} frames of 1 MiB, "
+                                       f"{a.chunk}-byte reads, {a.repeat} round(s): CPU seconds per GiB, medians"],
+                   harness.render([("recv", 8), ("send", 8)], [[[f"{med['recv_cpu_s_per_gib']:.3f}",
+                                                              f"{med['send_cpu_s_per_gib']:.3f}"]]]),
+                   {"rounds": rounds, "median": med})
 
 
 if __name__ == "__main__":
-    main()
+    p = harness.parser(__doc__.split("\n")[0], files=False)
+    p.add_argument("--root", default=harness.REPO, help="the tree whose cas package is measured (default: this one)")
+    p.add_argument("--blocks", type=int, default=512, help="1 MiB frames per measurement (default 512)")
+    p.add_argument("--chunk", type=int, default=1 << 18, help="bytes per socket read on the recv side (default 256 KiB)")
+    p.set_defaults(repeat=3)
+    harness.main(p, {}, run)
