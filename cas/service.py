@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.application import service
@@ -17,10 +16,11 @@ from twisted.logger import Logger
 from cas.api import make_site
 from cas.network.replication import TopUp
 from cas.node.core import Node
-from cas.peer.interfaces import RECHECK_INTERVAL, Lister, candidates, is_wildcard, list_interfaces
+from cas.peer.advertise import Advertiser
+from cas.peer.interfaces import Lister, is_wildcard, list_interfaces
 from cas.peer.peers import Bootstrap, PeerManager, PeerSettings
 from cas.peer.peertls import server_creator, wrap_server
-from cas.peer.records import MAX_ADDRESSES, Address
+from cas.peer.records import Address
 
 log = Logger()
 
@@ -43,11 +43,7 @@ class NodeService(service.Service):
         self.api_endpoint = api_endpoint
         self.advertise = advertise  # None: derived from the peer port once bound
         self.interfaces = interfaces
-        self._wildcard: tuple[str, int] | None = None  # (host, port) bound on every interface: candidates
-        self._recheck: Any = None
-        self._observed: list[Address] = []  # where peers see us, checked by dial-back (cas.peer.reach)
-        self._worse_once = False  # the last read of the interfaces lost every reachable address
-        self._found: list[Address] = []  # the interfaces' candidates, last read
+        self.advertiser: Advertiser | None = None  # the peer port is bound on every interface
         self.peers = PeerManager(
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
@@ -104,11 +100,8 @@ class NodeService(service.Service):
         if self.advertise is None:
             h = peer.getHost()
             if isinstance(h, (IPv4Address, IPv6Address)) and h.type == "TCP" and is_wildcard(h.host):
-                self._wildcard = (h.host, h.port)
-                self._found = self._candidates() or []
-                self.advertise = list(self._found)
-                self.peers.reach.port = h.port  # learn a NAT's public address too (cas.peer.reach)
-                self.peers.reach.on_verified = self._observed_verified
+                self.advertiser = Advertiser(self.peers, self.reactor, h.host, h.port, self.interfaces)
+                self.advertise = list(self.advertiser.current)
             else:
                 self.advertise = default_advertise(peer)
             if not self.advertise:
@@ -131,63 +124,14 @@ class NodeService(service.Service):
         self.peers.start()
         if self.node.replicas > 0:
             self.topup.start()
-        if self._wildcard is not None:
-            self._recheck = self.reactor.callLater(RECHECK_INTERVAL, self._recheck_addresses)
+        if self.advertiser is not None:
+            self.advertiser.start()
         super().startService()
-
-    def _candidates(self) -> list[Address] | None:
-        """The interface candidates for the wildcard port; None (logged) if the interfaces cannot be read."""
-        assert self._wildcard is not None
-        try:
-            return candidates(*self._wildcard, self.interfaces())
-        except Exception as e:
-            log.warn("cannot list the network interfaces: {e}", e=f"{type(e).__name__}: {e}")
-            return None
-
-    def _observed_verified(self, ip: str) -> None:
-        """Peers see this node at ``ip`` and one dialled it back there: advertise it first, with our own port.
-        One observed address per family: a newer one (the NAT's address changed) replaces the older."""
-        assert self._wildcard is not None
-        address = Address("tcp", ip, self._wildcard[1])  # before any state changes: InvalidRecord leaves all as is
-        self._observed = [a for a in self._observed if a.is_ipv6 != address.is_ipv6] + [address]
-        self._advertise(self._with_observed(self._found))
-
-    def _with_observed(self, candidates: list[Address]) -> list[Address]:
-        return (self._observed + [a for a in candidates if a not in self._observed])[:MAX_ADDRESSES]
-
-    def _advertise(self, found: list[Address]) -> None:
-        if found == self.advertise:
-            return
-        log.info("advertised addresses changed: {old} -> {new}", old=", ".join(map(str, self.advertise or [])) or "none",
-                 new=", ".join(map(str, found)) or "none")
-        self.peers.set_advertise(found)  # signs first: a record it cannot sign changes nothing
-        self.advertise = found
-
-    def _recheck_addresses(self) -> None:
-        """Interfaces come and go (DHCP, VPNs, a cable): advertise what is there now, in a new signed record."""
-        self._recheck = self.reactor.callLater(RECHECK_INTERVAL, self._recheck_addresses)
-        found = self._candidates()
-        if found is None:
-            return
-        # A flapping interface must not publish a record nobody can dial: losing every non-loopback address
-        # takes two reads in a row.
-        reachable = [a for a in found if not ipaddress.ip_address(a.host).is_loopback]
-        had = any(not ipaddress.ip_address(a.host).is_loopback for a in self._found)
-        if had and not reachable and not self._worse_once:
-            self._worse_once = True
-            return
-        self._worse_once = False
-        self._found = found
-        try:
-            self._advertise(self._with_observed(found))
-        except Exception:
-            log.failure("advertising the interfaces' addresses failed")
 
     def stopService(self) -> Any:
         super().stopService()
-        if self._recheck is not None and self._recheck.active():
-            self._recheck.cancel()
-        self._recheck = None
+        if self.advertiser is not None:
+            self.advertiser.stop()
         self.topup.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []

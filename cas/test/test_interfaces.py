@@ -110,7 +110,7 @@ class AdvertiseTests(SynchronousTestCase):
         def broken() -> dict[str, list[str]]:
             raise OSError("netlink refused")
 
-        self.service.interfaces = broken
+        self.service.advertiser.interfaces = broken  # type: ignore[union-attr]
         self.reactor.advance(RECHECK_INTERVAL)
         self.assertEqual(self.advertised(), ["192.0.2.7"])
         self.flushLoggedErrors()

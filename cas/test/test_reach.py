@@ -178,21 +178,21 @@ class ServiceTests(SynchronousTestCase):
         service = self.service(lambda: {"eth0": ["10.0.0.5"]})
         self.assertEqual(service.peers.reach.port, 3000)
         service.peers.reach.on_verified("203.0.113.9")  # type: ignore[misc]
-        self.assertEqual(service.advertise, [Address("tcp", "203.0.113.9", 3000), Address("tcp", "10.0.0.5", 3000)])
+        self.assertEqual(service.peers.advertise, [Address("tcp", "203.0.113.9", 3000), Address("tcp", "10.0.0.5", 3000)])
         assert service.peers.own_record is not None
-        self.assertEqual(list(service.peers.own_record.dialable), service.advertise)
+        self.assertEqual(list(service.peers.own_record.dialable), service.peers.advertise)
         service.peers.reach.on_verified("198.51.100.4")  # type: ignore[misc]  # the NAT's address changed
-        self.assertEqual([a.host for a in service.advertise], ["198.51.100.4", "10.0.0.5"])
+        self.assertEqual([a.host for a in service.peers.advertise], ["198.51.100.4", "10.0.0.5"])
 
     def test_a_full_record_still_signs(self) -> None:
         many = [f"8.8.{i}.1" for i in range(20)] + [f"2001:4860:{i}::1" for i in range(20)]
         service = self.service(lambda: {"eth0": many}, "tcp6:3000")  # on :: (in memory): both families
-        self.assertEqual(len(service.advertise), 14)  # 7 per family
+        self.assertEqual(len(service.peers.advertise), 14)  # 7 per family
         service.peers.reach.on_verified("203.0.113.9")  # type: ignore[misc]
         service.peers.reach.on_verified("2001:db8:99::1")  # type: ignore[misc]
-        self.assertEqual(len(service.advertise), MAX_ADDRESSES)
+        self.assertEqual(len(service.peers.advertise), MAX_ADDRESSES)
         assert service.peers.own_record is not None
-        self.assertEqual(list(service.peers.own_record.dialable), service.advertise)
+        self.assertEqual(list(service.peers.own_record.dialable), service.peers.advertise)
         self.assertEqual(service.peers.hello()["addresses"][0], ["tcp", "203.0.113.9", 3000])
 
     def test_losing_every_address_takes_two_reads(self) -> None:
@@ -200,9 +200,9 @@ class ServiceTests(SynchronousTestCase):
         service = self.service(lambda: seen)
         seen = {"lo": ["127.0.0.1"]}  # the cable is out, or the interface flaps
         service.reactor.advance(RECHECK_INTERVAL)
-        self.assertEqual([a.host for a in service.advertise], ["192.0.2.7"])
+        self.assertEqual([a.host for a in service.peers.advertise], ["192.0.2.7"])
         service.reactor.advance(RECHECK_INTERVAL)
-        self.assertEqual([a.host for a in service.advertise], ["127.0.0.1"])
+        self.assertEqual([a.host for a in service.peers.advertise], ["127.0.0.1"])
 
     def test_operator_addresses_learn_nothing(self) -> None:
         reactor = MemoryReactorClock()
