@@ -29,6 +29,12 @@ class CorruptBlock(CasError):
     code = "corrupt_block"
 
 
+class WrongPlacementKey(CasError):
+    """A peer sent a block with a placement key it cannot have: a manifest block's key is its own id."""
+
+    code = "bad_request"
+
+
 class TamperedData(CasError):
     """Authenticated decryption failed: the data was altered, reordered or truncated."""
 

@@ -236,6 +236,21 @@ def decode_node(raw: bytes, segment_size: int | None = None) -> Node:
     return Node(depth, _dec_links(obj["links"], depth, segment_size))
 
 
+def is_manifest(raw: bytes | memoryview) -> bool:
+    """Whether ``raw`` is a manifest block (root or node): a holder, which has no key, can tell one from
+    ciphertext (random bytes are not canonical CBOR of a manifest)."""
+    if not raw or raw[0] >> 5 != 5:  # a manifest is a CBOR map: 7 in 8 random blocks stop here, uncopied
+        return False
+    data = bytes(raw[:MAX_MANIFEST_SIZE + 1])
+    for decode in (decode_root, decode_node):
+        try:
+            decode(data)
+        except (MalformedManifest, ValueError, TypeError):
+            continue
+        return True
+    return False
+
+
 class ManifestBuilder:
     """Builds the manifest tree as data links arrive in order, in memory bounded by fanout x depth.
 

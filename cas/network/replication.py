@@ -38,13 +38,16 @@ class Peers(TypingProtocol):
 
     def members(self) -> list[bytes]: ...
 
-    def put_block(self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = ...) -> Deferred[None]: ...
+    def put_block(
+        self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = ..., key: bytes | None = None,
+    ) -> Deferred[None]: ...
 
 
 @attrs.define
 class _Key:
     """One placement key of this upload: its rank order and the holders taken from it so far."""
 
+    key: bytes
     rank: list[bytes]
     holders: list[bytes]
     next: int  # index in ``rank`` of the first node not yet considered
@@ -67,7 +70,7 @@ class Replicator:
         if k is None:
             me = self.peers.node_id
             rank = [m for m in self.placement.rank(key, list(self._members())) if m != me]
-            k = self._keys[key] = _Key(rank, [], 0)
+            k = self._keys[key] = _Key(key, rank, [], 0)
             self._fill(k)
         return k
 
@@ -114,7 +117,7 @@ class _Placing:
         self.tried.add(holder)
         self.open += 1
         try:
-            d = self.r.peers.put_block(holder, self.cid, self.block, timeout=self.r.deadline)
+            d = self.r.peers.put_block(holder, self.cid, self.block, timeout=self.r.deadline, key=self.k.key)
         except Exception:
             d = Deferred()
             d.errback(Failure())
@@ -233,7 +236,7 @@ class TopUp:
                     if need <= 0 or self._stopped:
                         break
                     try:
-                        await self.peers.put_block(m, row.cid, data, timeout=self.deadline)
+                        await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key)
                     except Exception as e:
                         log.debug("top-up of {cid} on {m} failed: {e}", cid=str(row.cid), m=short_node_id(m), e=e)
                         continue

@@ -31,12 +31,13 @@ from cas.base.errors import (
     SessionBusy,
     SessionNotFound,
     TooFewReplicas,
+    WrongPlacementKey,
 )
 from cas.content import cipher
 from cas.content.capability import ReadCap
-from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name
+from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name, is_manifest
 from cas.content.verify import VerifyReport, verify_file
-from cas.network.placement import Rendezvous
+from cas.network.placement import Rendezvous, manifest_key
 from cas.network.replication import BLOCK_DEADLINE, Replicator
 from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
 from cas.node.download import Download, OpenFile, open_file
@@ -97,7 +98,7 @@ class Node:
         self._held = self.index.held_bytes()
         self._reserved: dict[CID, int] = {}  # blocks being written for peers -> size (counted in the quota)
         self._reserved_bytes = 0
-        self._hold_batch: list[tuple[tuple[str, CID, int, int], Deferred[None]]] = []
+        self._hold_batch: list[tuple[tuple[str, CID, int, int, bytes | None], Deferred[None]]] = []
         self._active_sessions: set[str] = set()  # upload sessions with a piece being received
 
     @property
@@ -280,11 +281,13 @@ class Node:
     def has_blocks(self, cids: list[CID]) -> Deferred[list[bool]]:
         return self.run(lambda: [self.store.has(c) for c in cids])
 
-    def hold_block(self, peer: str, cid: CID, data: bytes | memoryview) -> Deferred[bool]:
+    def hold_block(self, peer: str, cid: CID, data: bytes | memoryview, key: bytes | None = None) -> Deferred[bool]:
         """Store a block the node ``peer`` (hex id) sent: checked against its id, written durably, and
-        recorded as held for that peer (who asked and when) before the Deferred fires, so an acknowledged
-        block survives a crash and is never collected. Counts against the quota; past it, QuotaExceeded.
-        Fires with False if the block was already here."""
+        recorded as held for that peer (who asked and when, and the placement ``key`` it was placed under when
+        the sender said) before the Deferred fires, so an acknowledged block survives a crash and is never
+        collected. A manifest block's key must be its own (``manifest_key``): WrongPlacementKey otherwise; a
+        stripe key cannot be checked. Counts against the quota; past it, QuotaExceeded. Fires with False if the
+        block was already here."""
         size = len(data)
         new = not self.index.is_held(cid) and cid not in self._reserved
         if new and self.quota is not None and self._held + self._reserved_bytes + size > self.quota:
@@ -295,6 +298,8 @@ class Node:
             self._reserved_bytes += size
 
         def work() -> bool:
+            if key is not None and is_manifest(data) and key != manifest_key(cid.to_bytes()):
+                raise WrongPlacementKey(f"block {cid} is a manifest block: its placement key is its own id")
             self.pins.pin(cid)  # garbage collection must not take it before its hold is recorded
             try:
                 return self.store.put(cid, data)  # type: ignore[arg-type]
@@ -306,7 +311,7 @@ class Node:
             d: Deferred[None] = Deferred()
             if not self._hold_batch:
                 self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
-            self._hold_batch.append(((peer, cid, size, int(self.reactor.seconds())), d))
+            self._hold_batch.append(((peer, cid, size, int(self.reactor.seconds()), key), d))
 
             def unpin(result: Any) -> Any:
                 self.pins.release([cid])  # recorded (or not): the pin has done its work either way

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from cas import __version__
 from cas.base.cid import CID
-from cas.base.errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull
+from cas.base.errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull, WrongPlacementKey
 from cas.base.nodeid import format_node_id, short_node_id
 from cas.peer import frames
 from cas.peer.connection import (
@@ -54,6 +54,7 @@ from cas.store.blockstore import MAX_BLOCK_SIZE
 log = Logger()
 
 MAX_HAS = 1024
+MAX_KEY_SIZE = 128  # bytes of a placement key in PUT_BLOCK (cas's are 38 for a stripe, 51 for a manifest)
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 SAVE_SPACING = 1.0  # seconds between two saves of the peer table prompted by membership changes
@@ -379,7 +380,10 @@ class PeerManager:
             if len(frame.payload) > MAX_BLOCK_SIZE:  # the store's own limit, answered before any work
                 raise RemoteError(TOO_LARGE, f"a block is at most {MAX_BLOCK_SIZE} bytes")
             assert conn.peer_id is not None
-            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload)
+            key = h.get("key")  # the placement key (optional: older nodes do not send it)
+            if key is not None and not (isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_SIZE):
+                raise RemoteError(BAD_REQUEST, f"key must be a byte string of 1 to {MAX_KEY_SIZE} bytes")
+            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload, key)
             d.addCallbacks(lambda _stored: Response({}, b""), _block_error, errbackArgs=(True,))
             return d
         if frame.type == frames.HAS:
@@ -685,8 +689,15 @@ class PeerManager:
         d = self.request(node_id, frames.PEERS, {"records": records})
         return d.addCallback(lambda r: r.header.get("records"))
 
-    def put_block(self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = REQUEST_TIMEOUT) -> Deferred[None]:
-        d = self.request(node_id, frames.PUT_BLOCK, {"cid": cid.to_bytes()}, block, timeout)
+    def put_block(
+        self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = REQUEST_TIMEOUT,
+        key: bytes | None = None,
+    ) -> Deferred[None]:
+        """Place ``block`` on ``node_id``, telling it the placement ``key`` the block is placed under."""
+        header: dict[str, Any] = {"cid": cid.to_bytes()}
+        if key is not None:
+            header["key"] = key
+        d = self.request(node_id, frames.PUT_BLOCK, header, block, timeout)
         return d.addCallback(lambda _r: None)
 
     def get_block(
@@ -799,6 +810,8 @@ def _block_error(f: Failure, put: bool) -> Any:
         return f  # the connection went away: nobody to answer, nothing to log
     if f.check(BlockNotFound):
         raise RemoteError(NOT_FOUND, "no such block here")
+    if f.check(WrongPlacementKey):
+        raise RemoteError(BAD_REQUEST, f.getErrorMessage())
     if f.check(CorruptBlock):
         if put:  # the sender's bytes do not match the id (or the block is too large)
             raise RemoteError(BAD_REQUEST, f.getErrorMessage())

@@ -1,7 +1,7 @@
 """The node's data directory: layout, first-start initialisation and the format-version check.
 
     lock             flock'ed by the node using the dir, for the process's life; holds its pid
-    format-version   "1"; a directory of another version is refused
+    format-version   "2"; version 1 is upgraded at start (``MIGRATIONS``); any other is refused
     node.key         Ed25519 private key (0600)
     node.crt         self-signed certificate (0600)
     api.token        bearer token of the HTTP API (0600)
@@ -17,14 +17,30 @@ import errno
 import fcntl
 import os
 import secrets
+from collections.abc import Callable
 
 import attrs
+from twisted.logger import Logger
 
 from cas.base.errors import DataDirError
 from cas.base.identity import Identity, load_or_create, write_private
+from cas.store.index import add_hold_keys
 
-FORMAT_VERSION = 1
+log = Logger()
+
+FORMAT_VERSION = 2
 LOCK_NAME = "lock"
+INDEX_NAME = "index.sqlite"
+
+
+def _to_2(path: str) -> str:
+    index = os.path.join(path, INDEX_NAME)
+    return add_hold_keys(index) if os.path.exists(index) else "nothing to change"
+
+
+# Upgrades, by the version they start from: each does its work in one transaction and can run twice; the
+# version file is written after it, alone, atomically. A crash in between runs the step again at the next start.
+MIGRATIONS: dict[int, Callable[[str], str]] = {1: _to_2}
 
 
 class DirLock:
@@ -153,13 +169,13 @@ def prepare(path: str) -> DataDir:
             with open(version_file, encoding="ascii", errors="replace") as f:
                 text = f.read().strip()
             if text != str(FORMAT_VERSION):
-                raise DataDirError(
-                    f"data dir {path} has format version {text!r}; this cas understands version {FORMAT_VERSION} only"
-                )
+                if not (text.isdigit() and int(text) in MIGRATIONS):
+                    raise DataDirError(f"data dir {path} has format version {text!r}; this cas opens versions "
+                                       f"{min(MIGRATIONS)} to {FORMAT_VERSION}")
+                _upgrade(path, version_file, int(text))
         else:
             _check_foreign(path, version_file)  # again under the lock: another node may have started here
-            with open(version_file, "w", encoding="ascii") as f:
-                f.write(f"{FORMAT_VERSION}\n")
+            _write_version(version_file, FORMAT_VERSION)
         d = DataDir(path, lock)
         if not os.path.exists(d.token_path):
             write_private(d.token_path, (base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=") + b"\n"))
@@ -173,7 +189,32 @@ def prepare(path: str) -> DataDir:
         raise DataDirError(f"data dir {path}: {e.strerror} ({e.filename})") from None
 
 
+def _upgrade(path: str, version_file: str, version: int) -> None:
+    while version < FORMAT_VERSION:
+        what = MIGRATIONS[version](path)
+        _write_version(version_file, version + 1)
+        log.info("data dir {path}: format {old} upgraded to {new}: {what}", path=path, old=version, new=version + 1,
+                 what=what)
+        version += 1
+
+
+def _write_version(version_file: str, version: int) -> None:
+    """Atomically, durably: a reader sees the old version or the new, never an empty file."""
+    tmp = version_file + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{version}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, version_file)
+    fd = os.open(os.path.dirname(version_file), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_foreign(path: str, version_file: str) -> None:
     """A directory without a format-version file must be empty (but for dot files and the lock)."""
-    if not os.path.exists(version_file) and [n for n in os.listdir(path) if not n.startswith(".") and n != LOCK_NAME]:
+    ours = (LOCK_NAME, os.path.basename(version_file) + ".tmp")  # a first start cut short may leave these
+    if not os.path.exists(version_file) and [n for n in os.listdir(path) if not n.startswith(".") and n not in ours]:
         raise DataDirError(f"{path} is not empty and is not a cas data dir (no format-version file)")

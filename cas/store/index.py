@@ -2,7 +2,9 @@
 file needs. It lives in the data dir (0600) because it holds read capabilities.
 
 ``holds`` records the blocks this node keeps for other nodes: which node asked (its id, hex), the block's
-size, and when it first and last asked; those blocks count against ``--quota`` and are not garbage.
+size, when it first and last asked, and the placement key it was placed under (since data-dir format 2; NULL
+when the sender did not say, as blocks held before format 2 and blocks from older nodes); those blocks count
+against ``--quota`` and are not garbage.
 ``sessions`` are resumable uploads (``POST /v1/uploads``): the file key, placement salt, name and type, an
 expiry, and in ``session_links`` the data blocks stored so far, in order; their blocks are referenced by the
 owner ``session:<id>`` until the file is recorded (or the session expires).
@@ -47,6 +49,7 @@ CREATE TABLE IF NOT EXISTS holds (
     size INTEGER NOT NULL,
     first INTEGER NOT NULL,
     last INTEGER NOT NULL,
+    key BLOB,
     PRIMARY KEY (peer, cid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_cid ON holds (cid);
@@ -220,12 +223,14 @@ class Index:
     def is_held(self, cid: CID) -> bool:
         return self.db.execute("SELECT 1 FROM holds WHERE cid = ? LIMIT 1", (str(cid),)).fetchone() is not None
 
-    def record_holds(self, holds: Iterable[tuple[str, CID, int, int]]) -> None:
-        """Record ``(peer hex, block id, size, unix time)`` rows in one transaction (one fsync for a batch)."""
+    def record_holds(self, holds: Iterable[tuple[str, CID, int, int, bytes | None]]) -> None:
+        """Record ``(peer hex, block id, size, unix time, placement key or None)`` rows in one transaction (one
+        fsync for a batch). A key once known is kept when the same peer sends the block again without one."""
         with self._transaction():
             self.db.executemany(
-                "INSERT INTO holds VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last",
-                ((peer, str(cid), size, at, at) for peer, cid, size, at in holds),
+                "INSERT INTO holds (peer, cid, size, first, last, key) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last, key = COALESCE(excluded.key, holds.key)",
+                ((peer, str(cid), size, at, at, key) for peer, cid, size, at, key in holds),
             )
 
     # -- resumable uploads -----------------------------------------------------------------------------------
@@ -303,6 +308,10 @@ class Index:
             self.db.executemany("UPDATE underplaced SET holders = ? WHERE cid = ?",
                                 ((b"".join(u.holders), str(u.cid)) for u in progress))
 
+    def hold_keys(self, cid: CID) -> set[bytes | None]:
+        """The placement keys this block is held under (None: not known)."""
+        return {k for (k,) in self.db.execute("SELECT key FROM holds WHERE cid = ?", (str(cid),))}
+
     def holds_of(self, cid: CID) -> list[tuple[str, int, int]]:
         """``(peer hex, first, last)`` for every node this block is held for."""
         rows = self.db.execute("SELECT peer, first, last FROM holds WHERE cid = ? ORDER BY peer", (str(cid),))
@@ -312,3 +321,20 @@ class Index:
 def _record(row: tuple) -> FileRecord:
     root, key, name, ctype, size, blocks, created = row
     return FileRecord(CID.parse(root), bytes(key), name, ctype, size, blocks, created)
+
+
+def add_hold_keys(path: str) -> str:
+    """Data-dir format 1 to 2: ``holds`` gains the placement key of each block (NULL for those held so far).
+    One transaction, and a second run does nothing: a crash before the version file is written is harmless."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        columns = [row[1] for row in db.execute("PRAGMA table_info(holds)")]
+        held = 0
+        if columns and "key" not in columns:
+            db.execute("ALTER TABLE holds ADD COLUMN key BLOB")
+            (held,) = db.execute("SELECT count(*) FROM holds").fetchone()
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return f"blocks held for other nodes now record their placement key ({held} held so far, key unknown)"

@@ -139,6 +139,13 @@ class TwoNodeTests(TestCase):
             await conn.request(frames.PUT_BLOCK, {"cid": other.to_bytes()}, b"something else")
         self.assertEqual(e.exception.code, "bad_request")
         self.assertFalse(a.node.store.has(other))
+        # A placement key that is not a short byte string is refused; a good one is recorded.
+        for bad in ("text", b"", b"k" * 129, 5):
+            with self.assertRaises(RemoteError) as e:
+                await conn.request(frames.PUT_BLOCK, {"cid": cid.to_bytes(), "key": bad}, block)
+            self.assertEqual(e.exception.code, "bad_request")
+        await b.peers.put_block(a_id, cid, block, key=b"k" * 38)
+        self.assertEqual(a.node.index.hold_keys(cid), {b"k" * 38})
         self.assertIs(await b.peers.connect(a_id), conn)
         # The held block is referenced for its sender, so garbage collection keeps it.
         await a.node.collect_garbage()

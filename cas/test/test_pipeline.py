@@ -547,8 +547,8 @@ class HoldBlockTests(SynchronousTestCase):
     """Blocks stored for peers (PUT_BLOCK): verified, recorded for the peer that asked (batched, before the
     answer), counted against the quota, pins always released."""
 
-    def hold(self, node: Node, peer: str, cid: CID, block: bytes) -> Deferred[bool]:
-        d = node.hold_block(peer, cid, block)
+    def hold(self, node: Node, peer: str, cid: CID, block: bytes, key: bytes | None = None) -> Deferred[bool]:
+        d = node.hold_block(peer, cid, block, key)
         node.reactor.advance(0)  # the batched record commits on the next reactor turn
         return d
 
@@ -631,6 +631,41 @@ class HoldBlockTests(SynchronousTestCase):
         self.failureResultOf(self.hold(node, PEER, CID.of(b"x"), block), CorruptBlock)
         self.assertEqual(node.held_bytes(), 0)
         self.successResultOf(self.hold(node, PEER, CID.of(block), block))
+
+    def test_placement_key_recorded_and_checked_for_manifests(self) -> None:
+        """The key a block was placed under is recorded; a manifest block's key must be its own id (a holder can
+        tell a manifest from ciphertext), a data block's cannot be checked and is taken as sent."""
+        from cas.base.errors import WrongPlacementKey
+        from cas.content.manifest import ManifestBuilder, is_manifest
+        from cas.network.placement import manifest_key, stripe_key
+
+        node = make_node(self)
+        data = os.urandom(5000)
+        cid = CID.of(data)
+        key = stripe_key(b"s" * 16, 0)
+        self.assertFalse(is_manifest(data))
+        self.successResultOf(self.hold(node, PEER, cid, data, key))
+        self.assertEqual(node.index.hold_keys(cid), {key})
+        self.successResultOf(self.hold(node, PEER, cid, data))  # sent again without a key: the key stays
+        self.assertEqual(node.index.hold_keys(cid), {key})
+        builder = ManifestBuilder(fanout=2)
+        for link in self.links(3):
+            builder.add(link)
+        _nodes, root, raw = builder.finish(1 << 16, os.urandom(100), b"s" * 16)  # sealed metadata: opaque here
+        self.assertTrue(is_manifest(raw))
+        self.failureResultOf(self.hold(node, PEER, root, raw, key), WrongPlacementKey)
+        self.assertFalse(node.store.has(root))
+        self.successResultOf(self.hold(node, PEER, root, raw, manifest_key(root.to_bytes())))
+        self.assertEqual(node.index.hold_keys(root), {manifest_key(root.to_bytes())})
+        other = os.urandom(100)
+        self.successResultOf(self.hold(node, "cd" * 32, CID.of(other), other))
+        self.assertEqual(node.index.hold_keys(CID.of(other)), {None})  # an older node said nothing
+
+    @staticmethod
+    def links(n: int) -> list:
+        from cas.content.manifest import Link
+
+        return [Link(CID.of(bytes([i])), 1 << 16) for i in range(n)]
 
     def test_cancelled_write_still_recorded_and_unpinned(self) -> None:
         runner = ManualRunner()

@@ -135,9 +135,10 @@ class ReplicationTests(TestCase):
                 for name in files:
                     with open(os.path.join(dirpath, name), "rb") as f:
                         self.assertNotIn(MARKER, f.read())
-            for cid, _key in blocks:
+            for cid, key in blocks:
                 if s.node.store.has(cid):
                     self.assertEqual([p for p, _f, _l in s.node.index.holds_of(cid)], [me.hex()])
+                    self.assertEqual(s.node.index.hold_keys(cid), {key})  # the placement key came with it
         # Every other node returns identical bytes (from the holders: they have no file record). A block a node
         # does not have goes straight to the network: its local store is read only for the blocks it holds.
         for s in nodes[1:]:
@@ -407,7 +408,7 @@ class NoCycleTests(SynchronousTestCase):
             def members(self) -> list[bytes]:
                 return [bytes([i]) * 32 for i in range(5)]
 
-            def put_block(self, node_id: bytes, cid: CID, block: Any, timeout: float = 0) -> Deferred[None]:
+            def put_block(self, node_id: bytes, cid: CID, block: Any, timeout: float = 0, key: Any = None) -> Deferred[None]:
                 d: Deferred[None] = Deferred()
                 pending.append(d)
                 return d
@@ -779,7 +780,7 @@ class TopUpStopTests(SynchronousTestCase):
             def subscribe(self, cb: Any) -> Any:
                 return lambda: None
 
-            def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0) -> Deferred[None]:
+            def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0, key: Any = None) -> Deferred[None]:
                 d: Deferred[None] = Deferred()
                 pending.append(d)
                 return d

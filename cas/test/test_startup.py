@@ -5,9 +5,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
+import sqlite3
 import stat
 
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
@@ -15,15 +19,18 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from cas import tap
 from cas.api import make_site
-from cas.base.cid import digest
+from cas.base.cid import CID, digest
 from cas.base.errors import DataDirError
 from cas.base.identity import format_node_id, load_or_create, make_certificate
 from cas.base.nodeid import ALPHABET
+from cas.content.capability import ReadCap
+from cas.node.core import Node
 from cas.peer.peers import Bootstrap
 from cas.peer.records import Address
+from cas.store import datadir
 from cas.store.datadir import prepare
 
-from .util import make_node
+from .util import Collector, make_node, sync_run
 
 
 def parse(*argv: str) -> tap.Options:
@@ -204,7 +211,7 @@ class DataDirTests(SynchronousTestCase):
         for name in ("node.key", "node.crt", "api.token"):
             self.assertEqual(stat.S_IMODE(os.stat(d.join(name)).st_mode), 0o600, name)
         with open(d.join("format-version")) as f:
-            self.assertEqual(f.read(), "1\n")
+            self.assertEqual(f.read(), "2\n")
         self.assertGreaterEqual(len(d.read_token()), 40)
 
     def test_restart_keeps_identity_and_token(self) -> None:
@@ -221,7 +228,7 @@ class DataDirTests(SynchronousTestCase):
         with open(os.path.join(path, "format-version"), "w") as f:
             f.write("7\n")
         e = self.assertRaises(DataDirError, prepare, path)
-        self.assertIn("format version '7'", str(e))
+        self.assertIn("format version '7'; this cas opens versions 1 to 2", str(e))
 
     def test_foreign_directory(self) -> None:
         path = self.mktemp()
@@ -358,3 +365,78 @@ class ApiTokenTests(SynchronousTestCase):
             self.assertEqual((code, body["error"]), (401, "unauthorized"), auth)
         code, body = self.render(site, b"/v1/nothing", f"Bearer {token}")
         self.assertEqual((code, body["error"]), (404, "not_found"))
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+class UpgradeTests(SynchronousTestCase):
+    """Format 1 to 2 on a data dir made by the code before format 2 (cas/test/fixtures/make_datadir_v1.py):
+    a stored file and a block held for another node."""
+
+    def fixture(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        shutil.copytree(os.path.join(FIXTURES, "datadir-v1"), path)
+        with open(os.path.join(path, "format-version")) as f:
+            self.assertEqual(f.read(), "1\n")
+        return path
+
+    def read(self, name: str) -> str:
+        with open(os.path.join(FIXTURES, name)) as f:
+            return f.read().strip()
+
+    def columns(self, path: str) -> list[str]:
+        db = sqlite3.connect(os.path.join(path, "index.sqlite"))
+        try:
+            return [row[1] for row in db.execute("PRAGMA table_info(holds)")]
+        finally:
+            db.close()
+
+    def test_upgrade_keeps_files_and_holds(self) -> None:
+        path = self.fixture()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node = Node(prepare(path), Clock(), run=sync_run)
+        self.addCleanup(node.stop)
+        with open(os.path.join(path, "format-version")) as f:
+            self.assertEqual(f.read(), "2\n")
+        self.assertIn("key", self.columns(path))
+        upgraded = [formatEvent(e) for e in events if "upgraded" in e.get("log_format", "")]
+        self.assertEqual(upgraded, [f"data dir {path}: format 1 upgraded to 2: blocks held for other nodes now "
+                                    "record their placement key (1 held so far, key unknown)"])
+        held = CID.parse(self.read("datadir-v1.held"))
+        self.assertTrue(node.index.is_held(held))
+        self.assertEqual(node.index.hold_keys(held), {None})
+        self.assertEqual([p for p, _f, _l in node.index.holds_of(held)], ["ab" * 32])
+        cap = ReadCap.parse(self.read("datadir-v1.key"))
+        opened: list = []
+        node.open(cap).addBoth(opened.append)
+        sink = Collector()
+        done: list = []
+        node.download(opened[0]).start(sink).addBoth(done.append)
+        self.assertEqual(sink.data, b"cas format-1 fixture: a small file stored by its owner.\n" * 100)
+        self.assertEqual((opened[0].metadata.name, opened[0].metadata.content_type), ("fixture.txt", "text/plain"))
+
+    def test_a_crash_before_the_version_file_is_harmless(self) -> None:
+        """The step ran, the version file was not written: the next start runs it again, changing nothing."""
+        path = self.fixture()
+        datadir.MIGRATIONS[1](path)
+        self.assertIn("key", self.columns(path))
+        prepare(path).release()
+        self.assertEqual(self.columns(path).count("key"), 1)
+        with open(os.path.join(path, "format-version")) as f:
+            self.assertEqual(f.read(), "2\n")
+
+    def test_a_failed_step_leaves_version_1(self) -> None:
+        path = self.fixture()
+
+        def broken(p: str) -> str:
+            raise OSError(28, "No space left on device", p)
+
+        self.patch(datadir, "MIGRATIONS", {1: broken})
+        e = self.assertRaises(DataDirError, prepare, path)
+        self.assertIn("No space left on device", str(e))
+        with open(os.path.join(path, "format-version")) as f:
+            self.assertEqual(f.read(), "1\n")
+        self.assertNotIn("key", self.columns(path))
