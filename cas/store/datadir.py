@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import secrets
+import sqlite3
 from collections.abc import Callable
 
 import attrs
@@ -191,7 +192,10 @@ def prepare(path: str) -> DataDir:
 
 def _upgrade(path: str, version_file: str, version: int) -> None:
     while version < FORMAT_VERSION:
-        what = MIGRATIONS[version](path)
+        try:
+            what = MIGRATIONS[version](path)
+        except sqlite3.Error as e:  # a damaged index: say so in one line, change nothing more
+            raise DataDirError(f"data dir {path}: cannot upgrade format {version} to {version + 1}: {e}") from None
         _write_version(version_file, version + 1)
         log.info("data dir {path}: format {old} upgraded to {new}: {what}", path=path, old=version, new=version + 1,
                  what=what)

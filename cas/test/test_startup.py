@@ -428,6 +428,15 @@ class UpgradeTests(SynchronousTestCase):
         with open(os.path.join(path, "format-version")) as f:
             self.assertEqual(f.read(), "2\n")
 
+    def test_a_damaged_index_is_one_line_and_untouched(self) -> None:
+        path = self.fixture()
+        with open(os.path.join(path, "index.sqlite"), "wb") as f:
+            f.write(b"not a database" * 100)
+        e = self.assertRaises(DataDirError, prepare, path)
+        self.assertIn("cannot upgrade format 1 to 2", str(e))
+        with open(os.path.join(path, "format-version")) as f:
+            self.assertEqual(f.read(), "1\n")
+
     def test_a_failed_step_leaves_version_1(self) -> None:
         path = self.fixture()
 
