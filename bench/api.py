@@ -1,10 +1,6 @@
 #!/usr/bin/env python
-"""The HTTP API + ``cas`` CLI against the store/read pipelines alone (bench/pipeline.py's cas children), on a real
-node process: ``cas --node D put SOURCE`` and ``cas --node D get KEY -o OUT``, checked against the source's BLAKE3.
-See bench/README.md.
-
-    .venv/bin/python bench/api.py --size 1G [--size 5G] [--repeat N] [--dir DIR] [--json OUT] [--no-prefault]
-"""
+"""The HTTP API + ``cas`` CLI on a real node process against the pipelines alone (bench/pipeline.py's cas children),
+checked against the source's BLAKE3. See bench/README.md."""
 
 from __future__ import annotations
 

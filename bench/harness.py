@@ -1,10 +1,5 @@
-"""What every benchmark in bench/ shares: options, child processes and node processes, the page cache, timing,
-RSS and CPU from /proc, host steal, the JSON result and the table. See bench/README.md.
-
-Standard library only at import time: a parent that imports Twisted or cas would raise every exec'd child's
-``ru_maxrss`` (Linux starts it at the parent's peak). Children import what they need inside their functions.
-Children are this file or a script run as ``SCRIPT --child MODE JSON`` (their arguments as one JSON object).
-"""
+"""What every benchmark in bench/ shares (see bench/README.md). Standard library only at import time: a parent that
+imports Twisted or cas would raise every exec'd child's ``ru_maxrss``. Children run as ``SCRIPT --child MODE JSON``."""
 
 from __future__ import annotations
 
@@ -506,8 +501,8 @@ class Node:
     """One ``twistd --nodaemon cas`` process, peer port and API on 127.0.0.1 (port 0 at the first start, then the
     same port again, so that a restart on the same data dir keeps its address). Its log is appended to."""
 
-    def __init__(self, name: str, data: str, extra: list[str] | None = None, twistd: list[str] | None = None) -> None:
-        self.name, self.data, self.extra, self.twistd = name, data, extra or [], twistd or []
+    def __init__(self, name: str, data: str, extra: list[str] | None = None) -> None:
+        self.name, self.data, self.extra = name, data, extra or []
         self.log_path, self.port, self.node_id = data + ".log", 0, None
         self.proc: subprocess.Popen | None = None
         self.log: Any = None
@@ -527,7 +522,7 @@ class Node:
             os.unlink(self.url_path)  # left by the previous run: wait for the new one
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.offset = self.log.tell()
-        cmd = TWISTD + self.twistd + ["cas", "--port", f"tcp:{self.port}:interface=127.0.0.1", "--api",
+        cmd = TWISTD + ["cas", "--port", f"tcp:{self.port}:interface=127.0.0.1", "--api",
                                       "tcp:0:interface=127.0.0.1", "--data-dir", self.data] + self.extra
         env = child_env()
         env["PYTHONUNBUFFERED"] = "1"  # the log line with the node id and port must reach the file at once
@@ -654,7 +649,7 @@ def identity(data: str) -> Any:
     return load_or_create(os.path.join(data, "node.key"), os.path.join(data, "node.crt"))
 
 
-def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dict[str, Any], wrap: Any = None) -> None:
+def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dict[str, Any]) -> None:
     """When the reactor runs: listen on 127.0.0.1:0 (TLS 1.3 with this identity, cas.peer.peertls) for one
     connection, then write "PORT NODEID" to ``port_file``."""
     from twisted.internet import endpoints, reactor
@@ -680,11 +675,11 @@ def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dic
         result["error"] = f"cannot listen: {f.getErrorMessage()}"
         reactor.stop()
 
-    ep = (wrap or endpoints.wrapServerTLS)(server_creator(ident), endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    ep = endpoints.wrapServerTLS(server_creator(ident), endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
     reactor.callWhenRunning(lambda: ep.listen(OneShot()).addCallbacks(ready, failed))
 
 
-def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any], wrap: Any = None) -> None:
+def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any]) -> None:
     """When the reactor runs: connect ``proto`` to "PORT@NODEID" on 127.0.0.1 over TLS (that key pinned)."""
     from twisted.internet import endpoints, reactor
 
@@ -697,34 +692,9 @@ def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any], wrap: Any
         result["error"] = f"cannot connect to 127.0.0.1:{port}: {f.getErrorMessage()}"
         reactor.stop()
 
-    ep = (wrap or endpoints.wrapClientTLS)(client_creator(ident, parse_node_id(nid)),
-                                           endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), timeout=10))
+    ep = endpoints.wrapClientTLS(client_creator(ident, parse_node_id(nid)),
+                                 endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), timeout=10))
     reactor.callWhenRunning(lambda: endpoints.connectProtocol(ep, proto).addErrback(failed))
-
-
-def run_reactor(a: argparse.Namespace, name: str) -> None:
-    """reactor.run(), under cProfile with ``a.profile`` (bench/peers.py --profile DIR: stats to DIR/NAME.prof)."""
-    from twisted.internet import reactor
-
-    if not getattr(a, "profile", None):
-        return reactor.run()
-    import cProfile
-
-    prof = cProfile.Profile()
-    try:
-        prof.runcall(reactor.run)
-    finally:
-        os.makedirs(a.profile, exist_ok=True)
-        prof.dump_stats(os.path.join(a.profile, f"{name}.prof"))
-
-
-def tls_wrap(kind: str, server: bool) -> Any:
-    """The baselines' TLS layer: Twisted's TLSMemoryBIOProtocol (None: the default) or cas's PeerTLSProtocol."""
-    if kind != "cas":
-        return None
-    from cas.peer.peertls import wrap_client, wrap_server
-
-    return wrap_server if server else wrap_client
 
 
 def child_serve(a: argparse.Namespace) -> None:
@@ -789,8 +759,8 @@ def child_serve(a: argparse.Namespace) -> None:
             result["blocks_sent"], result["complete"] = self.i, self.finished
             reactor.callLater(0, reactor.stop)
 
-    listen_once(a.port_file, identity(a.data), Streamer, result, tls_wrap(a.tls, True))
-    run_reactor(a, "serve")
+    listen_once(a.port_file, identity(a.data), Streamer, result)
+    reactor.run()
     if not result.get("complete"):
         raise SystemExit(f"serve: the stream did not complete ({result.get('blocks_sent', 0)} blocks sent) "
                          f"{result.get('error', '')}")

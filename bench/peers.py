@@ -1,11 +1,6 @@
 #!/usr/bin/env python
-"""GET_BLOCK streaming from a node process to a receiver over the peer protocol (TLS 1.3 on loopback), against a
-bare Twisted TLS stream of the same block files between two processes (as is, with cas's allocator settings, and
-with BLAKE3 on receipt). See bench/README.md.
-
-    .venv/bin/python bench/peers.py --size 1G [--size 5G] [--repeat N] [--window 8] [--dir DIR] [--json OUT]
-                                    [--no-hash-baseline] [--profile DIR]
-"""
+"""GET_BLOCK from a node process over the peer protocol against a bare Twisted TLS stream of the same block files
+(as is, with cas's allocator settings, with BLAKE3 on receipt). See bench/README.md."""
 
 from __future__ import annotations
 
@@ -135,7 +130,7 @@ def child_recv0(a: argparse.Namespace) -> None:
             reactor.callLater(0, reactor.stop)
 
     harness.dial(a.contact, prepare(a.recv_data).identity(), Counter(), result)
-    harness.run_reactor(a, "recv0-hash" if a.hash else "recv0")
+    reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"recv0: {result.get('error', 'no result')}")
     result["blocks"] = len(digests)
@@ -193,7 +188,7 @@ def child_recv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(lambda: pm.dial(Address("tcp", "127.0.0.1", a.port).endpoint(reactor, timeout=10), expected)
                             .addCallbacks(connected, lambda f: finish(f"cannot connect: {f.getErrorMessage()}")))
-    harness.run_reactor(a, "recv")
+    reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"recv: {result.get('error', 'no result')}")
     if result["bytes"] != len(cids) * BLOCK:
@@ -212,7 +207,7 @@ def receive(mode: str, work: str, name: str, setup: dict[str, Any], a: argparse.
     """A receiver child to completion (page cache as --cache, host steal), with ``sender``'s CPU, faults and disk
     reads over its whole life (from /proc) when the sender is a node."""
     with harness.timed_phase(a) as phase, harness.Watch(sender) as watch:
-        r = harness.run_child(__file__, mode, work, name, setup["timeout"], profile=a.profile,
+        r = harness.run_child(__file__, mode, work, name, setup["timeout"],
                               recv_data=setup["recv_data"], cids=setup["cids"], **kw)
     r.update(phase)
     r.update({f"recv_{k}": r.pop(k) for k in ("cpu_user_seconds", "cpu_sys_seconds", "minor_faults", "wait4_ru_maxrss_mib",
@@ -233,8 +228,7 @@ def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bo
     with ``tuned`` both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
     name = ("bare-b3" if hashing else "bare") + ("-tuned" if tuned else "")
     server, contact, out, err = harness.start_server(harness.__file__, "serve", work, f"{name}-serve", data=setup["data"],
-                                                     paths=setup["paths"], tune=tuned, tls="twisted",
-                                                     profile=a.profile)
+                                                     paths=setup["paths"], tune=tuned)
     try:
         r = receive("recv0", work, f"{name}-recv", setup, a, {}, contact=contact, hash=hashing, tune=tuned)
     finally:
@@ -247,8 +241,7 @@ def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bo
 
 def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str, Any]:
     """A real node S (twistd) on the block data dir, and the receiver R dialling it."""
-    twistd = ["--profile", os.path.join(a.profile, "node.prof"), "--profiler", "cprofile", "--savestats"] if a.profile else []
-    node = harness.Node("S", setup["data"], twistd=twistd)
+    node = harness.Node("S", setup["data"])
     node.log_path = os.path.join(work, "node.log")
     try:
         node.start()
@@ -348,7 +341,6 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
 
 def run(a: argparse.Namespace) -> None:
     a.window = max(1, a.window)
-    a.profile = os.path.abspath(a.profile) if a.profile else None
     harness.require_room(a.dir, max(a.size) // MiB * BLOCK + 512 * MiB)  # one block store at a time, logs, data dirs
     env = harness.environment()
     results = [bench_size(size, a) for size in a.size]
@@ -365,5 +357,4 @@ if __name__ == "__main__":
     p.add_argument("--window", type=int, default=8, help="GET_BLOCK requests in flight (default 8)")
     p.add_argument("--no-hash-baseline", dest="hash_baseline", action="store_false",
                    help="skip the bare TLS + BLAKE3 variant (shown for context)")
-    p.add_argument("--profile", help="cProfile every receiver, the bare server and the node (twistd --profile) into DIR")
     harness.main(p, CHILDREN, run)

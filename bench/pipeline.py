@@ -1,9 +1,6 @@
 #!/usr/bin/env python
-"""cas store/read pipelines (``Node.put_path``; ``Node.open`` + ``Node.download``) against a plain loop doing the
-same work with the same durability. Each operation runs in a fresh child process. See bench/README.md.
-
-    .venv/bin/python bench/pipeline.py --size 1G [--size 5G] [--repeat N] [--dir DIR] [--json OUT] [--threads 4]
-"""
+"""cas store/read pipelines (``Node.put_path``; ``Node.open`` + ``Node.download``) against a plain loop with the same
+durability, each operation in a fresh child process. See bench/README.md."""
 
 from __future__ import annotations
 
@@ -182,8 +179,7 @@ def _cas_child(a: argparse.Namespace, op: Any) -> None:
     result: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        opts = {k: v for k, v in (("workers", a.cas_workers), ("window", a.cas_window)) if v}
-        node = Node(prepare(a.data), reactor, **opts)
+        node = Node(prepare(a.data), reactor)
         node.start()
         try:
             st = begin(a)
@@ -272,8 +268,7 @@ CHILDREN = {"loop-put": child_loop_put, "loop-get": child_loop_get, "put": child
 
 def run_op(mode: str, size: int, work: str, name: str, a: argparse.Namespace, **kw: Any) -> dict[str, Any]:
     """One operation in a fresh child (also used by bench/api.py), the page cache as ``--cache`` says."""
-    kw = {"size": size, "prefault": 0 if a.no_prefault else size + 64 * MiB, "cas_workers": getattr(a, "cas_workers", 0),
-          "cas_window": getattr(a, "cas_window", 0), **kw}
+    kw = {"size": size, "prefault": 0 if a.no_prefault else size + 64 * MiB, **kw}
     with harness.timed_phase(a) as phase:
         r = harness.run_child(__file__, mode, work, name, **kw)
     r.update(phase)
@@ -369,10 +364,9 @@ def run(a: argparse.Namespace) -> None:
                     print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
                 rounds.append(one_round(size, work if n == 0 or not a.keep else os.path.join(work, f"r{n}"), src, s, a))
             results.append({"size": size, "source_blake3": s["blake3"], "rounds": rounds, "summary": summarise(rounds)})
-    knobs = " ".join(f"{k}={v}" for k, v in (("workers", a.cas_workers), ("window", a.cas_window)) if v)
     harness.finish(a, "pipeline", env, [
         f"cas pipeline benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
-        f"round(s), page cache {a.cache}{', cas ' + knobs if knobs else ''}",
+        f"round(s), page cache {a.cache}",
         f"targets: cas >= {TARGET_RATIO:.0%} of the 1-thread loop both ways; cas peak RSS < {TARGET_RSS_MIB} MiB; "
         "MiB/s from the operation's start inside its process, e2e from the process's spawn (warm-up excluded)"],
         table(results, a), {"targets": {"ratio_vs_loop": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB}, "sizes": results})
@@ -382,8 +376,6 @@ def parser() -> argparse.ArgumentParser:
     p = harness.parser("cas pipeline benchmark: cas put/get against a plain loop")
     p.add_argument("--threads", type=int, default=4, help="threads of the threaded loop baseline (default 4)")
     p.add_argument("--inflight", type=int, default=0, help="segments in flight in the threaded loop (default 2 x threads)")
-    p.add_argument("--cas-workers", type=int, default=0, help="experiment: Node(workers=N) (default: cas's default)")
-    p.add_argument("--cas-window", type=int, default=0, help="experiment: Node(window=N) (default: cas's default)")
     p.add_argument("--no-prefault", action="store_true", help="no memory warm-up (untimed) before each operation")
     return p
 

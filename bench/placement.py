@@ -1,14 +1,6 @@
 #!/usr/bin/env python
-"""Balance and movement of rendezvous placement (cas/network/placement.py), for docs/placement.md.
-
-For 100,000 stripes over 10, 100 and 1,000 nodes (random node ids, fixed seed), with 3 replicas:
-- balance: stripes held per node (min, max, standard deviation, max/mean), and as first holder;
-- movement when one node joins, and when one node leaves: the share of stripes whose holder set changes,
-  against the ideal (a joiner takes 3/(n+1) of the stripe-replicas; a leaver frees 3/n).
-
-Pure computation, no network, both cores (one process per node count):
-``.venv/bin/python bench/placement.py [--stripes N] [--nodes 10,100,1000] [--json OUT]``.
-"""
+"""Balance and movement of rendezvous placement (cas/network/placement.py), for docs/placement.md: pure computation,
+one process per node count. See bench/README.md."""
 
 from __future__ import annotations
 

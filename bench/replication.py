@@ -1,17 +1,6 @@
 #!/usr/bin/env python
-"""Putting and getting files on a network of real node processes, against the same work without cas's protocol.
-See bench/README.md, "bench/replication.py", for what each phase does and how it is timed.
-
-    .venv/bin/python bench/replication.py --size 100M [--size 1G] [--repeat N] [--dir DIR] [--json OUT] [--keep]
-        [--concurrent 8] [--concurrent-size 64M] [--baseline-tls twisted|cas] [--baseline-threads 1] [--window 8]
-        [--no-verify] [--cache cold|warm] [--gossip-interval S] [--only cas|base]
-
-- cas put: 4 fresh ``twistd cas`` nodes (n0 origin, n1-n3 hold every block), ``cas --node n0 put``;
-- cas get: the 4 restarted and a fresh n4 joined, ``cas --node n4 get -o /dev/null`` (n4 fetches every block);
-- baseline put: a sender sealing, hashing and storing each segment durably, streaming it over TLS to 3 receivers
-  that check and store it the same way; baseline get: the block files streamed over TLS to a reader that checks
-  and decrypts them; concurrent puts: K ``cas put`` at once on n0.
-"""
+"""cas put/get on a network of real node processes against the same work over bare TLS, and K concurrent puts.
+See bench/README.md, "bench/replication.py", for each phase and how it is timed."""
 
 from __future__ import annotations
 
@@ -153,7 +142,7 @@ def child_brecv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    harness.listen_once(a.port_file, ident, Receiver, result, harness.tls_wrap(a.baseline_tls, True))
+    harness.listen_once(a.port_file, ident, Receiver, result)
     reactor.run()
     if "error" in result:
         raise SystemExit(f"brecv: {result['error']}")
@@ -184,7 +173,7 @@ def child_bsend(a: argparse.Namespace) -> None:
     sizes, links, paused = [0] * nseg, [], set()
     ready: deque[tuple[bytes, bytes]] = deque()  # sealed and stored, not yet written to the streams
     st: dict[str, Any] = {"next": 0, "inflight": 0, "sent": 0, "acks": 0, "lost": 0, "finished": False, "pumping": False}
-    result.update(bytes=size, blocks=nseg, receivers=len(peers), window=a.window, threads=a.threads, tls=a.baseline_tls)
+    result.update(bytes=size, blocks=nseg, receivers=len(peers), window=a.window, threads=a.threads)
 
     def work(i: int) -> tuple[int, bytes, bytes]:
         last = i == nseg - 1
@@ -284,7 +273,7 @@ def child_bsend(a: argparse.Namespace) -> None:
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     for contact in peers:
-        harness.dial(contact, ident, Link(), result, harness.tls_wrap(a.baseline_tls, False))
+        harness.dial(contact, ident, Link(), result)
     reactor.run()
     os.close(fd)
     if "error" in result or "seconds" not in result:
@@ -309,7 +298,6 @@ def child_bfetch(a: argparse.Namespace) -> None:
     digests, sizes = [bytes.fromhex(h) for h in lst["blocks"]], lst["sizes"]
     aead, n = AESGCM(bytes.fromhex(lst["key"])), len(digests)
     whole = memoryview(bytearray(max(sizes) if sizes else 0))
-    result["tls"] = a.baseline_tls
 
     @implementer(IHandshakeListener)
     class Reader(Protocol):
@@ -354,7 +342,7 @@ def child_bfetch(a: argparse.Namespace) -> None:
                 result["error"] = f"got {self.i} of {n} blocks: {reason.getErrorMessage() if reason else '?'}"
             reactor.callLater(0, reactor.stop)
 
-    harness.dial(a.peers, harness.identity(a.data), Reader(), result, harness.tls_wrap(a.baseline_tls, False))
+    harness.dial(a.peers, harness.identity(a.data), Reader(), result)
     reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"bfetch: {result.get('error', 'no result')}")
@@ -503,7 +491,7 @@ def start_server(mode: str, a: argparse.Namespace, work: str, name: str, **kw: A
 
 
 def base_kw(a: argparse.Namespace) -> dict[str, Any]:
-    return {"baseline_tls": a.baseline_tls, "window": a.window, "threads": a.baseline_threads}
+    return {"window": a.window, "threads": a.baseline_threads}
 
 
 def base_phase(mode: str, a: argparse.Namespace, bdir: str, name: str, size: int, **kw: Any) -> dict[str, Any]:
@@ -540,7 +528,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         with open(lst) as f, open(os.path.join(bdir, "paths.txt"), "w") as p:
             p.write("\n".join(pipeline.LoopStore.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
         proc, contact, o, e = harness.start_server(harness.__file__, "serve", bdir, "serve", data=sender,
-                                                   paths=os.path.join(bdir, "paths.txt"), tune=True, tls=a.baseline_tls)
+                                                   paths=os.path.join(bdir, "paths.txt"), tune=True)
         servers = [proc]
         get = base_phase("bfetch", a, bdir, "fetch", size, data=recv_dirs[0], list=lst, peers=contact)
         get["server"] = harness.finish_server(proc, o, e, "the baseline block server")
@@ -744,8 +732,6 @@ def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
             os.makedirs(rwork, exist_ok=True)
             rows: dict[str, Any] = {}
             for side in (("cas", "base") if cas_first else ("base", "cas")):
-                if a.only and side != a.only:
-                    continue
                 rows.update(cas_round(size, src, s, rwork, a, verify=a.verify and n == 0) if side == "cas"
                             else base_round(size, src, rwork, a))
             rounds.append(rows)
@@ -783,7 +769,7 @@ def run(a: argparse.Namespace) -> None:
     text, judged = table(results, conc, a)
     harness.finish(a, "replication", env, [
         f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s), "
-        f"{NODES} nodes, replicas {REPLICAS}, baseline TLS {a.baseline_tls}, page cache at each phase's start: {a.cache}, "
+        f"{NODES} nodes, replicas {REPLICAS}, page cache at each phase's start: {a.cache}, "
         f"baseline threads {a.baseline_threads}",
         f"targets: cas put and get >= {TARGET_RATIO:.0%} of the baseline (cas timed from the CLI's request, as the baselines "
         f"from theirs; e2e: cas from the CLI's spawn, not judged; e2e MiB/s: both sides from their command's spawn); every "
@@ -799,12 +785,9 @@ if __name__ == "__main__":
     p = harness.parser("cas put/get across 4 node processes against the same work over bare TLS", cache="cold")
     p.add_argument("--concurrent", type=int, default=8, help="concurrent cas put processes (default 8; 0 skips the phase)")
     p.add_argument("--concurrent-size", type=harness.parse_size, default=64 * MiB, help="each concurrent file (default 64M)")
-    p.add_argument("--baseline-tls", choices=("twisted", "cas"), default="twisted",
-                   help="the baselines' TLS layer: Twisted's TLSMemoryBIOProtocol (default) or cas's PeerTLSProtocol")
     p.add_argument("--baseline-threads", type=int, default=1, help="worker threads per baseline process (default 1)")
     p.add_argument("--window", type=int, default=8, help="blocks in flight in the baseline put (default 8, as Node.window)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the untimed read-back (cas get -o - into BLAKE3) in each size's first round")
-    p.add_argument("--only", choices=("cas", "base"), default=None, help="experiments: one side only (no ratios then)")
     p.add_argument("--gossip-interval", type=float, default=None, help="passed to the nodes (default: cas's own)")
     harness.main(p, CHILDREN, run)
