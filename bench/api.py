@@ -21,14 +21,6 @@ ROWS = (("pipeline_put", "pipeline put (no HTTP)"), ("api_put", "API put (cas pu
         ("pipeline_get", "pipeline get (no HTTP)"), ("api_get", "API get (cas get -o)"))
 
 
-def say(label: str, r: dict[str, Any]) -> None:
-    print(f"  {label:<13} {r['mib_s']:8.1f} MiB/s {r['request_seconds']:6.2f} s from the request ({r['start_seconds']:.2f} s "
-          f"from the start, {r['mib_s_end_to_end']:.1f} MiB/s)  node RSS {r['node_peak_rss_mib']:6.1f} MiB  client RSS "
-          f"{r['cli_peak_rss_mib']:5.1f} MiB (ru_maxrss {r['cli_ru_maxrss_mib']:.1f}, sampled {r['cli_vmhwm_sampled_mib'] or 0:.1f})"
-          f"  CPU node {r['node_cpu_s_per_gib']:.2f} + client {r['cli_cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}"
-          f"  steal {r['steal_share'] or 0:.0%}", file=sys.stderr)
-
-
 def pipeline_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Namespace) -> dict[str, Any]:
     """The baseline: the pipelines alone, no HTTP (pipeline.py's cas ``put`` and ``get`` children)."""
     data, key, out = os.path.join(work, "pipeline-data"), os.path.join(work, "pipeline.key"), os.path.join(work, "out.bin")
@@ -61,7 +53,8 @@ def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int,
              node_disk_write_mib=n["disk_write_mib"], cli_cpu_seconds=r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"])
     r.update(node_cpu_s_per_gib=n["cpu_seconds"] / gib, cli_cpu_s_per_gib=r["cli_cpu_seconds"] / gib,
              cpu_s_per_gib=(n["cpu_seconds"] + r["cli_cpu_seconds"]) / gib)
-    say(name, r)
+    harness.say(name, r, "request_seconds", "start_seconds", "node_peak_rss_mib", "cli_peak_rss_mib", "node_cpu_s_per_gib",
+                "cli_cpu_s_per_gib")
     harness.settle()
     return r
 

@@ -101,6 +101,17 @@ def render(cols: list[tuple[str, int]], groups: list[list[list[str]]]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def say(label: str, r: dict[str, Any], *keys: str, **extra: Any) -> None:
+    """A progress line on stderr: both rates, the figures ``keys`` of ``r`` and ``extra``, load and host steal."""
+    def f(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else " ".join(f"{k} {x:.0f}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+    figs = {**{k: r.get(k) for k in keys}, **extra}
+    print(f"  {label:<22} {r['mib_s']:8.1f} MiB/s (e2e {f(r.get('mib_s_end_to_end', '-'))})  "
+          + "  ".join(f"{k} {f(v)}" for k, v in figs.items() if v is not None)
+          + f"  load {r.get('loadavg_before')}  steal {r.get('steal_share') or 0:.0%}", file=sys.stderr)
+
+
 def ok(b: bool | None, yes: str = "ok") -> str:
     return "n/a" if b is None else (yes if b else "MISSED")
 

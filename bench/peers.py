@@ -259,11 +259,8 @@ def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str,
 
 def say(name: str, r: dict[str, Any]) -> dict[str, Any]:
     r["send_cpu_s_per_gib"] = r["send_cpu_seconds"] / (r["bytes"] / GiB)
-    print(f"  {name:<8} {r['mib_s']:8.1f} MiB/s {r['seconds']:6.2f} s (e2e {r['mib_s_end_to_end']:.1f} MiB/s)  recv RSS "
-          f"{r['recv_peak_rss_mib']:5.1f} MiB (ru_maxrss {r['recv_ru_maxrss_mib']:.1f}, sampled {r['recv_vmhwm_sampled_mib'] or 0:.1f}, "
-          f"end {r['recv_vmhwm_end_mib'] or 0:.1f})  send RSS {r.get('send_peak_rss_mib') or 0:5.1f} MiB  CPU s/GiB recv "
-          f"{r['recv_cpu_s_per_gib']:.2f} send {r['send_cpu_s_per_gib']:.2f}  send disk rd {r.get('send_disk_read_mib') or 0:.0f} "
-          f"MiB  load {r['loadavg_before']}  steal {r['steal_share'] or 0:.0%}", file=sys.stderr)
+    harness.say(name, r, "seconds", "recv_peak_rss_mib", "send_peak_rss_mib", "recv_cpu_s_per_gib", "send_cpu_s_per_gib",
+                "send_disk_read_mib")
     return r
 
 

@@ -272,11 +272,7 @@ def run_op(mode: str, size: int, work: str, name: str, a: argparse.Namespace, **
     with harness.timed_phase(a) as phase:
         r = harness.run_child(__file__, mode, work, name, **kw)
     r.update(phase)
-    print(f"  {name:<22} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s (e2e {r['mib_s_end_to_end']:.1f} MiB/s)  peak RSS "
-          f"{r['peak_rss_mib']:6.1f} MiB  CPU {r.get('cpu_s_per_gib', 0):5.2f} s/GiB (sys {r.get('cpu_sys_seconds', 0):.2f} s)"
-          f"  faults {r.get('minor_faults', 0) / max(1, r['bytes'] / MiB):5.0f}/MiB  disk read "
-          f"{r.get('disk_read_bytes_mib') or 0:4.0f} MiB  load {r['loadavg_before']}  steal {r['steal_share'] or 0:.0%}",
-          file=sys.stderr)
+    harness.say(name, r, "seconds", "peak_rss_mib", "cpu_s_per_gib", "cpu_sys_seconds", "disk_read_bytes_mib")
     harness.settle()
     return r
 

@@ -462,7 +462,7 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         if verify:
             get["verified"] = verify_get(reader, ans["key"], s, cdir, run_timeout(size))
         get["logs"] = {n.name: n.stop("during the get") for n in nodes}
-        say_cas("cas get", get, verified=get.get("verified"))
+        say_cas("cas get", get)
         return {"cas_put": put, "cas_get": get}
     finally:
         network_down(nodes, cdir, a)
@@ -606,34 +606,12 @@ def node_peaks(r: dict[str, Any]) -> dict[str, float]:
     return {k: v["peak_rss_mib"] for k, v in r["nodes"].items() if not k.startswith("_")}
 
 
-def _tail(r: dict[str, Any]) -> str:
-    """Load, host steal, the page cache at the start and, for a get, how much the serving side read from the disk."""
-    out = f"  load {r['loadavg_before']}" + ("" if r.get("steal_share") is None else f"  host steal {r['steal_share']:.0%}")
-    if "server" in r:
-        return out + f"  cache {r['cache']}, served {r['server'].get('served_disk_read_mib', 0.0):.0f} MiB from disk"
-    if f"n{NODES}" in r.get("nodes", {}):  # a cas get: n4 reads, n0-n3 serve
-        mib = sum(v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}")
-        return out + f"  cache {r['cache']}, served {mib:.0f} MiB from disk"
-    return out + f"  cache {r['cache']}"
-
-
-def say_cas(label: str, r: dict[str, Any], verified: str | None = None) -> None:
-    if "transfer_seconds" in r:
-        timing = (f"{r['transfer_seconds']:7.2f} s from the request ({r['seconds']:.2f} s from the spawn, "
-                  f"{r['mib_s_end_to_end']:.1f} MiB/s)")
-    else:  # the concurrent puts: from the first spawn to the last exit
-        timing = f"{r['seconds']:7.2f} s from the first spawn to the last exit"
-    print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {timing}  node RSS " + " ".join(f"{k} {v:.1f}" for k, v in node_peaks(r).items())
-          + f"  CLI RSS {r['cli_peak_rss_mib']:.1f} MiB  CPU nodes+CLI {r['cpu_s_per_gib']:.2f} s/GiB" + _tail(r)
-          + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""), file=sys.stderr)
+def say_cas(label: str, r: dict[str, Any]) -> None:
+    harness.say(label, r, "seconds", "transfer_seconds", "cli_peak_rss_mib", "cpu_s_per_gib", "verified", nodes=node_peaks(r))
 
 
 def say_base(label: str, r: dict[str, Any]) -> None:
-    extra = (f"  receivers RSS {r['recv_peak_rss_mib']:.1f} MiB" if "receivers" in r
-             else f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB")
-    print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s (from the spawn {r['process_seconds']:.2f} s, "
-          f"{r['mib_s_end_to_end']:.1f} MiB/s)  RSS {r['peak_rss_mib']:.1f} MiB{extra}  CPU all processes "
-          f"{r['cpu_s_per_gib']:.2f} s/GiB" + _tail(r), file=sys.stderr)
+    harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib")
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
