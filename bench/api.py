@@ -139,24 +139,15 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
 def run(a: argparse.Namespace) -> None:
     # source + one store (pipeline's, then the node's) + one read-back at a time; --keep keeps every node's store
     harness.require_room(a.dir, max(a.size) * (3 + (a.repeat if a.keep else 0)) + 512 * MiB)
-    env, results = harness.environment(), []
-    for size in a.size:
-        with harness.workdir(a, f"api-{harness.fmt_size(size)}") as work:
-            src = os.path.join(work, "source.bin")
-            s = harness.make_source(size, src)
-            rounds = []
-            for n in range(a.repeat):
-                api_first = n % 2 == 1  # alternate, so that drift (other work, page cache) favours neither side
-                if a.repeat > 1:
-                    print(f" round {n + 1}/{a.repeat}{' (API first)' if api_first else ''}", file=sys.stderr)
-                rwork = work if not a.keep else os.path.join(work, f"r{n}")
-                os.makedirs(rwork, exist_ok=True)
-                rows: dict[str, Any] = {}
-                for side in ((api_ops, pipeline_ops) if api_first else (pipeline_ops, api_ops)):
-                    rows.update(side(size, rwork, s, src, a))
-                rounds.append(rows)
-            results.append({"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
-                            "summary": summarise(rounds)})
+    env = harness.environment()
+
+    def one_round(size: int, work: str, src: str, s: dict[str, Any], n: int) -> dict[str, Any]:
+        rows: dict[str, Any] = {}  # alternate, so that drift (other work, page cache) favours neither side
+        for side in ((api_ops, pipeline_ops) if n % 2 else (pipeline_ops, api_ops)):
+            rows.update(side(size, work, s, src, a))
+        return rows
+
+    results = harness.bench_sizes(a, "api", one_round, summarise)
     harness.finish(a, "api", env, [
         f"cas API + CLI benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s), "
         f"page cache {a.cache}",

@@ -193,27 +193,27 @@ def reset_peak_rss(pid: int) -> bool:
     """Reset a process's VmHWM to its current RSS (Linux >= 4.0). False if refused."""
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
+            return f.write("5") > 0
     except OSError:
         return False
 
 
-def loadavg() -> float | None:
+def first_line(path: str) -> list[str]:
     try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
+        with open(path) as f:
+            return f.readline().split()
     except OSError:
-        return None
+        return []
+
+
+def loadavg() -> float | None:
+    x = first_line("/proc/loadavg")
+    return float(x[0]) if x else None
 
 
 def cpu_ticks() -> tuple[int, int]:
     """(stolen, all) jiffies of the machine so far (/proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            x = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
+    x = [int(v) for v in first_line("/proc/stat")[1:]]
     return (x[7] if len(x) > 7 else 0), sum(x[:8])
 
 
@@ -385,37 +385,24 @@ def wait_file(path: str, proc: subprocess.Popen, what: str, log: str) -> None:
 
 
 def wait_sampled(proc: subprocess.Popen, t0: float, timeout: float | None = None) -> tuple[Any, dict[str, float], float]:
-    """Reap ``proc`` with ``wait4`` while a thread samples its VmHWM every 20 ms; kill it past ``timeout``
+    """Reap ``proc`` with ``wait4`` while a ``Watch`` samples its VmHWM every 20 ms; kill it past ``timeout``
     seconds or if we are interrupted. Returns (rusage, {"hwm": MiB, "n": samples}, seconds since ``t0``)."""
-    samples, done = {"hwm": 0.0, "n": 0}, threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            hwm = _fields(f"/proc/{proc.pid}/status", ("VmHWM:",), 1024).get("VmHWM")
-            if hwm is not None:
-                samples["hwm"], samples["n"] = max(samples["hwm"], hwm), samples["n"] + 1
-            done.wait(SAMPLE_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    killer = threading.Timer(timeout, proc.kill) if timeout else None
-    if killer is not None:
-        killer.start()
-    try:
-        _pid, status, ru = os.wait4(proc.pid, 0)
-    except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        if killer is not None:
+    killer = threading.Timer(timeout or 0, proc.kill)
+    with Watch({"c": proc.pid}, reset=False) as w:
+        if timeout:
+            killer.start()
+        try:
+            _pid, status, ru = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
             killer.cancel()
-        dt = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        LIVE.discard(proc)
+            dt = time.perf_counter() - t0
+            LIVE.discard(proc)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
-    return ru, samples, dt
+    return ru, {"hwm": w.hwm["c"], "n": w.n}, dt
 
 
 def child_cmd(script: str, mode: str, **kw: Any) -> list[str]:
@@ -885,6 +872,25 @@ def workdir(a: argparse.Namespace, name: str) -> Iterator[str]:
         else:
             shutil.rmtree(work, ignore_errors=True)
         settle()
+
+
+def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dict[str, Any]],
+                summarise: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per ``--size``: a work dir, the random source, ``--repeat`` rounds of ``one_round(size, WORK/rN, src, source,
+    n)`` (its rows), summarised."""
+    out = []
+    for size in a.size:
+        with workdir(a, f"{script}-{fmt_size(size)}") as work:
+            src = os.path.join(work, "source.bin")
+            s, rounds = make_source(size, src), []
+            for n in range(a.repeat):
+                if a.repeat > 1:
+                    print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
+                os.makedirs(rwork := os.path.join(work, f"r{n}"), exist_ok=True)
+                rounds.append(one_round(size, rwork, src, s, n))
+            out.append({"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
+                        "summary": summarise(rounds)})
+    return out
 
 
 def finish(a: argparse.Namespace, script: str, env: dict[str, Any], header: list[str], text: str,

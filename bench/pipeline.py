@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import time
 from typing import Any
 
@@ -349,17 +348,8 @@ def run(a: argparse.Namespace) -> None:
     a.inflight = a.inflight or 2 * a.threads
     # source + loop store + cas store + one read-back at a time (the threaded store is removed before cas put)
     harness.require_room(a.dir, max(a.size) * 4 * (a.repeat if a.keep else 1) + 256 * MiB)
-    env, results = harness.environment(), []
-    for size in a.size:
-        with harness.workdir(a, f"pipeline-{harness.fmt_size(size)}") as work:
-            src = os.path.join(work, "source.bin")
-            s = harness.make_source(size, src)
-            rounds = []
-            for n in range(a.repeat):
-                if a.repeat > 1:
-                    print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
-                rounds.append(one_round(size, work if n == 0 or not a.keep else os.path.join(work, f"r{n}"), src, s, a))
-            results.append({"size": size, "source_blake3": s["blake3"], "rounds": rounds, "summary": summarise(rounds)})
+    env = harness.environment()
+    results = harness.bench_sizes(a, "pipeline", lambda size, work, src, s, n: one_round(size, work, src, s, a), summarise)
     harness.finish(a, "pipeline", env, [
         f"cas pipeline benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
         f"round(s), page cache {a.cache}",

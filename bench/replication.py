@@ -697,24 +697,12 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
 # -- driver ------------------------------------------------------------------------------------------------------------
 
 
-def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
-    with harness.workdir(a, f"replication-{harness.fmt_size(size)}") as work:
-        src = os.path.join(work, "source.bin")
-        s = harness.make_source(size, src)
-        rounds = []
-        for n in range(a.repeat):
-            cas_first = n % 2 == 1
-            if a.repeat > 1:
-                print(f" round {n + 1}/{a.repeat}{' (cas first)' if cas_first else ''}", file=sys.stderr)
-            rwork = os.path.join(work, f"r{n}")
-            os.makedirs(rwork, exist_ok=True)
-            rows: dict[str, Any] = {}
-            for side in (("cas", "base") if cas_first else ("base", "cas")):
-                rows.update(cas_round(size, src, s, rwork, a, verify=a.verify and n == 0) if side == "cas"
-                            else base_round(size, src, rwork, a))
-            rounds.append(rows)
-        return {"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
-                "summary": summarise(rounds)}
+def one_round(size: int, work: str, src: str, s: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
+    for side in (("cas", "base") if n % 2 else ("base", "cas")):
+        rows.update(cas_round(size, src, s, work, a, verify=a.verify and n == 0) if side == "cas"
+                    else base_round(size, src, work, a))
+    return rows
 
 
 def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
@@ -742,7 +730,7 @@ def run(a: argparse.Namespace) -> None:
         need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
     harness.require_room(a.dir, need)
     env = harness.environment()
-    results = [bench_size(size, a) for size in a.size]
+    results = harness.bench_sizes(a, "replication", lambda *x: one_round(*x, a), summarise)
     conc = bench_concurrent(a) if a.concurrent else None
     text, judged = table(results, conc, a)
     harness.finish(a, "replication", env, [
