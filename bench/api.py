@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Any
 
@@ -30,11 +29,7 @@ def pipeline_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.
         harness.check(get, s, "pipeline get")
         return {"pipeline_put": put, "pipeline_get": get}
     finally:
-        shutil.rmtree(data, ignore_errors=True)
-        for f in (key, out):
-            if os.path.exists(f):
-                os.unlink(f)
-        harness.settle()
+        pipeline.clean(data, key, out)
 
 
 def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int, a: argparse.Namespace,
@@ -85,11 +80,7 @@ def api_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Names
         return {"api_put": put, "api_get": get}
     finally:
         node.stop()
-        if not a.keep:
-            shutil.rmtree(node.data, ignore_errors=True)
-        if os.path.exists(out):
-            os.unlink(out)
-        harness.settle()
+        pipeline.clean(*([] if a.keep else [node.data]), out)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:

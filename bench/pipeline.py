@@ -25,15 +25,12 @@ ROWS = (("loop_put", "loop put (1 thread)"), ("loop_put_threaded", "loop put ({t
 # block, one file per block under blocks/<aa>/<bb>/ written to tmp/, fsynced, renamed, shard directory fsynced (new
 # shard directories made durable as cas.store.blockstore does); the block list written durably at the end.
 
-_SEGMENT_AD = b"cas/segment/v1"
-
-
 def _nonce(index: int, last: bool) -> bytes:
     return struct.pack(">QB3x", index, 1 if last else 0)
 
 
 def _ad(index: int, last: bool) -> bytes:
-    return _SEGMENT_AD + struct.pack(">QB", index, 1 if last else 0)
+    return b"cas/segment/v1" + struct.pack(">QB", index, 1 if last else 0)
 
 
 def fsync_dir(path: str) -> None:
@@ -44,21 +41,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def block_path(root: str, hexdigest: str) -> str:
+    return os.path.join(root, "blocks", hexdigest[0:2], hexdigest[2:4], hexdigest)
+
+
 class LoopStore:
     def __init__(self, root: str) -> None:
         self.root, self.blocks, self.tmp = root, os.path.join(root, "blocks"), os.path.join(root, "tmp")
         os.makedirs(self.blocks, exist_ok=True)
         os.makedirs(self.tmp, exist_ok=True)
 
-    @staticmethod
-    def block_path(root: str, hexdigest: str) -> str:
-        return os.path.join(root, "blocks", hexdigest[0:2], hexdigest[2:4], hexdigest)
-
-    def path(self, hexdigest: str) -> str:
-        return self.block_path(self.root, hexdigest)
-
     def put(self, hexdigest: str, block: bytes, tag: str) -> None:
-        tmp = os.path.join(self.tmp, f"{hexdigest}.{tag}")
+        tmp, path = os.path.join(self.tmp, f"{hexdigest}.{tag}"), block_path(self.root, hexdigest)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(block)
@@ -67,7 +61,7 @@ class LoopStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        shard = os.path.dirname(self.path(hexdigest))
+        shard = os.path.dirname(path)
         if not os.path.isdir(shard):
             parent = os.path.dirname(shard)
             if not os.path.isdir(parent):
@@ -75,7 +69,7 @@ class LoopStore:
                 fsync_dir(self.blocks)
             os.makedirs(shard, exist_ok=True)
             fsync_dir(parent)
-        os.rename(tmp, self.path(hexdigest))
+        os.rename(tmp, path)
         fsync_dir(shard)
 
     def write_list(self, key: bytes, digests: list[str], size: int) -> None:
@@ -149,13 +143,13 @@ def child_loop_get(a: argparse.Namespace) -> None:
     import blake3
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    store, st = LoopStore(a.data), begin(a)
+    st = begin(a)
     with open(os.path.join(a.data, "list.json")) as f:
         lst = json.load(f)
     aead, blocks, h, n = AESGCM(bytes.fromhex(lst["key"])), lst["blocks"], blake3.blake3(), 0
     with open(a.out, "wb") as out:  # buffered, Python's default buffer: see child_cas_get
         for i, hexdigest in enumerate(blocks):
-            with open(store.path(hexdigest), "rb") as bf:
+            with open(block_path(a.data, hexdigest), "rb") as bf:
                 block = bf.read()
             if not hmac.compare_digest(blake3.blake3(block, max_threads=1).hexdigest(), hexdigest):
                 raise SystemExit(f"loop get: block {i} is corrupt")
@@ -278,9 +272,8 @@ def run_op(mode: str, size: int, work: str, name: str, a: argparse.Namespace, **
 
 def one_round(size: int, work: str, src: str, s: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """The five operations, in order: loop put, threaded loop put, cas put, loop get, cas get."""
-    loop, loopt, cas = (os.path.join(work, d) for d in ("loop-store", "loop-threaded-store", "cas-data"))
-    key, out = os.path.join(work, "cas.key"), os.path.join(work, "out.bin")
-    os.makedirs(work, exist_ok=True)
+    loop, loopt, cas, key, out = (os.path.join(work, d) for d in ("loop-store", "loop-threaded-store", "cas-data", "cas.key",
+                                                                  "out.bin"))
     rows: dict[str, Any] = {}
     try:
         rows["loop_put"] = run_op("loop-put", size, work, "loop put (1 thread)", a, src=src, data=loop, threads=1, inflight=1)
@@ -299,13 +292,15 @@ def one_round(size: int, work: str, src: str, s: dict[str, Any], a: argparse.Nam
         harness.check(rows["cas_get"], s, "cas get")
     finally:
         if not a.keep:
-            for d in (loop, loopt, cas):
-                shutil.rmtree(d, ignore_errors=True)
-            for f in (key, out):
-                if os.path.exists(f):
-                    os.unlink(f)
-            harness.settle()
+            clean(loop, loopt, cas, key, out)
     return rows
+
+
+def clean(*paths: str) -> None:
+    """Files and directories removed (those that are there), then synced."""
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
+    harness.settle()
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:

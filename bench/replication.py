@@ -526,7 +526,7 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         harness.settle()
         # the sender's blocks streamed to one reader that checks and decrypts them
         with open(lst) as f, open(os.path.join(bdir, "paths.txt"), "w") as p:
-            p.write("\n".join(pipeline.LoopStore.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
+            p.write("\n".join(pipeline.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
         proc, contact, o, e = harness.start_server(harness.__file__, "serve", bdir, "serve", data=sender,
                                                    paths=os.path.join(bdir, "paths.txt"), tune=True)
         servers = [proc]
