@@ -407,13 +407,11 @@ def network_up(nodes: list[harness.Node], first: harness.Node, what: str) -> flo
     return time.perf_counter() - t0
 
 
-def network_down(nodes: list[harness.Node], cdir: str, a: argparse.Namespace, phase: str = "") -> dict[str, Any]:
-    """Every node stopped (exit codes, error lines of their logs), data dirs removed (unless --keep), synced."""
-    logs = {n.name: n.stop(phase) for n in nodes if n.proc is not None}
-    if not a.keep:
-        shutil.rmtree(cdir, ignore_errors=True)
-    harness.settle()
-    return logs
+def network_down(nodes: list[harness.Node], cdir: str, a: argparse.Namespace) -> None:
+    """Every node stopped, data dirs removed (unless --keep), synced."""
+    for n in nodes:
+        n.stop()
+    pipeline.clean(*([] if a.keep else [cdir]))
 
 
 def cas_phase(nodes: list[harness.Node], args: list[str], work: str, name: str, nbytes: int, a: argparse.Namespace,
@@ -422,7 +420,7 @@ def cas_phase(nodes: list[harness.Node], args: list[str], work: str, name: str, 
     with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
         r = harness.Cli(["--node", *args], work, name).wait(run_timeout(nbytes), nbytes)
     r.update(phase, membership_seconds=conv, nodes=nodes_result(watch, nodes, nbytes))
-    return r
+    return cas_cpu(r)
 
 
 def nodes_result(watch: harness.Watch, nodes: list[harness.Node], nbytes: int) -> dict[str, Any]:
@@ -450,7 +448,6 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         put = cas_phase(four, [four[0].data, "put", "--quiet", "--json", src], cdir, "put", size, a, conv)
         ans = put_answer(put, size, "cas put")
         put.update(key=ans["key"], replicas=ans["replicas"])
-        cas_cpu(put)
         put["logs"] = {n.name: n.stop("during the put") for n in four}
         say_cas("cas put", put)
         harness.settle()
@@ -458,7 +455,6 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         conv = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
         get = cas_phase(nodes, [reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get", size, a, conv)
         get.pop("stdout")
-        cas_cpu(get)
         if verify:
             get["verified"] = verify_get(reader, ans["key"], s, cdir, run_timeout(size))
         get["logs"] = {n.name: n.stop("during the get") for n in nodes}
@@ -486,19 +482,10 @@ def verify_get(reader: harness.Node, key: str, s: dict[str, Any], work: str, tim
     return got["blake3"]
 
 
-def start_server(mode: str, a: argparse.Namespace, work: str, name: str, **kw: Any) -> tuple[subprocess.Popen, str, str, str]:
-    return harness.start_server(__file__, mode, work, name, **base_kw(a), **kw)
-
-
-def base_kw(a: argparse.Namespace) -> dict[str, Any]:
-    return {"window": a.window, "threads": a.baseline_threads}
-
-
 def base_phase(mode: str, a: argparse.Namespace, bdir: str, name: str, size: int, **kw: Any) -> dict[str, Any]:
     with harness.timed_phase(a) as phase:
-        r = harness.run_child(__file__, mode, bdir, name, run_timeout(size), **base_kw(a), **kw)
-    r.update(phase)
-    return r
+        r = harness.run_child(__file__, mode, bdir, name, run_timeout(size), window=a.window, threads=a.baseline_threads, **kw)
+    return {**r, **phase}
 
 
 def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[str, Any]:
@@ -508,7 +495,8 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
     recv_dirs = [os.path.join(bdir, f"R{i + 1}") for i in range(REPLICAS)]
     servers: list[subprocess.Popen] = []
     try:
-        started = [start_server("brecv", a, bdir, f"recv{i + 1}", data=d) for i, d in enumerate(recv_dirs)]
+        started = [harness.start_server(__file__, "brecv", bdir, f"recv{i + 1}", data=d, window=a.window,
+                                        threads=a.baseline_threads) for i, d in enumerate(recv_dirs)]
         servers = [p for p, *_ in started]
         harness.settle()
         put = base_phase("bsend", a, bdir, "send", size, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
@@ -588,11 +576,12 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
 # -- reporting -------------------------------------------------------------------------------------------------------
 
 
-def cas_cpu(r: dict[str, Any]) -> None:
+def cas_cpu(r: dict[str, Any]) -> dict[str, Any]:
     """CPU of the operation: every node during the phase plus the CLI(s), per GiB."""
     nodes = sum(v["cpu_seconds"] for k, v in r["nodes"].items() if not k.startswith("_"))
     cli = r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"]
     r.update(nodes_cpu_seconds=nodes, cpu_seconds=nodes + cli, cpu_s_per_gib=(nodes + cli) / (r["bytes"] / GiB))
+    return r
 
 
 def base_cpu(r: dict[str, Any], size: int, parts: list[dict[str, Any]]) -> None:
@@ -614,28 +603,28 @@ def say_base(label: str, r: dict[str, Any]) -> None:
     harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib")
 
 
+def node_peaks_over(rs: list[dict[str, Any]], x: dict[str, Any]) -> dict[str, Any]:
+    """Each node's highest peak RSS over the rounds ``rs``, and the highest of them, into ``x``."""
+    x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rs) for k in node_peaks(rs[0])}
+    x["node_peak_rss_max_mib"] = max(x["node_peak_rss_mib"].values())
+    return x
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per operation: median MiB/s (min, max), each node's highest peak RSS, the CLI's; ratios from the medians."""
     out: dict[str, Any] = {}
     for key in ("cas_put", "cas_get", "base_put", "base_get"):
-        rs = [r[key] for r in rounds if key in r]
-        if not rs:
-            continue
-        x = out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share",
-                                                "transfer_seconds", "connect_seconds"), top=("peak_rss_mib", "cli_peak_rss_mib"))
+        rs = [r[key] for r in rounds]
+        out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share", "transfer_seconds", "connect_seconds"),
+                                   top=("cli_peak_rss_mib",) if key.startswith("cas_") else ("peak_rss_mib",))
         if key.startswith("cas_"):
-            x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rs) for k in node_peaks(rs[0])}
-            x["node_peak_rss_max_mib"] = max(x["node_peak_rss_mib"].values())
-            del x["peak_rss_mib"]
-        else:
-            del x["cli_peak_rss_mib"]
+            node_peaks_over(rs, out[key])
     for op in ("put", "get"):
-        c, b = out.get(f"cas_{op}"), out.get(f"base_{op}")
-        if c and b:
-            c["ratio_vs_base"] = c["mib_s"] / b["mib_s"]
-            c["ratio_per_round"] = [r[f"cas_{op}"]["mib_s"] / r[f"base_{op}"]["mib_s"] for r in rounds]
-            c["ratio_end_to_end"] = c["mib_s_end_to_end"] / b["mib_s"]  # with the CLI's start-up: reported, not judged
-            c["target_speed_met"] = c["ratio_vs_base"] >= TARGET_RATIO
+        c, b = out[f"cas_{op}"], out[f"base_{op}"]
+        c["ratio_vs_base"] = c["mib_s"] / b["mib_s"]
+        c["ratio_per_round"] = [r[f"cas_{op}"]["mib_s"] / r[f"base_{op}"]["mib_s"] for r in rounds]
+        c["ratio_end_to_end"] = c["mib_s_end_to_end"] / b["mib_s"]  # with the CLI's start-up: reported, not judged
+        c["target_speed_met"] = c["ratio_vs_base"] >= TARGET_RATIO
     return out
 
 
@@ -716,9 +705,7 @@ def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
                 print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
             os.makedirs(os.path.join(work, f"r{n}"), exist_ok=True)
             rounds.append(concurrent_round(files, a.concurrent_size, os.path.join(work, f"r{n}"), a))
-        x = harness.summary(rounds, med=("seconds", "cpu_s_per_gib"), top=("cli_peak_rss_mib",))
-        x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rounds) for k in node_peaks(rounds[0])}
-        x["node_peak_rss_max_mib"] = max(x["node_peak_rss_mib"].values())
+        x = node_peaks_over(rounds, harness.summary(rounds, med=("seconds", "cpu_s_per_gib"), top=("cli_peak_rss_mib",)))
         return {"count": a.concurrent, "file_bytes": a.concurrent_size, "rounds": rounds, "summary": x}
 
 
