@@ -637,49 +637,37 @@ def judge_rss(peaks: dict[str, float], ref: dict[str, float] | None) -> dict[str
 
 def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The table of medians and the targets judged (also returned, for the JSON)."""
-    refs = [e for e in sizes if e["size"] == REFERENCE_SIZE] or sorted(sizes, key=lambda e: e["size"])[:1]
-    ref = refs[0] if refs else None
-    ref_name = harness.fmt_size(ref["size"]) if ref else "-"
-    w = 17 if a.repeat > 1 else 8
+    ref = ([e for e in sizes if e["size"] == REFERENCE_SIZE] or sorted(sizes, key=lambda e: e["size"]))[0]
+    ref_name, w, ok = harness.fmt_size(ref["size"]), 17 if a.repeat > 1 else 8, lambda b: harness.ok(b, "MET")
     cols = [("op", -4), ("size", 5), ("cas MiB/s", w), ("base MiB/s", w + 1), ("cas/base", 8), ("e2e", 5),
             ("e2e MiB/s cas/base", 18), ("CPU s/GiB cas/base", 18), ("node peak RSS MiB: max (per node)", -46),
             ("CLI RSS", 7), (" targets", -1)]
-    judged: dict[str, Any] = {"reference_size": ref["size"] if ref else None, "sizes": {}}
+    judged: dict[str, Any] = {"reference_size": ref["size"], "sizes": {}}
     rows = []
 
-    def rss(x: dict[str, Any]) -> str:
-        return f"{x['node_peak_rss_max_mib']:.1f} (" + " ".join(f"{k} {v:.0f}" for k, v in x["node_peak_rss_mib"].items()) + ")"
-
-    def fig(x: dict[str, Any] | None, k: str, f: str = ".1f") -> str:
-        return format(x[k], f) if x and k in x else "-"
+    def rss(x: dict[str, Any]) -> list[str]:
+        return [f"{x['node_peak_rss_max_mib']:.1f} (" + " ".join(f"{k} {v:.0f}" for k, v in x["node_peak_rss_mib"].items())
+                + ")", f"{x['cli_peak_rss_mib']:.1f}"]
 
     for e in sizes:
         jz = judged["sizes"][harness.fmt_size(e["size"])] = {}
         for op in ("put", "get"):
-            c, b = e["summary"].get(f"cas_{op}"), e["summary"].get(f"base_{op}")
-            if not c and not b:
-                continue
-            cells = [op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat) if c else "-",
-                     harness.speed(b, a.repeat) if b else "-", fig(c, "ratio_vs_base", ".3f"), fig(c, "ratio_end_to_end", ".2f"),
-                     fig(c, "mib_s_end_to_end") + "/" + fig(b, "mib_s_end_to_end"),
-                     fig(c, "cpu_s_per_gib") + "/" + fig(b, "cpu_s_per_gib"), "", "", ""]
-            if c:
-                j = jz[op] = judge_rss(c["node_peak_rss_mib"],
-                                       ref["summary"].get(f"cas_{op}", {}).get("node_peak_rss_mib") if ref else None)
-                j["speed"] = c.get("target_speed_met")
-                cells[-3:] = [rss(c), f"{c['cli_peak_rss_mib']:.1f}",
-                              f" speed >= {TARGET_RATIO:.2f}: {harness.ok(c.get('target_speed_met'), 'MET')}; RSS < "
-                              f"{TARGET_NODE_RSS_MIB:.0f}: {harness.ok(j['under_limit'], 'MET')}; RSS <= {TARGET_RSS_GROWTH:.1f}x "
-                              f"{ref_name}: {'(reference)' if e is ref else harness.ok(j['flat'], 'MET')}"]
-            rows.append(cells)
+            c, b = e["summary"][f"cas_{op}"], e["summary"][f"base_{op}"]
+            j = jz[op] = judge_rss(c["node_peak_rss_mib"], ref["summary"][f"cas_{op}"]["node_peak_rss_mib"])
+            j["speed"] = c["target_speed_met"]
+            rows.append([op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat), harness.speed(b, a.repeat),
+                         f"{c['ratio_vs_base']:.3f}", f"{c['ratio_end_to_end']:.2f}",
+                         f"{c['mib_s_end_to_end']:.1f}/{b['mib_s_end_to_end']:.1f}", f"{c['cpu_s_per_gib']:.1f}/{b['cpu_s_per_gib']:.1f}",
+                         *rss(c), f" speed >= {TARGET_RATIO:.2f}: {ok(c['target_speed_met'])}; RSS < {TARGET_NODE_RSS_MIB:.0f}: "
+                         f"{ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name}: "
+                         f"{'(reference)' if e is ref else ok(j['flat'])}"])
     if conc:
         s = conc["summary"]
-        j = judged["concurrent"] = judge_rss(s["node_peak_rss_mib"],
-                                             ref["summary"].get("cas_put", {}).get("node_peak_rss_mib") if ref else None)
+        j = judged["concurrent"] = judge_rss(s["node_peak_rss_mib"], ref["summary"]["cas_put"]["node_peak_rss_mib"])
         rows.append(["put", f"{conc['count']}x{harness.fmt_size(conc['file_bytes'])}", harness.speed(s, a.repeat), "", "", "",
-                     "", f"{s['cpu_s_per_gib']:.1f}", rss(s), f"{s['cli_peak_rss_mib']:.1f}",
-                     f" concurrent, wall {s['seconds']:.1f} s; RSS < {TARGET_NODE_RSS_MIB:.0f}: {harness.ok(j['under_limit'], 'MET')}; "
-                     f"RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: {harness.ok(j['flat'], 'MET')}"])
+                     "", f"{s['cpu_s_per_gib']:.1f}", *rss(s), f" concurrent, wall {s['seconds']:.1f} s; RSS < "
+                     f"{TARGET_NODE_RSS_MIB:.0f}: {ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: "
+                     f"{ok(j['flat'])}"])
     return harness.render(cols, [rows]), judged
 
 
