@@ -132,10 +132,10 @@ def run(a: argparse.Namespace) -> None:
     harness.require_room(a.dir, max(a.size) * (3 + (a.repeat if a.keep else 0)) + 512 * MiB)
     env = harness.environment()
 
-    def one_round(size: int, work: str, src: str, s: dict[str, Any], n: int) -> dict[str, Any]:
+    def one_round(size: int, work: str, s: dict[str, Any], n: int) -> dict[str, Any]:
         rows: dict[str, Any] = {}  # alternate, so that drift (other work, page cache) favours neither side
         for side in ((api_ops, pipeline_ops) if n % 2 else (pipeline_ops, api_ops)):
-            rows.update(side(size, work, s, src, a))
+            rows.update(side(size, work, s, s["src"], a))
         return rows
 
     results = harness.bench_sizes(a, "api", one_round, summarise)

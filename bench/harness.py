@@ -444,7 +444,7 @@ def child_b3sum(a: argparse.Namespace) -> None:
 def make_source(size: int, src: str) -> dict[str, Any]:
     """The random source file of a benchmark (fsynced), written by a child; the result has its BLAKE3."""
     s = run_child(__file__, "mksrc", os.path.dirname(src), "mksrc", size=size, src=src)
-    s["bytes"] = size
+    s.update(bytes=size, src=src)
     print(f"  source: {fmt_size(size)} written and fsynced in {s['seconds']:.1f} s, BLAKE3 {s['blake3'][:16]}...",
           file=sys.stderr)
     settle()
@@ -809,21 +809,25 @@ def workdir(a: argparse.Namespace, name: str) -> Iterator[str]:
 
 
 def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dict[str, Any]],
-                summarise: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per ``--size``: a work dir, the random source, ``--repeat`` rounds of ``one_round(size, WORK/rN, src, source,
-    n)`` (its rows), summarised."""
+                summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                prepare: Callable[[int, str], tuple[dict[str, Any], dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Per ``--size``: a work dir, ``prepare(size, work)`` (default: the random source), then ``--repeat`` rounds of
+    ``one_round(size, WORK/rN, prepared, n)`` (its rows), summarised."""
     out = []
     for size in a.size:
         with workdir(a, f"{script}-{fmt_size(size)}") as work:
-            src = os.path.join(work, "source.bin")
-            s, rounds = make_source(size, src), []
+            if prepare:
+                s, fields = prepare(size, work)
+            else:
+                s = make_source(size, os.path.join(work, "source.bin"))
+                fields = {"source_blake3": s["blake3"], "source_seconds": s["seconds"]}
+            rounds = []
             for n in range(a.repeat):
                 if a.repeat > 1:
                     print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
                 os.makedirs(rwork := os.path.join(work, f"r{n}"), exist_ok=True)
-                rounds.append(one_round(size, rwork, src, s, n))
-            out.append({"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
-                        "summary": summarise(rounds)})
+                rounds.append(one_round(size, rwork, s, n))
+            out.append({"size": size, **fields, "rounds": rounds, "summary": summarise(rounds)})
     return out
 
 

@@ -264,36 +264,32 @@ def say(name: str, r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
+def prepare(size: int, work: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The node's block store (and the receiver's data dir), untimed: ``size // MiB`` blocks, synced."""
     blocks = max(1, size // MiB)
-    with harness.workdir(a, f"peers-{harness.fmt_size(size)}") as work:
-        setup = {"data": os.path.join(work, "S"), "recv_data": os.path.join(work, "R"), "cids": os.path.join(work, "cids.txt"),
-                 "paths": os.path.join(work, "paths.txt"), "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
-        made = harness.run_child(__file__, "mkblocks", work, "mkblocks", data=setup["data"], recv_data=setup["recv_data"],
-                                 cids=setup["cids"], paths=setup["paths"], blocks=blocks)
-        setup["node_id"] = made["node_id"]
-        harness.settle()
-        print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in {made['seconds']:.1f} s; "
-              f"node {made['node_id']}", file=sys.stderr)
-        rounds = []
-        for n in range(a.repeat):
-            cas_first = n % 2 == 1
-            if a.repeat > 1:
-                print(f" round {n + 1}/{a.repeat}{' (cas first)' if cas_first else ''}", file=sys.stderr)
-            rwork = os.path.join(work, f"r{n}")
-            os.makedirs(rwork, exist_ok=True)
-            rows: dict[str, Any] = {}
-            for side in (("cas", "bare") if cas_first else ("bare", "cas")):
-                if side == "cas":
-                    rows["cas"] = cas_op(setup, rwork, a)
-                else:
-                    rows["bare"] = bare_op(setup, rwork, a, False)
-                    rows["bare_tuned"] = bare_op(setup, rwork, a, False, tuned=True)
-                    if a.hash_baseline:
-                        rows["bare_b3"] = bare_op(setup, rwork, a, True)
-            rounds.append(rows)
-        return {"size": size, "blocks": blocks, "block_bytes": BLOCK, "bytes": blocks * BLOCK, "setup_seconds": made["seconds"],
-                "node_id": made["node_id"], "rounds": rounds, "summary": summarise(rounds)}
+    setup = {"data": os.path.join(work, "S"), "recv_data": os.path.join(work, "R"), "cids": os.path.join(work, "cids.txt"),
+             "paths": os.path.join(work, "paths.txt"), "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
+    made = harness.run_child(__file__, "mkblocks", work, "mkblocks", data=setup["data"], recv_data=setup["recv_data"],
+                             cids=setup["cids"], paths=setup["paths"], blocks=blocks)
+    setup["node_id"] = made["node_id"]
+    harness.settle()
+    print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in {made['seconds']:.1f} s; "
+          f"node {made['node_id']}", file=sys.stderr)
+    return setup, {"blocks": blocks, "block_bytes": BLOCK, "bytes": blocks * BLOCK, "setup_seconds": made["seconds"],
+                   "node_id": made["node_id"]}
+
+
+def one_round(size: int, work: str, setup: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
+    for side in (("cas", "bare") if n % 2 else ("bare", "cas")):
+        if side == "cas":
+            rows["cas"] = cas_op(setup, work, a)
+        else:
+            rows["bare"] = bare_op(setup, work, a, False)
+            rows["bare_tuned"] = bare_op(setup, work, a, False, tuned=True)
+            if a.hash_baseline:
+                rows["bare_b3"] = bare_op(setup, work, a, True)
+    return rows
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -340,7 +336,7 @@ def run(a: argparse.Namespace) -> None:
     a.window = max(1, a.window)
     harness.require_room(a.dir, max(a.size) // MiB * BLOCK + 512 * MiB)  # one block store at a time, logs, data dirs
     env = harness.environment()
-    results = [bench_size(size, a) for size in a.size]
+    results = harness.bench_sizes(a, "peers", lambda *x: one_round(*x, a), summarise, prepare)
     harness.finish(a, "peers", env, [
         f"cas peer GET_BLOCK benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
         f"round(s), window {a.window}, page cache {a.cache}",

@@ -344,7 +344,7 @@ def run(a: argparse.Namespace) -> None:
     # source + loop store + cas store + one read-back at a time (the threaded store is removed before cas put)
     harness.require_room(a.dir, max(a.size) * 4 * (a.repeat if a.keep else 1) + 256 * MiB)
     env = harness.environment()
-    results = harness.bench_sizes(a, "pipeline", lambda size, work, src, s, n: one_round(size, work, src, s, a), summarise)
+    results = harness.bench_sizes(a, "pipeline", lambda size, work, s, n: one_round(size, work, s["src"], s, a), summarise)
     harness.finish(a, "pipeline", env, [
         f"cas pipeline benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
         f"round(s), page cache {a.cache}",

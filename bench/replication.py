@@ -674,11 +674,11 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
 # -- driver ------------------------------------------------------------------------------------------------------------
 
 
-def one_round(size: int, work: str, src: str, s: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
+def one_round(size: int, work: str, s: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
     for side in (("cas", "base") if n % 2 else ("base", "cas")):
-        rows.update(cas_round(size, src, s, work, a, verify=a.verify and n == 0) if side == "cas"
-                    else base_round(size, src, work, a))
+        rows.update(cas_round(size, s["src"], s, work, a, verify=a.verify and n == 0) if side == "cas"
+                    else base_round(size, s["src"], work, a))
     return rows
 
 
