@@ -596,11 +596,14 @@ def node_peaks(r: dict[str, Any]) -> dict[str, float]:
 
 
 def say_cas(label: str, r: dict[str, Any]) -> None:
-    harness.say(label, r, "seconds", "transfer_seconds", "cli_peak_rss_mib", "cpu_s_per_gib", "verified", nodes=node_peaks(r))
+    served = {k: v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}"}
+    harness.say(label, r, "seconds", "transfer_seconds", "cli_peak_rss_mib", "cpu_s_per_gib", "cache", "verified",
+                nodes=node_peaks(r), served_from_disk_mib=sum(served.values()) if f"n{NODES}" in r["nodes"] else None)
 
 
 def say_base(label: str, r: dict[str, Any]) -> None:
-    harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib")
+    harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib", "cache",
+                served_from_disk_mib=r["server"].get("served_disk_read_mib", 0.0) if "server" in r else None)
 
 
 def node_peaks_over(rs: list[dict[str, Any]], x: dict[str, Any]) -> dict[str, Any]:
