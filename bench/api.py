@@ -104,27 +104,19 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    w = 20 if a.repeat > 1 else 8
-    cols = [("operation", -23), ("size", 5), ("req MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w),
-            ("e2e MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w), ("node RSS MiB", 13), ("client RSS MiB", 15), ("CPU s/GiB", 10), ("API/pipe", 9),
-            ("req", 6), (" target", -1)]
-    groups = []
-    for e in results:
-        rows = []
-        for key, label in ROWS:
-            x = e["summary"][key]
-            client = ratio = req = target = ""
-            if key.startswith("api_"):
-                client, ratio, req = (f"{x['cli_peak_rss_mib']:.1f}", f"{x['ratio_vs_pipeline']:.3f}",
-                                      f"{x['ratio_from_request']:.3f}")
-                target = (f" >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; node < {TARGET_NODE_RSS_MIB}: "
-                          f"{harness.ok(x['target_node_rss_met'])}; client < {TARGET_CLIENT_RSS_MIB}: "
-                          f"{harness.ok(x['target_client_rss_met'])}")
-            rows.append([label, harness.fmt_size(e["size"]), harness.speed(x, a.repeat),
-                         harness.speed(x, a.repeat, "mib_s_end_to_end"),
-                         f"{x['node_peak_rss_mib']:.1f}", client, f"{x['cpu_s_per_gib']:.2f}", ratio, req, target])
-        groups.append(rows)
-    return harness.render(cols, groups)
+    def cells(key: str, x: dict[str, Any]) -> list[str]:
+        api = key.startswith("api_")
+        return [harness.speed(x, a.repeat), harness.speed(x, a.repeat, "mib_s_end_to_end"), f"{x['node_peak_rss_mib']:.1f}",
+                f"{x['cli_peak_rss_mib']:.1f}" if api else "", f"{x['cpu_s_per_gib']:.2f}",
+                f"{x['ratio_vs_pipeline']:.3f}" if api else "", f"{x['ratio_from_request']:.3f}" if api else "",
+                f" >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; node < {TARGET_NODE_RSS_MIB}: "
+                f"{harness.ok(x['target_node_rss_met'])}; client < {TARGET_CLIENT_RSS_MIB}: "
+                f"{harness.ok(x['target_client_rss_met'])}" if api else ""]
+
+    mm, w = (" (min-max)", 20) if a.repeat > 1 else ("", 8)
+    cols = [("req MiB/s" + mm, w), ("e2e MiB/s" + mm, w), ("node RSS MiB", 13), ("client RSS MiB", 15), ("CPU s/GiB", 10),
+            ("API/pipe", 9), ("req", 6), (" target", -1)]
+    return harness.table(results, ("operation", -23), cols, dict(ROWS), cells)
 
 
 def run(a: argparse.Namespace) -> None:

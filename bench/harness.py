@@ -92,6 +92,14 @@ def render(cols: list[tuple[str, int]], groups: list[list[list[str]]]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def table(results: list[dict[str, Any]], first: tuple[str, int], cols: list[tuple[str, int]], labels: dict[str, str],
+          cells: Callable[[str, dict[str, Any]], list[str]]) -> str:
+    """A group of rows per size (``labels``: summary key -> row label; a key missing from a size is skipped): the
+    label, the size, then ``cells(key, its summary)`` under ``cols``."""
+    return render([first, ("size", 5), *cols], [[[label, fmt_size(e["size"]), *cells(k, e["summary"][k])]
+                                                 for k, label in labels.items() if k in e["summary"]] for e in results])
+
+
 def say(label: str, r: dict[str, Any], *keys: str, **extra: Any) -> None:
     """A progress line on stderr: both rates, the figures ``keys`` of ``r`` and ``extra``, load and host steal."""
     def f(v: Any) -> str:

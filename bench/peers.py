@@ -311,25 +311,17 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    w = 20 if a.repeat > 1 else 8
-    cols = [("transfer", -19), ("size", 5), ("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w), ("e2e MiB/s", 9),
+    def cells(key: str, x: dict[str, Any]) -> list[str]:
+        target = "" if key != "cas" else (
+            f" >= {TARGET_RATIO:.2f} of the faster bare: {harness.ok(x['target_met'])} (vs bare with cas malloc: "
+            f"{x['ratio_vs_bare_tuned']:.3f})" + (f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})" if "ratio_vs_bare_b3" in x else ""))
+        return [harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}", f"{x['recv_peak_rss_mib']:.1f}",
+                f"{x['send_peak_rss_mib']:.1f}", f"{x['recv_cpu_s_per_gib']:.2f}", f"{x['send_cpu_s_per_gib']:.2f}",
+                f"{x['ratio_vs_bare']:.3f}" if "ratio_vs_bare" in x else "", target]
+
+    cols = [("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), 20 if a.repeat > 1 else 8), ("e2e MiB/s", 9),
             ("recv RSS MiB", 13), ("send RSS MiB", 13), ("CPU s/GiB recv", 15), ("send", 5), ("/bare", 6), (" target", -1)]
-    groups = []
-    for e in results:
-        rows = []
-        for key, label in LABELS.items():
-            if key not in e["summary"]:
-                continue
-            x, target = e["summary"][key], ""
-            if key == "cas":
-                target = (f" >= {TARGET_RATIO:.2f} of the faster bare: {harness.ok(x['target_met'])} "
-                          f"(vs bare with cas malloc: {x['ratio_vs_bare_tuned']:.3f})")
-                target += f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})" if "ratio_vs_bare_b3" in x else ""
-            rows.append([label, harness.fmt_size(e["size"]), harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}",
-                         f"{x['recv_peak_rss_mib']:.1f}", f"{x['send_peak_rss_mib']:.1f}", f"{x['recv_cpu_s_per_gib']:.2f}",
-                         f"{x['send_cpu_s_per_gib']:.2f}", f"{x['ratio_vs_bare']:.3f}" if "ratio_vs_bare" in x else "", target])
-        groups.append(rows)
-    return harness.render(cols, groups)
+    return harness.table(results, ("transfer", -19), cols, LABELS, cells)
 
 
 def run(a: argparse.Namespace) -> None:

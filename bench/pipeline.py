@@ -317,25 +317,17 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    w = 20 if a.repeat > 1 else 8
-    cols = [("operation", -22), ("size", 5), ("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w), ("e2e MiB/s", 9),
+    def cells(key: str, x: dict[str, Any]) -> list[str]:
+        cas = key.startswith("cas_")
+        return [harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}", f"{x['peak_rss_mib']:.1f}",
+                f"{x['cpu_s_per_gib']:.2f}", f"{x['disk_read_bytes_mib']:.0f}", f"{x['ratio_vs_loop']:.2f}" if cas else "",
+                f"{x['ratio_vs_threaded_loop']:.2f}" if "ratio_vs_threaded_loop" in x else "",
+                f" cas/loop >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; RSS < {TARGET_RSS_MIB}: "
+                f"{harness.ok(x['target_rss_met'])}" if cas else ""]
+
+    cols = [("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), 20 if a.repeat > 1 else 8), ("e2e MiB/s", 9),
             ("peak RSS MiB", 13), ("CPU s/GiB", 10), ("disk rd MiB", 11), ("cas/loop", 9), ("cas/thr", 8), (" target", -1)]
-    groups = []
-    for e in results:
-        rows = []
-        for key, label in ROWS:
-            x = e["summary"][key]
-            ratio = thr = target = ""
-            if key.startswith("cas_"):
-                ratio = f"{x['ratio_vs_loop']:.2f}"
-                thr = f"{x['ratio_vs_threaded_loop']:.2f}" if "ratio_vs_threaded_loop" in x else ""
-                target = (f" cas/loop >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; "
-                          f"RSS < {TARGET_RSS_MIB}: {harness.ok(x['target_rss_met'])}")
-            rows.append([label.format(threads=a.threads), harness.fmt_size(e["size"]), harness.speed(x, a.repeat),
-                         f"{x['mib_s_end_to_end']:.1f}", f"{x['peak_rss_mib']:.1f}", f"{x['cpu_s_per_gib']:.2f}",
-                         f"{x['disk_read_bytes_mib']:.0f}", ratio, thr, target])
-        groups.append(rows)
-    return harness.render(cols, groups)
+    return harness.table(results, ("operation", -22), cols, {k: v.format(threads=a.threads) for k, v in ROWS}, cells)
 
 
 def run(a: argparse.Namespace) -> None:
