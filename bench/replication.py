@@ -10,8 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import harness
@@ -537,25 +537,12 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
     total = fsize * len(files)
     try:
         conv = network_up(nodes, nodes[0], f"{NODES} fresh nodes up")
-        errors: list[BaseException] = []
-        results: list[dict[str, Any]] = [{}] * len(files)
         with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
             runs = [harness.Cli(["--node", nodes[0].data, "put", "--quiet", "--json", f], cdir, f"put{i}")
                     for i, f in enumerate(files)]
-
-            def waiter(i: int) -> None:
-                try:
-                    results[i] = runs[i].wait(run_timeout(total))
-                except BaseException as e:  # noqa: BLE001 - reported below
-                    errors.append(e)
-
-            threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(len(runs))]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-        if errors:
-            raise errors[0]
+            with ThreadPoolExecutor(len(runs)) as ex:  # one waiter each: every exit timed as it happens
+                futures = [ex.submit(rn.wait, run_timeout(total)) for rn in runs]
+        results = [f.result() for f in futures]
         wall = max(rn.end for rn in runs) - runs[0].t0
         for i, x in enumerate(results):
             x["key"] = put_answer(x, fsize, f"concurrent cas put {i}")["key"]
