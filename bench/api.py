@@ -1,16 +1,11 @@
 #!/usr/bin/env python
-"""The HTTP API + ``cas`` CLI against the store/read pipelines alone (bench/pipeline.py's cas children), on a real
-node process: ``cas --node D put SOURCE`` and ``cas --node D get KEY -o OUT``, checked against the source's BLAKE3.
-See bench/README.md.
-
-    .venv/bin/python bench/api.py --size 1G [--size 5G] [--repeat N] [--dir DIR] [--json OUT] [--no-prefault]
-"""
+"""The HTTP API + ``cas`` CLI on a real node process against the pipelines alone (bench/pipeline.py's cas children),
+checked against the source's BLAKE3. See bench/README.md."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Any
 
@@ -25,14 +20,6 @@ ROWS = (("pipeline_put", "pipeline put (no HTTP)"), ("api_put", "API put (cas pu
         ("pipeline_get", "pipeline get (no HTTP)"), ("api_get", "API get (cas get -o)"))
 
 
-def say(label: str, r: dict[str, Any]) -> None:
-    print(f"  {label:<13} {r['mib_s']:8.1f} MiB/s {r['request_seconds']:6.2f} s from the request ({r['start_seconds']:.2f} s "
-          f"from the start, {r['mib_s_end_to_end']:.1f} MiB/s)  node RSS {r['node_peak_rss_mib']:6.1f} MiB  client RSS "
-          f"{r['cli_peak_rss_mib']:5.1f} MiB (ru_maxrss {r['cli_ru_maxrss_mib']:.1f}, sampled {r['cli_vmhwm_sampled_mib'] or 0:.1f})"
-          f"  CPU node {r['node_cpu_s_per_gib']:.2f} + client {r['cli_cpu_s_per_gib']:.2f} s/GiB  load {r['loadavg_before']}"
-          f"  steal {r['steal_share'] or 0:.0%}", file=sys.stderr)
-
-
 def pipeline_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Namespace) -> dict[str, Any]:
     """The baseline: the pipelines alone, no HTTP (pipeline.py's cas ``put`` and ``get`` children)."""
     data, key, out = os.path.join(work, "pipeline-data"), os.path.join(work, "pipeline.key"), os.path.join(work, "out.bin")
@@ -42,11 +29,7 @@ def pipeline_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.
         harness.check(get, s, "pipeline get")
         return {"pipeline_put": put, "pipeline_get": get}
     finally:
-        shutil.rmtree(data, ignore_errors=True)
-        for f in (key, out):
-            if os.path.exists(f):
-                os.unlink(f)
-        harness.settle()
+        pipeline.clean(data, key, out)
 
 
 def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int, a: argparse.Namespace,
@@ -65,7 +48,8 @@ def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int,
              node_disk_write_mib=n["disk_write_mib"], cli_cpu_seconds=r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"])
     r.update(node_cpu_s_per_gib=n["cpu_seconds"] / gib, cli_cpu_s_per_gib=r["cli_cpu_seconds"] / gib,
              cpu_s_per_gib=(n["cpu_seconds"] + r["cli_cpu_seconds"]) / gib)
-    say(name, r)
+    harness.say(name, r, "request_seconds", "start_seconds", "node_peak_rss_mib", "cli_peak_rss_mib", "node_cpu_s_per_gib",
+                "cli_cpu_s_per_gib")
     harness.settle()
     return r
 
@@ -89,18 +73,14 @@ def api_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Names
                    cli_status_peak_rss_mib=rt["cli_peak_rss_mib"])
         get = api_op(node, ["get", key, "-o", out], work, "API get", size, a, reset=True)
         get.pop("stdout")
-        got = harness.b3sum(out, work)
+        got = harness.run_child(harness.__file__, "b3sum", work, "b3sum", path=out)
         harness.check(got, s, "API get (cas get -o OUT)")
         get["blake3"] = got["blake3"]
         put["node_exit_code"] = node.stop("after the get")["exit_code"]
         return {"api_put": put, "api_get": get}
     finally:
         node.stop()
-        if not a.keep:
-            shutil.rmtree(node.data, ignore_errors=True)
-        if os.path.exists(out):
-            os.unlink(out)
-        harness.settle()
+        pipeline.clean(*([] if a.keep else [node.data]), out)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,50 +104,33 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    w = 20 if a.repeat > 1 else 8
-    cols = [("operation", -23), ("size", 5), ("req MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w),
-            ("e2e MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w), ("node RSS MiB", 13), ("client RSS MiB", 15), ("CPU s/GiB", 10), ("API/pipe", 9),
-            ("req", 6), (" target", -1)]
-    groups = []
-    for e in results:
-        rows = []
-        for key, label in ROWS:
-            x = e["summary"][key]
-            client = ratio = req = target = ""
-            if key.startswith("api_"):
-                client, ratio, req = (f"{x['cli_peak_rss_mib']:.1f}", f"{x['ratio_vs_pipeline']:.3f}",
-                                      f"{x['ratio_from_request']:.3f}")
-                target = (f" >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; node < {TARGET_NODE_RSS_MIB}: "
-                          f"{harness.ok(x['target_node_rss_met'])}; client < {TARGET_CLIENT_RSS_MIB}: "
-                          f"{harness.ok(x['target_client_rss_met'])}")
-            rows.append([label, harness.fmt_size(e["size"]), harness.speed(x, a.repeat),
-                         harness.speed(x, a.repeat, "mib_s_end_to_end"),
-                         f"{x['node_peak_rss_mib']:.1f}", client, f"{x['cpu_s_per_gib']:.2f}", ratio, req, target])
-        groups.append(rows)
-    return harness.render(cols, groups)
+    def cells(key: str, x: dict[str, Any]) -> list[str]:
+        api = key.startswith("api_")
+        return [harness.speed(x, a.repeat), harness.speed(x, a.repeat, "mib_s_end_to_end"), f"{x['node_peak_rss_mib']:.1f}",
+                f"{x['cli_peak_rss_mib']:.1f}" if api else "", f"{x['cpu_s_per_gib']:.2f}",
+                f"{x['ratio_vs_pipeline']:.3f}" if api else "", f"{x['ratio_from_request']:.3f}" if api else "",
+                f" >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; node < {TARGET_NODE_RSS_MIB}: "
+                f"{harness.ok(x['target_node_rss_met'])}; client < {TARGET_CLIENT_RSS_MIB}: "
+                f"{harness.ok(x['target_client_rss_met'])}" if api else ""]
+
+    mm, w = (" (min-max)", 20) if a.repeat > 1 else ("", 8)
+    cols = [("req MiB/s" + mm, w), ("e2e MiB/s" + mm, w), ("node RSS MiB", 13), ("client RSS MiB", 15), ("CPU s/GiB", 10),
+            ("API/pipe", 9), ("req", 6), (" target", -1)]
+    return harness.table(results, ("operation", -23), cols, dict(ROWS), cells)
 
 
 def run(a: argparse.Namespace) -> None:
     # source + one store (pipeline's, then the node's) + one read-back at a time; --keep keeps every node's store
     harness.require_room(a.dir, max(a.size) * (3 + (a.repeat if a.keep else 0)) + 512 * MiB)
-    env, results = harness.environment(), []
-    for size in a.size:
-        with harness.workdir(a, f"api-{harness.fmt_size(size)}") as work:
-            src = os.path.join(work, "source.bin")
-            s = harness.make_source(size, src)
-            rounds = []
-            for n in range(a.repeat):
-                api_first = n % 2 == 1  # alternate, so that drift (other work, page cache) favours neither side
-                if a.repeat > 1:
-                    print(f" round {n + 1}/{a.repeat}{' (API first)' if api_first else ''}", file=sys.stderr)
-                rwork = work if not a.keep else os.path.join(work, f"r{n}")
-                os.makedirs(rwork, exist_ok=True)
-                rows: dict[str, Any] = {}
-                for side in ((api_ops, pipeline_ops) if api_first else (pipeline_ops, api_ops)):
-                    rows.update(side(size, rwork, s, src, a))
-                rounds.append(rows)
-            results.append({"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
-                            "summary": summarise(rounds)})
+    env = harness.environment()
+
+    def one_round(size: int, work: str, s: dict[str, Any], n: int) -> dict[str, Any]:
+        rows: dict[str, Any] = {}  # alternate, so that drift (other work, page cache) favours neither side
+        for side in ((api_ops, pipeline_ops) if n % 2 else (pipeline_ops, api_ops)):
+            rows.update(side(size, work, s, s["src"], a))
+        return rows
+
+    results = harness.bench_sizes(a, "api", one_round, summarise)
     harness.finish(a, "api", env, [
         f"cas API + CLI benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s), "
         f"page cache {a.cache}",

@@ -1,10 +1,5 @@
-"""What every benchmark in bench/ shares: options, child processes and node processes, the page cache, timing,
-RSS and CPU from /proc, host steal, the JSON result and the table. See bench/README.md.
-
-Standard library only at import time: a parent that imports Twisted or cas would raise every exec'd child's
-``ru_maxrss`` (Linux starts it at the parent's peak). Children import what they need inside their functions.
-Children are this file or a script run as ``SCRIPT --child MODE JSON`` (their arguments as one JSON object).
-"""
+"""What every benchmark in bench/ shares (see bench/README.md). Standard library only at import time: a parent that
+imports Twisted or cas would raise every exec'd child's ``ru_maxrss``. Children run as ``SCRIPT --child MODE JSON``."""
 
 from __future__ import annotations
 
@@ -29,19 +24,14 @@ from typing import Any
 
 MiB, GiB = 1 << 20, 1 << 30
 CHUNK = 16 * MiB  # source file generation and hashing
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-RESULTS = os.path.join(BENCH, "results")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "bench", "results")
 RESULT_PREFIX = "BENCH-RESULT "
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SAMPLE_S = 0.020  # VmHWM sampling period of children and nodes
-TIMELINE_S = 1.0  # nodes' RSS (anonymous / file-backed) recorded this often
-START_TIMEOUT = 60.0  # seconds a child or node has to report that it is ready
-STOP_TIMEOUT = 30.0
+SAMPLE_S, TIMELINE_S = 0.020, 1.0  # VmHWM sampling period; nodes' RSS (anonymous / file-backed) recorded this often
+START_TIMEOUT, STOP_TIMEOUT = 60.0, 30.0  # seconds a child or node has to be ready / to exit
 LIVE: set[subprocess.Popen] = set()  # every live child, stopped on the way out
-
-# -- sizes and figures -------------------------------------------------------------------------------------------
 
 
 def parse_size(text: str) -> int:
@@ -59,8 +49,7 @@ def fmt_size(n: int) -> str:
 
 
 def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
+    xs, n = sorted(xs), len(xs)
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
@@ -73,11 +62,9 @@ def summary(rs: list[dict[str, Any]], med: tuple[str, ...] = (), top: tuple[str,
             vals = [r[k] for r in rs]
             x.update({k: median(vals), f"{k}_min": min(vals), f"{k}_max": max(vals)})
     for k in med:
-        vals = [r[k] for r in rs if r.get(k) is not None]
-        if vals:
+        if vals := [r[k] for r in rs if r.get(k) is not None]:
             x[k] = median(vals)
-    for k in top:
-        x[k] = max(r.get(k) or 0.0 for r in rs)
+    x.update({k: max(r.get(k) or 0.0 for r in rs) for k in top})
     return x
 
 
@@ -90,8 +77,7 @@ def rates(r: dict[str, Any], nbytes: int, request_s: float, start_s: float) -> d
 
 
 def speed(x: dict[str, Any], repeat: int, key: str = "mib_s") -> str:
-    s = f"{x[key]:.1f}"
-    return s + (f" ({x[key + '_min']:.0f}-{x[key + '_max']:.0f})" if repeat > 1 and key + "_min" in x else "")
+    return f"{x[key]:.1f}" + (f" ({x[key + '_min']:.0f}-{x[key + '_max']:.0f})" if repeat > 1 and key + "_min" in x else "")
 
 
 def render(cols: list[tuple[str, int]], groups: list[list[list[str]]]) -> str:
@@ -99,18 +85,34 @@ def render(cols: list[tuple[str, int]], groups: list[list[list[str]]]) -> str:
     def line(cells: list[str]) -> str:
         return " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_t, w) in zip(cells, cols)).rstrip()
 
-    head = line([t for t, _w in cols])
-    out = [head, "-" * len(head)]
+    out = [line([t for t, _w in cols])]
+    out.append("-" * len(out[0]))
     for g in groups:
         out += [line(row) for row in g] + [""]
     return "\n".join(out).rstrip() + "\n"
 
 
+def table(results: list[dict[str, Any]], first: tuple[str, int], cols: list[tuple[str, int]], labels: dict[str, str],
+          cells: Callable[[str, dict[str, Any]], list[str]]) -> str:
+    """A group of rows per size (``labels``: summary key -> row label; a key missing from a size is skipped): the
+    label, the size, then ``cells(key, its summary)`` under ``cols``."""
+    return render([first, ("size", 5), *cols], [[[label, fmt_size(e["size"]), *cells(k, e["summary"][k])]
+                                                 for k, label in labels.items() if k in e["summary"]] for e in results])
+
+
+def say(label: str, r: dict[str, Any], *keys: str, **extra: Any) -> None:
+    """A progress line on stderr: both rates, the figures ``keys`` of ``r`` and ``extra``, load and host steal."""
+    def f(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else " ".join(f"{k} {x:.0f}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+    figs = {**{k: r.get(k) for k in keys}, **extra}
+    print(f"  {label:<22} {r['mib_s']:8.1f} MiB/s (e2e {f(r.get('mib_s_end_to_end', '-'))})  "
+          + "  ".join(f"{k} {f(v)}" for k, v in figs.items() if v is not None)
+          + f"  load {r.get('loadavg_before')}  steal {r.get('steal_share') or 0:.0%}", file=sys.stderr)
+
+
 def ok(b: bool | None, yes: str = "ok") -> str:
     return "n/a" if b is None else (yes if b else "MISSED")
-
-
-# -- this process (children) ------------------------------------------------------------------------------------
 
 
 def _fields(path: str, keys: tuple[str, ...], unit: int) -> dict[str, float]:
@@ -128,7 +130,7 @@ def _fields(path: str, keys: tuple[str, ...], unit: int) -> dict[str, float]:
 
 
 def mem_status(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS, VmHWM (MiB) and bytes read from / written to storage (MiB) of a process."""
+    """VmRSS, VmHWM, RssAnon, RssFile (MiB) and bytes read from / written to storage (MiB) of a process."""
     return {**_fields(f"/proc/{pid}/status", ("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:"), 1024),
             **_fields(f"/proc/{pid}/io", ("read_bytes:", "write_bytes:"), MiB)}
 
@@ -142,8 +144,7 @@ def cpu_split() -> tuple[float, float, int]:
 def emit(result: dict[str, Any]) -> None:
     """A child's result line: ``split0``/``split1`` (``cpu_split()`` around its timed part) become its CPU and
     page faults; its own peak RSS (VmHWM), ``ru_maxrss`` and disk bytes are added."""
-    m = mem_status()
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    m, ru = mem_status(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result.update(peak_rss_mib=m.get("VmHWM", ru), ru_maxrss_mib=ru, disk_read_bytes_mib=m.get("read_bytes"),
                   disk_write_bytes_mib=m.get("write_bytes"))
     if "split0" in result:
@@ -159,8 +160,7 @@ def prefault(n: int) -> float:
     if n <= 0:
         return 0.0
     t = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
+    if (pid := os.fork()) == 0:
         try:
             import mmap
 
@@ -171,9 +171,6 @@ def prefault(n: int) -> float:
             os._exit(0)
     os.waitpid(pid, 0)
     return time.perf_counter() - t
-
-
-# -- other processes and the machine ------------------------------------------------------------------------------
 
 
 def proc_stat(pid: int) -> tuple[float, float, int]:
@@ -187,27 +184,27 @@ def reset_peak_rss(pid: int) -> bool:
     """Reset a process's VmHWM to its current RSS (Linux >= 4.0). False if refused."""
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
+            return f.write("5") > 0
     except OSError:
         return False
 
 
-def loadavg() -> float | None:
+def first_line(path: str) -> list[str]:
     try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
+        with open(path) as f:
+            return f.readline().split()
     except OSError:
-        return None
+        return []
+
+
+def loadavg() -> float | None:
+    x = first_line("/proc/loadavg")
+    return float(x[0]) if x else None
 
 
 def cpu_ticks() -> tuple[int, int]:
     """(stolen, all) jiffies of the machine so far (/proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            x = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
+    x = [int(v) for v in first_line("/proc/stat")[1:]]
     return (x[7] if len(x) > 7 else 0), sum(x[:8])
 
 
@@ -238,25 +235,17 @@ def timed_phase(a: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 
 def du(path: str) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+    return sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _dirs, files in os.walk(path) for n in files)
 
 
 class Watch:
-    """Around a phase, for running processes (nodes): CPU, page faults and disk bytes over it, peak RSS (VmHWM at
-    the end and sampled every 20 ms; reset first unless ``reset=False``) and RSS every second (``rss_timeline``)."""
+    """Around a phase, for running processes: CPU, page faults and disk bytes over it, peak RSS (VmHWM at the end
+    and sampled every 20 ms; reset first unless ``reset=False``) and RSS every second (``rss_timeline``)."""
 
     def __init__(self, procs: dict[str, int], reset: bool = True) -> None:
-        self.procs, self.reset = procs, reset
+        self.procs, self.reset, self.n = procs, reset, 0
         self.hwm = dict.fromkeys(procs, 0.0)
         self.timeline: dict[str, list[list[float]]] = {k: [] for k in procs}
-        self.n = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -276,9 +265,7 @@ class Watch:
     def __enter__(self) -> Watch:
         self.before = {}
         for name, pid in self.procs.items():
-            m = mem_status(pid)
-            self.before[name] = {"startup_hwm_mib": m.get("VmHWM"), "idle_rss_mib": m.get("VmRSS"), "stat": proc_stat(pid),
-                                 "io": m, "hwm_reset": reset_peak_rss(pid) if self.reset else False}
+            self.before[name] = (mem_status(pid), proc_stat(pid), reset_peak_rss(pid) if self.reset else False)
         self._thread.start()
         return self
 
@@ -287,24 +274,21 @@ class Watch:
         self._thread.join()
         self.result: dict[str, dict[str, Any]] = {}
         for name, pid in self.procs.items():
-            b, m = self.before[name], mem_status(pid)
+            (m0, st0, reset), m = self.before[name], mem_status(pid)
             try:
-                u, s, flt = proc_stat(pid)
+                st = proc_stat(pid)
             except OSError:
-                u, s, flt = b["stat"]
-            u, s, flt = u - b["stat"][0], s - b["stat"][1], flt - b["stat"][2]
+                st = st0
+            u, s, flt = (x - x0 for x, x0 in zip(st, st0))
             self.result[name] = {
                 "pid": pid, "peak_rss_mib": max(m.get("VmHWM", 0.0), self.hwm[name]), "vmhwm_end_mib": m.get("VmHWM"),
                 "vmhwm_sampled_mib": self.hwm[name] or None, "rss_end_mib": m.get("VmRSS"),
-                "startup_hwm_mib": b["startup_hwm_mib"], "idle_rss_mib": b["idle_rss_mib"], "hwm_reset": b["hwm_reset"],
+                "startup_hwm_mib": m0.get("VmHWM"), "idle_rss_mib": m0.get("VmRSS"), "hwm_reset": reset,
                 "cpu_user_seconds": u, "cpu_sys_seconds": s, "cpu_seconds": u + s, "minor_faults": flt,
-                "disk_read_mib": m.get("read_bytes", 0) - b["io"].get("read_bytes", 0),
-                "disk_write_mib": m.get("write_bytes", 0) - b["io"].get("write_bytes", 0),
+                "disk_read_mib": m.get("read_bytes", 0) - m0.get("read_bytes", 0),
+                "disk_write_mib": m.get("write_bytes", 0) - m0.get("write_bytes", 0),
                 "rss_timeline": self.timeline[name],  # [seconds, VmRSS, RssAnon, RssFile] (MiB)
             }
-
-
-# -- child processes ----------------------------------------------------------------------------------------------
 
 
 def child_env() -> dict[str, str]:
@@ -336,27 +320,22 @@ def reap(proc: subprocess.Popen, timeout: float | None = None, term: bool = Fals
     return proc.returncode
 
 
-def stop_children() -> None:
-    """SIGTERM every live child, SIGKILL one that does not exit within 5 s."""
-    for proc in list(LIVE):
-        reap(proc, 5, term=True)
-
-
 def terminate(signum: int, frame: Any) -> None:
     """A signal handler that exits through the normal clean-up (finally blocks, atexit)."""
     raise SystemExit(128 + signum)
 
 
-def read_text(path: str) -> str:
+def read_text(path: str, offset: int = 0) -> str:
     try:
         with open(path, "rb") as f:
+            f.seek(offset)
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
 
 
-def tail(path: str, n: int = 30) -> str:
-    return "\n".join(read_text(path).splitlines()[-n:])
+def tail(path: str, offset: int = 0) -> str:
+    return "\n".join(read_text(path, offset).splitlines()[-30:])
 
 
 def parse_result(text: str, what: str) -> dict[str, Any]:
@@ -367,49 +346,40 @@ def parse_result(text: str, what: str) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
-def wait_file(path: str, proc: subprocess.Popen, what: str, log: str) -> None:
-    """Until ``proc`` writes ``path`` (it is ready); FAIL if it exits first or takes over START_TIMEOUT."""
-    t0 = time.perf_counter()
-    while not os.path.exists(path):
+def wait_until(ready: Callable[[], Any], proc: subprocess.Popen, what: str, log: str, t0: float) -> Any:
+    """Until ``ready()`` is true; FAIL if ``proc`` exits first or takes over START_TIMEOUT since ``t0``."""
+    while not (x := ready()):
         if proc.poll() is not None:
             raise SystemExit(f"FAIL: {what} exited ({proc.returncode}) before it was ready:\n{tail(log)}")
         if time.perf_counter() - t0 > START_TIMEOUT:
             raise SystemExit(f"FAIL: {what} not ready within {START_TIMEOUT:.0f} s:\n{tail(log)}")
         time.sleep(0.02)
+    return x
 
 
 def wait_sampled(proc: subprocess.Popen, t0: float, timeout: float | None = None) -> tuple[Any, dict[str, float], float]:
-    """Reap ``proc`` with ``wait4`` while a thread samples its VmHWM every 20 ms; kill it past ``timeout``
+    """Reap ``proc`` with ``wait4`` while a ``Watch`` samples its VmHWM every 20 ms; kill it past ``timeout``
     seconds or if we are interrupted. Returns (rusage, {"hwm": MiB, "n": samples}, seconds since ``t0``)."""
-    samples, done = {"hwm": 0.0, "n": 0}, threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            hwm = _fields(f"/proc/{proc.pid}/status", ("VmHWM:",), 1024).get("VmHWM")
-            if hwm is not None:
-                samples["hwm"], samples["n"] = max(samples["hwm"], hwm), samples["n"] + 1
-            done.wait(SAMPLE_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    killer = threading.Timer(timeout, proc.kill) if timeout else None
-    if killer is not None:
-        killer.start()
-    try:
-        _pid, status, ru = os.wait4(proc.pid, 0)
-    except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        if killer is not None:
+    killer = threading.Timer(timeout or 0, proc.kill)
+    with Watch({"c": proc.pid}, reset=False) as w:
+        if timeout:
+            killer.start()
+        try:
+            _pid, status, ru = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
             killer.cancel()
-        dt = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        LIVE.discard(proc)
+            dt = time.perf_counter() - t0
+            LIVE.discard(proc)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
-    return ru, samples, dt
+    return ru, {"hwm": w.hwm["c"], "n": w.n}, dt
+
+
+def failed(what: str, proc: subprocess.Popen, timeout: float | None, dt: float) -> str:
+    return f"FAIL: {what} " + (f"timed out after {timeout:.0f} s" if timeout and dt >= timeout else f"exited {proc.returncode}")
 
 
 def child_cmd(script: str, mode: str, **kw: Any) -> list[str]:
@@ -428,12 +398,10 @@ def run_child(script: str, mode: str, work: str, name: str, timeout: float | Non
         if not line.startswith(RESULT_PREFIX):
             print(f"  [{name}] {line}", file=sys.stderr)
     if proc.returncode != 0:
-        why = f"timed out after {timeout:.0f} s" if timeout and wall >= timeout else f"exited {proc.returncode}"
-        raise SystemExit(f"FAIL: {name} {why}:\n{tail(err)}")
-    r = parse_result(read_text(out), name)
-    w4 = ru.ru_maxrss / 1024
-    r.update(process_seconds=wall, process_cpu_seconds=ru.ru_utime + ru.ru_stime, wait4_ru_maxrss_mib=w4, vmhwm_sampled_mib=samples["hwm"] or None,
-             vmhwm_end_mib=r["peak_rss_mib"],
+        raise SystemExit(failed(name, proc, timeout, wall) + f":\n{tail(err)}")
+    r, w4 = parse_result(read_text(out), name), ru.ru_maxrss / 1024
+    r.update(process_seconds=wall, process_cpu_seconds=ru.ru_utime + ru.ru_stime, wait4_ru_maxrss_mib=w4,
+             vmhwm_sampled_mib=samples["hwm"] or None, vmhwm_end_mib=r["peak_rss_mib"],
              peak_rss_mib=max(r["peak_rss_mib"], samples["hwm"], 0.0 if r.get("prefault_seconds") else w4))
     if r.get("bytes") and "seconds" in r:  # from the request (timed inside) and from the spawn (warm-up excluded)
         rates(r, r["bytes"], r["seconds"], wall - r.get("prefault_seconds", 0.0))
@@ -484,18 +452,12 @@ def child_b3sum(a: argparse.Namespace) -> None:
 def make_source(size: int, src: str) -> dict[str, Any]:
     """The random source file of a benchmark (fsynced), written by a child; the result has its BLAKE3."""
     s = run_child(__file__, "mksrc", os.path.dirname(src), "mksrc", size=size, src=src)
-    s["bytes"] = size
+    s.update(bytes=size, src=src)
     print(f"  source: {fmt_size(size)} written and fsynced in {s['seconds']:.1f} s, BLAKE3 {s['blake3'][:16]}...",
           file=sys.stderr)
     settle()
     return s
 
-
-def b3sum(path: str, work: str) -> dict[str, Any]:
-    return run_child(__file__, "b3sum", work, "b3sum", path=path)
-
-
-# -- node processes and the CLI ---------------------------------------------------------------------------------
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile="]
 _LISTENING = re.compile(r"cas node (\S+) listening for peers on tcp:127\.0\.0\.1:(\d+)")
@@ -506,12 +468,10 @@ class Node:
     """One ``twistd --nodaemon cas`` process, peer port and API on 127.0.0.1 (port 0 at the first start, then the
     same port again, so that a restart on the same data dir keeps its address). Its log is appended to."""
 
-    def __init__(self, name: str, data: str, extra: list[str] | None = None, twistd: list[str] | None = None) -> None:
-        self.name, self.data, self.extra, self.twistd = name, data, extra or [], twistd or []
+    def __init__(self, name: str, data: str, extra: list[str] | None = None) -> None:
+        self.name, self.data, self.extra = name, data, extra or []
         self.log_path, self.port, self.node_id = data + ".log", 0, None
         self.proc: subprocess.Popen | None = None
-        self.log: Any = None
-        self.exit_codes: list[int | None] = []
 
     @property
     def pid(self) -> int:
@@ -527,23 +487,17 @@ class Node:
             os.unlink(self.url_path)  # left by the previous run: wait for the new one
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.offset = self.log.tell()
-        cmd = TWISTD + self.twistd + ["cas", "--port", f"tcp:{self.port}:interface=127.0.0.1", "--api",
-                                      "tcp:0:interface=127.0.0.1", "--data-dir", self.data] + self.extra
-        env = child_env()
-        env["PYTHONUNBUFFERED"] = "1"  # the log line with the node id and port must reach the file at once
+        cmd = TWISTD + ["cas", "--port", f"tcp:{self.port}:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1",
+                        "--data-dir", self.data] + self.extra + (["--bootstrap", bootstrap] if bootstrap else [])
+        env = {**child_env(), "PYTHONUNBUFFERED": "1"}  # the log line with the node id and port must reach the file at once
         self.t0 = time.perf_counter()
-        self.proc = spawn(cmd + (["--bootstrap", bootstrap] if bootstrap else []), self.log, subprocess.STDOUT,
-                          env=env, cwd=os.path.dirname(self.data))
+        self.proc = spawn(cmd, self.log, subprocess.STDOUT, env=env, cwd=os.path.dirname(self.data))
 
     def wait_ready(self) -> None:
         """Until it has logged its node id and peer port and written api.url; then 0.2 s for its worker pool."""
-        while not ((m := _LISTENING.search(self.output())) and os.path.exists(self.url_path)):
-            if not self.alive():
-                raise SystemExit(f"FAIL: node {self.name} exited ({self.proc.returncode if self.proc else '?'}) at "
-                                 f"start-up:\n{self.tail()}")
-            if time.perf_counter() - self.t0 > START_TIMEOUT:
-                raise SystemExit(f"FAIL: node {self.name} not ready within {START_TIMEOUT:.0f} s:\n{self.tail()}")
-            time.sleep(0.02)
+        assert self.proc is not None
+        m = wait_until(lambda: os.path.exists(self.url_path) and _LISTENING.search(read_text(self.log_path, self.offset)),
+                       self.proc, f"node {self.name}", self.log_path, self.t0)
         node_id, port = m.group(1), int(m.group(2))
         if (self.port and port != self.port) or (self.node_id and node_id != self.node_id):
             raise SystemExit(f"FAIL: node {self.name} came back as {node_id} on {port}, not {self.node_id} on {self.port}")
@@ -555,16 +509,8 @@ class Node:
     def contact(self) -> str:
         return f"{self.node_id}@127.0.0.1:{self.port}"
 
-    def output(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self.offset)
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.output().splitlines()[-n:])
+    def tail(self) -> str:
+        return tail(self.log_path, self.offset)
 
     def stop(self, phase: str = "") -> dict[str, Any] | None:
         """SIGTERM; its exit code and the error lines of this run's log (both printed when not clean)."""
@@ -572,9 +518,7 @@ class Node:
             return None
         code = reap(self.proc, STOP_TIMEOUT, term=True)
         self.log.close()
-        self.proc = None
-        self.exit_codes.append(code)
-        text = self.output()
+        self.proc, text = None, read_text(self.log_path, self.offset)
         bad = [line for line in text.splitlines() if _LOG_PROBLEM.search(line)]
         if code not in (0, -signal.SIGTERM):  # twistd stops cleanly, then re-raises SIGTERM to exit with it
             print(f"  note: node {self.name} exited {code} after SIGTERM {phase}:\n{self.tail()}", file=sys.stderr)
@@ -606,14 +550,12 @@ class Cli:
 
     def __init__(self, args: list[str], work: str, name: str, stdout: Any = None) -> None:
         self.args = args
-        self.out_path, self.err_path = os.path.join(work, f"{name}.stdout"), os.path.join(work, f"{name}.stderr")
-        self.connect_path = os.path.join(work, f"{name}.connect")
+        self.out_path, self.err_path, self.connect_path = (os.path.join(work, f"{name}.{x}") for x in ("stdout", "stderr", "connect"))
         if os.path.exists(self.connect_path):
             os.unlink(self.connect_path)
         self._out = open(self.out_path, "wb") if stdout is None else None  # noqa: SIM115
         self._err = open(self.err_path, "wb")  # noqa: SIM115
-        env = child_env()
-        env["BENCH_CONNECT_FILE"] = self.connect_path
+        env = {**child_env(), "BENCH_CONNECT_FILE": self.connect_path}
         self.t0 = time.perf_counter()
         self.proc = spawn([sys.executable, "-c", _CONNECT_HOOK, *args], self._out or stdout, self._err, env=env, cwd=work)
 
@@ -621,14 +563,12 @@ class Cli:
         try:
             ru, samples, dt = wait_sampled(self.proc, self.t0, timeout)
         finally:
-            if self._out is not None:
-                self._out.close()
-            self._err.close()
-        self.end = self.t0 + dt
-        what = f"cas {' '.join(self.args)}"
+            for f in (self._out, self._err):
+                if f is not None:
+                    f.close()
+        self.end, what = self.t0 + dt, f"cas {' '.join(self.args)}"
         if self.proc.returncode != 0:
-            why = f"timed out after {timeout:.0f} s" if timeout and dt >= timeout else f"exited {self.proc.returncode}"
-            raise SystemExit(f"FAIL: {what} {why}: {read_text(self.err_path).strip()[-3000:]}")
+            raise SystemExit(failed(what, self.proc, timeout, dt) + f": {read_text(self.err_path).strip()[-3000:]}")
         try:
             connect = float(read_text(self.connect_path)) - self.t0
         except ValueError:
@@ -644,7 +584,7 @@ class Cli:
         return rates(r, nbytes, dt - connect, dt) if nbytes else r
 
 
-# -- TLS pieces of the baselines (children only: these import Twisted and cas) -------------------------------------
+# -- TLS pieces of the baselines (children only: these import Twisted and cas)
 
 
 def identity(data: str) -> Any:
@@ -654,7 +594,7 @@ def identity(data: str) -> Any:
     return load_or_create(os.path.join(data, "node.key"), os.path.join(data, "node.crt"))
 
 
-def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dict[str, Any], wrap: Any = None) -> None:
+def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dict[str, Any]) -> None:
     """When the reactor runs: listen on 127.0.0.1:0 (TLS 1.3 with this identity, cas.peer.peertls) for one
     connection, then write "PORT NODEID" to ``port_file``."""
     from twisted.internet import endpoints, reactor
@@ -680,11 +620,11 @@ def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dic
         result["error"] = f"cannot listen: {f.getErrorMessage()}"
         reactor.stop()
 
-    ep = (wrap or endpoints.wrapServerTLS)(server_creator(ident), endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    ep = endpoints.wrapServerTLS(server_creator(ident), endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
     reactor.callWhenRunning(lambda: ep.listen(OneShot()).addCallbacks(ready, failed))
 
 
-def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any], wrap: Any = None) -> None:
+def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any]) -> None:
     """When the reactor runs: connect ``proto`` to "PORT@NODEID" on 127.0.0.1 over TLS (that key pinned)."""
     from twisted.internet import endpoints, reactor
 
@@ -697,34 +637,9 @@ def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any], wrap: Any
         result["error"] = f"cannot connect to 127.0.0.1:{port}: {f.getErrorMessage()}"
         reactor.stop()
 
-    ep = (wrap or endpoints.wrapClientTLS)(client_creator(ident, parse_node_id(nid)),
-                                           endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), timeout=10))
+    ep = endpoints.wrapClientTLS(client_creator(ident, parse_node_id(nid)),
+                                 endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), timeout=10))
     reactor.callWhenRunning(lambda: endpoints.connectProtocol(ep, proto).addErrback(failed))
-
-
-def run_reactor(a: argparse.Namespace, name: str) -> None:
-    """reactor.run(), under cProfile with ``a.profile`` (bench/peers.py --profile DIR: stats to DIR/NAME.prof)."""
-    from twisted.internet import reactor
-
-    if not getattr(a, "profile", None):
-        return reactor.run()
-    import cProfile
-
-    prof = cProfile.Profile()
-    try:
-        prof.runcall(reactor.run)
-    finally:
-        os.makedirs(a.profile, exist_ok=True)
-        prof.dump_stats(os.path.join(a.profile, f"{name}.prof"))
-
-
-def tls_wrap(kind: str, server: bool) -> Any:
-    """The baselines' TLS layer: Twisted's TLSMemoryBIOProtocol (None: the default) or cas's PeerTLSProtocol."""
-    if kind != "cas":
-        return None
-    from cas.peer.peertls import wrap_client, wrap_server
-
-    return wrap_server if server else wrap_client
 
 
 def child_serve(a: argparse.Namespace) -> None:
@@ -789,8 +704,8 @@ def child_serve(a: argparse.Namespace) -> None:
             result["blocks_sent"], result["complete"] = self.i, self.finished
             reactor.callLater(0, reactor.stop)
 
-    listen_once(a.port_file, identity(a.data), Streamer, result, tls_wrap(a.tls, True))
-    run_reactor(a, "serve")
+    listen_once(a.port_file, identity(a.data), Streamer, result)
+    reactor.run()
     if not result.get("complete"):
         raise SystemExit(f"serve: the stream did not complete ({result.get('blocks_sent', 0)} blocks sent) "
                          f"{result.get('error', '')}")
@@ -801,10 +716,8 @@ def start_server(script: str, mode: str, work: str, name: str, **kw: Any) -> tup
     """A TLS server child (``listen_once``); (process, "PORT@NODEID" to dial, stdout, stderr) once it listens."""
     port_file, out, err = (os.path.join(work, f"{name}.{x}") for x in ("port", "stdout", "stderr"))
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = spawn(child_cmd(script, mode, port_file=port_file, **kw), fo, fe)
-    wait_file(port_file, proc, name, err)
-    with open(port_file) as f:
-        port, nid = f.read().split()
+        t0, proc = time.perf_counter(), spawn(child_cmd(script, mode, port_file=port_file, **kw), fo, fe)
+    port, nid = wait_until(lambda: os.path.exists(port_file) and read_text(port_file).split(), proc, name, err, t0)
     return proc, f"{port}@{nid}", out, err
 
 
@@ -813,9 +726,6 @@ def finish_server(proc: subprocess.Popen, out: str, err: str, name: str) -> dict
     if reap(proc, STOP_TIMEOUT) != 0:
         raise SystemExit(f"FAIL: {name} exited {proc.returncode}:\n{tail(err)}")
     return parse_result(read_text(out), name)
-
-
-# -- a run: options, set-up, results ------------------------------------------------------------------------------
 
 
 def parser(description: str, cache: str = "warm", files: bool = True) -> argparse.ArgumentParser:
@@ -834,12 +744,17 @@ def parser(description: str, cache: str = "warm", files: bool = True) -> argpars
     return p
 
 
+def stop_children() -> None:
+    """SIGTERM every live child, SIGKILL one that does not exit within 5 s."""
+    for proc in list(LIVE):
+        reap(proc, 5, term=True)
+
+
 def main(p: argparse.ArgumentParser, children: dict[str, Callable[[argparse.Namespace], None]],
          run: Callable[[argparse.Namespace], None]) -> None:
     """A child mode (``--child MODE JSON``, hidden), or a run: the common options checked, then ``run(a)``."""
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        children[sys.argv[2]](argparse.Namespace(**json.loads(sys.argv[3])))
-        return
+        return children[sys.argv[2]](argparse.Namespace(**json.loads(sys.argv[3])))
     a = p.parse_args()
     a.repeat = max(1, a.repeat)
     signal.signal(signal.SIGTERM, terminate)  # so that children are stopped and the temp dirs removed
@@ -877,18 +792,13 @@ def environment() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    env: dict[str, Any] = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                           "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                           "loadavg": loadavg(), "git": {"commit": git("rev-parse", "HEAD").strip() or None,
-                           "dirty_cas_files": [x[3:] for x in git("status", "--porcelain", "--", "cas").splitlines()]}}
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), None)
-        with open("/proc/meminfo") as f:
-            env["mem_total_mib"] = int(f.readline().split()[1]) // 1024
-    except OSError:
-        pass
-    return env
+    cpu = [x.split(":", 1)[1].strip() for x in read_text("/proc/cpuinfo").splitlines() if x.startswith("model name")]
+    mem = first_line("/proc/meminfo")
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+            "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": loadavg(),
+            "git": {"commit": git("rev-parse", "HEAD").strip() or None,
+                    "dirty_cas_files": [x[3:] for x in git("status", "--porcelain", "--", "cas").splitlines()]},
+            "cpu": cpu[0] if cpu else None, "mem_total_mib": int(mem[1]) // 1024 if mem else None}
 
 
 @contextmanager
@@ -906,24 +816,45 @@ def workdir(a: argparse.Namespace, name: str) -> Iterator[str]:
         settle()
 
 
+def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dict[str, Any]],
+                summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                prepare: Callable[[int, str], tuple[dict[str, Any], dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Per ``--size``: a work dir, ``prepare(size, work)`` (default: the random source), then ``--repeat`` rounds of
+    ``one_round(size, WORK/rN, prepared, n)`` (its rows), summarised."""
+    out = []
+    for size in a.size:
+        with workdir(a, f"{script}-{fmt_size(size)}") as work:
+            if prepare:
+                s, fields = prepare(size, work)
+            else:
+                s = make_source(size, os.path.join(work, "source.bin"))
+                fields = {"source_blake3": s["blake3"], "source_seconds": s["seconds"]}
+            rounds = []
+            for n in range(a.repeat):
+                if a.repeat > 1:
+                    print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
+                os.makedirs(rwork := os.path.join(work, f"r{n}"), exist_ok=True)
+                rounds.append(one_round(size, rwork, s, n))
+            out.append({"size": size, **fields, "rounds": rounds, "summary": summarise(rounds)})
+    return out
+
+
 def finish(a: argparse.Namespace, script: str, env: dict[str, Any], header: list[str], text: str,
            doc: dict[str, Any]) -> None:
     """Print the header lines and the table; write the JSON (``--json``, or bench/results/SCRIPT-SIZES-rN.json)."""
-    print()
-    print("\n".join(header))
+    print("\n" + "\n".join(header))
     print(text, end="", flush=True)
-    m = mem_status()
-    env.update(loadavg_end=loadavg(), parent_peak_rss_mib=m.get("VmHWM"),
+    env.update(loadavg_end=loadavg(), parent_peak_rss_mib=mem_status().get("VmHWM"),
                date_end=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     sizes = "-".join(fmt_size(s) for s in getattr(a, "size", None) or [])
     path = a.json or os.path.join(RESULTS, f"{script}-{sizes or 'run'}-r{a.repeat}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    opts = {k: v for k, v in vars(a).items() if k not in ("json",)}
     with open(path, "w") as f:
-        json.dump({"environment": env, "options": opts, **doc, "table": text}, f, indent=1)
+        json.dump({"environment": env, "options": {k: v for k, v in vars(a).items() if k != "json"}, **doc, "table": text},
+                  f, indent=1)
         f.write("\n")
     print(f"JSON: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # the children above: harness.py --child MODE JSON
-    {"mksrc": child_mksrc, "b3sum": child_b3sum, "serve": child_serve}[sys.argv[2]](argparse.Namespace(**json.loads(sys.argv[3])))
+    main(argparse.ArgumentParser(), {"mksrc": child_mksrc, "b3sum": child_b3sum, "serve": child_serve}, lambda a: None)

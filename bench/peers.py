@@ -1,11 +1,6 @@
 #!/usr/bin/env python
-"""GET_BLOCK streaming from a node process to a receiver over the peer protocol (TLS 1.3 on loopback), against a
-bare Twisted TLS stream of the same block files between two processes (as is, with cas's allocator settings, and
-with BLAKE3 on receipt). See bench/README.md.
-
-    .venv/bin/python bench/peers.py --size 1G [--size 5G] [--repeat N] [--window 8] [--dir DIR] [--json OUT]
-                                    [--no-hash-baseline] [--profile DIR]
-"""
+"""GET_BLOCK from a node process over the peer protocol against a bare Twisted TLS stream of the same block files
+(as is, with cas's allocator settings, with BLAKE3 on receipt). See bench/README.md."""
 
 from __future__ import annotations
 
@@ -135,7 +130,7 @@ def child_recv0(a: argparse.Namespace) -> None:
             reactor.callLater(0, reactor.stop)
 
     harness.dial(a.contact, prepare(a.recv_data).identity(), Counter(), result)
-    harness.run_reactor(a, "recv0-hash" if a.hash else "recv0")
+    reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"recv0: {result.get('error', 'no result')}")
     result["blocks"] = len(digests)
@@ -193,7 +188,7 @@ def child_recv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(lambda: pm.dial(Address("tcp", "127.0.0.1", a.port).endpoint(reactor, timeout=10), expected)
                             .addCallbacks(connected, lambda f: finish(f"cannot connect: {f.getErrorMessage()}")))
-    harness.run_reactor(a, "recv")
+    reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"recv: {result.get('error', 'no result')}")
     if result["bytes"] != len(cids) * BLOCK:
@@ -212,7 +207,7 @@ def receive(mode: str, work: str, name: str, setup: dict[str, Any], a: argparse.
     """A receiver child to completion (page cache as --cache, host steal), with ``sender``'s CPU, faults and disk
     reads over its whole life (from /proc) when the sender is a node."""
     with harness.timed_phase(a) as phase, harness.Watch(sender) as watch:
-        r = harness.run_child(__file__, mode, work, name, setup["timeout"], profile=a.profile,
+        r = harness.run_child(__file__, mode, work, name, setup["timeout"],
                               recv_data=setup["recv_data"], cids=setup["cids"], **kw)
     r.update(phase)
     r.update({f"recv_{k}": r.pop(k) for k in ("cpu_user_seconds", "cpu_sys_seconds", "minor_faults", "wait4_ru_maxrss_mib",
@@ -233,8 +228,7 @@ def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bo
     with ``tuned`` both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
     name = ("bare-b3" if hashing else "bare") + ("-tuned" if tuned else "")
     server, contact, out, err = harness.start_server(harness.__file__, "serve", work, f"{name}-serve", data=setup["data"],
-                                                     paths=setup["paths"], tune=tuned, tls="twisted",
-                                                     profile=a.profile)
+                                                     paths=setup["paths"], tune=tuned)
     try:
         r = receive("recv0", work, f"{name}-recv", setup, a, {}, contact=contact, hash=hashing, tune=tuned)
     finally:
@@ -247,8 +241,7 @@ def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bo
 
 def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str, Any]:
     """A real node S (twistd) on the block data dir, and the receiver R dialling it."""
-    twistd = ["--profile", os.path.join(a.profile, "node.prof"), "--profiler", "cprofile", "--savestats"] if a.profile else []
-    node = harness.Node("S", setup["data"], twistd=twistd)
+    node = harness.Node("S", setup["data"])
     node.log_path = os.path.join(work, "node.log")
     try:
         node.start()
@@ -266,44 +259,37 @@ def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str,
 
 def say(name: str, r: dict[str, Any]) -> dict[str, Any]:
     r["send_cpu_s_per_gib"] = r["send_cpu_seconds"] / (r["bytes"] / GiB)
-    print(f"  {name:<8} {r['mib_s']:8.1f} MiB/s {r['seconds']:6.2f} s (e2e {r['mib_s_end_to_end']:.1f} MiB/s)  recv RSS "
-          f"{r['recv_peak_rss_mib']:5.1f} MiB (ru_maxrss {r['recv_ru_maxrss_mib']:.1f}, sampled {r['recv_vmhwm_sampled_mib'] or 0:.1f}, "
-          f"end {r['recv_vmhwm_end_mib'] or 0:.1f})  send RSS {r.get('send_peak_rss_mib') or 0:5.1f} MiB  CPU s/GiB recv "
-          f"{r['recv_cpu_s_per_gib']:.2f} send {r['send_cpu_s_per_gib']:.2f}  send disk rd {r.get('send_disk_read_mib') or 0:.0f} "
-          f"MiB  load {r['loadavg_before']}  steal {r['steal_share'] or 0:.0%}", file=sys.stderr)
+    harness.say(name, r, "seconds", "recv_peak_rss_mib", "send_peak_rss_mib", "recv_cpu_s_per_gib", "send_cpu_s_per_gib",
+                "send_disk_read_mib")
     return r
 
 
-def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
+def prepare(size: int, work: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The node's block store (and the receiver's data dir), untimed: ``size // MiB`` blocks, synced."""
     blocks = max(1, size // MiB)
-    with harness.workdir(a, f"peers-{harness.fmt_size(size)}") as work:
-        setup = {"data": os.path.join(work, "S"), "recv_data": os.path.join(work, "R"), "cids": os.path.join(work, "cids.txt"),
-                 "paths": os.path.join(work, "paths.txt"), "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
-        made = harness.run_child(__file__, "mkblocks", work, "mkblocks", data=setup["data"], recv_data=setup["recv_data"],
-                                 cids=setup["cids"], paths=setup["paths"], blocks=blocks)
-        setup["node_id"] = made["node_id"]
-        harness.settle()
-        print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in {made['seconds']:.1f} s; "
-              f"node {made['node_id']}", file=sys.stderr)
-        rounds = []
-        for n in range(a.repeat):
-            cas_first = n % 2 == 1
-            if a.repeat > 1:
-                print(f" round {n + 1}/{a.repeat}{' (cas first)' if cas_first else ''}", file=sys.stderr)
-            rwork = os.path.join(work, f"r{n}")
-            os.makedirs(rwork, exist_ok=True)
-            rows: dict[str, Any] = {}
-            for side in (("cas", "bare") if cas_first else ("bare", "cas")):
-                if side == "cas":
-                    rows["cas"] = cas_op(setup, rwork, a)
-                else:
-                    rows["bare"] = bare_op(setup, rwork, a, False)
-                    rows["bare_tuned"] = bare_op(setup, rwork, a, False, tuned=True)
-                    if a.hash_baseline:
-                        rows["bare_b3"] = bare_op(setup, rwork, a, True)
-            rounds.append(rows)
-        return {"size": size, "blocks": blocks, "block_bytes": BLOCK, "bytes": blocks * BLOCK, "setup_seconds": made["seconds"],
-                "node_id": made["node_id"], "rounds": rounds, "summary": summarise(rounds)}
+    setup = {"data": os.path.join(work, "S"), "recv_data": os.path.join(work, "R"), "cids": os.path.join(work, "cids.txt"),
+             "paths": os.path.join(work, "paths.txt"), "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
+    made = harness.run_child(__file__, "mkblocks", work, "mkblocks", data=setup["data"], recv_data=setup["recv_data"],
+                             cids=setup["cids"], paths=setup["paths"], blocks=blocks)
+    setup["node_id"] = made["node_id"]
+    harness.settle()
+    print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in {made['seconds']:.1f} s; "
+          f"node {made['node_id']}", file=sys.stderr)
+    return setup, {"blocks": blocks, "block_bytes": BLOCK, "bytes": blocks * BLOCK, "setup_seconds": made["seconds"],
+                   "node_id": made["node_id"]}
+
+
+def one_round(size: int, work: str, setup: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
+    for side in (("cas", "bare") if n % 2 else ("bare", "cas")):
+        if side == "cas":
+            rows["cas"] = cas_op(setup, work, a)
+        else:
+            rows["bare"] = bare_op(setup, work, a, False)
+            rows["bare_tuned"] = bare_op(setup, work, a, False, tuned=True)
+            if a.hash_baseline:
+                rows["bare_b3"] = bare_op(setup, work, a, True)
+    return rows
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -325,33 +311,24 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    w = 20 if a.repeat > 1 else 8
-    cols = [("transfer", -19), ("size", 5), ("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w), ("e2e MiB/s", 9),
+    def cells(key: str, x: dict[str, Any]) -> list[str]:
+        target = "" if key != "cas" else (
+            f" >= {TARGET_RATIO:.2f} of the faster bare: {harness.ok(x['target_met'])} (vs bare with cas malloc: "
+            f"{x['ratio_vs_bare_tuned']:.3f})" + (f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})" if "ratio_vs_bare_b3" in x else ""))
+        return [harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}", f"{x['recv_peak_rss_mib']:.1f}",
+                f"{x['send_peak_rss_mib']:.1f}", f"{x['recv_cpu_s_per_gib']:.2f}", f"{x['send_cpu_s_per_gib']:.2f}",
+                f"{x['ratio_vs_bare']:.3f}" if "ratio_vs_bare" in x else "", target]
+
+    cols = [("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), 20 if a.repeat > 1 else 8), ("e2e MiB/s", 9),
             ("recv RSS MiB", 13), ("send RSS MiB", 13), ("CPU s/GiB recv", 15), ("send", 5), ("/bare", 6), (" target", -1)]
-    groups = []
-    for e in results:
-        rows = []
-        for key, label in LABELS.items():
-            if key not in e["summary"]:
-                continue
-            x, target = e["summary"][key], ""
-            if key == "cas":
-                target = (f" >= {TARGET_RATIO:.2f} of the faster bare: {harness.ok(x['target_met'])} "
-                          f"(vs bare with cas malloc: {x['ratio_vs_bare_tuned']:.3f})")
-                target += f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})" if "ratio_vs_bare_b3" in x else ""
-            rows.append([label, harness.fmt_size(e["size"]), harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}",
-                         f"{x['recv_peak_rss_mib']:.1f}", f"{x['send_peak_rss_mib']:.1f}", f"{x['recv_cpu_s_per_gib']:.2f}",
-                         f"{x['send_cpu_s_per_gib']:.2f}", f"{x['ratio_vs_bare']:.3f}" if "ratio_vs_bare" in x else "", target])
-        groups.append(rows)
-    return harness.render(cols, groups)
+    return harness.table(results, ("transfer", -19), cols, LABELS, cells)
 
 
 def run(a: argparse.Namespace) -> None:
     a.window = max(1, a.window)
-    a.profile = os.path.abspath(a.profile) if a.profile else None
     harness.require_room(a.dir, max(a.size) // MiB * BLOCK + 512 * MiB)  # one block store at a time, logs, data dirs
     env = harness.environment()
-    results = [bench_size(size, a) for size in a.size]
+    results = harness.bench_sizes(a, "peers", lambda *x: one_round(*x, a), summarise, prepare)
     harness.finish(a, "peers", env, [
         f"cas peer GET_BLOCK benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
         f"round(s), window {a.window}, page cache {a.cache}",
@@ -365,5 +342,4 @@ if __name__ == "__main__":
     p.add_argument("--window", type=int, default=8, help="GET_BLOCK requests in flight (default 8)")
     p.add_argument("--no-hash-baseline", dest="hash_baseline", action="store_false",
                    help="skip the bare TLS + BLAKE3 variant (shown for context)")
-    p.add_argument("--profile", help="cProfile every receiver, the bare server and the node (twistd --profile) into DIR")
     harness.main(p, CHILDREN, run)

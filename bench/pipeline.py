@@ -1,9 +1,6 @@
 #!/usr/bin/env python
-"""cas store/read pipelines (``Node.put_path``; ``Node.open`` + ``Node.download``) against a plain loop doing the
-same work with the same durability. Each operation runs in a fresh child process. See bench/README.md.
-
-    .venv/bin/python bench/pipeline.py --size 1G [--size 5G] [--repeat N] [--dir DIR] [--json OUT] [--threads 4]
-"""
+"""cas store/read pipelines (``Node.put_path``; ``Node.open`` + ``Node.download``) against a plain loop with the same
+durability, each operation in a fresh child process. See bench/README.md."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import time
 from typing import Any
 
@@ -29,15 +25,12 @@ ROWS = (("loop_put", "loop put (1 thread)"), ("loop_put_threaded", "loop put ({t
 # block, one file per block under blocks/<aa>/<bb>/ written to tmp/, fsynced, renamed, shard directory fsynced (new
 # shard directories made durable as cas.store.blockstore does); the block list written durably at the end.
 
-_SEGMENT_AD = b"cas/segment/v1"
-
-
 def _nonce(index: int, last: bool) -> bytes:
     return struct.pack(">QB3x", index, 1 if last else 0)
 
 
 def _ad(index: int, last: bool) -> bytes:
-    return _SEGMENT_AD + struct.pack(">QB", index, 1 if last else 0)
+    return b"cas/segment/v1" + struct.pack(">QB", index, 1 if last else 0)
 
 
 def fsync_dir(path: str) -> None:
@@ -48,21 +41,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def block_path(root: str, hexdigest: str) -> str:
+    return os.path.join(root, "blocks", hexdigest[0:2], hexdigest[2:4], hexdigest)
+
+
 class LoopStore:
     def __init__(self, root: str) -> None:
         self.root, self.blocks, self.tmp = root, os.path.join(root, "blocks"), os.path.join(root, "tmp")
         os.makedirs(self.blocks, exist_ok=True)
         os.makedirs(self.tmp, exist_ok=True)
 
-    @staticmethod
-    def block_path(root: str, hexdigest: str) -> str:
-        return os.path.join(root, "blocks", hexdigest[0:2], hexdigest[2:4], hexdigest)
-
-    def path(self, hexdigest: str) -> str:
-        return self.block_path(self.root, hexdigest)
-
     def put(self, hexdigest: str, block: bytes, tag: str) -> None:
-        tmp = os.path.join(self.tmp, f"{hexdigest}.{tag}")
+        tmp, path = os.path.join(self.tmp, f"{hexdigest}.{tag}"), block_path(self.root, hexdigest)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(block)
@@ -71,7 +61,7 @@ class LoopStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        shard = os.path.dirname(self.path(hexdigest))
+        shard = os.path.dirname(path)
         if not os.path.isdir(shard):
             parent = os.path.dirname(shard)
             if not os.path.isdir(parent):
@@ -79,7 +69,7 @@ class LoopStore:
                 fsync_dir(self.blocks)
             os.makedirs(shard, exist_ok=True)
             fsync_dir(parent)
-        os.rename(tmp, self.path(hexdigest))
+        os.rename(tmp, path)
         fsync_dir(shard)
 
     def write_list(self, key: bytes, digests: list[str], size: int) -> None:
@@ -153,13 +143,13 @@ def child_loop_get(a: argparse.Namespace) -> None:
     import blake3
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    store, st = LoopStore(a.data), begin(a)
+    st = begin(a)
     with open(os.path.join(a.data, "list.json")) as f:
         lst = json.load(f)
     aead, blocks, h, n = AESGCM(bytes.fromhex(lst["key"])), lst["blocks"], blake3.blake3(), 0
     with open(a.out, "wb") as out:  # buffered, Python's default buffer: see child_cas_get
         for i, hexdigest in enumerate(blocks):
-            with open(store.path(hexdigest), "rb") as bf:
+            with open(block_path(a.data, hexdigest), "rb") as bf:
                 block = bf.read()
             if not hmac.compare_digest(blake3.blake3(block, max_threads=1).hexdigest(), hexdigest):
                 raise SystemExit(f"loop get: block {i} is corrupt")
@@ -182,8 +172,7 @@ def _cas_child(a: argparse.Namespace, op: Any) -> None:
     result: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        opts = {k: v for k, v in (("workers", a.cas_workers), ("window", a.cas_window)) if v}
-        node = Node(prepare(a.data), reactor, **opts)
+        node = Node(prepare(a.data), reactor)
         node.start()
         try:
             st = begin(a)
@@ -272,25 +261,19 @@ CHILDREN = {"loop-put": child_loop_put, "loop-get": child_loop_get, "put": child
 
 def run_op(mode: str, size: int, work: str, name: str, a: argparse.Namespace, **kw: Any) -> dict[str, Any]:
     """One operation in a fresh child (also used by bench/api.py), the page cache as ``--cache`` says."""
-    kw = {"size": size, "prefault": 0 if a.no_prefault else size + 64 * MiB, "cas_workers": getattr(a, "cas_workers", 0),
-          "cas_window": getattr(a, "cas_window", 0), **kw}
+    kw = {"size": size, "prefault": 0 if a.no_prefault else size + 64 * MiB, **kw}
     with harness.timed_phase(a) as phase:
         r = harness.run_child(__file__, mode, work, name, **kw)
     r.update(phase)
-    print(f"  {name:<22} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s (e2e {r['mib_s_end_to_end']:.1f} MiB/s)  peak RSS "
-          f"{r['peak_rss_mib']:6.1f} MiB  CPU {r.get('cpu_s_per_gib', 0):5.2f} s/GiB (sys {r.get('cpu_sys_seconds', 0):.2f} s)"
-          f"  faults {r.get('minor_faults', 0) / max(1, r['bytes'] / MiB):5.0f}/MiB  disk read "
-          f"{r.get('disk_read_bytes_mib') or 0:4.0f} MiB  load {r['loadavg_before']}  steal {r['steal_share'] or 0:.0%}",
-          file=sys.stderr)
+    harness.say(name, r, "seconds", "peak_rss_mib", "cpu_s_per_gib", "cpu_sys_seconds", "disk_read_bytes_mib")
     harness.settle()
     return r
 
 
 def one_round(size: int, work: str, src: str, s: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """The five operations, in order: loop put, threaded loop put, cas put, loop get, cas get."""
-    loop, loopt, cas = (os.path.join(work, d) for d in ("loop-store", "loop-threaded-store", "cas-data"))
-    key, out = os.path.join(work, "cas.key"), os.path.join(work, "out.bin")
-    os.makedirs(work, exist_ok=True)
+    loop, loopt, cas, key, out = (os.path.join(work, d) for d in ("loop-store", "loop-threaded-store", "cas-data", "cas.key",
+                                                                  "out.bin"))
     rows: dict[str, Any] = {}
     try:
         rows["loop_put"] = run_op("loop-put", size, work, "loop put (1 thread)", a, src=src, data=loop, threads=1, inflight=1)
@@ -309,13 +292,15 @@ def one_round(size: int, work: str, src: str, s: dict[str, Any], a: argparse.Nam
         harness.check(rows["cas_get"], s, "cas get")
     finally:
         if not a.keep:
-            for d in (loop, loopt, cas):
-                shutil.rmtree(d, ignore_errors=True)
-            for f in (key, out):
-                if os.path.exists(f):
-                    os.unlink(f)
-            harness.settle()
+            clean(loop, loopt, cas, key, out)
     return rows
+
+
+def clean(*paths: str) -> None:
+    """Files and directories removed (those that are there), then synced."""
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
+    harness.settle()
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -332,25 +317,17 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    w = 20 if a.repeat > 1 else 8
-    cols = [("operation", -22), ("size", 5), ("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), w), ("e2e MiB/s", 9),
+    def cells(key: str, x: dict[str, Any]) -> list[str]:
+        cas = key.startswith("cas_")
+        return [harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}", f"{x['peak_rss_mib']:.1f}",
+                f"{x['cpu_s_per_gib']:.2f}", f"{x['disk_read_bytes_mib']:.0f}", f"{x['ratio_vs_loop']:.2f}" if cas else "",
+                f"{x['ratio_vs_threaded_loop']:.2f}" if "ratio_vs_threaded_loop" in x else "",
+                f" cas/loop >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; RSS < {TARGET_RSS_MIB}: "
+                f"{harness.ok(x['target_rss_met'])}" if cas else ""]
+
+    cols = [("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), 20 if a.repeat > 1 else 8), ("e2e MiB/s", 9),
             ("peak RSS MiB", 13), ("CPU s/GiB", 10), ("disk rd MiB", 11), ("cas/loop", 9), ("cas/thr", 8), (" target", -1)]
-    groups = []
-    for e in results:
-        rows = []
-        for key, label in ROWS:
-            x = e["summary"][key]
-            ratio = thr = target = ""
-            if key.startswith("cas_"):
-                ratio = f"{x['ratio_vs_loop']:.2f}"
-                thr = f"{x['ratio_vs_threaded_loop']:.2f}" if "ratio_vs_threaded_loop" in x else ""
-                target = (f" cas/loop >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; "
-                          f"RSS < {TARGET_RSS_MIB}: {harness.ok(x['target_rss_met'])}")
-            rows.append([label.format(threads=a.threads), harness.fmt_size(e["size"]), harness.speed(x, a.repeat),
-                         f"{x['mib_s_end_to_end']:.1f}", f"{x['peak_rss_mib']:.1f}", f"{x['cpu_s_per_gib']:.2f}",
-                         f"{x['disk_read_bytes_mib']:.0f}", ratio, thr, target])
-        groups.append(rows)
-    return harness.render(cols, groups)
+    return harness.table(results, ("operation", -22), cols, {k: v.format(threads=a.threads) for k, v in ROWS}, cells)
 
 
 def run(a: argparse.Namespace) -> None:
@@ -358,21 +335,11 @@ def run(a: argparse.Namespace) -> None:
     a.inflight = a.inflight or 2 * a.threads
     # source + loop store + cas store + one read-back at a time (the threaded store is removed before cas put)
     harness.require_room(a.dir, max(a.size) * 4 * (a.repeat if a.keep else 1) + 256 * MiB)
-    env, results = harness.environment(), []
-    for size in a.size:
-        with harness.workdir(a, f"pipeline-{harness.fmt_size(size)}") as work:
-            src = os.path.join(work, "source.bin")
-            s = harness.make_source(size, src)
-            rounds = []
-            for n in range(a.repeat):
-                if a.repeat > 1:
-                    print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
-                rounds.append(one_round(size, work if n == 0 or not a.keep else os.path.join(work, f"r{n}"), src, s, a))
-            results.append({"size": size, "source_blake3": s["blake3"], "rounds": rounds, "summary": summarise(rounds)})
-    knobs = " ".join(f"{k}={v}" for k, v in (("workers", a.cas_workers), ("window", a.cas_window)) if v)
+    env = harness.environment()
+    results = harness.bench_sizes(a, "pipeline", lambda size, work, s, n: one_round(size, work, s["src"], s, a), summarise)
     harness.finish(a, "pipeline", env, [
         f"cas pipeline benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
-        f"round(s), page cache {a.cache}{', cas ' + knobs if knobs else ''}",
+        f"round(s), page cache {a.cache}",
         f"targets: cas >= {TARGET_RATIO:.0%} of the 1-thread loop both ways; cas peak RSS < {TARGET_RSS_MIB} MiB; "
         "MiB/s from the operation's start inside its process, e2e from the process's spawn (warm-up excluded)"],
         table(results, a), {"targets": {"ratio_vs_loop": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB}, "sizes": results})
@@ -382,8 +349,6 @@ def parser() -> argparse.ArgumentParser:
     p = harness.parser("cas pipeline benchmark: cas put/get against a plain loop")
     p.add_argument("--threads", type=int, default=4, help="threads of the threaded loop baseline (default 4)")
     p.add_argument("--inflight", type=int, default=0, help="segments in flight in the threaded loop (default 2 x threads)")
-    p.add_argument("--cas-workers", type=int, default=0, help="experiment: Node(workers=N) (default: cas's default)")
-    p.add_argument("--cas-window", type=int, default=0, help="experiment: Node(window=N) (default: cas's default)")
     p.add_argument("--no-prefault", action="store_true", help="no memory warm-up (untimed) before each operation")
     return p
 

@@ -1,14 +1,6 @@
 #!/usr/bin/env python
-"""Balance and movement of rendezvous placement (cas/network/placement.py), for docs/placement.md.
-
-For 100,000 stripes over 10, 100 and 1,000 nodes (random node ids, fixed seed), with 3 replicas:
-- balance: stripes held per node (min, max, standard deviation, max/mean), and as first holder;
-- movement when one node joins, and when one node leaves: the share of stripes whose holder set changes,
-  against the ideal (a joiner takes 3/(n+1) of the stripe-replicas; a leaver frees 3/n).
-
-Pure computation, no network, both cores (one process per node count):
-``.venv/bin/python bench/placement.py [--stripes N] [--nodes 10,100,1000] [--json OUT]``.
-"""
+"""Balance and movement of rendezvous placement (cas/network/placement.py), for docs/placement.md: pure computation,
+one process per node count. See bench/README.md."""
 
 from __future__ import annotations
 
@@ -31,14 +23,10 @@ REPLICAS = 3
 
 
 def measure(n_nodes: int, n_stripes: int, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
+    rng, p = random.Random(seed), Rendezvous()
     nodes = [rng.randbytes(32) for _ in range(n_nodes)]
-    joiner = rng.randbytes(32)
-    leaver = nodes[rng.randrange(n_nodes)]
-    p = Rendezvous()
-    held = dict.fromkeys(nodes, 0)
-    first = dict.fromkeys(nodes, 0)
-    moved_join = moved_leave = 0
+    joiner, leaver = rng.randbytes(32), nodes[rng.randrange(n_nodes)]
+    held, first, moved_join, moved_leave = dict.fromkeys(nodes, 0), dict.fromkeys(nodes, 0), 0, 0
     t = time.perf_counter()
     for i in range(n_stripes):
         key = stripe_key(b"bench-file-%d" % (i // 1000), i % 1000)
@@ -53,26 +41,12 @@ def measure(n_nodes: int, n_stripes: int, seed: int) -> dict[str, Any]:
             moved_join += 1
         if leaver in holders:
             moved_leave += 1
-    seconds = time.perf_counter() - t
-    counts = list(held.values())
-    mean = n_stripes * REPLICAS / n_nodes
-    return {
-        "nodes": n_nodes,
-        "stripes": n_stripes,
-        "replicas": REPLICAS,
-        "held_mean": mean,
-        "held_min": min(counts),
-        "held_max": max(counts),
-        "held_stdev": statistics.pstdev(counts),
-        "held_max_over_mean": max(counts) / mean,
-        "held_min_over_mean": min(counts) / mean,
-        "first_max_over_mean": max(first.values()) / (n_stripes / n_nodes),
-        "moved_on_join": moved_join / n_stripes,
-        "ideal_on_join": REPLICAS / (n_nodes + 1),
-        "moved_on_leave": moved_leave / n_stripes,
-        "ideal_on_leave": REPLICAS / n_nodes,
-        "seconds": seconds,
-    }
+    seconds, counts, mean = time.perf_counter() - t, list(held.values()), n_stripes * REPLICAS / n_nodes
+    return {"nodes": n_nodes, "stripes": n_stripes, "replicas": REPLICAS, "held_mean": mean, "held_min": min(counts),
+            "held_max": max(counts), "held_stdev": statistics.pstdev(counts), "held_max_over_mean": max(counts) / mean,
+            "held_min_over_mean": min(counts) / mean, "first_max_over_mean": max(first.values()) / (n_stripes / n_nodes),
+            "moved_on_join": moved_join / n_stripes, "ideal_on_join": REPLICAS / (n_nodes + 1),
+            "moved_on_leave": moved_leave / n_stripes, "ideal_on_leave": REPLICAS / n_nodes, "seconds": seconds}
 
 
 def run(a: argparse.Namespace) -> None:

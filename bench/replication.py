@@ -1,17 +1,6 @@
 #!/usr/bin/env python
-"""Putting and getting files on a network of real node processes, against the same work without cas's protocol.
-See bench/README.md, "bench/replication.py", for what each phase does and how it is timed.
-
-    .venv/bin/python bench/replication.py --size 100M [--size 1G] [--repeat N] [--dir DIR] [--json OUT] [--keep]
-        [--concurrent 8] [--concurrent-size 64M] [--baseline-tls twisted|cas] [--baseline-threads 1] [--window 8]
-        [--no-verify] [--cache cold|warm] [--gossip-interval S] [--only cas|base]
-
-- cas put: 4 fresh ``twistd cas`` nodes (n0 origin, n1-n3 hold every block), ``cas --node n0 put``;
-- cas get: the 4 restarted and a fresh n4 joined, ``cas --node n4 get -o /dev/null`` (n4 fetches every block);
-- baseline put: a sender sealing, hashing and storing each segment durably, streaming it over TLS to 3 receivers
-  that check and store it the same way; baseline get: the block files streamed over TLS to a reader that checks
-  and decrypts them; concurrent puts: K ``cas put`` at once on n0.
-"""
+"""cas put/get on a network of real node processes against the same work over bare TLS, and K concurrent puts.
+See bench/README.md, "bench/replication.py", for each phase and how it is timed."""
 
 from __future__ import annotations
 
@@ -21,8 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import harness
@@ -153,7 +142,7 @@ def child_brecv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    harness.listen_once(a.port_file, ident, Receiver, result, harness.tls_wrap(a.baseline_tls, True))
+    harness.listen_once(a.port_file, ident, Receiver, result)
     reactor.run()
     if "error" in result:
         raise SystemExit(f"brecv: {result['error']}")
@@ -184,7 +173,7 @@ def child_bsend(a: argparse.Namespace) -> None:
     sizes, links, paused = [0] * nseg, [], set()
     ready: deque[tuple[bytes, bytes]] = deque()  # sealed and stored, not yet written to the streams
     st: dict[str, Any] = {"next": 0, "inflight": 0, "sent": 0, "acks": 0, "lost": 0, "finished": False, "pumping": False}
-    result.update(bytes=size, blocks=nseg, receivers=len(peers), window=a.window, threads=a.threads, tls=a.baseline_tls)
+    result.update(bytes=size, blocks=nseg, receivers=len(peers), window=a.window, threads=a.threads)
 
     def work(i: int) -> tuple[int, bytes, bytes]:
         last = i == nseg - 1
@@ -284,7 +273,7 @@ def child_bsend(a: argparse.Namespace) -> None:
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     for contact in peers:
-        harness.dial(contact, ident, Link(), result, harness.tls_wrap(a.baseline_tls, False))
+        harness.dial(contact, ident, Link(), result)
     reactor.run()
     os.close(fd)
     if "error" in result or "seconds" not in result:
@@ -309,7 +298,6 @@ def child_bfetch(a: argparse.Namespace) -> None:
     digests, sizes = [bytes.fromhex(h) for h in lst["blocks"]], lst["sizes"]
     aead, n = AESGCM(bytes.fromhex(lst["key"])), len(digests)
     whole = memoryview(bytearray(max(sizes) if sizes else 0))
-    result["tls"] = a.baseline_tls
 
     @implementer(IHandshakeListener)
     class Reader(Protocol):
@@ -354,7 +342,7 @@ def child_bfetch(a: argparse.Namespace) -> None:
                 result["error"] = f"got {self.i} of {n} blocks: {reason.getErrorMessage() if reason else '?'}"
             reactor.callLater(0, reactor.stop)
 
-    harness.dial(a.peers, harness.identity(a.data), Reader(), result, harness.tls_wrap(a.baseline_tls, False))
+    harness.dial(a.peers, harness.identity(a.data), Reader(), result)
     reactor.run()
     if "error" in result or "seconds" not in result:
         raise SystemExit(f"bfetch: {result.get('error', 'no result')}")
@@ -419,13 +407,11 @@ def network_up(nodes: list[harness.Node], first: harness.Node, what: str) -> flo
     return time.perf_counter() - t0
 
 
-def network_down(nodes: list[harness.Node], cdir: str, a: argparse.Namespace, phase: str = "") -> dict[str, Any]:
-    """Every node stopped (exit codes, error lines of their logs), data dirs removed (unless --keep), synced."""
-    logs = {n.name: n.stop(phase) for n in nodes if n.proc is not None}
-    if not a.keep:
-        shutil.rmtree(cdir, ignore_errors=True)
-    harness.settle()
-    return logs
+def network_down(nodes: list[harness.Node], cdir: str, a: argparse.Namespace) -> None:
+    """Every node stopped, data dirs removed (unless --keep), synced."""
+    for n in nodes:
+        n.stop()
+    pipeline.clean(*([] if a.keep else [cdir]))
 
 
 def cas_phase(nodes: list[harness.Node], args: list[str], work: str, name: str, nbytes: int, a: argparse.Namespace,
@@ -434,7 +420,7 @@ def cas_phase(nodes: list[harness.Node], args: list[str], work: str, name: str, 
     with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
         r = harness.Cli(["--node", *args], work, name).wait(run_timeout(nbytes), nbytes)
     r.update(phase, membership_seconds=conv, nodes=nodes_result(watch, nodes, nbytes))
-    return r
+    return cas_cpu(r)
 
 
 def nodes_result(watch: harness.Watch, nodes: list[harness.Node], nbytes: int) -> dict[str, Any]:
@@ -462,7 +448,6 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         put = cas_phase(four, [four[0].data, "put", "--quiet", "--json", src], cdir, "put", size, a, conv)
         ans = put_answer(put, size, "cas put")
         put.update(key=ans["key"], replicas=ans["replicas"])
-        cas_cpu(put)
         put["logs"] = {n.name: n.stop("during the put") for n in four}
         say_cas("cas put", put)
         harness.settle()
@@ -470,11 +455,10 @@ def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Nam
         conv = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
         get = cas_phase(nodes, [reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get", size, a, conv)
         get.pop("stdout")
-        cas_cpu(get)
         if verify:
             get["verified"] = verify_get(reader, ans["key"], s, cdir, run_timeout(size))
         get["logs"] = {n.name: n.stop("during the get") for n in nodes}
-        say_cas("cas get", get, verified=get.get("verified"))
+        say_cas("cas get", get)
         return {"cas_put": put, "cas_get": get}
     finally:
         network_down(nodes, cdir, a)
@@ -498,19 +482,10 @@ def verify_get(reader: harness.Node, key: str, s: dict[str, Any], work: str, tim
     return got["blake3"]
 
 
-def start_server(mode: str, a: argparse.Namespace, work: str, name: str, **kw: Any) -> tuple[subprocess.Popen, str, str, str]:
-    return harness.start_server(__file__, mode, work, name, **base_kw(a), **kw)
-
-
-def base_kw(a: argparse.Namespace) -> dict[str, Any]:
-    return {"baseline_tls": a.baseline_tls, "window": a.window, "threads": a.baseline_threads}
-
-
 def base_phase(mode: str, a: argparse.Namespace, bdir: str, name: str, size: int, **kw: Any) -> dict[str, Any]:
     with harness.timed_phase(a) as phase:
-        r = harness.run_child(__file__, mode, bdir, name, run_timeout(size), **base_kw(a), **kw)
-    r.update(phase)
-    return r
+        r = harness.run_child(__file__, mode, bdir, name, run_timeout(size), window=a.window, threads=a.baseline_threads, **kw)
+    return {**r, **phase}
 
 
 def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[str, Any]:
@@ -520,7 +495,8 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
     recv_dirs = [os.path.join(bdir, f"R{i + 1}") for i in range(REPLICAS)]
     servers: list[subprocess.Popen] = []
     try:
-        started = [start_server("brecv", a, bdir, f"recv{i + 1}", data=d) for i, d in enumerate(recv_dirs)]
+        started = [harness.start_server(__file__, "brecv", bdir, f"recv{i + 1}", data=d, window=a.window,
+                                        threads=a.baseline_threads) for i, d in enumerate(recv_dirs)]
         servers = [p for p, *_ in started]
         harness.settle()
         put = base_phase("bsend", a, bdir, "send", size, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
@@ -538,9 +514,9 @@ def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[st
         harness.settle()
         # the sender's blocks streamed to one reader that checks and decrypts them
         with open(lst) as f, open(os.path.join(bdir, "paths.txt"), "w") as p:
-            p.write("\n".join(pipeline.LoopStore.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
+            p.write("\n".join(pipeline.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
         proc, contact, o, e = harness.start_server(harness.__file__, "serve", bdir, "serve", data=sender,
-                                                   paths=os.path.join(bdir, "paths.txt"), tune=True, tls=a.baseline_tls)
+                                                   paths=os.path.join(bdir, "paths.txt"), tune=True)
         servers = [proc]
         get = base_phase("bfetch", a, bdir, "fetch", size, data=recv_dirs[0], list=lst, peers=contact)
         get["server"] = harness.finish_server(proc, o, e, "the baseline block server")
@@ -561,25 +537,12 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
     total = fsize * len(files)
     try:
         conv = network_up(nodes, nodes[0], f"{NODES} fresh nodes up")
-        errors: list[BaseException] = []
-        results: list[dict[str, Any]] = [{}] * len(files)
         with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
             runs = [harness.Cli(["--node", nodes[0].data, "put", "--quiet", "--json", f], cdir, f"put{i}")
                     for i, f in enumerate(files)]
-
-            def waiter(i: int) -> None:
-                try:
-                    results[i] = runs[i].wait(run_timeout(total))
-                except BaseException as e:  # noqa: BLE001 - reported below
-                    errors.append(e)
-
-            threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(len(runs))]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-        if errors:
-            raise errors[0]
+            with ThreadPoolExecutor(len(runs)) as ex:  # one waiter each: every exit timed as it happens
+                futures = [ex.submit(rn.wait, run_timeout(total)) for rn in runs]
+        results = [f.result() for f in futures]
         wall = max(rn.end for rn in runs) - runs[0].t0
         for i, x in enumerate(results):
             x["key"] = put_answer(x, fsize, f"concurrent cas put {i}")["key"]
@@ -600,11 +563,12 @@ def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namesp
 # -- reporting -------------------------------------------------------------------------------------------------------
 
 
-def cas_cpu(r: dict[str, Any]) -> None:
+def cas_cpu(r: dict[str, Any]) -> dict[str, Any]:
     """CPU of the operation: every node during the phase plus the CLI(s), per GiB."""
     nodes = sum(v["cpu_seconds"] for k, v in r["nodes"].items() if not k.startswith("_"))
     cli = r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"]
     r.update(nodes_cpu_seconds=nodes, cpu_seconds=nodes + cli, cpu_s_per_gib=(nodes + cli) / (r["bytes"] / GiB))
+    return r
 
 
 def base_cpu(r: dict[str, Any], size: int, parts: list[dict[str, Any]]) -> None:
@@ -618,58 +582,39 @@ def node_peaks(r: dict[str, Any]) -> dict[str, float]:
     return {k: v["peak_rss_mib"] for k, v in r["nodes"].items() if not k.startswith("_")}
 
 
-def _tail(r: dict[str, Any]) -> str:
-    """Load, host steal, the page cache at the start and, for a get, how much the serving side read from the disk."""
-    out = f"  load {r['loadavg_before']}" + ("" if r.get("steal_share") is None else f"  host steal {r['steal_share']:.0%}")
-    if "server" in r:
-        return out + f"  cache {r['cache']}, served {r['server'].get('served_disk_read_mib', 0.0):.0f} MiB from disk"
-    if f"n{NODES}" in r.get("nodes", {}):  # a cas get: n4 reads, n0-n3 serve
-        mib = sum(v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}")
-        return out + f"  cache {r['cache']}, served {mib:.0f} MiB from disk"
-    return out + f"  cache {r['cache']}"
-
-
-def say_cas(label: str, r: dict[str, Any], verified: str | None = None) -> None:
-    if "transfer_seconds" in r:
-        timing = (f"{r['transfer_seconds']:7.2f} s from the request ({r['seconds']:.2f} s from the spawn, "
-                  f"{r['mib_s_end_to_end']:.1f} MiB/s)")
-    else:  # the concurrent puts: from the first spawn to the last exit
-        timing = f"{r['seconds']:7.2f} s from the first spawn to the last exit"
-    print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {timing}  node RSS " + " ".join(f"{k} {v:.1f}" for k, v in node_peaks(r).items())
-          + f"  CLI RSS {r['cli_peak_rss_mib']:.1f} MiB  CPU nodes+CLI {r['cpu_s_per_gib']:.2f} s/GiB" + _tail(r)
-          + (f"  verified BLAKE3 {verified[:16]}..." if verified else ""), file=sys.stderr)
+def say_cas(label: str, r: dict[str, Any]) -> None:
+    served = {k: v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}"}
+    harness.say(label, r, "seconds", "transfer_seconds", "cli_peak_rss_mib", "cpu_s_per_gib", "cache", "verified",
+                nodes=node_peaks(r), served_from_disk_mib=sum(served.values()) if f"n{NODES}" in r["nodes"] else None)
 
 
 def say_base(label: str, r: dict[str, Any]) -> None:
-    extra = (f"  receivers RSS {r['recv_peak_rss_mib']:.1f} MiB" if "receivers" in r
-             else f"  server RSS {r['server'].get('peak_rss_mib', 0):.1f} MiB")
-    print(f"  {label:<9} {r['mib_s']:8.1f} MiB/s {r['seconds']:7.2f} s (from the spawn {r['process_seconds']:.2f} s, "
-          f"{r['mib_s_end_to_end']:.1f} MiB/s)  RSS {r['peak_rss_mib']:.1f} MiB{extra}  CPU all processes "
-          f"{r['cpu_s_per_gib']:.2f} s/GiB" + _tail(r), file=sys.stderr)
+    harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib", "cache",
+                served_from_disk_mib=r["server"].get("served_disk_read_mib", 0.0) if "server" in r else None)
+
+
+def node_peaks_over(rs: list[dict[str, Any]], x: dict[str, Any]) -> dict[str, Any]:
+    """Each node's highest peak RSS over the rounds ``rs``, and the highest of them, into ``x``."""
+    x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rs) for k in node_peaks(rs[0])}
+    x["node_peak_rss_max_mib"] = max(x["node_peak_rss_mib"].values())
+    return x
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per operation: median MiB/s (min, max), each node's highest peak RSS, the CLI's; ratios from the medians."""
     out: dict[str, Any] = {}
     for key in ("cas_put", "cas_get", "base_put", "base_get"):
-        rs = [r[key] for r in rounds if key in r]
-        if not rs:
-            continue
-        x = out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share",
-                                                "transfer_seconds", "connect_seconds"), top=("peak_rss_mib", "cli_peak_rss_mib"))
+        rs = [r[key] for r in rounds]
+        out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share", "transfer_seconds", "connect_seconds"),
+                                   top=("cli_peak_rss_mib",) if key.startswith("cas_") else ("peak_rss_mib",))
         if key.startswith("cas_"):
-            x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rs) for k in node_peaks(rs[0])}
-            x["node_peak_rss_max_mib"] = max(x["node_peak_rss_mib"].values())
-            del x["peak_rss_mib"]
-        else:
-            del x["cli_peak_rss_mib"]
+            node_peaks_over(rs, out[key])
     for op in ("put", "get"):
-        c, b = out.get(f"cas_{op}"), out.get(f"base_{op}")
-        if c and b:
-            c["ratio_vs_base"] = c["mib_s"] / b["mib_s"]
-            c["ratio_per_round"] = [r[f"cas_{op}"]["mib_s"] / r[f"base_{op}"]["mib_s"] for r in rounds]
-            c["ratio_end_to_end"] = c["mib_s_end_to_end"] / b["mib_s"]  # with the CLI's start-up: reported, not judged
-            c["target_speed_met"] = c["ratio_vs_base"] >= TARGET_RATIO
+        c, b = out[f"cas_{op}"], out[f"base_{op}"]
+        c["ratio_vs_base"] = c["mib_s"] / b["mib_s"]
+        c["ratio_per_round"] = [r[f"cas_{op}"]["mib_s"] / r[f"base_{op}"]["mib_s"] for r in rounds]
+        c["ratio_end_to_end"] = c["mib_s_end_to_end"] / b["mib_s"]  # with the CLI's start-up: reported, not judged
+        c["target_speed_met"] = c["ratio_vs_base"] >= TARGET_RATIO
     return out
 
 
@@ -682,75 +627,49 @@ def judge_rss(peaks: dict[str, float], ref: dict[str, float] | None) -> dict[str
 
 def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The table of medians and the targets judged (also returned, for the JSON)."""
-    refs = [e for e in sizes if e["size"] == REFERENCE_SIZE] or sorted(sizes, key=lambda e: e["size"])[:1]
-    ref = refs[0] if refs else None
-    ref_name = harness.fmt_size(ref["size"]) if ref else "-"
-    w = 17 if a.repeat > 1 else 8
+    ref = ([e for e in sizes if e["size"] == REFERENCE_SIZE] or sorted(sizes, key=lambda e: e["size"]))[0]
+    ref_name, w, ok = harness.fmt_size(ref["size"]), 17 if a.repeat > 1 else 8, lambda b: harness.ok(b, "MET")
     cols = [("op", -4), ("size", 5), ("cas MiB/s", w), ("base MiB/s", w + 1), ("cas/base", 8), ("e2e", 5),
             ("e2e MiB/s cas/base", 18), ("CPU s/GiB cas/base", 18), ("node peak RSS MiB: max (per node)", -46),
             ("CLI RSS", 7), (" targets", -1)]
-    judged: dict[str, Any] = {"reference_size": ref["size"] if ref else None, "sizes": {}}
+    judged: dict[str, Any] = {"reference_size": ref["size"], "sizes": {}}
     rows = []
 
-    def rss(x: dict[str, Any]) -> str:
-        return f"{x['node_peak_rss_max_mib']:.1f} (" + " ".join(f"{k} {v:.0f}" for k, v in x["node_peak_rss_mib"].items()) + ")"
-
-    def fig(x: dict[str, Any] | None, k: str, f: str = ".1f") -> str:
-        return format(x[k], f) if x and k in x else "-"
+    def rss(x: dict[str, Any]) -> list[str]:
+        return [f"{x['node_peak_rss_max_mib']:.1f} (" + " ".join(f"{k} {v:.0f}" for k, v in x["node_peak_rss_mib"].items())
+                + ")", f"{x['cli_peak_rss_mib']:.1f}"]
 
     for e in sizes:
         jz = judged["sizes"][harness.fmt_size(e["size"])] = {}
         for op in ("put", "get"):
-            c, b = e["summary"].get(f"cas_{op}"), e["summary"].get(f"base_{op}")
-            if not c and not b:
-                continue
-            cells = [op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat) if c else "-",
-                     harness.speed(b, a.repeat) if b else "-", fig(c, "ratio_vs_base", ".3f"), fig(c, "ratio_end_to_end", ".2f"),
-                     fig(c, "mib_s_end_to_end") + "/" + fig(b, "mib_s_end_to_end"),
-                     fig(c, "cpu_s_per_gib") + "/" + fig(b, "cpu_s_per_gib"), "", "", ""]
-            if c:
-                j = jz[op] = judge_rss(c["node_peak_rss_mib"],
-                                       ref["summary"].get(f"cas_{op}", {}).get("node_peak_rss_mib") if ref else None)
-                j["speed"] = c.get("target_speed_met")
-                cells[-3:] = [rss(c), f"{c['cli_peak_rss_mib']:.1f}",
-                              f" speed >= {TARGET_RATIO:.2f}: {harness.ok(c.get('target_speed_met'), 'MET')}; RSS < "
-                              f"{TARGET_NODE_RSS_MIB:.0f}: {harness.ok(j['under_limit'], 'MET')}; RSS <= {TARGET_RSS_GROWTH:.1f}x "
-                              f"{ref_name}: {'(reference)' if e is ref else harness.ok(j['flat'], 'MET')}"]
-            rows.append(cells)
+            c, b = e["summary"][f"cas_{op}"], e["summary"][f"base_{op}"]
+            j = jz[op] = judge_rss(c["node_peak_rss_mib"], ref["summary"][f"cas_{op}"]["node_peak_rss_mib"])
+            j["speed"] = c["target_speed_met"]
+            rows.append([op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat), harness.speed(b, a.repeat),
+                         f"{c['ratio_vs_base']:.3f}", f"{c['ratio_end_to_end']:.2f}",
+                         f"{c['mib_s_end_to_end']:.1f}/{b['mib_s_end_to_end']:.1f}", f"{c['cpu_s_per_gib']:.1f}/{b['cpu_s_per_gib']:.1f}",
+                         *rss(c), f" speed >= {TARGET_RATIO:.2f}: {ok(c['target_speed_met'])}; RSS < {TARGET_NODE_RSS_MIB:.0f}: "
+                         f"{ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name}: "
+                         f"{'(reference)' if e is ref else ok(j['flat'])}"])
     if conc:
         s = conc["summary"]
-        j = judged["concurrent"] = judge_rss(s["node_peak_rss_mib"],
-                                             ref["summary"].get("cas_put", {}).get("node_peak_rss_mib") if ref else None)
+        j = judged["concurrent"] = judge_rss(s["node_peak_rss_mib"], ref["summary"]["cas_put"]["node_peak_rss_mib"])
         rows.append(["put", f"{conc['count']}x{harness.fmt_size(conc['file_bytes'])}", harness.speed(s, a.repeat), "", "", "",
-                     "", f"{s['cpu_s_per_gib']:.1f}", rss(s), f"{s['cli_peak_rss_mib']:.1f}",
-                     f" concurrent, wall {s['seconds']:.1f} s; RSS < {TARGET_NODE_RSS_MIB:.0f}: {harness.ok(j['under_limit'], 'MET')}; "
-                     f"RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: {harness.ok(j['flat'], 'MET')}"])
+                     "", f"{s['cpu_s_per_gib']:.1f}", *rss(s), f" concurrent, wall {s['seconds']:.1f} s; RSS < "
+                     f"{TARGET_NODE_RSS_MIB:.0f}: {ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: "
+                     f"{ok(j['flat'])}"])
     return harness.render(cols, [rows]), judged
 
 
 # -- driver ------------------------------------------------------------------------------------------------------------
 
 
-def bench_size(size: int, a: argparse.Namespace) -> dict[str, Any]:
-    with harness.workdir(a, f"replication-{harness.fmt_size(size)}") as work:
-        src = os.path.join(work, "source.bin")
-        s = harness.make_source(size, src)
-        rounds = []
-        for n in range(a.repeat):
-            cas_first = n % 2 == 1
-            if a.repeat > 1:
-                print(f" round {n + 1}/{a.repeat}{' (cas first)' if cas_first else ''}", file=sys.stderr)
-            rwork = os.path.join(work, f"r{n}")
-            os.makedirs(rwork, exist_ok=True)
-            rows: dict[str, Any] = {}
-            for side in (("cas", "base") if cas_first else ("base", "cas")):
-                if a.only and side != a.only:
-                    continue
-                rows.update(cas_round(size, src, s, rwork, a, verify=a.verify and n == 0) if side == "cas"
-                            else base_round(size, src, rwork, a))
-            rounds.append(rows)
-        return {"size": size, "source_blake3": s["blake3"], "source_seconds": s["seconds"], "rounds": rounds,
-                "summary": summarise(rounds)}
+def one_round(size: int, work: str, s: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
+    for side in (("cas", "base") if n % 2 else ("base", "cas")):
+        rows.update(cas_round(size, s["src"], s, work, a, verify=a.verify and n == 0) if side == "cas"
+                    else base_round(size, s["src"], work, a))
+    return rows
 
 
 def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
@@ -764,9 +683,7 @@ def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
                 print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
             os.makedirs(os.path.join(work, f"r{n}"), exist_ok=True)
             rounds.append(concurrent_round(files, a.concurrent_size, os.path.join(work, f"r{n}"), a))
-        x = harness.summary(rounds, med=("seconds", "cpu_s_per_gib"), top=("cli_peak_rss_mib",))
-        x["node_peak_rss_mib"] = {k: max(node_peaks(r)[k] for r in rounds) for k in node_peaks(rounds[0])}
-        x["node_peak_rss_max_mib"] = max(x["node_peak_rss_mib"].values())
+        x = node_peaks_over(rounds, harness.summary(rounds, med=("seconds", "cpu_s_per_gib"), top=("cli_peak_rss_mib",)))
         return {"count": a.concurrent, "file_bytes": a.concurrent_size, "rounds": rounds, "summary": x}
 
 
@@ -778,12 +695,12 @@ def run(a: argparse.Namespace) -> None:
         need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
     harness.require_room(a.dir, need)
     env = harness.environment()
-    results = [bench_size(size, a) for size in a.size]
+    results = harness.bench_sizes(a, "replication", lambda *x: one_round(*x, a), summarise)
     conc = bench_concurrent(a) if a.concurrent else None
     text, judged = table(results, conc, a)
     harness.finish(a, "replication", env, [
         f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s), "
-        f"{NODES} nodes, replicas {REPLICAS}, baseline TLS {a.baseline_tls}, page cache at each phase's start: {a.cache}, "
+        f"{NODES} nodes, replicas {REPLICAS}, page cache at each phase's start: {a.cache}, "
         f"baseline threads {a.baseline_threads}",
         f"targets: cas put and get >= {TARGET_RATIO:.0%} of the baseline (cas timed from the CLI's request, as the baselines "
         f"from theirs; e2e: cas from the CLI's spawn, not judged; e2e MiB/s: both sides from their command's spawn); every "
@@ -799,12 +716,9 @@ if __name__ == "__main__":
     p = harness.parser("cas put/get across 4 node processes against the same work over bare TLS", cache="cold")
     p.add_argument("--concurrent", type=int, default=8, help="concurrent cas put processes (default 8; 0 skips the phase)")
     p.add_argument("--concurrent-size", type=harness.parse_size, default=64 * MiB, help="each concurrent file (default 64M)")
-    p.add_argument("--baseline-tls", choices=("twisted", "cas"), default="twisted",
-                   help="the baselines' TLS layer: Twisted's TLSMemoryBIOProtocol (default) or cas's PeerTLSProtocol")
     p.add_argument("--baseline-threads", type=int, default=1, help="worker threads per baseline process (default 1)")
     p.add_argument("--window", type=int, default=8, help="blocks in flight in the baseline put (default 8, as Node.window)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the untimed read-back (cas get -o - into BLAKE3) in each size's first round")
-    p.add_argument("--only", choices=("cas", "base"), default=None, help="experiments: one side only (no ratios then)")
     p.add_argument("--gossip-interval", type=float, default=None, help="passed to the nodes (default: cas's own)")
     harness.main(p, CHILDREN, run)

@@ -1,25 +1,11 @@
 #!/usr/bin/env python
-"""CPU per GiB of the peer TLS layer alone, in one process: an A/B harness for changes to cas/peer/peertls.py.
-
-    .venv/bin/python bench/tlspath.py [--root DIR] [--blocks 512] [--chunk 262144] [--repeat 3] [--json OUT]
-
-- **recv**: TLS records of 1 MiB GET_BLOCK response frames, made beforehand, are fed to a client
-  ``PeerTLSProtocol`` in ``--chunk``-byte pieces (what a socket read returns) and decoded by a
-  ``FrameDecoder`` through ``IReceiveBuffer``.
-- **send**: 1 MiB frames (head and payload through ``writeSequence``, as ``PeerProtocol`` writes them) go
-  through a server ``PeerTLSProtocol`` into a transport that buffers as Twisted's ``FileDescriptor`` does
-  (a list of ``bytes``, joined when flushed unless there is just one).
-
-No sockets, no scheduling: the figures move only with the code and the CPU's speed, so compare two trees
-(``--root``, a checkout of another commit) in alternation in the same minute. This VM's speed swings 2x, and
-end-to-end benchmarks (bench/peers.py, bench/replication.py) cannot show a 10% change; this can.
-"""
+"""CPU per GiB of the peer TLS layer alone, in one process (no sockets): an A/B harness for cas/peer/peertls.py
+(``--root``: another checkout). See bench/README.md."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -28,8 +14,7 @@ import harness
 
 
 def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return sum(harness.cpu_split()[:2])
 
 
 def run(a: argparse.Namespace) -> None:
