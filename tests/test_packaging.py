@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,6 +31,7 @@ class WheelInstall(SynchronousTestCase):
     def test_wheel_in_a_fresh_venv_runs_every_entry_point(self) -> None:
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)  # a venv: 100 MiB
         dist = os.path.join(work, "dist")
         # Built from a copy of the tracked files: a build in the checkout would leave build/ behind.
         src = os.path.join(work, "src")
@@ -79,6 +81,7 @@ class DependencyFloors(SynchronousTestCase):
         """``psutil >= 5.9.4`` in setup.cfg: that release (the oldest with a wheel for every CPython 3) is enough
         for ``cas.peer.interfaces``."""
         work = os.path.abspath(self.mktemp())
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
         target = os.path.join(work, "site")
         got = run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target,
                    "psutil==5.9.4"], ROOT)

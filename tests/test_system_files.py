@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -65,6 +66,9 @@ class FourNodesStoreAFile(SynchronousTestCase):
         size = 5 * GiB if os.environ.get("CAS_BIG_TESTS") == "1" else GiB
         self.base = os.path.abspath(self.mktemp())
         os.makedirs(self.base)
+        # Registered first, so it runs last (after every node stopped): 5 GiB of stores and copies otherwise stay
+        # in _trial_temp after the run.
+        self.addCleanup(shutil.rmtree, self.base, ignore_errors=True)
         nodes = [self.start("n0", [])]
         for i in range(1, 4):
             nodes.append(self.start(f"n{i}", [f"{nodes[0].node_id}@127.0.0.1:{nodes[0].port}"]))

@@ -82,6 +82,7 @@ class ReachableByDefault(SynchronousTestCase):
     def test_five_wildcard_nodes_in_a_chain_place_every_put_on_three_holders(self) -> None:
         self.base = os.path.abspath(self.mktemp())
         os.makedirs(self.base)
+        self.addCleanup(shutil.rmtree, self.base, ignore_errors=True)  # runs after the nodes stopped
         dirs = []
         for i in range(5):
             _proc, d = self.start(i, f"127.0.0.1:{BASE_PORT + 10 * (i - 1)}" if i else None)
