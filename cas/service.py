@@ -144,6 +144,6 @@ def default_advertise(port: IListeningPort) -> list[Address]:
     """The bound address when it is a specific IP (tcp:3000:interface=10.0.0.5), else nothing (a wildcard
     address advertises its interfaces' candidates instead: ``cas.peer.interfaces``)."""
     h = port.getHost()
-    if not isinstance(h, (IPv4Address, IPv6Address)) or h.type != "TCP" or h.host in ("0.0.0.0", "::", ""):
+    if not isinstance(h, (IPv4Address, IPv6Address)) or h.type != "TCP" or is_wildcard(h.host):
         return []
     return [Address("tcp", h.host, h.port)]

@@ -33,6 +33,7 @@ VIRTUAL_BRIDGES = ("docker*", "virbr*", "lxcbr*", "lxdbr*", "podman*", "cni*", "
 DOCKER_NETWORK = re.compile(r"br-[0-9a-f]{12}")  # a user-defined Docker network (a LAN's br-lan is not one)
 
 Interfaces = Mapping[str, Sequence[str]]  # name of an interface that is up -> its IP addresses, as listed
+Lister = Callable[[], Interfaces]
 
 
 def list_interfaces() -> dict[str, list[str]]:
@@ -94,5 +95,3 @@ def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
 def is_wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::")
 
-
-Lister = Callable[[], Interfaces]

@@ -176,7 +176,7 @@ class DiskBlockStore:
             self._makedirs_durably(shard)
             os.rename(tmp, path)
             tmp = path  # from here on, a failure must remove the (uncounted) block itself
-            _fsync_dir(shard)
+            fsync_dir(shard)
         except OSError as e:
             try:
                 os.unlink(tmp)
@@ -192,9 +192,9 @@ class DiskBlockStore:
         parent = os.path.dirname(shard)
         if not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
-            _fsync_dir(self.blocks_dir)
+            fsync_dir(self.blocks_dir)
         os.makedirs(shard, mode=0o700, exist_ok=True)
-        _fsync_dir(parent)
+        fsync_dir(parent)
 
     def read(self, cid: CID, cached_only: bool = False) -> bytes | memoryview | None:
         path = self._path(cid)
@@ -295,7 +295,8 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from cas.base.errors import DataDirError
 from cas.base.identity import Identity, load_or_create, write_private
+from cas.store.blockstore import fsync_dir
 from cas.store.index import add_hold_keys
 
 log = Logger()
@@ -210,11 +211,7 @@ def _write_version(version_file: str, version: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, version_file)
-    fd = os.open(os.path.dirname(version_file), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(version_file))
 
 
 def _check_foreign(path: str, version_file: str) -> None:
