@@ -639,8 +639,8 @@ class File(_JsonResource):
             return error(request, 404, "not_found", "the owner of this node has no file with this key")
         d = self.node.forget(cap.root)
 
-        def done(result: Any) -> None:
-            request.write(json_body(request, 200, {"forgotten": True, "blocks_freed": result.blocks, "bytes_freed": result.bytes}))
+        def done(answer: dict[str, Any]) -> None:
+            request.write(json_body(request, 200, answer))
             request.finish()
 
         def failed(f: Failure) -> None:

@@ -14,6 +14,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from cas.api import make_site
+from cas.network.release import Releaser
 from cas.network.replication import TopUp
 from cas.node.core import Node
 from cas.peer.advertise import Advertiser
@@ -49,6 +50,7 @@ class NodeService(service.Service):
         )
         node.peers = self.peers
         self.topup = TopUp(node, self.peers, node.placement, node.replicas, reactor, deadline=node.block_deadline)
+        self.releaser = node.releaser = Releaser(node.index, self.peers, reactor)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -124,6 +126,7 @@ class NodeService(service.Service):
         self.peers.start()
         if self.node.replicas > 0:
             self.topup.start()
+        self.releaser.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -133,6 +136,7 @@ class NodeService(service.Service):
         if self.advertiser is not None:
             self.advertiser.stop()
         self.topup.stop()
+        self.releaser.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 from twisted.application.service import IService
@@ -32,10 +33,21 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``31d``, ``12h``, ``90m``, ``45s`` or a number of seconds, as whole seconds (at least 1)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not m or float(m.group(1)) * _SECONDS[m.group(2) or "s"] < 1:
+        raise usage.UsageError(f"not a duration: {text!r} (try 31d, 12h, 90m or a number of seconds)")
+    return int(float(m.group(1)) * _SECONDS[m.group(2) or "s"])
+
+
 class Options(usage.Options):
     synopsis = (
         "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] [--quota SIZE] "
-        "[--buffer-budget SIZE] "
+        "[--buffer-budget SIZE] [--lease-time DURATION] [--max-lease-time DURATION] "
         "[--replicas N] [--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
     )
     longdesc = (
@@ -52,6 +64,8 @@ class Options(usage.Options):
         ["replicas", None, 3, "Holders of every block besides this node (placed on upload).", int],
         ["buffer-budget", None, "16M", "Block buffers all uploads may hold together; past it they wait (default 16M)."],
         ["gossip-interval", None, 5.0, "Seconds between gossip rounds (jittered by +-25%).", float],
+        ["lease-time", None, "31d", "How long holders are asked to keep this node's blocks (renewed before it ends)."],
+        ["max-lease-time", None, "62d", "The longest lease this node grants others on the blocks it holds."],
     ]
 
     def __init__(self) -> None:
@@ -105,6 +119,8 @@ class Options(usage.Options):
         for name in ("storage-limit", "quota", "buffer-budget"):
             if self[name] is not None:
                 self[name] = parse_size(self[name])
+        for name in ("lease-time", "max-lease-time"):
+            self[name] = parse_duration(self[name])
         if self["buffer-budget"] < 4 << 20:
             raise usage.UsageError("--buffer-budget must be at least 4M")
         if not 0 <= self["replicas"] <= 16:
@@ -120,9 +136,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = _reactor
     tune_allocator()  # this process is a node: large block buffers are reused instead of re-faulted
     try:
-        datadir = prepare(options["data-dir"])
+        datadir = prepare(options["data-dir"], lease_time=options["lease-time"])
         node = Node(datadir, reactor, storage_limit=options["storage-limit"], replicas=options["replicas"],
-                    quota=options["quota"], buffer_budget=options["buffer-budget"])
+                    quota=options["quota"], buffer_budget=options["buffer-budget"], lease_time=options["lease-time"],
+                    max_lease_time=options["max-lease-time"], monotonic=time.monotonic)
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
     settings = PeerSettings(gossip_interval=options["gossip-interval"])

@@ -29,6 +29,12 @@ class CorruptBlock(CasError):
     code = "corrupt_block"
 
 
+class NotInRank(CasError):
+    """A lease asked of a node that is not among the first N + 4 of the key's rank (as this node sees it)."""
+
+    code = "bad_request"
+
+
 class WrongPlacementKey(CasError):
     """A peer sent a block with a placement key it cannot have: a manifest block's key is its own id."""
 

@@ -443,6 +443,13 @@ def cmd_rm(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
         return EXIT_OK
     if not isinstance(answer, dict):
         raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
-    blocks, freed = answer.get("blocks_freed"), answer.get("bytes_freed")
-    print_out(f"forgotten: {blocks if isinstance(blocks, int) else '?'} blocks, {size_or_q(freed)} freed")
+    blocks, freed = answer.get("blocks_freed"), answer.get("local_bytes_freed", answer.get("bytes_freed"))
+    released, pending = answer.get("released_on"), answer.get("pending")
+    line = f"forgotten: {blocks if isinstance(blocks, int) else '?'} blocks, {size_or_q(freed)} freed here"
+    if isinstance(released, list) and released:
+        line += f"; released on {len(released)} holder(s)"
+    print_out(line)
+    if isinstance(pending, list) and pending:
+        print_err(f"{len(pending)} holder(s) did not answer: the release is queued and sent when they are back "
+                  "(their copies go when the lease ends at the latest)")
     return EXIT_OK

@@ -25,6 +25,7 @@ from cas.base.cid import CID
 from cas.base.errors import BlockNotFound, CorruptBlock
 from cas.base.nodeid import short_node_id
 from cas.network.placement import IPlacement
+from cas.store.leases import LEASE_TIME
 
 log = Logger()
 
@@ -40,6 +41,7 @@ class Peers(TypingProtocol):
 
     def put_block(
         self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = ..., key: bytes | None = None,
+        lease: int | None = None,
     ) -> Deferred[None]: ...
 
 
@@ -56,11 +58,12 @@ class _Key:
 class Replicator:
     def __init__(
         self, peers: Peers, placement: IPlacement, replicas: int, deadline: float = BLOCK_DEADLINE,
-        members: Callable[[], Sequence[bytes]] | None = None,
+        members: Callable[[], Sequence[bytes]] | None = None, lease: int = LEASE_TIME,
     ) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
         self.peers, self.placement, self.replicas, self.deadline = peers, placement, replicas, deadline
+        self.lease = lease  # seconds of the lease each block is placed under
         self._members = members or peers.members
         self._keys: dict[bytes, _Key] = {}
         self._dropped: dict[bytes, str] = {}  # holders that failed during this upload -> why
@@ -117,7 +120,8 @@ class _Placing:
         self.tried.add(holder)
         self.open += 1
         try:
-            d = self.r.peers.put_block(holder, self.cid, self.block, timeout=self.r.deadline, key=self.k.key)
+            d = self.r.peers.put_block(holder, self.cid, self.block, timeout=self.r.deadline, key=self.k.key,
+                                       lease=self.r.lease)
         except Exception:
             d = Deferred()
             d.errback(Failure())
@@ -216,6 +220,7 @@ class TopUp:
                 return
             done: list[CID] = []
             progress = []
+            placed: list[tuple[bytes, list[bytes]]] = []  # holders that took a block under a key in this batch
             for row in rows:
                 if self._stopped:
                     return
@@ -236,13 +241,16 @@ class TopUp:
                     if need <= 0 or self._stopped:
                         break
                     try:
-                        await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key)
+                        await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key,
+                                                   lease=self.node.lease_time)
                     except Exception as e:
                         log.debug("top-up of {cid} on {m} failed: {e}", cid=str(row.cid), m=short_node_id(m), e=e)
                         continue
                     holders.append(m)
                     need -= 1
                     self.placed += 1
+                if len(holders) > len(row.holders):
+                    placed.append((row.key, holders[len(row.holders):]))
                 if need <= 0:
                     done.append(row.cid)
                 elif len(holders) > len(row.holders):
@@ -250,3 +258,5 @@ class TopUp:
             if self._stopped:
                 return  # the node is stopping (its index may be closed): the next start goes on from the rows
             self.node.index.update_underplaced(done, progress)
+            for key, holders in placed:
+                self.node.index.add_placed(key, holders)

@@ -26,6 +26,7 @@ from cas.base.errors import (
     Busy,
     CorruptBlock,
     FileNotFound,
+    NotInRank,
     OffsetMismatch,
     QuotaExceeded,
     SessionBusy,
@@ -33,6 +34,7 @@ from cas.base.errors import (
     TooFewReplicas,
     WrongPlacementKey,
 )
+from cas.base.nodeid import format_node_id
 from cas.content import cipher
 from cas.content.capability import ReadCap
 from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name, is_manifest
@@ -45,12 +47,18 @@ from cas.node.upload import SESSION_TTL, StoredFile, Upload
 from cas.store.blockstore import DiskBlockStore
 from cas.store.collector import CollectResult, Pins, collect
 from cas.store.datadir import DataDir
+from cas.store.expiry import PERIOD as GC_PERIOD
+from cas.store.expiry import LeaseCollector
 from cas.store.index import FileRecord, Index, Session
+from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME, legacy_key
 
 log = Logger()
 
 BUFFER_BUDGET = 16 << 20  # bytes of block buffers all transfers of a node may hold together (one upload's window)
 MAX_UPLOADS = 32
+MAX_LEASES = 100_000  # leases one peer may have on this node (keys)
+RANK_SLACK = 4  # a lease is taken only where this node is among the first N + RANK_SLACK of the key's rank
+RELEASE_WAIT = 15.0  # seconds ``forget`` waits for holders to acknowledge releases before it answers
 SESSION_SWEEP = 3600.0  # seconds between sweeps of expired upload sessions
 
 
@@ -70,6 +78,12 @@ class Node:
         block_deadline: float = BLOCK_DEADLINE,
         buffer_budget: int = BUFFER_BUDGET,
         max_uploads: int = MAX_UPLOADS,
+        lease_time: int = LEASE_TIME,
+        max_lease_time: int = MAX_LEASE_TIME,
+        peer_share: int | None = None,
+        max_leases: int = MAX_LEASES,
+        gc_period: float = GC_PERIOD,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
@@ -84,6 +98,8 @@ class Node:
             run = self._run_in_pool
         self.run = run
         self._gc_lock = DeferredLock()
+        self.expiry = LeaseCollector(self.index, self.store, self.pins, self.run, reactor, self._gc_lock,
+                                     period=gc_period, monotonic=monotonic)
         self.started_at = time.time()
         self.peers: Any = None  # the PeerManager, set by the service (a node can run without peers in tests)
         self.replicas = replicas  # holders of every block besides this node
@@ -95,10 +111,16 @@ class Node:
         self.budget = Budget(buffer_budget)  # block buffers of all uploads and downloads together (cas/base/budget.py)
         self.max_uploads = max_uploads  # uploads at once; past it, Busy (HTTP 503 with Retry-After)
         self.uploads = 0
-        self._held = self.index.held_bytes()
-        self._reserved: dict[CID, int] = {}  # blocks being written for peers -> size (counted in the quota)
+        self.lease_time = lease_time  # what this node's uploads ask holders for, seconds
+        self.max_lease_time = max_lease_time  # the longest lease this node grants
+        # What one peer's leases may cover here: max(quota / 16, 1 GiB) by default, no limit without a quota.
+        self.peer_share = peer_share if peer_share is not None else (
+            max(quota // 16, 1 << 30) if quota is not None else None)
+        self.max_leases = max_leases
+        self.releaser: Any = None  # the Releaser, set by the service with the peers
+        self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
-        self._hold_batch: list[tuple[tuple[str, CID, int, int, bytes | None], Deferred[None]]] = []
+        self._hold_batch: list[tuple[tuple[str, CID, int, int, bytes, int], Deferred[None]]] = []
         self._active_sessions: set[str] = set()  # upload sessions with a piece being received
 
     @property
@@ -117,6 +139,7 @@ class Node:
         self.expire_sessions(collect=False)
         self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
         self._expiry = self.reactor.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
+        self.expiry.start()
 
     def _sweep_sessions(self) -> None:
         self._expiry = self.reactor.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
@@ -129,6 +152,7 @@ class Node:
         expiry, self._expiry = getattr(self, "_expiry", None), None
         if expiry is not None and expiry.active():
             expiry.cancel()
+        self.expiry.stop()
         if self._pool is not None:
             self._pool.stop()
         self.index.close()
@@ -150,7 +174,8 @@ class Node:
             if len(members) < min_replicas:
                 raise TooFewReplicas(
                     f"at least {min_replicas} replicas asked for, but this node knows {len(members)} other node(s)")
-            place = Replicator(self.peers, self.placement, self.replicas, self.block_deadline).place
+            place = Replicator(self.peers, self.placement, self.replicas, self.block_deadline,
+                               lease=self.lease_time).place
         elif min_replicas > 0:
             raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node has no peers")
         up = Upload(
@@ -168,7 +193,7 @@ class Node:
             return result
 
         up.done.addBoth(ended)
-        up.done.addErrback(self._collect_after_failure)
+        up.done.addErrback(self._collect_after_failure, up if session is None else None)
         return up
 
     def _check_min_replicas(self, min_replicas: int) -> None:
@@ -216,19 +241,36 @@ class Node:
         self.session(sid)
         if sid in self._active_sessions:
             raise SessionBusy(f"a piece of upload session {sid} is being received; drop it once that ends")
-        self.index.drop_session(sid)
+        self.index.drop_session(sid, until=self._release_until())
+        self._send_releases()
         return self.collect_garbage()
 
     def expire_sessions(self, collect: bool = True) -> int:
         gone = [i for i in self.index.expired_sessions(int(self.reactor.seconds())) if i not in self._active_sessions]
         for sid in gone:
-            self.index.drop_session(sid)
+            self.index.drop_session(sid, until=self._release_until())
+        if gone:
+            self._send_releases()
         if gone and collect:
             self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
         return len(gone)
 
-    def _collect_after_failure(self, failure: Any) -> Any:
-        """A failed upload leaves unreferenced blocks: free their space now rather than at the next start."""
+    def _release_until(self) -> int:
+        return int(self.reactor.seconds()) + self.lease_time
+
+    def _send_releases(self) -> None:
+        if self.releaser is not None:
+            self.releaser.send().addErrback(lambda f: log.failure("sending releases failed", f))
+
+    def _collect_after_failure(self, failure: Any, up: Upload | None = None) -> Any:
+        """A failed upload leaves unreferenced blocks: free their space now rather than at the next start, and
+        release what it placed on holders (a session's blocks stay for the next piece)."""
+        if up is not None and up.placed:
+            try:
+                self.index.queue_releases(up.placed.items(), self._release_until())
+                self._send_releases()
+            except Exception:
+                log.failure("queueing the releases of a failed upload failed")
         self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
         return failure
 
@@ -281,20 +323,32 @@ class Node:
     def has_blocks(self, cids: list[CID]) -> Deferred[list[bool]]:
         return self.run(lambda: [self.store.has(c) for c in cids])
 
-    def hold_block(self, peer: str, cid: CID, data: bytes | memoryview, key: bytes | None = None) -> Deferred[bool]:
-        """Store a block the node ``peer`` (hex id) sent: checked against its id, written durably, and
-        recorded as held for that peer (who asked and when, and the placement ``key`` it was placed under when
-        the sender said) before the Deferred fires, so an acknowledged block survives a crash and is never
-        collected. A manifest block's key must be its own (``manifest_key``): WrongPlacementKey otherwise; a
-        stripe key cannot be checked. Counts against the quota; past it, QuotaExceeded. Fires with False if the
-        block was already here."""
+    def hold_block(
+        self, peer: str, cid: CID, data: bytes | memoryview, key: bytes | None = None, lease: int | None = None,
+    ) -> Deferred[bool]:
+        """Store a block the node ``peer`` (hex id) sent, under its lease on placement ``key``: checked against its
+        id, written durably, and recorded with the lease (min(``lease``, ``--max-lease-time``) seconds from now)
+        before the Deferred fires, so an acknowledged block survives a crash and is kept while a lease on its
+        key lives. Without a key or a lease (a node of protocol version 1): ``legacy_key(peer)`` and the longest
+        lease. A manifest block's key must be its own (``manifest_key``): WrongPlacementKey otherwise; a stripe
+        key cannot be checked. A new lease needs this node among the key's first N + 4 in rank (NotInRank) and
+        room in the peer's lease count; new bytes need room in the peer's share and in the quota
+        (QuotaExceeded). Fires with False if the block was already here."""
         size = len(data)
-        new = not self.index.is_held(cid) and cid not in self._reserved
-        if new and self.quota is not None and self._held + self._reserved_bytes + size > self.quota:
-            return fail(QuotaExceeded(
-                f"this node holds {self._held + self._reserved_bytes} bytes for others; its quota is {self.quota}"))
+        holder = bytes.fromhex(peer)
+        pkey = key if key is not None else legacy_key(holder)
+        expires = int(self.reactor.seconds()) + min(lease if lease is not None else self.max_lease_time,
+                                                     self.max_lease_time)
+        try:
+            if key is not None:
+                self._check_new_lease(holder, key)
+            new = not self.index.leases.has_block(pkey, cid) and (pkey, cid) not in self._reserved
+            if new:
+                self._check_room(holder, size)
+        except Exception:
+            return fail()
         if new:
-            self._reserved[cid] = size
+            self._reserved[(pkey, cid)] = (holder, size)
             self._reserved_bytes += size
 
         def work() -> bool:
@@ -311,7 +365,7 @@ class Node:
             d: Deferred[None] = Deferred()
             if not self._hold_batch:
                 self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
-            self._hold_batch.append(((peer, cid, size, int(self.reactor.seconds()), key), d))
+            self._hold_batch.append(((peer, cid, size, int(self.reactor.seconds()), pkey, expires), d))
 
             def unpin(result: Any) -> Any:
                 self.pins.release([cid])  # recorded (or not): the pin has done its work either way
@@ -321,10 +375,8 @@ class Node:
 
         def unreserve(result: Any) -> Any:
             if new:  # only the call that reserved gives back, what it reserved
-                self._reserved.pop(cid, None)
+                self._reserved.pop((pkey, cid), None)
                 self._reserved_bytes -= size
-                if not isinstance(result, Failure):
-                    self._held += size
             return result
 
         # The write goes on to its record even if the caller stops waiting (a peer cancelled, or its
@@ -345,6 +397,53 @@ class Node:
         inner.addBoth(settle)
         return outer
 
+    def _check_new_lease(self, holder: bytes, key: bytes) -> None:
+        """A lease ``holder`` does not have on ``key`` yet must be one this node should take (NotInRank) and
+        within the peer's lease count (QuotaExceeded)."""
+        book = self.index.leases
+        if book.expiry(key, holder) is not None:
+            return
+        if self.peers is not None:
+            me = self.peers.node_id
+            rank = self.placement.rank(key, [*self.peers.members(), me])
+            if me not in rank[: self.replicas + RANK_SLACK]:
+                raise NotInRank(f"this node is not among the first {self.replicas + RANK_SLACK} holders of the "
+                                "key in its view of the network")
+        if book.peer_keys.get(holder, 0) >= self.max_leases:
+            raise QuotaExceeded(f"your node has {self.max_leases} leases here, the most this node gives one node")
+
+    def _check_room(self, holder: bytes, size: int) -> None:
+        book = self.index.leases
+        if self.peer_share is not None:
+            mine = book.peer_bytes.get(holder, 0) + sum(n for h, n in self._reserved.values() if h == holder)
+            if mine + size > self.peer_share:
+                raise QuotaExceeded(f"your node's leases cover {mine} bytes here; one node's share is {self.peer_share}")
+        if self.quota is not None and self.held_bytes() + size > self.quota:
+            raise QuotaExceeded(f"this node holds {self.held_bytes()} bytes for others; its quota is {self.quota}")
+
+    def lease(self, holder: bytes, keys: list[bytes], seconds: int) -> tuple[int, list[bool]]:
+        """``holder`` asks for (or renews) leases of ``seconds`` on ``keys``: granted (min(seconds,
+        ``--max-lease-time``), the same for all) on each key this node holds a block under and may lease (as
+        for PUT_BLOCK); per key, whether it was."""
+        granted = max(0, min(seconds, self.max_lease_time))
+        book = self.index.leases
+        ok = []
+        for key in keys:
+            try:
+                self._check_new_lease(holder, key)
+                if book.expiry(key, holder) is None:
+                    self._check_room(holder, book.key_bytes(key))
+                ok.append(book.holds_key(key))
+            except (NotInRank, QuotaExceeded):
+                ok.append(False)
+        self.index.grant_leases(holder, [k for k, yes in zip(keys, ok) if yes], int(self.reactor.seconds()) + granted)
+        return granted, ok
+
+    def release(self, holder: bytes, keys: list[bytes]) -> list[bool]:
+        """``holder`` gives up its leases on ``keys`` (only its own: nobody can release another's); per key,
+        whether it had one. Blocks whose keys are left without a lease are collected a GC period later."""
+        return self.index.drop_leases(holder, keys, int(self.reactor.seconds()))
+
     def _commit_holds(self) -> None:
         """Record every hold queued in this reactor turn in one transaction, then acknowledge them."""
         batch, self._hold_batch = self._hold_batch, []
@@ -359,8 +458,8 @@ class Node:
             d.callback(None)
 
     def held_bytes(self) -> int:
-        """Bytes held for other nodes (recorded, and being written)."""
-        return self._held + self._reserved_bytes
+        """Bytes held for other nodes under leases (recorded, and being written)."""
+        return self.index.leases.leased_bytes + self._reserved_bytes
 
     def fetch_placed(self, cid: CID, key: bytes, spread: int = 0, then: Then | None = None) -> Deferred[Any]:
         """A verified block: from the local store, else from the holders of its placement ``key``. With
@@ -416,11 +515,34 @@ class Node:
     def files(self) -> list[FileRecord]:
         return self.index.files()
 
-    def forget(self, root: CID) -> Deferred[CollectResult]:
-        """Forget a file: its blocks are released and collected unless another file needs them."""
-        if not self.index.forget(root):
+    def forget(self, root: CID) -> Deferred[dict[str, Any]]:
+        """Forget a file: its blocks here are collected unless another file needs them, and its leases on the
+        holders are released (those not reachable within ``RELEASE_WAIT`` s stay queued, see release.py).
+        Fires with the answer of ``DELETE /v1/files/KEY``."""
+        holders = self.index.forget(root, int(self.reactor.seconds()) + self.lease_time)
+        if holders is None:
             raise FileNotFound(f"no file with id {root} is stored by this node's owner")
-        return self.collect_garbage()
+
+        def release(freed: CollectResult) -> Deferred[dict[str, Any]]:
+            answer: dict[str, Any] = {"forgotten": True, "blocks_freed": freed.blocks, "bytes_freed": freed.bytes,
+                                      "local_bytes_freed": freed.bytes, "released_on": [], "pending": []}
+            if not holders:
+                return succeed(answer)
+            if self.releaser is None:
+                answer["pending"] = [format_node_id(h) for h in holders]
+                return succeed(answer)
+            sent = self.releaser.send(holders)
+            sent.addTimeout(RELEASE_WAIT, self.reactor)
+
+            def done(outcome: Any) -> dict[str, Any]:
+                ok = outcome if isinstance(outcome, dict) else {}
+                answer["released_on"] = [format_node_id(h) for h in holders if ok.get(h)]
+                answer["pending"] = [format_node_id(h) for h in holders if not ok.get(h)]
+                return answer
+
+            return sent.addBoth(done)
+
+        return self.collect_garbage().addCallback(release)
 
     def collect_garbage(self) -> Deferred[CollectResult]:
         """One collection pass on the worker pool; reads and writes go on meanwhile."""

@@ -94,6 +94,8 @@ class Upload:
         self._source_done = False
         self._last_dispatched = False
         self._cut_waiting = False
+        self.placed: dict[bytes, set[bytes]] = {}  # placement key -> holders that acknowledged a block under it
+        self._placed_new: dict[bytes, set[bytes]] = {}  # the same, not yet recorded (sessions record as they go)
         self._underplaced: list[Underplaced] = []  # blocks short of ``want_replicas``: recorded with the file
         # The fewest acknowledgements of any block so far; a resumed session starts from its earlier pieces'
         # blocks still short of holders (``prior_replicas``), so the answer covers the whole file.
@@ -349,6 +351,9 @@ class Upload:
 
         def counted(holders: list[bytes]) -> None:
             acks = len(holders)
+            if holders:
+                self.placed.setdefault(key, set()).update(holders)
+                self._placed_new.setdefault(key, set()).update(holders)
             self.replicas = acks if self.replicas is None else min(self.replicas, acks)
             if acks < self._want:
                 self._underplaced.append(Underplaced(cid, key, tuple(holders)))
@@ -381,11 +386,12 @@ class Upload:
             n = max(n, min(upto, len(self._links_new)))  # after a drain every dispatched task has ended
         refs, self._pinned = self._pinned, []
         under, self._underplaced = self._underplaced, []
+        placed, self._placed_new = self._placed_new, {}
         try:
             self._index.session_progress(
                 s.id, self._first + self._recorded,
                 [(link.cid, link.count) for link in self._links_new[self._recorded:n]], refs, under,
-                int(self._clock.seconds()) + SESSION_TTL,
+                int(self._clock.seconds()) + SESSION_TTL, placed.items(),
             )
         finally:
             self._pins.release(refs)
@@ -512,6 +518,7 @@ class Upload:
                 FileRecord(root_cid, self._key, meta.name, meta.content_type, meta.size, blocks, meta.created),
                 self._underplaced,
                 session=self._session.id if self._session is not None else None,
+                placed=self._placed_new.items(),
             )
             self._pins.release(self._pinned)
             self._pinned = []

@@ -38,7 +38,7 @@ from cas.peer.peertls import IReceiveBuffer, PeerTLSProtocol, peer_node_id
 
 log = Logger()
 
-PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSIONS = (1, 2)
 REQUEST_TIMEOUT = 30.0  # default deadline of a request, seconds
 HELLO_TIMEOUT = 15.0  # the TLS handshake and the peer's HELLO must be done by then
 KEEPALIVE = 15.0  # a PING after this long without receiving anything
@@ -75,6 +75,10 @@ class RemoteError(PeerError):
 
 class RequestTimeout(PeerError):
     pass
+
+
+class NotSupported(PeerError):
+    """The peer's protocol version has no such request (a LEASE to a version-1 node)."""
 
 
 class ConnectionClosed(PeerError):
@@ -392,6 +396,8 @@ class PeerProtocol(Protocol):
                 reason = frame.header.get("reason")
                 raise FrameError(f"peer closed before HELLO: {peer_text(reason)}")
             raise FrameError(f"{frames.TYPE_NAMES[frame.type]} before HELLO")
+        if self.version < frames.SINCE_VERSION.get(frame.type, 1):
+            raise FrameError(f"{frames.TYPE_NAMES[frame.type]} on a version-{self.version} connection")
         if frame.is_response:
             return self._on_response(frame)
         if frame.type == frames.PING and not frame.header:  # others (dial-back) are for the host
@@ -538,6 +544,8 @@ class PeerProtocol(Protocol):
         ``ConnectionClosed``. A request with a payload waits for room in the send window."""
         if not self._connected or not self.accepted or self.closing:
             raise ConnectionClosed(f"connection to {self.label()} is not open for requests", clean=self.closing)
+        if self.version < frames.SINCE_VERSION.get(type, 1):
+            raise NotSupported(f"{frames.TYPE_NAMES[type]}: {self.label()} speaks protocol version {self.version}")
         rid = next(self._ids)
         if rid > 0xFFFFFFFF:  # after 4 billion requests: start again (old ids are long answered)
             self._ids = itertools.count(2)
@@ -720,6 +728,11 @@ class PeerProtocol(Protocol):
     def last_heard(self) -> float:
         """When a frame from the peer last completed (reactor clock)."""
         return self._last_rx
+
+    @property
+    def version(self) -> int:
+        """The protocol version both sides speak (1 until the peer's HELLO arrived)."""
+        return self.hello_info.version if self.hello_info is not None else 1
 
     @property
     def in_flight(self) -> int:

@@ -34,6 +34,7 @@ MAX_REQUEST_ID = 0xFFFFFFFF
 MAX_HEADER_DEPTH = 16  # nested containers in a header; version 1 needs 3 (addresses in a list in a map)
 
 HELLO, PING, PEERS, PUT_BLOCK, GET_BLOCK, HAS, CANCEL, BYE = 1, 2, 3, 4, 5, 6, 7, 8
+LEASE, RELEASE = 9, 10  # protocol version 2: only on connections that negotiated it
 TYPE_NAMES: dict[int, str] = {
     HELLO: "HELLO",
     PING: "PING",
@@ -43,7 +44,10 @@ TYPE_NAMES: dict[int, str] = {
     HAS: "HAS",
     CANCEL: "CANCEL",
     BYE: "BYE",
+    LEASE: "LEASE",
+    RELEASE: "RELEASE",
 }
+SINCE_VERSION: dict[int, int] = {LEASE: 2, RELEASE: 2}  # frame types newer than version 1
 ONE_WAY = frozenset({HELLO, CANCEL, BYE})
 
 RESPONSE, ERROR = 0x01, 0x02  # flag bits

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from cas import __version__
 from cas.base.cid import CID
-from cas.base.errors import BlockNotFound, CorruptBlock, MalformedKey, StorageFull, WrongPlacementKey
+from cas.base.errors import BlockNotFound, CorruptBlock, MalformedKey, NotInRank, StorageFull, WrongPlacementKey
 from cas.base.nodeid import format_node_id, short_node_id
 from cas.peer import frames
 from cas.peer.connection import (
@@ -50,11 +50,14 @@ from cas.peer.peertls import client_creator, wrap_client
 from cas.peer.reach import Reachability
 from cas.peer.records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
 from cas.store.blockstore import MAX_BLOCK_SIZE
+from cas.store.leases import LEGACY
 
 log = Logger()
 
 MAX_HAS = 1024
 MAX_KEY_SIZE = 128  # bytes of a placement key in PUT_BLOCK (cas's are 38 for a stripe, 51 for a manifest)
+MAX_LEASE_KEYS = 1024  # keys per LEASE or RELEASE
+MAX_LEASE_SECONDS = 0xFFFFFFFF  # a lease asked for (a holder grants at most its --max-lease-time)
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 SAVE_SPACING = 1.0  # seconds between two saves of the peer table prompted by membership changes
@@ -130,6 +133,7 @@ class PeerManager:
         self.all: set[PeerProtocol] = set()  # every open connection, accepted or not, duplicates too
         self._dialing: dict[bytes, list[Deferred[PeerProtocol]]] = {}  # waiters of the dial in progress
         self._subscribers: list[Callable[[MembershipChange], None]] = []
+        self._on_connect: list[Callable[[bytes], None]] = []
         self._members: set[bytes] = set()
         self._probe_queue: list[bytes] = []
         self._timers: dict[str, IDelayedCall] = {}
@@ -326,6 +330,8 @@ class PeerManager:
         self._publish()
         self._enforce_connection_limit()
         self.reach.seen(conn)
+        for cb in list(self._on_connect):
+            cb(peer)
 
     def lost(self, conn: PeerProtocol, reason: str) -> None:
         self.all.discard(conn)
@@ -380,12 +386,36 @@ class PeerManager:
             if len(frame.payload) > MAX_BLOCK_SIZE:  # the store's own limit, answered before any work
                 raise RemoteError(TOO_LARGE, f"a block is at most {MAX_BLOCK_SIZE} bytes")
             assert conn.peer_id is not None
-            key = h.get("key")  # the placement key (optional: older nodes do not send it)
-            if key is not None and not (isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_SIZE):
-                raise RemoteError(BAD_REQUEST, f"key must be a byte string of 1 to {MAX_KEY_SIZE} bytes")
-            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload, key)
+            key = h.get("key")  # the placement key (optional in version 1)
+            if key is not None:
+                _check_key(key)
+            lease = h.get("lease")  # seconds (version 2; a version-1 node's blocks get --max-lease-time)
+            if conn.version >= 2:
+                if key is None or lease is None:
+                    raise RemoteError(BAD_REQUEST, "PUT_BLOCK needs a key and a lease")
+                if not isinstance(lease, int) or not 0 < lease <= MAX_LEASE_SECONDS:
+                    raise RemoteError(BAD_REQUEST, f"lease must be an integer of 1 to {MAX_LEASE_SECONDS} seconds")
+            else:
+                lease = None
+            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload, key, lease)
             d.addCallbacks(lambda _stored: Response({}, b""), _block_error, errbackArgs=(True,))
             return d
+        if frame.type in (frames.LEASE, frames.RELEASE):
+            keys = h.get("keys")
+            if not isinstance(keys, list):
+                raise RemoteError(BAD_REQUEST, "keys must be a list")
+            if len(keys) > MAX_LEASE_KEYS:
+                raise RemoteError(TOO_LARGE, f"at most {MAX_LEASE_KEYS} keys per {frames.TYPE_NAMES[frame.type]}")
+            for k in keys:
+                _check_key(k)
+            assert conn.peer_id is not None
+            if frame.type == frames.RELEASE:
+                return Response({"released": bitmap(self.node.release(conn.peer_id, keys))}, b"")
+            lease = h.get("time")
+            if not isinstance(lease, int) or not 0 < lease <= MAX_LEASE_SECONDS:
+                raise RemoteError(BAD_REQUEST, f"time must be an integer of 1 to {MAX_LEASE_SECONDS} seconds")
+            granted, ok = self.node.lease(conn.peer_id, keys, lease)
+            return Response({"time": granted, "granted": bitmap(ok)}, b"")
         if frame.type == frames.HAS:
             cids = h.get("cids")
             if not isinstance(cids, list):
@@ -691,12 +721,15 @@ class PeerManager:
 
     def put_block(
         self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = REQUEST_TIMEOUT,
-        key: bytes | None = None,
+        key: bytes | None = None, lease: int | None = None,
     ) -> Deferred[None]:
-        """Place ``block`` on ``node_id``, telling it the placement ``key`` the block is placed under."""
+        """Place ``block`` on ``node_id`` under our lease of ``lease`` seconds on its placement ``key`` (a node
+        of protocol version 1 ignores the lease: it keeps blocks for its own --max-lease-time)."""
         header: dict[str, Any] = {"cid": cid.to_bytes()}
         if key is not None:
             header["key"] = key
+        if lease is not None:
+            header["lease"] = lease
         d = self.request(node_id, frames.PUT_BLOCK, header, block, timeout)
         return d.addCallback(lambda _r: None)
 
@@ -734,6 +767,12 @@ class PeerManager:
     # -- membership ----------------------------------------------------------------------------------------
     def members(self) -> list[bytes]:
         return sorted(e.node_id for e in self.table.members(self.wall()))
+
+    def on_connect(self, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call ``callback(node_id)`` whenever a connection to a peer is accepted (a peer that was away is
+        back, even before it counts as a member again); returns a function that unsubscribes."""
+        self._on_connect.append(callback)
+        return lambda: self._on_connect.remove(callback) if callback in self._on_connect else None
 
     def subscribe(self, callback: Callable[[MembershipChange], None]) -> Callable[[], None]:
         """Call ``callback`` on every membership change; returns a function that unsubscribes."""
@@ -805,12 +844,19 @@ def _cid(value: Any) -> CID:
         raise RemoteError(BAD_REQUEST, str(e)) from None
 
 
+def _check_key(key: Any) -> None:
+    if not (isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_SIZE):
+        raise RemoteError(BAD_REQUEST, f"a key must be a byte string of 1 to {MAX_KEY_SIZE} bytes")
+    if key.startswith(LEGACY):
+        raise RemoteError(BAD_REQUEST, "keys starting with cas/legacy/ are this node's own")
+
+
 def _block_error(f: Failure, put: bool) -> Any:
     if f.check(CancelledError):
         return f  # the connection went away: nobody to answer, nothing to log
     if f.check(BlockNotFound):
         raise RemoteError(NOT_FOUND, "no such block here")
-    if f.check(WrongPlacementKey):
+    if f.check(WrongPlacementKey, NotInRank):
         raise RemoteError(BAD_REQUEST, f.getErrorMessage())
     if f.check(CorruptBlock):
         if put:  # the sender's bytes do not match the id (or the block is too large)

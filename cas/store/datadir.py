@@ -1,7 +1,7 @@
 """The node's data directory: layout, first-start initialisation and the format-version check.
 
     lock             flock'ed by the node using the dir, for the process's life; holds its pid
-    format-version   "2"; version 1 is upgraded at start (``MIGRATIONS``); any other is refused
+    format-version   "3"; versions 1 and 2 are upgraded at start (``MIGRATIONS``); any other is refused
     node.key         Ed25519 private key (0600)
     node.crt         self-signed certificate (0600)
     api.token        bearer token of the HTTP API (0600)
@@ -18,6 +18,7 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable
 
 import attrs
@@ -26,23 +27,29 @@ from twisted.logger import Logger
 from cas.base.errors import DataDirError
 from cas.base.identity import Identity, load_or_create, write_private
 from cas.store.blockstore import fsync_dir
-from cas.store.index import add_hold_keys
+from cas.store.index import add_hold_keys, add_leases
+from cas.store.leases import LEASE_TIME
 
 log = Logger()
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LOCK_NAME = "lock"
 INDEX_NAME = "index.sqlite"
 
 
-def _to_2(path: str) -> str:
+def _to_2(path: str, lease_time: int) -> str:
     index = os.path.join(path, INDEX_NAME)
     return add_hold_keys(index) if os.path.exists(index) else "nothing to change"
 
 
+def _to_3(path: str, lease_time: int) -> str:
+    index = os.path.join(path, INDEX_NAME)
+    return add_leases(index, int(time.time()), lease_time) if os.path.exists(index) else "nothing to change"
+
+
 # Upgrades, by the version they start from: each does its work in one transaction and can run twice; the
 # version file is written after it, alone, atomically. A crash in between runs the step again at the next start.
-MIGRATIONS: dict[int, Callable[[str], str]] = {1: _to_2}
+MIGRATIONS: dict[int, Callable[[str, int], str]] = {1: _to_2, 2: _to_3}
 
 
 class DirLock:
@@ -149,7 +156,7 @@ class DataDir:
         os.replace(tmp, self.join(name))
 
 
-def prepare(path: str) -> DataDir:
+def prepare(path: str, lease_time: int = LEASE_TIME) -> DataDir:
     """Create (0700) or open a data dir and lock it for this process; raises DataDirError with a one-line message
     on any problem. The lock is taken before anything in the dir is read or written (a foreign, non-empty
     directory is refused first, so nothing is created in it)."""
@@ -174,7 +181,7 @@ def prepare(path: str) -> DataDir:
                 if not (text.isdigit() and int(text) in MIGRATIONS):
                     raise DataDirError(f"data dir {path} has format version {text!r}; this cas opens versions "
                                        f"{min(MIGRATIONS)} to {FORMAT_VERSION}")
-                _upgrade(path, version_file, int(text))
+                _upgrade(path, version_file, int(text), lease_time)
         else:
             _check_foreign(path, version_file)  # again under the lock: another node may have started here
             _write_version(version_file, FORMAT_VERSION)
@@ -191,10 +198,10 @@ def prepare(path: str) -> DataDir:
         raise DataDirError(f"data dir {path}: {e.strerror} ({e.filename})") from None
 
 
-def _upgrade(path: str, version_file: str, version: int) -> None:
+def _upgrade(path: str, version_file: str, version: int, lease_time: int) -> None:
     while version < FORMAT_VERSION:
         try:
-            what = MIGRATIONS[version](path)
+            what = MIGRATIONS[version](path, lease_time)
         except sqlite3.Error as e:  # a damaged index: say so in one line, change nothing more
             raise DataDirError(f"data dir {path}: cannot upgrade format {version} to {version + 1}: {e}") from None
         _write_version(version_file, version + 1)

@@ -2,9 +2,14 @@
 file needs. It lives in the data dir (0600) because it holds read capabilities.
 
 ``holds`` records the blocks this node keeps for other nodes: which node asked (its id, hex), the block's
-size, when it first and last asked, and the placement key it was placed under (since data-dir format 2; NULL
-when the sender did not say, as blocks held before format 2 and blocks from older nodes); those blocks count
-against ``--quota`` and are not garbage.
+size, when it first and last asked, and the placement key it was placed under (``legacy_key(sender)`` when
+the sender did not say: blocks held before data-dir format 2 and blocks from nodes of protocol version 1);
+they are kept while a lease lives on their key (cas/store/expiry.py collects the rest).
+``leases`` (cas/store/leases.py) say which node wants which placement key kept until when; ``unleased`` lists
+the keys whose last lease ended, to be collected.
+On the uploading side, ``owner_keys`` lists the placement keys of each owner's blocks and ``placed`` the
+holders that acknowledged a block under a key: what ``cas rm`` releases. ``releases`` is the durable queue of
+releases not yet delivered (a holder was down), each dropped once the lease would have expired anyway.
 ``sessions`` are resumable uploads (``POST /v1/uploads``): the file key, placement salt, name and type, an
 expiry, and in ``session_links`` the data blocks stored so far, in order; their blocks are referenced by the
 owner ``session:<id>`` until the file is recorded (or the session expires).
@@ -25,6 +30,10 @@ import attrs
 
 from cas.base.cid import CID
 from cas.base.errors import SessionNotFound
+from cas.store.leases import LeaseBook, grace_leases
+
+MAX_RELEASES = 1_000_000  # undelivered releases kept at most; past it the soonest to expire are dropped
+Placed = Iterable[tuple[bytes, Iterable[bytes]]]  # (placement key, holders that acknowledged a block under it)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -72,6 +81,23 @@ CREATE TABLE IF NOT EXISTS session_links (
     count INTEGER NOT NULL,
     PRIMARY KEY (id, i)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owner_keys (
+    owner TEXT NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (owner, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS placed (
+    key BLOB NOT NULL,
+    holder BLOB NOT NULL,
+    PRIMARY KEY (key, holder)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS releases (
+    holder BLOB NOT NULL,
+    key BLOB NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (holder, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS releases_by_until ON releases (until);
 CREATE TABLE IF NOT EXISTS underplaced (
     cid TEXT PRIMARY KEY,
     pkey BLOB NOT NULL,
@@ -140,6 +166,8 @@ class Index:
         self.db.executescript(SCHEMA)
         # Uploads that did not finish before the last stop: their blocks become garbage.
         self.db.execute("DELETE FROM refs WHERE owner LIKE 'upload:%'")
+        self.leases = LeaseBook(self.db)
+        self.path = path
 
     def close(self) -> None:
         self.db.close()
@@ -172,11 +200,17 @@ class Index:
 
     def commit_file(
         self, upload_owner: str, rec: FileRecord, underplaced: Iterable[Underplaced] = (), session: str | None = None,
+        placed: Placed = (),
     ) -> None:
-        """Turn an upload's refs into the file's refs and record the file (and its blocks that still need
-        holders), in one transaction."""
+        """Turn an upload's refs into the file's refs and record the file (its blocks that still need holders,
+        and the holders that took its blocks), in one transaction."""
         owner = f"file:{rec.root}"
         with self._transaction():
+            self._record_placed(owner, placed)
+            if session is not None:
+                self.db.execute("INSERT OR IGNORE INTO owner_keys SELECT ?, key FROM owner_keys WHERE owner = ?",
+                                (owner, f"session:{session}"))
+                self.db.execute("DELETE FROM owner_keys WHERE owner = ?", (f"session:{session}",))
             self.db.executemany(
                 "INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
                 ((str(u.cid), u.key, b"".join(u.holders)) for u in underplaced),
@@ -193,11 +227,74 @@ class Index:
                 self.db.execute("DELETE FROM sessions WHERE id = ?", (session,))
                 self.db.execute("DELETE FROM session_links WHERE id = ?", (session,))
 
-    def forget(self, root: CID) -> bool:
+    def forget(self, root: CID, until: int) -> list[bytes] | None:
+        """Forget a file, and queue the release of every lease its blocks were placed under (until ``until``,
+        when they would have expired anyway); the holders queued, or None if the file is not here."""
         with self._transaction():
             cur = self.db.execute("DELETE FROM files WHERE root = ?", (str(root),))
             self.db.execute("DELETE FROM refs WHERE owner = ?", (f"file:{root}",))
-        return cur.rowcount > 0
+            holders = self._queue_releases(f"file:{root}", until) if cur.rowcount else []
+        return holders if cur.rowcount else None
+
+    def _record_placed(self, owner: str, placed: Placed) -> None:
+        for key, holders in placed:
+            self.db.execute("INSERT OR IGNORE INTO owner_keys VALUES (?, ?)", (owner, key))
+            self.db.executemany("INSERT OR IGNORE INTO placed VALUES (?, ?)", ((key, h) for h in holders))
+
+    def add_placed(self, key: bytes, holders: Iterable[bytes]) -> None:
+        """More holders took blocks under ``key`` (top-up)."""
+        with self._transaction():
+            self.db.executemany("INSERT OR IGNORE INTO placed VALUES (?, ?)", ((key, h) for h in holders))
+
+    def placed_holders(self, owner: str) -> dict[bytes, list[bytes]]:
+        """Placement key -> the holders that acknowledged a block under it, for one owner's keys."""
+        out: dict[bytes, list[bytes]] = {}
+        for key, holder in self.db.execute(
+            "SELECT p.key, p.holder FROM owner_keys o JOIN placed p ON p.key = o.key WHERE o.owner = ? "
+            "ORDER BY p.key, p.holder", (owner,)
+        ):
+            out.setdefault(bytes(key), []).append(bytes(holder))
+        return out
+
+    def _queue_releases(self, owner: str, until: int) -> list[bytes]:
+        rows = [(h, k) for k, hs in self.placed_holders(owner).items() for h in hs]
+        self.db.execute("DELETE FROM placed WHERE key IN (SELECT key FROM owner_keys WHERE owner = ?)", (owner,))
+        self.db.execute("DELETE FROM owner_keys WHERE owner = ?", (owner,))
+        return self._enqueue(rows, until)
+
+    def queue_releases(self, placed: Placed, until: int) -> list[bytes]:
+        """Queue releases for blocks placed by an upload that failed (nothing of it was recorded)."""
+        with self._transaction():
+            return self._enqueue([(h, k) for k, hs in placed for h in hs], until)
+
+    def _enqueue(self, rows: list[tuple[bytes, bytes]], until: int) -> list[bytes]:
+        self.db.executemany("INSERT OR REPLACE INTO releases VALUES (?, ?, ?)", ((h, k, until) for h, k in rows))
+        (n,) = self.db.execute("SELECT count(*) FROM releases").fetchone()
+        if n > MAX_RELEASES:
+            self.db.execute("DELETE FROM releases WHERE rowid IN (SELECT rowid FROM releases ORDER BY until LIMIT ?)",
+                            (n - MAX_RELEASES,))
+        return sorted({h for h, _k in rows})
+
+    def pending_releases(self, now: int, holder: bytes | None = None, limit: int = 1024) -> dict[bytes, list[bytes]]:
+        """Holder -> keys to release (at most ``limit`` in all); releases past their ``until`` are dropped."""
+        self.db.execute("DELETE FROM releases WHERE until <= ?", (now,))
+        if holder is None:
+            rows = self.db.execute("SELECT holder, key FROM releases ORDER BY holder, key LIMIT ?", (limit,))
+        else:
+            rows = self.db.execute("SELECT holder, key FROM releases WHERE holder = ? ORDER BY key LIMIT ?",
+                                   (holder, limit))
+        out: dict[bytes, list[bytes]] = {}
+        for h, k in rows:
+            out.setdefault(bytes(h), []).append(bytes(k))
+        return out
+
+    def released(self, holder: bytes, keys: Iterable[bytes]) -> None:
+        with self._transaction():
+            self.db.executemany("DELETE FROM releases WHERE holder = ? AND key = ?", ((holder, k) for k in keys))
+
+    def count_releases(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM releases").fetchone()
+        return int(n)
 
     def get(self, root: CID) -> FileRecord | None:
         row = self.db.execute("SELECT * FROM files WHERE root = ?", (str(root),)).fetchone()
@@ -215,23 +312,30 @@ class Index:
         return {CID.parse(c) for (c,) in rows}
 
     # -- blocks held for other nodes ---------------------------------------------------------------------------
-    def held_bytes(self) -> int:
-        """Bytes of the distinct blocks held for other nodes."""
-        (n,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM holds GROUP BY cid)").fetchone()
-        return int(n)
-
     def is_held(self, cid: CID) -> bool:
         return self.db.execute("SELECT 1 FROM holds WHERE cid = ? LIMIT 1", (str(cid),)).fetchone() is not None
 
-    def record_holds(self, holds: Iterable[tuple[str, CID, int, int, bytes | None]]) -> None:
-        """Record ``(peer hex, block id, size, unix time, placement key or None)`` rows in one transaction (one
-        fsync for a batch). A key once known is kept when the same peer sends the block again without one."""
+    def record_holds(self, holds: Iterable[tuple[str, CID, int, int, bytes, int]]) -> None:
+        """Record ``(peer hex, block id, size, unix time, placement key, lease expiry)`` rows, each block with
+        the sender's lease on its key, in one transaction (one fsync for a batch). A block keeps the key it was
+        first sent under by that peer."""
         with self._transaction():
-            self.db.executemany(
-                "INSERT INTO holds (peer, cid, size, first, last, key) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last, key = COALESCE(excluded.key, holds.key)",
-                ((peer, str(cid), size, at, at, key) for peer, cid, size, at, key in holds),
-            )
+            for peer, cid, size, at, key, expires in holds:
+                if not self.leases.has_block(key, cid):
+                    self.leases.block_added(key, size)
+                self.db.execute(
+                    "INSERT INTO holds (peer, cid, size, first, last, key) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last", (peer, str(cid), size, at, at, key))
+                self.leases.grant(key, bytes.fromhex(peer), expires)
+
+    def grant_leases(self, holder: bytes, keys: Iterable[bytes], expires: int) -> None:
+        with self._transaction():
+            for key in keys:
+                self.leases.grant(key, holder, expires)
+
+    def drop_leases(self, holder: bytes, keys: Iterable[bytes], now: int) -> list[bool]:
+        with self._transaction():
+            return [self.leases.drop(key, holder, now) for key in keys]
 
     # -- resumable uploads -----------------------------------------------------------------------------------
     def add_session(self, s: Session) -> None:
@@ -252,7 +356,7 @@ class Index:
         return [(CID.parse(c), int(n)) for c, n in rows]
 
     def session_progress(self, sid: str, first: int, links: Iterable[tuple[CID, int]], refs: Iterable[CID],
-                         underplaced: Iterable["Underplaced"], expires: int) -> None:
+                         underplaced: Iterable["Underplaced"], expires: int, placed: Placed = ()) -> None:
         """Record data blocks ``first``, ``first + 1``, ... of a session, the references of every block it
         stored, and the blocks short of holders, in one transaction."""
         links = list(links)
@@ -262,12 +366,17 @@ class Index:
             self.db.executemany("INSERT OR REPLACE INTO session_links VALUES (?, ?, ?, ?)",
                                 ((sid, first + n, str(c), count) for n, (c, count) in enumerate(links)))
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((f"session:{sid}", str(c)) for c in refs))
+            self._record_placed(f"session:{sid}", placed)
             self.db.executemany("INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
                                 ((str(u.cid), u.key, b"".join(u.holders)) for u in underplaced))
             self.db.execute("UPDATE sessions SET blocks = ?, expires = ? WHERE id = ?", (first + len(links), expires, sid))
 
-    def drop_session(self, sid: str, keep_refs: bool = False) -> bool:
+    def drop_session(self, sid: str, keep_refs: bool = False, until: int = 0) -> bool:
+        """Drop an upload session; unless ``keep_refs`` (the file was recorded), its blocks become garbage and
+        the leases they were placed under are queued for release until ``until``."""
         with self._transaction():
+            if not keep_refs:
+                self._queue_releases(f"session:{sid}", until)
             cur = self.db.execute("DELETE FROM sessions WHERE id = ?", (sid,))
             self.db.execute("DELETE FROM session_links WHERE id = ?", (sid,))
             if not keep_refs:
@@ -338,3 +447,19 @@ def add_hold_keys(path: str) -> str:
     finally:
         db.close()
     return f"blocks held for other nodes now record their placement key ({held} held so far, key unknown)"
+
+
+def add_leases(path: str, now: int, lease_time: int) -> str:
+    """Data-dir format 2 to 3: leases. Every block held so far gets a grace lease of ``lease_time`` for the
+    node that sent it (its key, or ``legacy_key(sender)`` when it came without one). One transaction; a second
+    run changes nothing (the grace leases exist)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("CREATE TABLE IF NOT EXISTS holds (peer TEXT NOT NULL, cid TEXT NOT NULL, size INTEGER NOT NULL, "
+                   "first INTEGER NOT NULL, last INTEGER NOT NULL, key BLOB, PRIMARY KEY (peer, cid)) WITHOUT ROWID")
+        n = grace_leases(db, now, lease_time)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return f"leases: {n} grace lease(s) of {lease_time // 86400} days for the blocks held so far"

@@ -1080,7 +1080,7 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_rm(self) -> None:
         k1 = self.node.add(b"x" * 5000, "a")
-        self.assertEqual(self.ok("rm", k1), b"forgotten: 2 blocks, 5.0 KiB freed\n")
+        self.assertEqual(self.ok("rm", k1), b"forgotten: 2 blocks, 5.0 KiB freed here\n")
         self.assertNotIn(k1, self.node.files)
         k2 = self.node.add(b"y", "b")
         self.assertEqual(json.loads(self.ok("rm", "--json", stdin=k2.encode() + b"\n")), self.node.answers[-1])

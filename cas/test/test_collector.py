@@ -137,12 +137,12 @@ class IndexTests(SynchronousTestCase):
             up = self.index.new_upload_owner()
             self.index.add_refs(up, blocks)
             self.index.commit_file(up, record(root))
-        self.assertIs(self.index.forget(r1), True)
+        self.assertEqual(self.index.forget(r1, 0), [])
         self.assertIsNone(self.index.get(r1))
         self.assertEqual([r.root for r in self.index.files()], [r2])
         self.assertEqual(self.index.referenced(), {b, r2})
-        self.assertIs(self.index.forget(r1), False)
-        self.assertIs(self.index.forget(a), False)
+        self.assertIsNone(self.index.forget(r1, 0))
+        self.assertIsNone(self.index.forget(a, 0))
         self.assertEqual(self.index.referenced(), {b, r2})
 
     def test_files_order(self) -> None:
@@ -281,7 +281,7 @@ class CollectTests(SynchronousTestCase):
         self.assertEqual(self.run_pass(index.referenced()), CollectResult(4, self.size(4, 7, 8, 9)))
         self.assertEqual(self.stored(), self.cids(0, 1, 2, 3, 5, 6))
         # Forgetting a file frees the blocks only it needed; a shared block stays.
-        index.forget(self.blocks[0][0])
+        index.forget(self.blocks[0][0], 0)
         self.assertEqual(self.run_pass(index.referenced()), CollectResult(2, self.size(0, 1)))
         self.assertEqual(self.stored(), self.cids(2, 3, 5, 6))
         # A crash ends the upload: its blocks are garbage after the restart.

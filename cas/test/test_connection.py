@@ -31,6 +31,7 @@ from cas.peer.connection import (
     SHUTTING_DOWN,
     ConnectionClosed,
     HelloInfo,
+    NotSupported,
     PeerProtocol,
     RemoteError,
     RequestTimeout,
@@ -43,9 +44,11 @@ from cas.peer.frames import (
     GET_BLOCK,
     HAS,
     HELLO,
+    LEASE,
     MAX_FRAME,
     PING,
     PUT_BLOCK,
+    RELEASE,
     RESPONSE,
     Frame,
     FrameDecoder,
@@ -261,8 +264,8 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(pair.ha.accepted_conns, [pair.a])
         self.assertEqual(pair.hb.accepted_conns, [pair.b])
         # ``observed``: where each side's transport says the other is (StringTransport's fake peer address)
-        self.assertEqual(pair.a.hello_info, HelloInfo(B_ID, 1, "test", [], None, pair.b.nonce, pair.b.remote_ip))
-        self.assertEqual(pair.b.hello_info, HelloInfo(A_ID, 1, "test", [], None, pair.a.nonce, pair.a.remote_ip))
+        self.assertEqual(pair.a.hello_info, HelloInfo(B_ID, 2, "test", [], None, pair.b.nonce, pair.b.remote_ip))
+        self.assertEqual(pair.b.hello_info, HelloInfo(A_ID, 2, "test", [], None, pair.a.nonce, pair.a.remote_ip))
         self.assertEqual(pair.a.hello_info.observed, "192.168.1.1")
         self.assertNotEqual(pair.a.nonce, pair.b.nonce)
         self.assertEqual(pair.a.dialler_key(A_ID), (A_ID, pair.a.nonce))
@@ -274,7 +277,7 @@ class HelloTests(SynchronousTestCase):
             self.assertEqual((h.type, h.flags, h.request_id), (HELLO, 0, 0))
             self.assertEqual(
                 h.header,
-                {"software": "test", "addresses": [], "record": None, "versions": [1], "node_id": own, "nonce": p.nonce,
+                {"software": "test", "addresses": [], "record": None, "versions": [1, 2], "node_id": own, "nonce": p.nonce,
                  "observed": p.remote_ip},
             )
             self.assertIs(p.transport.producer, p)  # type: ignore[union-attr]
@@ -305,13 +308,13 @@ class HelloTests(SynchronousTestCase):
         pair.start()
         self.assertEqual(
             pair.a.hello_info,
-            HelloInfo(B_ID, 1, "cas 9", [["tcp", "192.0.2.1", 4001]], b"rec", pair.b.nonce, "192.168.1.1"),
+            HelloInfo(B_ID, 2, "cas 9", [["tcp", "192.0.2.1", 4001]], b"rec", pair.b.nonce, "192.168.1.1"),
         )
 
     def test_hello_mistyped_optional_fields(self) -> None:
         lone = Lone()
         lone.feed(hello(software=7, addresses="x", record="text", extra_key=1, observed="not an address"))
-        self.assertEqual(lone.proto.hello_info, HelloInfo(B_ID, 1, "?", [], None, NONCE))
+        self.assertEqual(lone.proto.hello_info, HelloInfo(B_ID, 2, "?", [], None, NONCE))
 
     def test_highest_common_version(self) -> None:
         self.patch(connection, "PROTOCOL_VERSIONS", (1, 2, 3))
@@ -319,6 +322,22 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(lone.written()[0].header["versions"], [1, 2, 3])
         lone.feed(hello(versions=[7, 1, 2]))
         self.assertEqual(lone.proto.hello_info.version, 2)  # type: ignore[union-attr]
+
+    def test_version_2_frames_only_on_version_2_connections(self) -> None:
+        """LEASE and RELEASE exist from version 2: never sent to, and never taken from, a version-1 peer."""
+        old = Lone()
+        old.feed(hello(versions=[1]))
+        self.assertEqual(old.proto.version, 1)
+        for ftype in (LEASE, RELEASE):
+            e = self.assertRaises(NotSupported, old.proto.request, ftype, {"keys": []})
+            self.assertIn("speaks protocol version 1", str(e))
+        old.feed(Frame(LEASE, 0, 1, {"keys": [], "time": 60}))
+        self.assertEqual(old.proto.close_reason, "LEASE on a version-1 connection")
+        new = Lone()
+        new.feed(hello())
+        self.assertEqual(new.proto.version, 2)
+        new.proto.request(LEASE, {"keys": [], "time": 60})
+        self.assertEqual(new.written()[-1].type, LEASE)
 
     def test_hello_timer_cancelled(self) -> None:
         pair = Pair()

@@ -29,12 +29,14 @@ from cas.peer.frames import (
     HEAD_READ,
     HEAD_SIZE,
     HELLO,
+    LEASE,
     MAX_FRAME,
     MAX_HEADER,
     ONE_WAY,
     PEERS,
     PING,
     PUT_BLOCK,
+    RELEASE,
     RESPONSE,
     TYPE_NAMES,
     Frame,
@@ -69,11 +71,28 @@ VEC_PUT_BLOCK = (
     "a163636964582401551e20ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
     "68656c6c6f"
 )
+# Version 2. PUT_BLOCK request, id 4, header {"cid": HELLO_CID, "key": b"k", "lease": 2678400}, payload b"hello"
+VEC_PUT_BLOCK_2 = (
+    "00000049" "04" "00" "00000004" "003c"
+    "a363636964582401551e20ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+    "636b6579416b656c656173651a0028de80" "68656c6c6f"
+)
+# LEASE request, id 5, header {"keys": [b"k"], "time": 2678400}; its response {"time": 2678400, "granted": h'80'}
+VEC_LEASE = "0000001b" "09" "00" "00000005" "0013" "a2646b65797381416b6474696d651a0028de80"
+VEC_LEASE_OK = "0000001d" "09" "01" "00000005" "0015" "a26474696d651a0028de80676772616e7465644180"
+# RELEASE request, id 6, header {"keys": [b"k"]}; its response {"released": h'80'}
+VEC_RELEASE = "00000011" "0a" "00" "00000006" "0009" "a1646b65797381416b"
+VEC_RELEASE_OK = "00000014" "0a" "01" "00000006" "000c" "a16872656c65617365644180"
 VECTORS = [
     (VEC_PING, Frame(PING, 0, 1, {})),
     (VEC_GET_BLOCK, Frame(GET_BLOCK, 0, 2, {"cid": VEC_CID})),
     (VEC_NOT_FOUND, Frame(GET_BLOCK, RESPONSE | ERROR, 2, {"code": "not_found", "message": "no such block"})),
     (VEC_PUT_BLOCK, Frame(PUT_BLOCK, 0, 3, {"cid": HELLO_CID}, b"hello")),
+    (VEC_PUT_BLOCK_2, Frame(PUT_BLOCK, 0, 4, {"cid": HELLO_CID, "key": b"k", "lease": 2678400}, b"hello")),
+    (VEC_LEASE, Frame(LEASE, 0, 5, {"keys": [b"k"], "time": 2678400})),
+    (VEC_LEASE_OK, Frame(LEASE, RESPONSE, 5, {"time": 2678400, "granted": b"\x80"})),
+    (VEC_RELEASE, Frame(RELEASE, 0, 6, {"keys": [b"k"]})),
+    (VEC_RELEASE_OK, Frame(RELEASE, RESPONSE, 6, {"released": b"\x80"})),
 ]
 
 
@@ -346,12 +365,12 @@ class ReceiveBufferTests(SynchronousTestCase):
 
     def test_dead_after_error(self) -> None:
         decoder = FrameDecoder()
-        bad = raw_frame(ftype=9)
+        bad = raw_frame(ftype=11)
         buf = decoder.get_buffer()
         buf[:len(bad)] = bad
         self.assertFalse(decoder.failed)
         e = self.assertRaises(FrameError, decoder.buffer_updated, len(bad))
-        self.assertEqual(str(e), "unknown frame type 9")
+        self.assertEqual(str(e), "unknown frame type 11")
         self.assertTrue(decoder.failed)
         self.assertEqual(decoder.buffered, 0)
         self.assertRaises(FrameError, decoder.get_buffer)
@@ -429,7 +448,7 @@ class MalformedTests(SynchronousTestCase):
                                  f"frame length {length} is below the minimum 9")
 
     def test_unknown_type(self) -> None:
-        self.assertEqual(self.refused(raw_frame(ftype=9)), "unknown frame type 9")
+        self.assertEqual(self.refused(raw_frame(ftype=11)), "unknown frame type 11")
         self.assertEqual(self.refused(raw_frame(ftype=0)), "unknown frame type 0")
         self.assertEqual(self.refused(raw_frame(ftype=255)), "unknown frame type 255")
 
@@ -517,11 +536,11 @@ class MalformedTests(SynchronousTestCase):
         """After an error nothing more is decoded, not even frames that were already buffered."""
         decoder = FrameDecoder()
         good = wire(Frame(PING, 0, 1))
-        self.assertRaises(FrameError, decoder.feed, good + raw_frame(ftype=9) + good)
+        self.assertRaises(FrameError, decoder.feed, good + raw_frame(ftype=11) + good)
         self.assertEqual(decoder.buffered, 0)
         for data in (good, b"", b"\x00"):
             e = self.assertRaises(FrameError, decoder.feed, data)
-            self.assertEqual(str(e), "decoder stopped after an earlier error: unknown frame type 9")
+            self.assertEqual(str(e), "decoder stopped after an earlier error: unknown frame type 11")
 
     @FAST
     @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
@@ -562,7 +581,7 @@ class EncodeRefusalTests(SynchronousTestCase):
         self.assertRaises(ValueError, encode, frame)
 
     def test_type(self) -> None:
-        for ftype in (0, 9, 255, 256, -1):
+        for ftype in (0, 11, 255, 256, -1):
             self.assertRefused(Frame(ftype, 0, 1))
 
     def test_flags(self) -> None:
@@ -622,7 +641,7 @@ class FrameVectorTests(SynchronousTestCase):
         self.assertEqual(MAX_FRAME, 1_114_112)
         self.assertEqual({name: n for n, name in TYPE_NAMES.items()},
                          {"HELLO": 1, "PING": 2, "PEERS": 3, "PUT_BLOCK": 4, "GET_BLOCK": 5, "HAS": 6,
-                          "CANCEL": 7, "BYE": 8})
+                          "CANCEL": 7, "BYE": 8, "LEASE": 9, "RELEASE": 10})
         self.assertEqual(ONE_WAY, {HELLO, CANCEL, BYE})
         self.assertEqual((RESPONSE, ERROR, FIXED, MAX_HEADER), (1, 2, 8, 0xFFFF))
         self.assertTrue(all(getattr(frames, name) == n for n, name in TYPE_NAMES.items()))

@@ -70,6 +70,8 @@ class Net:
         self.services.remove(s)
         m = s.peers
         m._stopping = True
+        s.topup.stop()
+        s.releaser.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():
@@ -123,7 +125,7 @@ class TwoNodeTests(TestCase):
         await wait_for(lambda: a_id in members(b) and b_id in members(a), "two members")
         block = os.urandom(100_000)
         cid = CID.of(block)
-        await b.peers.put_block(a_id, cid, block)
+        await b.peers.put_block(a_id, cid, block, key=b"k" * 38, lease=3600)
         self.assertTrue(a.node.store.has(cid))
         self.assertFalse(b.node.store.has(cid))
         self.assertEqual(await b.peers.get_block(a_id, cid), block)
@@ -144,7 +146,7 @@ class TwoNodeTests(TestCase):
             with self.assertRaises(RemoteError) as e:
                 await conn.request(frames.PUT_BLOCK, {"cid": cid.to_bytes(), "key": bad}, block)
             self.assertEqual(e.exception.code, "bad_request")
-        await b.peers.put_block(a_id, cid, block, key=b"k" * 38)
+        await b.peers.put_block(a_id, cid, block, key=b"k" * 38, lease=3600)
         self.assertEqual(a.node.index.hold_keys(cid), {b"k" * 38})
         self.assertIs(await b.peers.connect(a_id), conn)
         # The held block is referenced for its sender, so garbage collection keeps it.
@@ -257,7 +259,7 @@ class ConnectionManagementTests(TestCase):
         conn = await b.peers.dial(UNIXClientEndpoint(reactor, sock), a_id)
         self.assertEqual(conn.peer_id, a_id)
         block = os.urandom(5000)
-        await b.peers.put_block(a_id, CID.of(block), block)
+        await b.peers.put_block(a_id, CID.of(block), block, key=b"k" * 38, lease=3600)
         self.assertEqual(await b.peers.get_block(a_id, CID.of(block)), block)
 
     async def test_garbage_on_the_peer_port_affects_nothing_else(self) -> None:
@@ -308,7 +310,7 @@ class ReviewTests(TestCase):
         a_id, b_id = a.node.identity.node_id, b.node.identity.node_id
         await wait_for(lambda: a_id in members(b) and b_id in a.peers.connections, "a and b connected")
         block = os.urandom(3000)
-        await b.peers.put_block(a_id, CID.of(block), block)
+        await b.peers.put_block(a_id, CID.of(block), block, key=b"k" * 38, lease=3600)
         old = b.peers.connections[a_id]
         a.peers._close_voluntarily(a.peers.connections[b_id], "idle")  # BYE goes out now
         self.assertEqual(await b.peers.get_block(a_id, CID.of(block)), block)  # asked before b saw the BYE

@@ -18,6 +18,7 @@ from cas.content.capability import ReadCap
 from cas.content.manifest import decode_root
 from cas.node.core import Node
 from cas.node.upload import UploadAborted
+from cas.store.leases import legacy_key
 
 from .util import Collector, FakeProducer, ManualRunner, make_node
 
@@ -401,7 +402,7 @@ class Failures(SynchronousTestCase):
         up.write(b"keep me")
         other = self.successResultOf(up.finish())
         result = self.successResultOf(node.forget(stored.cap.root))
-        self.assertEqual(result.blocks, 7)  # 6 data blocks + root
+        self.assertEqual(result["blocks_freed"], 7)  # 6 data blocks + root
         self.assertEqual([r.root for r in node.files()], [other.cap.root])
         c = Collector()
         self.successResultOf(node.download(self.successResultOf(node.open(other.cap))).start(c))
@@ -592,14 +593,16 @@ class HoldBlockTests(SynchronousTestCase):
     def test_quota(self) -> None:
         node = make_node(self, quota=2500)
         a, b, c = os.urandom(1000), os.urandom(1000), os.urandom(1000)
-        self.successResultOf(self.hold(node, PEER, CID.of(a), a))
-        self.successResultOf(self.hold(node, PEER, CID.of(b), b))
-        f = self.failureResultOf(self.hold(node, PEER, CID.of(c), c), QuotaExceeded)
+        key = b"k" * 38
+        self.successResultOf(self.hold(node, PEER, CID.of(a), a, key))
+        self.successResultOf(self.hold(node, PEER, CID.of(b), b, key))
+        f = self.failureResultOf(self.hold(node, PEER, CID.of(c), c, key), QuotaExceeded)
         self.assertIn("quota is 2500", f.getErrorMessage())
         self.assertFalse(node.store.has(CID.of(c)))  # refused before any write
-        # A block already held costs nothing more, for another peer too.
-        self.successResultOf(self.hold(node, "cd" * 32, CID.of(a), a))
+        # A block already held under the key costs nothing more, for another peer's lease too.
+        self.successResultOf(self.hold(node, "cd" * 32, CID.of(a), a, key))
         self.assertEqual(node.held_bytes(), 2000)
+        self.assertEqual(node.index.leases.holders(key), [bytes.fromhex(PEER), bytes.fromhex("cd" * 32)])
 
     def test_quota_counts_writes_in_progress(self) -> None:
         runner = ManualRunner()
@@ -659,7 +662,8 @@ class HoldBlockTests(SynchronousTestCase):
         self.assertEqual(node.index.hold_keys(root), {manifest_key(root.to_bytes())})
         other = os.urandom(100)
         self.successResultOf(self.hold(node, "cd" * 32, CID.of(other), other))
-        self.assertEqual(node.index.hold_keys(CID.of(other)), {None})  # an older node said nothing
+        # a node of protocol version 1 said nothing: the block goes under that sender's own legacy key
+        self.assertEqual(node.index.hold_keys(CID.of(other)), {legacy_key(bytes.fromhex("cd" * 32))})
 
     @staticmethod
     def links(n: int) -> list:

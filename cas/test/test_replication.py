@@ -408,7 +408,8 @@ class NoCycleTests(SynchronousTestCase):
             def members(self) -> list[bytes]:
                 return [bytes([i]) * 32 for i in range(5)]
 
-            def put_block(self, node_id: bytes, cid: CID, block: Any, timeout: float = 0, key: Any = None) -> Deferred[None]:
+            def put_block(self, node_id: bytes, cid: CID, block: Any, timeout: float = 0, key: Any = None,
+                          lease: Any = None) -> Deferred[None]:
                 d: Deferred[None] = Deferred()
                 pending.append(d)
                 return d
@@ -780,7 +781,8 @@ class TopUpStopTests(SynchronousTestCase):
             def subscribe(self, cb: Any) -> Any:
                 return lambda: None
 
-            def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0, key: Any = None) -> Deferred[None]:
+            def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0, key: Any = None,
+                          lease: Any = None) -> Deferred[None]:
                 d: Deferred[None] = Deferred()
                 pending.append(d)
                 return d

@@ -118,7 +118,7 @@ class SessionTests(SynchronousTestCase):
                 return [bytes([i]) * 32 for i in range(3)]
 
         class Placing:
-            def __init__(self, *args: object) -> None:
+            def __init__(self, *args: object, **kwargs: object) -> None:
                 pass
 
             def place(self, cid: object, block: object, key: object) -> object:

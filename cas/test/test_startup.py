@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import time
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.task import Clock
@@ -29,6 +30,7 @@ from cas.peer.peers import Bootstrap
 from cas.peer.records import Address
 from cas.store import datadir
 from cas.store.datadir import prepare
+from cas.store.leases import LEASE_TIME, legacy_key
 
 from .util import Collector, make_node, sync_run
 
@@ -86,6 +88,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((opts["replicas"], opts["quota"], opts["buffer-budget"]), (2, 10 << 30, 256 << 20))
         for bad in (["--replicas", "17"], ["--replicas", "-1"], ["--buffer-budget", "1M"], ["--quota", "lots"]):
             self.assertRaises(usage.UsageError, parse, *bad)
+
+
+    def test_lease_options(self) -> None:
+        opts = parse()
+        self.assertEqual((opts["lease-time"], opts["max-lease-time"]), (31 * 86400, 62 * 86400))
+        opts = parse("--lease-time", "12h", "--max-lease-time", "90m")
+        self.assertEqual((opts["lease-time"], opts["max-lease-time"]), (12 * 3600, 90 * 60))
+        for text, n in [("45", 45), ("45s", 45), ("2m", 120), ("1.5h", 5400), ("31d", 31 * 86400)]:
+            self.assertEqual(tap.parse_duration(text), n, text)
+        for bad in ("", "0", "0.5", "-1", "3w", "d"):
+            self.assertRaises(usage.UsageError, tap.parse_duration, bad)
 
 
 class PeerOptionsTests(SynchronousTestCase):
@@ -211,7 +224,7 @@ class DataDirTests(SynchronousTestCase):
         for name in ("node.key", "node.crt", "api.token"):
             self.assertEqual(stat.S_IMODE(os.stat(d.join(name)).st_mode), 0o600, name)
         with open(d.join("format-version")) as f:
-            self.assertEqual(f.read(), "2\n")
+            self.assertEqual(f.read(), "3\n")
         self.assertGreaterEqual(len(d.read_token()), 40)
 
     def test_restart_keeps_identity_and_token(self) -> None:
@@ -228,7 +241,7 @@ class DataDirTests(SynchronousTestCase):
         with open(os.path.join(path, "format-version"), "w") as f:
             f.write("7\n")
         e = self.assertRaises(DataDirError, prepare, path)
-        self.assertIn("format version '7'; this cas opens versions 1 to 2", str(e))
+        self.assertIn("format version '7'; this cas opens versions 1 to 3", str(e))
 
     def test_foreign_directory(self) -> None:
         path = self.mktemp()
@@ -371,7 +384,7 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 class UpgradeTests(SynchronousTestCase):
-    """Format 1 to 2 on a data dir made by the code before format 2 (cas/test/fixtures/make_datadir_v1.py):
+    """Formats 1 to 2 to 3 on a data dir made by the code before format 2 (cas/test/fixtures/make_datadir_v1.py):
     a stored file and a block held for another node."""
 
     def fixture(self) -> str:
@@ -400,15 +413,22 @@ class UpgradeTests(SynchronousTestCase):
         node = Node(prepare(path), Clock(), run=sync_run)
         self.addCleanup(node.stop)
         with open(os.path.join(path, "format-version")) as f:
-            self.assertEqual(f.read(), "2\n")
+            self.assertEqual(f.read(), "3\n")
         self.assertIn("key", self.columns(path))
         upgraded = [formatEvent(e) for e in events if "upgraded" in e.get("log_format", "")]
         self.assertEqual(upgraded, [f"data dir {path}: format 1 upgraded to 2: blocks held for other nodes now "
-                                    "record their placement key (1 held so far, key unknown)"])
+                                    "record their placement key (1 held so far, key unknown)",
+                                    f"data dir {path}: format 2 upgraded to 3: leases: 1 grace lease(s) of 31 days "
+                                    "for the blocks held so far"])
         held = CID.parse(self.read("datadir-v1.held"))
         self.assertTrue(node.index.is_held(held))
-        self.assertEqual(node.index.hold_keys(held), {None})
+        sender = bytes.fromhex("ab" * 32)
+        self.assertEqual(node.index.hold_keys(held), {legacy_key(sender)})  # the sender said no key
         self.assertEqual([p for p, _f, _l in node.index.holds_of(held)], ["ab" * 32])
+        # a grace lease of --lease-time from the upgrade, for the node that sent it: counted as held
+        expiry = node.index.leases.expiry(legacy_key(sender), sender)
+        self.assertLess(abs(expiry - (time.time() + LEASE_TIME)), 60)
+        self.assertEqual(node.held_bytes(), len(node.store.read(held)))
         cap = ReadCap.parse(self.read("datadir-v1.key"))
         opened: list = []
         node.open(cap).addBoth(opened.append)
@@ -421,12 +441,16 @@ class UpgradeTests(SynchronousTestCase):
     def test_a_crash_before_the_version_file_is_harmless(self) -> None:
         """The step ran, the version file was not written: the next start runs it again, changing nothing."""
         path = self.fixture()
-        datadir.MIGRATIONS[1](path)
+        datadir.MIGRATIONS[1](path, LEASE_TIME)
+        datadir.MIGRATIONS[2](path, LEASE_TIME)
         self.assertIn("key", self.columns(path))
         prepare(path).release()
         self.assertEqual(self.columns(path).count("key"), 1)
         with open(os.path.join(path, "format-version")) as f:
-            self.assertEqual(f.read(), "2\n")
+            self.assertEqual(f.read(), "3\n")
+        db = sqlite3.connect(os.path.join(path, "index.sqlite"))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT count(*) FROM leases").fetchone(), (1,))  # not two
 
     def test_a_damaged_index_is_one_line_and_untouched(self) -> None:
         path = self.fixture()
@@ -440,7 +464,7 @@ class UpgradeTests(SynchronousTestCase):
     def test_a_failed_step_leaves_version_1(self) -> None:
         path = self.fixture()
 
-        def broken(p: str) -> str:
+        def broken(p: str, lease_time: int) -> str:
             raise OSError(28, "No space left on device", p)
 
         self.patch(datadir, "MIGRATIONS", {1: broken})

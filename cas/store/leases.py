@@ -1,0 +1,200 @@
+"""Leases on the blocks this node holds for others: who wants which placement key kept, until when.
+
+A lease is (placement key, lease holder, expiry): the lease holder is the authenticated node id that asked,
+the expiry is computed on this node's clock from the duration asked (capped by ``--max-lease-time``). A block
+held for others (a ``holds`` row: who sent it, under which key) is kept while its key has a live lease; a key
+whose last lease expired or was released goes into ``unleased`` and its blocks are collected one full GC
+period later (``LeaseCollector`` in cas/store/expiry.py) unless a lease comes back meanwhile.
+
+Accounting (what ``--quota`` and each peer's share count) is kept in memory, derived from the index at start
+and updated by every lease change and deletion:
+
+- ``leased_bytes``: bytes of the blocks under keys with at least one lease row (expired rows count until the
+  collector removes them, at most one period: the error is on the safe side). A block under two keys counts
+  under each; a second lease on a key adds nothing.
+- ``peer_bytes[holder]`` and ``peer_keys[holder]``: what each lease holder's leases cover.
+
+Blocks pushed by nodes that speak protocol version 1 (and those held before data-dir format 3) have no
+placement key we can trust: they are filed under ``legacy_key(sender)``, one key per sender, which no peer can
+name (keys starting with ``LEGACY`` are refused on the wire).
+
+All calls run on the reactor thread, on the index's connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+
+from cas.base.cid import CID
+
+LEGACY = b"cas/legacy/v1/"
+DAY = 86400
+LEASE_TIME = 31 * DAY  # what this node's uploads ask for
+MAX_LEASE_TIME = 62 * DAY  # the most this node grants
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    key BLOB NOT NULL,
+    holder BLOB NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (key, holder)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires);
+CREATE INDEX IF NOT EXISTS leases_by_holder ON leases (holder);
+CREATE TABLE IF NOT EXISTS unleased (
+    key BLOB PRIMARY KEY,
+    since INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_by_key ON holds (key);
+"""
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    """The tables, statement by statement (``executescript`` would commit the caller's transaction)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def legacy_key(sender: bytes) -> bytes:
+    """The key of the blocks ``sender`` (a node id) pushed without one we can trust."""
+    return LEGACY + sender
+
+
+class LeaseBook:
+    """The ``leases`` and ``unleased`` tables of the index, and the accounting derived from them."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        create_tables(db)
+        self.leased_bytes = 0
+        self.peer_bytes: dict[bytes, int] = defaultdict(int)
+        self.peer_keys: dict[bytes, int] = defaultdict(int)
+        self.recount()
+
+    def recount(self) -> None:
+        """Derive the accounting from the tables (at start, and in tests to check the running figures)."""
+        key_bytes = "(SELECT key, SUM(size) AS kb FROM (SELECT DISTINCT key, cid, size FROM holds) GROUP BY key)"
+        self.peer_bytes.clear()
+        self.peer_keys.clear()
+        for holder, n, kb in self.db.execute(
+            f"SELECT l.holder, count(*), COALESCE(SUM(k.kb), 0) FROM leases l LEFT JOIN {key_bytes} k "
+            "ON k.key = l.key GROUP BY l.holder"
+        ):
+            self.peer_keys[bytes(holder)] = int(n)
+            self.peer_bytes[bytes(holder)] = int(kb)
+        (total,) = self.db.execute(
+            f"SELECT COALESCE(SUM(kb), 0) FROM {key_bytes} WHERE key IN (SELECT key FROM leases)").fetchone()
+        self.leased_bytes = int(total)
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def key_bytes(self, key: bytes) -> int:
+        (n,) = self.db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT cid, size FROM holds WHERE key = ?)", (key,)
+        ).fetchone()
+        return int(n)
+
+    def holders(self, key: bytes) -> list[bytes]:
+        return [bytes(h) for (h,) in self.db.execute("SELECT holder FROM leases WHERE key = ?", (key,))]
+
+    def expiry(self, key: bytes, holder: bytes) -> int | None:
+        row = self.db.execute("SELECT expires FROM leases WHERE key = ? AND holder = ?", (key, holder)).fetchone()
+        return int(row[0]) if row else None
+
+    def live(self, key: bytes, now: float) -> bool:
+        return self.db.execute("SELECT 1 FROM leases WHERE key = ? AND expires > ? LIMIT 1", (key, now)).fetchone() \
+            is not None
+
+    def holds_key(self, key: bytes) -> bool:
+        """At least one block is held under ``key``."""
+        return self.db.execute("SELECT 1 FROM holds WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
+    def has_block(self, key: bytes, cid: CID) -> bool:
+        return self.db.execute("SELECT 1 FROM holds WHERE key = ? AND cid = ? LIMIT 1", (key, str(cid))).fetchone() \
+            is not None
+
+    def count(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM leases").fetchone()
+        return int(n)
+
+    # -- changing (inside the caller's transaction) --------------------------------------------------------
+    def block_added(self, key: bytes, size: int) -> None:
+        """A block new under ``key`` was recorded (call before its ``holds`` row is written)."""
+        holders = self.holders(key)
+        if holders:
+            self.leased_bytes += size
+        for h in holders:
+            self.peer_bytes[h] += size
+
+    def grant(self, key: bytes, holder: bytes, expires: int) -> None:
+        """Add or renew (never shorten) ``holder``'s lease on ``key``."""
+        old = self.expiry(key, holder)
+        if old is not None:
+            if expires > old:
+                self.db.execute("UPDATE leases SET expires = ? WHERE key = ? AND holder = ?", (expires, key, holder))
+            return
+        kb = self.key_bytes(key)
+        if not self.holders(key):
+            self.leased_bytes += kb
+        self.db.execute("INSERT INTO leases VALUES (?, ?, ?)", (key, holder, expires))
+        self.db.execute("DELETE FROM unleased WHERE key = ?", (key,))
+        self.peer_bytes[holder] += kb
+        self.peer_keys[holder] += 1
+
+    def drop(self, key: bytes, holder: bytes, now: int) -> bool:
+        """Remove ``holder``'s lease on ``key`` (released or expired); the key goes to ``unleased`` when no
+        lease is left on it. True if there was one."""
+        cur = self.db.execute("DELETE FROM leases WHERE key = ? AND holder = ?", (key, holder))
+        if not cur.rowcount:
+            return False
+        kb = self.key_bytes(key)
+        self.peer_bytes[holder] -= kb
+        self.peer_keys[holder] -= 1
+        if not self.peer_keys[holder]:
+            del self.peer_keys[holder], self.peer_bytes[holder]
+        if not self.holders(key):
+            self.leased_bytes -= kb
+            self.db.execute("INSERT OR IGNORE INTO unleased VALUES (?, ?)", (key, now))
+        return True
+
+    def forget_key(self, key: bytes, now: float) -> list[tuple[CID, int]]:
+        """The key's blocks are to be collected: drop its ``holds`` and ``unleased`` rows (and any lease row,
+        all expired); the blocks (id, size) that nothing else references any more, to delete from the store."""
+        for (holder,) in self.db.execute("SELECT holder FROM leases WHERE key = ?", (key,)).fetchall():
+            self.drop(key, bytes(holder), int(now))
+        rows = self.db.execute("SELECT DISTINCT cid, size FROM holds WHERE key = ?", (key,)).fetchall()
+        self.db.execute("DELETE FROM holds WHERE key = ?", (key,))
+        self.db.execute("DELETE FROM unleased WHERE key = ?", (key,))
+        gone = []
+        for c, size in rows:
+            if self.db.execute("SELECT 1 FROM holds WHERE cid = ? UNION ALL SELECT 1 FROM refs WHERE cid = ? LIMIT 1",
+                               (c, c)).fetchone() is None:
+                gone.append((CID.parse(c), int(size)))
+        return gone
+
+    def unleased(self, before: int, limit: int, after: bytes = b"") -> list[bytes]:
+        """Keys without a lease since before ``before`` (wall clock), in key order after ``after``."""
+        rows = self.db.execute("SELECT key FROM unleased WHERE since <= ? AND key > ? ORDER BY key LIMIT ?",
+                               (before, after, limit))
+        return [bytes(k) for (k,) in rows]
+
+
+def expired(db: sqlite3.Connection, now: float, limit: int) -> list[tuple[bytes, bytes]]:
+    """(key, holder) of leases that have expired, by expiry: a read on any connection (the collector's is its
+    own, read-only, on a worker thread)."""
+    rows = db.execute("SELECT key, holder FROM leases WHERE expires <= ? ORDER BY expires LIMIT ?", (int(now), limit))
+    return [(bytes(k), bytes(h)) for k, h in rows]
+
+
+def grace_leases(db: sqlite3.Connection, now: int, lease_time: int) -> int:
+    """Data-dir format 2 to 3 (inside the migration's transaction): every block held so far gets a key
+    (``legacy_key(sender)`` where it had none) and its sender a lease of ``lease_time`` on it."""
+    for (peer,) in db.execute("SELECT DISTINCT peer FROM holds WHERE key IS NULL").fetchall():
+        db.execute("UPDATE holds SET key = ? WHERE peer = ? AND key IS NULL", (legacy_key(bytes.fromhex(peer)), peer))
+    create_tables(db)
+    rows: Sequence[tuple[bytes, str]] = db.execute("SELECT DISTINCT key, peer FROM holds").fetchall()
+    db.executemany("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
+                   ((key, bytes.fromhex(peer), now + lease_time) for key, peer in rows))
+    return len(rows)

@@ -1,0 +1,157 @@
+"""Leases on blocks held for others (cas/store/leases.py) and the node's rules for them (``Node.hold_block``,
+``Node.lease``, ``Node.release``): who may lease what, for how long, within which share, and the accounting."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from cas.base.cid import CID
+from cas.base.errors import NotInRank, QuotaExceeded
+from cas.network.placement import Rendezvous
+from cas.node.core import RANK_SLACK, Node
+from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME, legacy_key
+
+from .util import make_node
+
+A = bytes.fromhex("ab" * 32)
+B = bytes.fromhex("cd" * 32)
+KEY = b"cas/stripe/v1" + b"k" * 25
+KEY2 = b"cas/stripe/v1" + b"j" * 25
+
+
+def hold(node: Node, peer: bytes, block: bytes, key: bytes | None = KEY, lease: int | None = 3600) -> Deferred[bool]:
+    d = node.hold_block(peer.hex(), CID.of(block), block, key, lease)
+    node.reactor.advance(0)  # type: ignore[attr-defined]  # the batched record commits on the next turn
+    return d
+
+
+def check_accounting(tc: SynchronousTestCase, node: Node) -> None:
+    """The running figures equal those derived from the tables."""
+    book = node.index.leases
+    running = (book.leased_bytes, dict(book.peer_bytes), dict(book.peer_keys))
+    book.recount()
+    tc.assertEqual(running, (book.leased_bytes, dict(book.peer_bytes), dict(book.peer_keys)))
+
+
+class HoldTests(SynchronousTestCase):
+    def test_block_recorded_with_its_lease(self) -> None:
+        node = make_node(self)
+        node.reactor.advance(1000)
+        block = os.urandom(1000)
+        self.assertTrue(self.successResultOf(hold(node, A, block, lease=3600)))
+        self.assertEqual(node.index.leases.expiry(KEY, A), 1000 + 3600)  # on this node's clock
+        self.assertEqual(node.held_bytes(), 1000)
+        # asking for more than --max-lease-time gets --max-lease-time
+        self.successResultOf(hold(node, B, block, lease=10 * MAX_LEASE_TIME))
+        self.assertEqual(node.index.leases.expiry(KEY, B), 1000 + MAX_LEASE_TIME)
+        self.assertEqual(node.held_bytes(), 1000)  # a second lease adds no bytes
+        self.assertEqual(node.index.leases.peer_bytes[B], 1000)  # but counts in B's share
+        check_accounting(self, node)
+
+    def test_a_renewal_never_shortens(self) -> None:
+        node = make_node(self)
+        block = os.urandom(100)
+        self.successResultOf(hold(node, A, block, lease=5000))
+        self.successResultOf(hold(node, A, block, lease=10))
+        self.assertEqual(node.index.leases.expiry(KEY, A), 5000)
+
+    def test_a_version_1_sender_gets_the_longest_lease_under_its_own_key(self) -> None:
+        node = make_node(self)
+        block = os.urandom(100)
+        self.successResultOf(hold(node, A, block, key=None, lease=None))
+        self.assertEqual(node.index.hold_keys(CID.of(block)), {legacy_key(A)})
+        self.assertEqual(node.index.leases.expiry(legacy_key(A), A), MAX_LEASE_TIME)
+
+    def test_share_per_peer(self) -> None:
+        node = make_node(self, peer_share=2500)
+        blocks = [os.urandom(1000) for _ in range(3)]
+        self.successResultOf(hold(node, A, blocks[0]))
+        self.successResultOf(hold(node, A, blocks[1], key=KEY2))
+        f = self.failureResultOf(hold(node, A, blocks[2]), QuotaExceeded)
+        self.assertIn("share is 2500", f.getErrorMessage())
+        self.assertFalse(node.store.has(CID.of(blocks[2])))  # refused before any write
+        self.successResultOf(hold(node, B, blocks[2]))  # another peer has a share of its own
+        check_accounting(self, node)
+
+    def test_default_share_is_a_sixteenth_of_the_quota_or_1_gib(self) -> None:
+        self.assertEqual(make_node(self, quota=64 << 30).peer_share, 4 << 30)
+        self.assertEqual(make_node(self, quota=2 << 30).peer_share, 1 << 30)
+        self.assertIsNone(make_node(self).peer_share)
+
+    def test_lease_count_per_peer(self) -> None:
+        node = make_node(self, max_leases=2)
+        for i in range(2):
+            self.successResultOf(hold(node, A, os.urandom(10), key=KEY + bytes([i])))
+        f = self.failureResultOf(hold(node, A, os.urandom(10), key=KEY + b"\xff"), QuotaExceeded)
+        self.assertIn("2 leases", f.getErrorMessage())
+        self.successResultOf(hold(node, A, os.urandom(10), key=KEY + b"\x00"))  # more under a key it has
+
+    def test_only_among_the_first_n_plus_4_in_rank(self) -> None:
+        node = make_node(self, replicas=3)
+        members = [bytes([i]) * 32 for i in range(1, 21)]
+        me = bytes([99]) * 32
+
+        class Peers:
+            node_id = me
+
+            def members(self) -> list[bytes]:
+                return members
+
+        node.peers = Peers()
+        far = near = None
+        for i in range(200):
+            key = KEY + i.to_bytes(2, "big")
+            place = Rendezvous().rank(key, [*members, me]).index(me)
+            if place >= 3 + RANK_SLACK and far is None:
+                far = key
+            if place < 3 + RANK_SLACK and near is None:
+                near = key
+        assert far is not None and near is not None
+        f = self.failureResultOf(hold(node, A, os.urandom(10), key=far), NotInRank)
+        self.assertIn("first 7 holders", f.getErrorMessage())
+        self.successResultOf(hold(node, A, os.urandom(10), key=near))
+
+
+class LeaseReleaseTests(SynchronousTestCase):
+    def test_lease_only_where_a_block_is_held(self) -> None:
+        node = make_node(self)
+        self.successResultOf(hold(node, A, os.urandom(10)))
+        granted, ok = node.lease(B, [KEY, KEY2], 10 * MAX_LEASE_TIME)
+        self.assertEqual((granted, ok), (MAX_LEASE_TIME, [True, False]))
+        self.assertEqual(node.index.leases.holders(KEY), [A, B])
+        self.assertEqual(node.index.leases.holders(KEY2), [])
+        check_accounting(self, node)
+
+    def test_release_only_ones_own_lease(self) -> None:
+        node = make_node(self)
+        block = os.urandom(10)
+        self.successResultOf(hold(node, A, block))
+        self.assertEqual(node.release(B, [KEY]), [False])  # B holds no lease there: A's stays
+        self.assertEqual(node.index.leases.holders(KEY), [A])
+        self.assertEqual(node.release(A, [KEY, KEY2]), [True, False])
+        self.assertEqual(node.index.leases.holders(KEY), [])
+        self.assertEqual(node.held_bytes(), 0)  # collectable blocks never count
+        self.assertTrue(node.store.has(CID.of(block)))  # until the collector's second look
+        check_accounting(self, node)
+
+    def test_accounting_survives_a_restart(self) -> None:
+        node = make_node(self)
+        for i in range(5):
+            self.successResultOf(hold(node, A if i % 2 else B, os.urandom(100 + i), key=KEY + bytes([i % 3])))
+        node.release(B, [KEY + b"\x00"])
+        figures = (node.held_bytes(), dict(node.index.leases.peer_bytes), dict(node.index.leases.peer_keys))
+        again = Node(node.datadir, node.reactor, run=node.run)
+        self.addCleanup(again.stop)
+        self.assertEqual((again.held_bytes(), dict(again.index.leases.peer_bytes), dict(again.index.leases.peer_keys)),
+                         figures)
+
+
+class DefaultsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        self.assertEqual(LEASE_TIME, 31 * 86400)
+        node: Any = make_node(self)
+        self.assertEqual((node.lease_time, node.max_lease_time, node.max_leases), (LEASE_TIME, MAX_LEASE_TIME, 100_000))
