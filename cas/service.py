@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from cas.api import make_site
 from cas.network.release import Releaser
+from cas.network.renewal import Renewer
 from cas.network.replication import TopUp
 from cas.node.core import Node
 from cas.peer.advertise import Advertiser
@@ -51,6 +52,7 @@ class NodeService(service.Service):
         node.peers = self.peers
         self.topup = TopUp(node, self.peers, node.placement, node.replicas, reactor, deadline=node.block_deadline)
         self.releaser = node.releaser = Releaser(node.index, self.peers, reactor)
+        self.renewer = node.renewer = Renewer(node.index, self.peers, reactor)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -127,6 +129,7 @@ class NodeService(service.Service):
         if self.node.replicas > 0:
             self.topup.start()
         self.releaser.start()
+        self.renewer.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -137,6 +140,7 @@ class NodeService(service.Service):
             self.advertiser.stop()
         self.topup.stop()
         self.releaser.stop()
+        self.renewer.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

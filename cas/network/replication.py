@@ -59,11 +59,13 @@ class Replicator:
     def __init__(
         self, peers: Peers, placement: IPlacement, replicas: int, deadline: float = BLOCK_DEADLINE,
         members: Callable[[], Sequence[bytes]] | None = None, lease: int = LEASE_TIME,
+        plan: Callable[[bytes, list[bytes]], None] | None = None,
     ) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
         self.peers, self.placement, self.replicas, self.deadline = peers, placement, replicas, deadline
         self.lease = lease  # seconds of the lease each block is placed under
+        self.plan = plan  # told (key, new holders) before any block under the key goes to them
         self._members = members or peers.members
         self._keys: dict[bytes, _Key] = {}
         self._dropped: dict[bytes, str] = {}  # holders that failed during this upload -> why
@@ -80,11 +82,15 @@ class Replicator:
     def _fill(self, k: _Key) -> None:
         """Top the key's holders up to ``replicas`` from the rank, skipping holders dropped meanwhile."""
         k.holders = [h for h in k.holders if h not in self._dropped]
+        new = []
         while len(k.holders) < self.replicas and k.next < len(k.rank):
             candidate = k.rank[k.next]
             k.next += 1
             if candidate not in self._dropped:
                 k.holders.append(candidate)
+                new.append(candidate)
+        if new and self.plan is not None:
+            self.plan(k.key, new)
 
     def place(self, cid: CID, block: bytes | memoryview, key: bytes) -> Deferred[list[bytes]]:
         """Send ``block`` to the holders of ``key``; fires with the holders that acknowledged it (at most
@@ -259,4 +265,4 @@ class TopUp:
                 return  # the node is stopping (its index may be closed): the next start goes on from the rows
             self.node.index.update_underplaced(done, progress)
             for key, holders in placed:
-                self.node.index.add_placed(key, holders)
+                self.node.index.add_placed(key, holders, self.node.lease_time, int(self.clock.seconds()))

@@ -51,6 +51,7 @@ from cas.store.expiry import PERIOD as GC_PERIOD
 from cas.store.expiry import LeaseCollector
 from cas.store.index import FileRecord, Index, Session
 from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME, legacy_key
+from cas.store.placements import PROVISIONAL
 
 log = Logger()
 
@@ -118,6 +119,7 @@ class Node:
             max(quota // 16, 1 << 30) if quota is not None else None)
         self.max_leases = max_leases
         self.releaser: Any = None  # the Releaser, set by the service with the peers
+        self.renewer: Any = None  # the Renewer, set by the service with the peers
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
         self._hold_batch: list[tuple[tuple[str, CID, int, int, bytes, int], Deferred[None]]] = []
@@ -174,8 +176,9 @@ class Node:
             if len(members) < min_replicas:
                 raise TooFewReplicas(
                     f"at least {min_replicas} replicas asked for, but this node knows {len(members)} other node(s)")
-            place = Replicator(self.peers, self.placement, self.replicas, self.block_deadline,
-                               lease=self.lease_time).place
+            replicator = Replicator(self.peers, self.placement, self.replicas, self.block_deadline,
+                                    lease=min(PROVISIONAL, self.lease_time))
+            place = replicator.place
         elif min_replicas > 0:
             raise TooFewReplicas(f"at least {min_replicas} replicas asked for, but this node has no peers")
         up = Upload(
@@ -185,7 +188,10 @@ class Node:
             want_replicas=self.replicas if place is not None else 0, budget=self.budget,
             session=session, resume=resume or (), prior_replicas=prior_replicas,
             key=session.key if session is not None else None, salt=session.salt if session is not None else None,
+            lease_time=self.lease_time,
         )
+        if place is not None:
+            replicator.plan = up.plan
         self.uploads += 1
 
         def ended(result: Any) -> Any:
@@ -193,7 +199,8 @@ class Node:
             return result
 
         up.done.addBoth(ended)
-        up.done.addErrback(self._collect_after_failure, up if session is None else None)
+        up.done.addCallback(self._recorded)
+        up.done.addErrback(self._collect_after_failure)
         return up
 
     def _check_min_replicas(self, min_replicas: int) -> None:
@@ -241,36 +248,34 @@ class Node:
         self.session(sid)
         if sid in self._active_sessions:
             raise SessionBusy(f"a piece of upload session {sid} is being received; drop it once that ends")
-        self.index.drop_session(sid, until=self._release_until())
+        self.index.drop_session(sid, until=int(self.reactor.seconds()) + PROVISIONAL)
         self._send_releases()
         return self.collect_garbage()
 
     def expire_sessions(self, collect: bool = True) -> int:
         gone = [i for i in self.index.expired_sessions(int(self.reactor.seconds())) if i not in self._active_sessions]
         for sid in gone:
-            self.index.drop_session(sid, until=self._release_until())
+            self.index.drop_session(sid, until=int(self.reactor.seconds()) + PROVISIONAL)
         if gone:
             self._send_releases()
         if gone and collect:
             self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
         return len(gone)
 
-    def _release_until(self) -> int:
-        return int(self.reactor.seconds()) + self.lease_time
-
     def _send_releases(self) -> None:
         if self.releaser is not None:
             self.releaser.send().addErrback(lambda f: log.failure("sending releases failed", f))
 
-    def _collect_after_failure(self, failure: Any, up: Upload | None = None) -> Any:
+    def _recorded(self, stored: Any) -> Any:
+        """A file is recorded: its provisional leases on the holders become full ones now."""
+        if self.renewer is not None:
+            self.renewer.kick()
+        return stored
+
+    def _collect_after_failure(self, failure: Any) -> Any:
         """A failed upload leaves unreferenced blocks: free their space now rather than at the next start, and
-        release what it placed on holders (a session's blocks stay for the next piece)."""
-        if up is not None and up.placed:
-            try:
-                self.index.queue_releases(up.placed.items(), self._release_until())
-                self._send_releases()
-            except Exception:
-                log.failure("queueing the releases of a failed upload failed")
+        release what it placed on holders (queued by the upload; a session's blocks stay for the next piece)."""
+        self._send_releases()
         self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
         return failure
 

@@ -30,6 +30,8 @@ from cas.network.placement import STRIPE_BLOCKS, manifest_key, stripe_key
 from cas.store.blockstore import IBlockStore
 from cas.store.collector import Pins
 from cas.store.index import FileRecord, Index, Session, Underplaced
+from cas.store.leases import LEASE_TIME
+from cas.store.placements import PROVISIONAL
 
 Runner = Callable[..., Deferred]
 SESSION_TTL = 24 * 3600  # seconds a resumable upload is kept after its last progress
@@ -76,8 +78,10 @@ class Upload:
         session: Session | None = None,
         resume: Sequence[Link] = (),
         prior_replicas: int | None = None,
+        lease_time: int = LEASE_TIME,
     ) -> None:
         check_name(name, content_type)
+        self.lease_time = lease_time  # what holders are asked for once the file is recorded
         self._store, self._index, self._pins, self._run, self._clock = store, index, pins, run, clock
         self.name, self.content_type = name, content_type
         self._seg = segment_size
@@ -94,8 +98,6 @@ class Upload:
         self._source_done = False
         self._last_dispatched = False
         self._cut_waiting = False
-        self.placed: dict[bytes, set[bytes]] = {}  # placement key -> holders that acknowledged a block under it
-        self._placed_new: dict[bytes, set[bytes]] = {}  # the same, not yet recorded (sessions record as they go)
         self._underplaced: list[Underplaced] = []  # blocks short of ``want_replicas``: recorded with the file
         # The fewest acknowledgements of any block so far; a resumed session starts from its earlier pieces'
         # blocks still short of holders (``prior_replicas``), so the answer covers the whole file.
@@ -351,9 +353,6 @@ class Upload:
 
         def counted(holders: list[bytes]) -> None:
             acks = len(holders)
-            if holders:
-                self.placed.setdefault(key, set()).update(holders)
-                self._placed_new.setdefault(key, set()).update(holders)
             self.replicas = acks if self.replicas is None else min(self.replicas, acks)
             if acks < self._want:
                 self._underplaced.append(Underplaced(cid, key, tuple(holders)))
@@ -362,6 +361,12 @@ class Upload:
                     f"block {cid} reached {acks} holder(s), fewer than the {self._min_replicas} required")
 
         return self._replicate(cid, block, key).addCallback(counted)
+
+    def plan(self, key: bytes, holders: list[bytes]) -> None:
+        """The replicator is about to send blocks under ``key`` to ``holders``: recorded durably first, so that a
+        crash leaves what the next start needs to release them."""
+        self._index.plan_placement(self._owner, key, holders, min(PROVISIONAL, self.lease_time),
+                                   int(self._clock.seconds()))
 
     def _commit_refs(self) -> None:
         if self._session is not None:
@@ -386,12 +391,11 @@ class Upload:
             n = max(n, min(upto, len(self._links_new)))  # after a drain every dispatched task has ended
         refs, self._pinned = self._pinned, []
         under, self._underplaced = self._underplaced, []
-        placed, self._placed_new = self._placed_new, {}
         try:
             self._index.session_progress(
                 s.id, self._first + self._recorded,
                 [(link.cid, link.count) for link in self._links_new[self._recorded:n]], refs, under,
-                int(self._clock.seconds()) + SESSION_TTL, placed.items(),
+                int(self._clock.seconds()) + SESSION_TTL,
             )
         finally:
             self._pins.release(refs)
@@ -433,7 +437,7 @@ class Upload:
         else:
             self._pins.release(self._pinned)
             self._pinned = []
-            self._index.drop_owner(self._owner)
+            self._index.drop_owner(self._owner, int(self._clock.seconds()) + PROVISIONAL)
         self.done.errback(self._failure)
 
     # -- ending ----------------------------------------------------------------------------------------------
@@ -518,7 +522,7 @@ class Upload:
                 FileRecord(root_cid, self._key, meta.name, meta.content_type, meta.size, blocks, meta.created),
                 self._underplaced,
                 session=self._session.id if self._session is not None else None,
-                placed=self._placed_new.items(),
+                lease_time=self.lease_time,
             )
             self._pins.release(self._pinned)
             self._pinned = []

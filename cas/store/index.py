@@ -7,9 +7,8 @@ the sender did not say: blocks held before data-dir format 2 and blocks from nod
 they are kept while a lease lives on their key (cas/store/expiry.py collects the rest).
 ``leases`` (cas/store/leases.py) say which node wants which placement key kept until when; ``unleased`` lists
 the keys whose last lease ended, to be collected.
-On the uploading side, ``owner_keys`` lists the placement keys of each owner's blocks and ``placed`` the
-holders that acknowledged a block under a key: what ``cas rm`` releases. ``releases`` is the durable queue of
-releases not yet delivered (a holder was down), each dropped once the lease would have expired anyway.
+On the uploading side, ``owner_keys``, ``placed`` and ``releases`` (cas/store/placements.py) record where each
+owner's blocks went, the leases held there, and the releases not delivered yet.
 ``sessions`` are resumable uploads (``POST /v1/uploads``): the file key, placement salt, name and type, an
 expiry, and in ``session_links`` the data blocks stored so far, in order; their blocks are referenced by the
 owner ``session:<id>`` until the file is recorded (or the session expires).
@@ -23,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -31,9 +31,7 @@ import attrs
 from cas.base.cid import CID
 from cas.base.errors import SessionNotFound
 from cas.store.leases import LeaseBook, grace_leases
-
-MAX_RELEASES = 1_000_000  # undelivered releases kept at most; past it the soonest to expire are dropped
-Placed = Iterable[tuple[bytes, Iterable[bytes]]]  # (placement key, holders that acknowledged a block under it)
+from cas.store.placements import PROVISIONAL, Placements
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -81,23 +79,6 @@ CREATE TABLE IF NOT EXISTS session_links (
     count INTEGER NOT NULL,
     PRIMARY KEY (id, i)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS owner_keys (
-    owner TEXT NOT NULL,
-    key BLOB NOT NULL,
-    PRIMARY KEY (owner, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS placed (
-    key BLOB NOT NULL,
-    holder BLOB NOT NULL,
-    PRIMARY KEY (key, holder)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS releases (
-    holder BLOB NOT NULL,
-    key BLOB NOT NULL,
-    until INTEGER NOT NULL,
-    PRIMARY KEY (holder, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS releases_by_until ON releases (until);
 CREATE TABLE IF NOT EXISTS underplaced (
     cid TEXT PRIMARY KEY,
     pkey BLOB NOT NULL,
@@ -167,7 +148,13 @@ class Index:
         # Uploads that did not finish before the last stop: their blocks become garbage.
         self.db.execute("DELETE FROM refs WHERE owner LIKE 'upload:%'")
         self.leases = LeaseBook(self.db)
+        self.placements = Placements(self.db)
         self.path = path
+        # Uploads cut short by a crash: what they placed is released (their leases there are provisional).
+        with self._transaction():
+            until = int(time.time()) + PROVISIONAL
+            for owner in self.placements.abandoned():
+                self.placements.queue_releases(owner, until)
 
     def close(self) -> None:
         self.db.close()
@@ -194,23 +181,21 @@ class Index:
         with self._transaction():
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((owner, str(c)) for c in cids))
 
-    def drop_owner(self, owner: str) -> None:
+    def drop_owner(self, owner: str, until: int = 0) -> list[bytes]:
+        """An upload failed: its refs go, and what it placed is queued for release (until ``until``)."""
         with self._transaction():
             self.db.execute("DELETE FROM refs WHERE owner = ?", (owner,))
+            return self._queue_releases(owner, until)
 
     def commit_file(
         self, upload_owner: str, rec: FileRecord, underplaced: Iterable[Underplaced] = (), session: str | None = None,
-        placed: Placed = (),
+        lease_time: int = 0,
     ) -> None:
-        """Turn an upload's refs into the file's refs and record the file (its blocks that still need holders,
-        and the holders that took its blocks), in one transaction."""
+        """Turn an upload's refs into the file's refs and record the file (its blocks that still need holders),
+        in one transaction; its placements become the file's, due for leases of ``lease_time``."""
         owner = f"file:{rec.root}"
         with self._transaction():
-            self._record_placed(owner, placed)
-            if session is not None:
-                self.db.execute("INSERT OR IGNORE INTO owner_keys SELECT ?, key FROM owner_keys WHERE owner = ?",
-                                (owner, f"session:{session}"))
-                self.db.execute("DELETE FROM owner_keys WHERE owner = ?", (f"session:{session}",))
+            self.placements.commit(upload_owner, owner, lease_time)
             self.db.executemany(
                 "INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
                 ((str(u.cid), u.key, b"".join(u.holders)) for u in underplaced),
@@ -236,65 +221,37 @@ class Index:
             holders = self._queue_releases(f"file:{root}", until) if cur.rowcount else []
         return holders if cur.rowcount else None
 
-    def _record_placed(self, owner: str, placed: Placed) -> None:
-        for key, holders in placed:
-            self.db.execute("INSERT OR IGNORE INTO owner_keys VALUES (?, ?)", (owner, key))
-            self.db.executemany("INSERT OR IGNORE INTO placed VALUES (?, ?)", ((key, h) for h in holders))
-
-    def add_placed(self, key: bytes, holders: Iterable[bytes]) -> None:
-        """More holders took blocks under ``key`` (top-up)."""
-        with self._transaction():
-            self.db.executemany("INSERT OR IGNORE INTO placed VALUES (?, ?)", ((key, h) for h in holders))
-
-    def placed_holders(self, owner: str) -> dict[bytes, list[bytes]]:
-        """Placement key -> the holders that acknowledged a block under it, for one owner's keys."""
-        out: dict[bytes, list[bytes]] = {}
-        for key, holder in self.db.execute(
-            "SELECT p.key, p.holder FROM owner_keys o JOIN placed p ON p.key = o.key WHERE o.owner = ? "
-            "ORDER BY p.key, p.holder", (owner,)
-        ):
-            out.setdefault(bytes(key), []).append(bytes(holder))
-        return out
-
     def _queue_releases(self, owner: str, until: int) -> list[bytes]:
-        rows = [(h, k) for k, hs in self.placed_holders(owner).items() for h in hs]
-        self.db.execute("DELETE FROM placed WHERE key IN (SELECT key FROM owner_keys WHERE owner = ?)", (owner,))
-        self.db.execute("DELETE FROM owner_keys WHERE owner = ?", (owner,))
-        return self._enqueue(rows, until)
+        return self.placements.queue_releases(owner, until)
 
-    def queue_releases(self, placed: Placed, until: int) -> list[bytes]:
-        """Queue releases for blocks placed by an upload that failed (nothing of it was recorded)."""
+    def plan_placement(self, owner: str, key: bytes, holders: Iterable[bytes], wanted: int, now: int) -> None:
+        """Before blocks under ``key`` go to ``holders``: durably (its own transaction)."""
         with self._transaction():
-            return self._enqueue([(h, k) for k, hs in placed for h in hs], until)
+            self.placements.plan(owner, key, holders, wanted, now)
 
-    def _enqueue(self, rows: list[tuple[bytes, bytes]], until: int) -> list[bytes]:
-        self.db.executemany("INSERT OR REPLACE INTO releases VALUES (?, ?, ?)", ((h, k, until) for h, k in rows))
-        (n,) = self.db.execute("SELECT count(*) FROM releases").fetchone()
-        if n > MAX_RELEASES:
-            self.db.execute("DELETE FROM releases WHERE rowid IN (SELECT rowid FROM releases ORDER BY until LIMIT ?)",
-                            (n - MAX_RELEASES,))
-        return sorted({h for h, _k in rows})
+    def add_placed(self, key: bytes, holders: Iterable[bytes], wanted: int, now: int) -> None:
+        """More holders took blocks under ``key`` (top-up), under leases of ``wanted``."""
+        with self._transaction():
+            self.db.executemany("INSERT OR IGNORE INTO placed VALUES (?, ?, ?, ?, ?)",
+                                ((key, h, wanted, now + wanted, now + wanted // 2) for h in holders))
 
     def pending_releases(self, now: int, holder: bytes | None = None, limit: int = 1024) -> dict[bytes, list[bytes]]:
-        """Holder -> keys to release (at most ``limit`` in all); releases past their ``until`` are dropped."""
-        self.db.execute("DELETE FROM releases WHERE until <= ?", (now,))
-        if holder is None:
-            rows = self.db.execute("SELECT holder, key FROM releases ORDER BY holder, key LIMIT ?", (limit,))
-        else:
-            rows = self.db.execute("SELECT holder, key FROM releases WHERE holder = ? ORDER BY key LIMIT ?",
-                                   (holder, limit))
-        out: dict[bytes, list[bytes]] = {}
-        for h, k in rows:
-            out.setdefault(bytes(h), []).append(bytes(k))
-        return out
+        return self.placements.pending_releases(now, holder, limit)
 
     def released(self, holder: bytes, keys: Iterable[bytes]) -> None:
         with self._transaction():
-            self.db.executemany("DELETE FROM releases WHERE holder = ? AND key = ?", ((holder, k) for k in keys))
+            self.placements.released(holder, keys)
 
     def count_releases(self) -> int:
-        (n,) = self.db.execute("SELECT count(*) FROM releases").fetchone()
-        return int(n)
+        return self.placements.count_releases()
+
+    def renewed(self, holder: bytes, outcome: Iterable[tuple[bytes, bool]], granted: int, now: int) -> None:
+        with self._transaction():
+            self.placements.renewed(holder, outcome, granted, now)
+
+    def retry_leases(self, holder: bytes, keys: Iterable[bytes], at: int) -> None:
+        with self._transaction():
+            self.placements.retry_at(holder, keys, at)
 
     def get(self, root: CID) -> FileRecord | None:
         row = self.db.execute("SELECT * FROM files WHERE root = ?", (str(root),)).fetchone()
@@ -356,7 +313,7 @@ class Index:
         return [(CID.parse(c), int(n)) for c, n in rows]
 
     def session_progress(self, sid: str, first: int, links: Iterable[tuple[CID, int]], refs: Iterable[CID],
-                         underplaced: Iterable["Underplaced"], expires: int, placed: Placed = ()) -> None:
+                         underplaced: Iterable["Underplaced"], expires: int) -> None:
         """Record data blocks ``first``, ``first + 1``, ... of a session, the references of every block it
         stored, and the blocks short of holders, in one transaction."""
         links = list(links)
@@ -366,7 +323,6 @@ class Index:
             self.db.executemany("INSERT OR REPLACE INTO session_links VALUES (?, ?, ?, ?)",
                                 ((sid, first + n, str(c), count) for n, (c, count) in enumerate(links)))
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((f"session:{sid}", str(c)) for c in refs))
-            self._record_placed(f"session:{sid}", placed)
             self.db.executemany("INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
                                 ((str(u.cid), u.key, b"".join(u.holders)) for u in underplaced))
             self.db.execute("UPDATE sessions SET blocks = ?, expires = ? WHERE id = ?", (first + len(links), expires, sid))

@@ -72,6 +72,7 @@ class Net:
         m._stopping = True
         s.topup.stop()
         s.releaser.stop()
+        s.renewer.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():

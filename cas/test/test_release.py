@@ -118,3 +118,20 @@ class ReleaseTests(TestCase):
 def _held_anywhere(nodes: list[NodeService]) -> list[CID]:
     return [CID.parse(c) for s in nodes for (c,) in s.node.index.db.execute("SELECT cid FROM holds")]
 
+
+
+class CrashTests(TestCase):
+    timeout = 120
+
+    async def test_orphans_of_an_upload_cut_by_a_crash_are_released_at_the_next_start(self) -> None:
+        net, nodes = await network(self, 4, gc_period=GC)
+        origin = nodes[0]
+        up = origin.node.upload("never finished")
+        up.write(b"y" * (4 * 64 * 1024))  # three segments placed (the last waits for more); never finished
+        await wait_for(lambda: len(_held_anywhere(nodes[1:])) >= 9, "blocks on holders", 30)
+        path, settings = origin.node.datadir.path, origin.peers.settings
+        await net.kill(origin)  # no record of the file: its placements are the only trace
+        back = net.start(path, bootstrap=[net.bootstrap_to(nodes[1], pinned=True)], settings=settings,
+                         segment_size=64 * 1024, fanout=40, gc_period=GC)
+        await wait_for(lambda: back.node.index.count_releases() == 0 and _held_anywhere(nodes[1:]) == [],
+                       "the holders to drop the orphans", 60)
