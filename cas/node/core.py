@@ -45,7 +45,7 @@ from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
 from cas.node.download import Download, OpenFile, open_file
 from cas.node.upload import SESSION_TTL, StoredFile, Upload
 from cas.store.blockstore import DiskBlockStore
-from cas.store.collector import CollectResult, Pins, collect
+from cas.store.collector import CollectResult, Pins, collect_from_index
 from cas.store.datadir import DataDir
 from cas.store.expiry import PERIOD as GC_PERIOD
 from cas.store.expiry import LeaseCollector
@@ -554,8 +554,7 @@ class Node:
 
         def run(_: object) -> Deferred[CollectResult]:
             self.pins.begin_pass()
-            referenced = self.index.referenced()
-            d = self.run(collect, self.store, self.pins, referenced)
+            d = self.run(collect_from_index, self.store, self.pins, self.index.path)  # off the reactor
 
             def end(result: Any) -> Any:
                 self.pins.end_pass()

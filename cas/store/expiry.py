@@ -36,7 +36,7 @@ from cas.store.leases import expired
 log = Logger()
 
 PERIOD = 30.0  # seconds between passes
-BATCH = 500  # leases or keys per transaction
+BATCH = 500  # leases, keys or blocks per transaction
 MAX_SHARE = 0.10  # of the bytes held for others, freed by one pass at most ...
 MIN_BUDGET = 1 << 30  # ... or this many bytes, whichever is more
 
@@ -130,7 +130,8 @@ class LeaseCollector:
 
     async def _collect_unleased(self, budget: int) -> None:
         now, mono = self.clock.seconds(), self.monotonic()
-        seen, after, freed, warned = {}, b"", 0, False
+        seen: dict[bytes, float] = {}
+        after, freed, warned = b"", 0, False
         book = self.index.leases
         while not self._stopped:
             keys = book.unleased(int(now), self.batch, after)
@@ -139,27 +140,31 @@ class LeaseCollector:
             after = keys[-1]
             due = [k for k in keys if mono - self._seen.get(k, mono) >= self.period]
             seen.update((k, self._seen.get(k, mono)) for k in keys if k not in due)
-            gone: list[tuple[CID, int]] = []
-            with self.index._transaction():
-                for k in due:
-                    if freed >= budget:
-                        seen[k] = self._seen[k]  # next pass
-                        if not warned:
-                            warned = True
-                            log.warn("more than {budget} bytes held for others ({share:.0%} of them, or 1 GiB) lost "
-                                     "their leases at once; collecting them over several passes", budget=budget,
-                                     share=self.share)
-                        continue
-                    if book.live(k, now):
-                        continue
-                    blocks = book.forget_key(k, now)
-                    gone.extend(blocks)
-                    freed += sum(n for _c, n in blocks)
-            if gone:  # rows first: a crash now leaves unreferenced blocks, which the next start collects
-                n, nbytes = await self.run(self._delete, [c for c, _n in gone])
-                self.collected_blocks += n
-                self.collected_bytes += nbytes
-            await deferLater(self.clock, 0, lambda: None)
+            i = 0
+            while i < len(due) and not self._stopped:
+                gone: list[tuple[CID, int]] = []
+                with self.index._transaction():  # a batch of about ``batch`` blocks per transaction
+                    while i < len(due) and len(gone) < self.batch:
+                        k = due[i]
+                        i += 1
+                        if freed >= budget:
+                            seen[k] = self._seen[k]  # the next pass
+                            if not warned:
+                                warned = True
+                                log.warn("more than {budget} bytes held for others ({share:.0%} of them, or 1 GiB) "
+                                         "lost their leases at once; collecting them over several passes",
+                                         budget=budget, share=self.share)
+                            continue
+                        if book.live(k, now):
+                            continue
+                        blocks = book.forget_key(k, now)
+                        gone.extend(blocks)
+                        freed += sum(n for _c, n in blocks)
+                if gone:  # rows first: a crash now leaves unreferenced blocks, which the next start collects
+                    n, nbytes = await self.run(self._delete, [c for c, _n in gone])
+                    self.collected_blocks += n
+                    self.collected_bytes += nbytes
+                await deferLater(self.clock, 0, lambda: None)  # let the reactor run between batches
         self._seen = seen
 
     def _delete(self, cids: list[CID]) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cas.base.cid import CID
 from cas.store.blockstore import DiskBlockStore
-from cas.store.collector import CollectResult, Pins, collect
+from cas.store.collector import CollectResult, Pins, collect, read_referenced
 from cas.store.index import FileRecord, Index
 
 
@@ -129,6 +129,17 @@ class IndexTests(SynchronousTestCase):
         self.index.commit_file(up, record(root))
         self.assertEqual(self.index.referenced(), {a, root})
         self.assertIsNotNone(self.index.get(root))
+
+    def test_read_referenced_off_the_reactor_sees_the_same(self) -> None:
+        """``read_referenced`` (a read-only connection of its own, for a worker thread) sees every reference
+        the index's connection committed."""
+        a, b, root = make_block(1)[0], make_block(2)[0], make_block(3)[0]
+        up = self.index.new_upload_owner()
+        self.index.add_refs(up, [a, root])
+        self.index.commit_file(up, record(root))
+        self.index.add_refs(self.index.new_upload_owner(), [b])
+        self.assertEqual(read_referenced(self.index.path), self.index.referenced())
+        self.assertEqual(read_referenced(self.index.path), {a, b, root})
 
     def test_forget(self) -> None:
         a, b = make_block(1)[0], make_block(2)[0]
