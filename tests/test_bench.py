@@ -107,6 +107,16 @@ class Benchmarks(SynchronousTestCase):
         self.assertGreater(doc["concurrent"]["summary"]["mib_s"], 0)
         self.assertIn("concurrent", doc["judged"])
 
+    def test_gc(self) -> None:
+        doc = self.run_bench("gc.py", "--size", "2M", *self.files())
+        [size] = doc["results"]
+        self.assertEqual(size["rounds"][0]["blocks"], 512)  # 2 MiB of 4 KiB blocks, every one collected
+        for phase in ("idle", "full", "leases"):
+            figures = size["summary"][phase]
+            self.assertGreater(figures["ticks"], 0, phase)
+            self.assertGreaterEqual(figures["lag_max_ms"], figures["lag_p99_ms"])
+        self.assertIn("release + lease collection", doc["table"])
+
     def test_placement(self) -> None:
         doc = self.run_bench("placement.py", "--stripes", "300", "--nodes", "10,20")
         self.assertEqual([r["nodes"] for r in doc["results"]], [10, 20])
