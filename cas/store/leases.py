@@ -48,7 +48,12 @@ CREATE TABLE IF NOT EXISTS unleased (
     since INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_key ON holds (key);
+CREATE TABLE IF NOT EXISTS held_keys (
+    key BLOB PRIMARY KEY,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+KEY_BYTES = "SELECT key, SUM(size) FROM (SELECT DISTINCT key, cid, size FROM holds) GROUP BY key"
 
 
 def create_tables(db: sqlite3.Connection) -> None:
@@ -75,8 +80,11 @@ class LeaseBook:
         self.recount()
 
     def recount(self) -> None:
-        """Derive the accounting from the tables (at start, and in tests to check the running figures)."""
-        key_bytes = "(SELECT key, SUM(size) AS kb FROM (SELECT DISTINCT key, cid, size FROM holds) GROUP BY key)"
+        """Derive the accounting from the tables (at start, and in tests to check the running figures); the bytes
+        per key are summed again from ``holds``, the truth."""
+        self.db.execute("DELETE FROM held_keys")
+        self.db.execute(f"INSERT INTO held_keys {KEY_BYTES}")
+        key_bytes = "(SELECT key, bytes AS kb FROM held_keys)"
         self.peer_bytes.clear()
         self.peer_keys.clear()
         for holder, n, kb in self.db.execute(
@@ -91,10 +99,9 @@ class LeaseBook:
 
     # -- reading -------------------------------------------------------------------------------------------
     def key_bytes(self, key: bytes) -> int:
-        (n,) = self.db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT cid, size FROM holds WHERE key = ?)", (key,)
-        ).fetchone()
-        return int(n)
+        """Bytes of the distinct blocks held under ``key`` (kept in ``held_keys``: one row read, not a sum)."""
+        row = self.db.execute("SELECT bytes FROM held_keys WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
 
     def holders(self, key: bytes) -> list[bytes]:
         return [bytes(h) for (h,) in self.db.execute("SELECT holder FROM leases WHERE key = ?", (key,))]
@@ -122,6 +129,8 @@ class LeaseBook:
     # -- changing (inside the caller's transaction) --------------------------------------------------------
     def block_added(self, key: bytes, size: int) -> None:
         """A block new under ``key`` was recorded (call before its ``holds`` row is written)."""
+        self.db.execute("INSERT INTO held_keys VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET bytes = bytes + ?",
+                        (key, size, size))
         holders = self.holders(key)
         if holders:
             self.leased_bytes += size
@@ -166,6 +175,7 @@ class LeaseBook:
             self.drop(key, bytes(holder), int(now))
         rows = self.db.execute("SELECT DISTINCT cid, size FROM holds WHERE key = ?", (key,)).fetchall()
         self.db.execute("DELETE FROM holds WHERE key = ?", (key,))
+        self.db.execute("DELETE FROM held_keys WHERE key = ?", (key,))
         self.db.execute("DELETE FROM unleased WHERE key = ?", (key,))
         gone = []
         for c, size in rows:
@@ -194,6 +204,7 @@ def grace_leases(db: sqlite3.Connection, now: int, lease_time: int) -> int:
     for (peer,) in db.execute("SELECT DISTINCT peer FROM holds WHERE key IS NULL").fetchall():
         db.execute("UPDATE holds SET key = ? WHERE peer = ? AND key IS NULL", (legacy_key(bytes.fromhex(peer)), peer))
     create_tables(db)
+    db.execute(f"INSERT OR REPLACE INTO held_keys {KEY_BYTES}")
     rows: Sequence[tuple[bytes, str]] = db.execute("SELECT DISTINCT key, peer FROM holds").fetchall()
     db.executemany("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
                    ((key, bytes.fromhex(peer), now + lease_time) for key, peer in rows))
