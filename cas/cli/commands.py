@@ -393,11 +393,22 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
         ("uptime", human_duration(uptime) if isinstance(uptime, (int, float)) else "?"),
         ("files", printable(str(answer.get("files", "?")))),
         ("used", size(storage.get("used"))),
-        ("free", size(storage.get("free"))),
-        ("limit", size(storage.get("limit"))),
     ]
+    # The breakdown of used space (nodes before 0.1 answer without it: the lines are left out, not "none").
+    for label, field, note in (("  own", "own", " this node's files and uploads"),
+                               ("  held", "held", " for other nodes, under live leases"),
+                               ("  to free", "awaiting_collection", " held for others, leases ended")):
+        if isinstance(storage.get(field), int):
+            lines.append((label, size(storage[field]) + note))
+    lines += [("free", size(storage.get("free"))), ("limit", size(storage.get("limit"))),
+              ("quota", size(storage.get("quota")))]
+    leases = answer.get("leases") if isinstance(answer.get("leases"), dict) else {}
+    if isinstance(leases.get("granted"), int) and isinstance(leases.get("releases_pending"), int):
+        pending = leases["releases_pending"]
+        lines.append(("leases", f"{leases['granted']} granted to other nodes here, "
+                                f"{pending} release{'' if pending == 1 else 's'} waiting for delivery"))
     for label, value in lines:
-        print_out(f"{label + ':':9}{value}")
+        print_out(f"{label + ':':11}{value}")
     return EXIT_OK
 
 

@@ -566,11 +566,18 @@ class Node:
         return self._gc_lock.acquire().addCallback(run)
 
     def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` answers. Used space is broken down into this owner's own files (and uploads),
+        blocks held for others under live leases, and blocks held for others awaiting collection."""
+        used, leased = self.store.used(), self.index.leases.leased_bytes
+        held_all = self.index.leases.all_bytes()
         return {
             "node_id": self.node_id,
             "version": __version__,
             "uptime": max(0.0, time.time() - self.started_at),
-            "storage": {"used": self.store.used(), "free": self.store.free(), "limit": self.store.limit},
+            "storage": {"used": used, "free": self.store.free(), "limit": self.store.limit, "quota": self.quota,
+                        "own": max(0, used - held_all), "held": leased,
+                        "awaiting_collection": max(0, held_all - leased)},
             "files": self.index.count(),
+            "leases": {"granted": self.index.leases.count(), "releases_pending": self.index.count_releases()},
         }
 

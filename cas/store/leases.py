@@ -103,6 +103,11 @@ class LeaseBook:
         row = self.db.execute("SELECT bytes FROM held_keys WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
+    def all_bytes(self) -> int:
+        """Bytes held for others, leased or awaiting collection (a block under two keys counts twice)."""
+        (n,) = self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM held_keys").fetchone()
+        return int(n)
+
     def holders(self, key: bytes) -> list[bytes]:
         return [bytes(h) for (h,) in self.db.execute("SELECT holder FROM leases WHERE key = ?", (key,))]
 

@@ -556,8 +556,10 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                 return self.error(405, "method_not_allowed", "use GET")
             used = sum(len(f["data"]) for f in node.files.values())
             return self.send_json(200, {"node_id": "n" * 52, "version": "0.1.0", "uptime": time.time() - node.started,
-                                        "storage": {"used": used, "free": 10 << 30, "limit": None},
-                                        "files": len(node.files)})
+                                        "storage": {"used": used, "free": 10 << 30, "limit": None,
+                                                    "quota": 1 << 30, "own": used - 1024, "held": 1024,
+                                                    "awaiting_collection": 0},
+                                        "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1}})
         if path == "/v1/peers":
             if method != "GET":
                 return self.error(405, "method_not_allowed", "use GET")
@@ -1070,11 +1072,14 @@ class RoundTripTests(SynchronousTestCase):
     def test_status(self) -> None:
         self.node.add(b"x" * 2048, "a")
         out = self.ok("status").decode()
-        self.assertIn("node:    " + "n" * 52, out)
-        self.assertIn("api:     " + self.node.url, out)
-        self.assertIn("files:   1", out)
-        self.assertIn("used:    2.0 KiB", out)
-        self.assertIn("limit:   none", out)
+        self.assertIn("node:      " + "n" * 52, out)
+        self.assertIn("api:       " + self.node.url, out)
+        self.assertIn("files:     1", out)
+        self.assertIn("used:      2.0 KiB\n  own:     1.0 KiB this node's files and uploads\n"
+                      "  held:    1.0 KiB for other nodes, under live leases\n"
+                      "  to free: 0 B held for others, leases ended\nfree:", out)
+        self.assertIn("limit:     none\nquota:     1.0 GiB\n", out)
+        self.assertIn("leases:    3 granted to other nodes here, 1 release waiting for delivery", out)
         status = json.loads(self.ok("status", "--json"))
         self.assertEqual((status["files"], status["storage"]["used"]), (1, 2048))
 

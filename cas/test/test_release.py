@@ -39,6 +39,13 @@ class ReleaseTests(TestCase):
         self.assertEqual(stored.replicas, 3)
         cids = file_blocks(origin, stored.cap.root)
         self.assertEqual(copies(nodes[1:], cids), 3 * len(cids))
+        held = [s.node.store.used() for s in nodes[1:]]  # the holders keep nothing else
+        for s, n in zip(nodes[1:], held):  # GET /v1/status breaks a holder's space down
+            storage = s.node.status()["storage"]
+            self.assertEqual((storage["own"], storage["held"], storage["awaiting_collection"]), (0, n, 0))
+            self.assertGreater(s.node.status()["leases"]["granted"], 0)
+        storage = origin.node.status()["storage"]
+        self.assertEqual((storage["own"], storage["held"]), (storage["used"], 0))
         me = origin.node.identity.node_id
         for s in nodes[1:]:  # every copy is under a lease of the origin's --lease-time
             for key in {k for (k,) in s.node.index.db.execute("SELECT DISTINCT key FROM holds")}:
@@ -48,9 +55,14 @@ class ReleaseTests(TestCase):
                                                                for s in nodes[1:]))
         self.assertEqual(answer["pending"], [])
         self.assertGreater(answer["local_bytes_freed"], 0)
+        for s, n in zip(nodes[1:], held):  # released, not yet collected (unless a pass already ran)
+            storage = s.node.status()["storage"]
+            self.assertEqual(storage["held"], 0)
+            self.assertIn(storage["awaiting_collection"], (0, n) if n else (0,))
         await wait_for(lambda: copies(nodes[1:], cids) == 0, "every holder to collect the file's blocks", 30)
         for s in nodes[1:]:
             self.assertEqual(s.node.held_bytes(), 0)
+            self.assertEqual(s.node.status()["storage"]["awaiting_collection"], 0)
         self.assertEqual(origin.node.index.count_releases(), 0)
 
     async def test_a_holder_down_at_rm_gets_its_release_when_back(self) -> None:
