@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from cas.base.cid import CID
 from cas.base.errors import (
     BlockNotFound,
     Busy,
@@ -488,6 +489,12 @@ class Files(_Collection):
     def item(self, path: bytes) -> resource.Resource:
         return File(self.node, path)
 
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path and request.postpath == [b"health"]:
+            request.postpath = []
+            return Health(self.node, path)
+        return super().getChild(path, request)
+
     def render_GET(self, request: server.Request) -> bytes:
         files = [file_json(ReadCap(r.root, r.key), r.name, r.content_type, r.size, r.blocks, r.created) for r in self.node.files()]
         return json_body(request, 200, {"files": files})
@@ -646,6 +653,52 @@ class File(_JsonResource):
         def failed(f: Failure) -> None:
             log.failure("forgetting a file failed", f)
             request.write(error(request, 500, "internal", "the file was forgotten but collecting its blocks failed"))
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+def parse_root(text: bytes) -> CID:
+    """A file named by its key (``cas1...``) or by its root id (the verify capability); MalformedKey if neither."""
+    try:
+        t = text.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedKey("not a cas key: keys are ASCII") from None
+    if t.startswith("b") and len(t) == 59:
+        try:
+            return CID.parse(t)
+        except ValueError as e:
+            raise MalformedKey(f"not a root id: {e}") from None  # MalformedKey itself passes through
+    return ReadCap.parse(t).root
+
+
+class Health(_JsonResource):
+    """``GET /v1/files/KEY/health``: which nodes hold the file's blocks under a live lease (docs/api.md)."""
+
+    isLeaf = True
+
+    def __init__(self, node: Node, key: bytes) -> None:
+        super().__init__()
+        self.node, self.key = node, key
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        try:
+            root = parse_root(self.key)
+        except MalformedKey as e:
+            return error(request, 400, e.code, str(e))
+        d = self.node.health(root)
+
+        def done(answer: dict[str, Any]) -> None:
+            request.write(json_body(request, 200, answer))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if f.check(BlockNotFound):
+                request.write(error(request, 404, "not_found", "no node could send this file's manifests"))
+            else:
+                log.failure("checking a file's health failed", f)
+                request.write(error(request, 500, "internal", f"checking the file failed: {f.getErrorMessage()}"))
             request.finish()
 
         d.addCallbacks(done, failed)

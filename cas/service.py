@@ -50,9 +50,10 @@ class NodeService(service.Service):
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
         node.peers = self.peers
-        self.topup = TopUp(node, self.peers, node.placement, node.replicas, reactor, deadline=node.block_deadline)
-        self.releaser = node.releaser = Releaser(node.index, self.peers, reactor)
-        self.renewer = node.renewer = Renewer(node.index, self.peers, reactor)
+        self.topup = node.topup = TopUp(node, self.peers, node.placement, node.replicas, node.clock,
+                                        deadline=node.block_deadline)
+        self.releaser = node.releaser = Releaser(node.index, self.peers, node.clock)
+        self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 

@@ -23,6 +23,7 @@ from cas.cli.output import (
     Progress,
     human_duration,
     human_size,
+    human_time,
     print_err,
     print_json,
     print_out,
@@ -34,8 +35,9 @@ from cas.store.paths import state_dir
 MAX_KEY_LINE = 4096
 
 
-def read_key(args: argparse.Namespace) -> str:
+def read_key(args: argparse.Namespace, allow_root: bool = False) -> str:
     """The key: the argument, else the first line of --key-file, else of stdin (a terminal: prompt, no echo).
+    With ``allow_root``, a file's root id (its verify capability) is taken too.
 
     Validated locally (exit 2) before the node is contacted. The key is never shown in a message.
     """
@@ -64,6 +66,13 @@ def read_key(args: argparse.Namespace) -> str:
     from cas.base.errors import MalformedKey
     from cas.content.capability import ReadCap  # only now: it loads blake3 and the cipher
 
+    if allow_root and text.strip().startswith("b") and len(text.strip()) == 59:
+        from cas.base.cid import CID
+
+        try:
+            return str(CID.parse(text.strip()))
+        except (MalformedKey, ValueError) as e:
+            raise CliError(f"not a root id: {printable(str(e))}", EXIT_USAGE) from None
     try:
         return str(ReadCap.parse(text))
     except MalformedKey as e:
@@ -160,7 +169,8 @@ def replica_shortfall(answer: dict[str, Any]) -> str | None:
     got, wanted = answer.get("replicas"), answer.get("replicas_wanted")
     if not (type(got) is int and type(wanted) is int and 0 <= got < wanted):
         return None
-    return f"stored here and on {got} of {wanted} peers; the rest will be placed when peers are available"
+    return (f"stored here and on {got} of {wanted} peers; the rest will be placed when peers are available; "
+            "see `cas status KEY`")
 
 
 def _put_resumable(
@@ -373,6 +383,8 @@ def cmd_ls(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    if args.key is not None or args.key_file is not None:
+        return file_status(args, client_for)
     client = client_for()
     answer = client.json("GET", "v1/status")
     if not isinstance(answer, dict):
@@ -463,4 +475,35 @@ def cmd_rm(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     if isinstance(pending, list) and pending:
         print_err(f"{len(pending)} holder(s) did not answer: the release is queued and sent when they are back "
                   "(their copies go when the lease ends at the latest)")
+    return EXIT_OK
+
+
+def file_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    """``cas status KEY|ROOT``: the holders of each placement key of the file, and its lowest replica count."""
+    key = read_key(args, allow_root=True)
+    answer = client_for().json("GET", f"v1/files/{key}/health")
+    if not isinstance(answer, dict) or not isinstance(answer.get("keys"), list):
+        raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    unreachable = answer.get("unreachable") or []
+    for label, value in (
+        ("root", printable(str(answer.get("root")))),
+        ("blocks", f"{answer.get('blocks')} ({answer.get('local_blocks')} on this node)"),
+        ("replicas", f"{answer.get('lowest_replicas')} at the lowest, {answer.get('replicas_wanted')} wanted "
+                     "(nodes holding a block under a live lease)"),
+        ("asked", f"{answer.get('asked')} node(s)" + (f", {len(unreachable)} did not answer" if unreachable else "")),
+    ):
+        print_out(f"{label + ':':10}{value}")
+    for k in answer["keys"]:
+        if not isinstance(k, dict):
+            continue
+        name = f"stripe {k.get('stripe')}" if k.get("kind") == "stripe" else f"manifest {printable(str(k.get('cid')))}"
+        print_out(f"{name}: {k.get('blocks')} block(s), {k.get('replicas')} replica(s) under lease")
+        for h in k.get("holders") or []:
+            ours = h.get("our_lease_expires")
+            lease = f", our lease until {human_time(ours)}" if isinstance(ours, int) else ""
+            print_out(f"  {printable(str(h.get('node_id')))}  {h.get('blocks')} of {k.get('blocks')}, "
+                      f"{h.get('leased')} under lease{lease}")
     return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import unicodedata
 from typing import Any
 
@@ -103,6 +104,11 @@ def human_duration(seconds: float) -> str:
     m, s = divmod(s, 60)
     parts = [f"{d}d"] * bool(d) + [f"{h}h"] * bool(h or d) + [f"{m}m"] * bool(m or h or d) + [f"{s}s"]
     return " ".join(parts)
+
+
+def human_time(unix: float) -> str:
+    """A moment in UTC, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix))
 
 
 def truncate_utf8(text: str, limit: int) -> str:

@@ -89,7 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the node's JSON answer")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("status", parents=[common], help="show the node's status")
+    p = sub.add_parser("status", parents=[common], help="show the node's status, or a file's replicas",
+                       description="Without KEY: the node's status. With KEY (or ROOT, the file's root id; - for "
+                                   "stdin, or --key-file): which nodes hold each block of the file under a live "
+                                   "lease, and the lowest replica count over its blocks.")
+    p.add_argument("key", metavar="KEY|ROOT", nargs="?", default=None,
+                   help="a file's key or root id (- : the first line of stdin)")
+    p.add_argument("--key-file", metavar="FILE", default=None,
+                   help="read the key from the first line of FILE (- for stdin)")
     p.add_argument("--json", action="store_true", help="print the node's JSON answer")
     p.set_defaults(func=cmd_status)
 

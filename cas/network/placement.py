@@ -9,12 +9,16 @@ one spreads over many, and an upload talks to a bounded number of peers at a tim
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import blake3
 from zope.interface import Interface, implementer
 
+from cas.base.cid import CID
+from cas.content.manifest import data_links, decode_node, decode_root
+
 STRIPE_BLOCKS = 64  # blocks per stripe: 64 MiB of 1 MiB segments
+RANK_SLACK = 4  # nodes past the first N of a key's rank that still take its leases and get its renewals
 STRIPE_DOMAIN = b"cas/stripe/v1"
 MANIFEST_DOMAIN = b"cas/manifest/v1"
 
@@ -64,3 +68,20 @@ def stripe_key(file_salt: bytes, stripe: int) -> bytes:
 def manifest_key(cid_bytes: bytes) -> bytes:
     """The placement key of a manifest block: its own id (readers know it before they fetch it)."""
     return MANIFEST_DOMAIN + cid_bytes
+
+
+async def file_placement(root: CID, get: Callable[[CID], Awaitable[bytes]]) -> list[tuple[CID, bytes]]:
+    """Every block of the file named by ``root`` with its placement key, in file order: the root and the
+    manifest nodes (under their own ids) and the data blocks (under their stripe's key). ``get`` gives a
+    block's verified bytes (the local store, or the network). Manifests are not encrypted: the verify
+    capability (the root id) is enough."""
+    decoded = decode_root(await get(root))
+    out = [(root, manifest_key(root.to_bytes()))]
+
+    async def load(cid: CID) -> object:
+        out.append((cid, manifest_key(cid.to_bytes())))
+        return decode_node(await get(cid), decoded.segment_size)
+
+    async for i, link in data_links(decoded, load):  # type: ignore[arg-type]
+        out.append((link.cid, stripe_key(decoded.salt, stripe_of(i))))
+    return out

@@ -1,13 +1,20 @@
-"""Keeping this node's leases on its holders: provisional ones while an upload runs, full ones once recorded.
+"""Keeping this node's leases on its holders, and its files' blocks on enough of them.
 
 Every ``placed`` row (cas/store/placements.py) says when its lease is due: half its length before it expires.
-The ``Renewer`` sends, each round, a ``LEASE`` per holder for the keys due there (at most ``MAX_KEYS`` per
-message, as many messages as needed), asking for the row's length: ``PROVISIONAL`` (1 h) for the blocks of an
-upload or upload session not recorded yet, ``--lease-time`` for a recorded file. A file just recorded is due at
-once (``Node`` kicks a round), so its provisional leases become full ones within seconds. A holder that does
-not answer is asked again after ``RETRY`` seconds; one that answers "not granted" for a key (it lost the
-blocks, or refuses) is asked again half a lease later. A holder of protocol version 1 has no LEASE: it keeps
-blocks for its own ``--max-lease-time`` (logged once per round).
+Each round (every ``INTERVAL`` s, and at once when a file is recorded) the ``Renewer`` sends a ``LEASE`` per
+node for the keys due, at most ``MAX_KEYS`` per message and as many messages as needed, asking for the row's
+length: ``PROVISIONAL`` (1 h) for the blocks of an upload or upload session not recorded yet, ``--lease-time``
+for a recorded file. A key's renewal goes to every node recorded as holding blocks under it and to the key's
+current first N + ``RANK_SLACK`` in rank over the members (a node that got copies from repair is found there
+and recorded when it grants the lease with every block).
+
+The answer says per key whether the lease was granted and whether the holder still has every block it holds
+under the key. A holder that does not answer is asked again after ``RETRY`` seconds and still counts until its
+lease runs out; one that lost blocks or refuses stops counting at once. After each round, every key of a
+recorded file left with fewer than ``--replicas`` holders under a live lease (answers of the round, and leases
+that ran out since the last round) has its blocks given to top-up (cas/network/replication.py), which places
+them again from the local copy on the next nodes in rank. A holder lost for a whole lease length is forgotten.
+A holder of protocol version 1 has no LEASE: it keeps blocks for its own ``--max-lease-time`` (logged).
 """
 
 from __future__ import annotations
@@ -19,26 +26,31 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cas.base.cid import CID
 from cas.base.nodeid import short_node_id
+from cas.network.placement import RANK_SLACK, file_placement, manifest_key
 from cas.peer import frames
 from cas.peer.connection import NotSupported
+from cas.store.index import Underplaced
 
 log = Logger()
 
 MAX_KEYS = 1024  # keys per LEASE
 INTERVAL = 60.0  # seconds between rounds
-RETRY = 300  # seconds before asking a holder that did not answer again
-ROUND = 64 * MAX_KEYS  # (holder, key) pairs per round at most
+RETRY = 300  # seconds before asking a holder that did not answer (or lacked blocks) again
+ROUND = 64 * MAX_KEYS  # (holder, key) rows per round at most
 TIMEOUT = 30.0
 
 
 class Renewer:
-    def __init__(self, index: Any, peers: Any, clock: Any, interval: float = INTERVAL) -> None:
-        self.index, self.peers, self.clock, self.interval = index, peers, clock, interval
+    def __init__(self, node: Any, peers: Any, clock: Any, interval: float = INTERVAL) -> None:
+        self.node, self.index, self.peers, self.clock, self.interval = node, node.index, peers, clock, interval
         self._timer: Any = None
         self._running: Deferred[None] | None = None
         self._again = False
+        self._checked = int(clock.seconds())  # leases that ran out after this were checked for shortfalls
         self.renewed = 0  # leases granted (for status and tests)
+        self.short = 0  # keys found short of holders and given to top-up
 
     def start(self) -> None:
         self._timer = self.clock.callLater(0, self._tick)
@@ -76,36 +88,78 @@ class Renewer:
 
     async def _round(self) -> None:
         now = int(self.clock.seconds())
-        due: dict[tuple[bytes, int], list[bytes]] = defaultdict(list)
+        recorded: dict[bytes, tuple[int, set[bytes]]] = {}
         for holder, key, wanted in self.index.placements.due(now, ROUND):
-            due[(holder, wanted)].append(key)
-        ds = [ensureDeferred(self._holder(holder, wanted, keys, now)) for (holder, wanted), keys in due.items()]
+            recorded.setdefault(key, (wanted, set()))[1].add(holder)
+        members = list(self.peers.members()) if recorded else []
+        asks: dict[tuple[bytes, int], list[bytes]] = defaultdict(list)
+        extra: set[tuple[bytes, bytes]] = set()  # (node, key): asked because of its rank, not recorded
+        for key, (wanted, holders) in recorded.items():
+            for h in holders:
+                asks[(h, wanted)].append(key)
+            for m in self.node.placement.rank(key, members)[: self.node.replicas + RANK_SLACK]:
+                if m not in holders:
+                    asks[(m, wanted)].append(key)
+                    extra.add((m, key))
+        lost: set[bytes] = set()  # keys some recorded holder answered for without every block
+        ds = [ensureDeferred(self._holder(h, wanted, keys, now, extra, lost)) for (h, wanted), keys in asks.items()]
         await DeferredList(ds, consumeErrors=True)
+        since, self._checked = self._checked, now
+        if self.node.replicas > 0:
+            short = self.index.short_keys(lost, since, now, self.node.replicas)
+            if short:
+                await self._place_again(short)
 
-    async def _holder(self, holder: bytes, wanted: int, keys: list[bytes], now: int) -> None:
+    async def _holder(self, holder: bytes, wanted: int, keys: list[bytes], now: int,
+                      extra: set[tuple[bytes, bytes]], lost: set[bytes]) -> None:
         for i in range(0, len(keys), MAX_KEYS):
             batch = keys[i:i + MAX_KEYS]
+            mine = [k for k in batch if (holder, k) not in extra]
             try:
                 r = await self.peers.request(holder, frames.LEASE, {"keys": batch, "time": wanted}, timeout=TIMEOUT)
             except NotSupported:
                 log.info("node {h} speaks protocol version 1: it keeps our blocks for its own lease time",
                          h=short_node_id(holder))
-                self.index.renewed(holder, [(k, False) for k in batch], 0, now)
+                self.index.renewed(holder, [(k, False, False) for k in mine], 0, now, RETRY)
                 continue
             except Exception as e:
                 log.debug("renewing leases on {h} failed: {e}", h=short_node_id(holder), e=e)
-                self.index.retry_leases(holder, keys[i:], now + RETRY)
+                self.index.retry_leases(holder, [k for k in keys[i:] if (holder, k) not in extra], now + RETRY)
                 return
             granted = r.header.get("time")
             bits = _bits(r.header.get("granted"), len(batch))
+            # "complete" is in every version-2 answer of this release; an answer without it counts as complete
+            whole = _bits(r.header["complete"], len(batch)) if "complete" in r.header else bits
             if not isinstance(granted, int) or granted < 0:
                 granted, bits = 0, [False] * len(batch)
-            self.index.renewed(holder, list(zip(batch, bits)), granted, now)
-            self.renewed += sum(bits)
-            refused = len(batch) - sum(bits)
-            if refused:
-                log.info("node {h} did not grant leases on {n} of {m} key(s)", h=short_node_id(holder), n=refused,
-                         m=len(batch))
+            outcome = [(k, ok, ok and full) for k, ok, full in zip(batch, bits, whole) if (holder, k) not in extra]
+            adopted = [(k, wanted) for k, ok, full in zip(batch, bits, whole) if (holder, k) in extra and ok and full]
+            self.index.renewed(holder, outcome, granted, now, RETRY, adopted)
+            self.renewed += sum(1 for _k, ok, full in outcome if ok and full) + len(adopted)
+            bad = [k for k, ok, full in outcome if not full]
+            lost.update(bad)
+            if bad:
+                log.info("node {h} no longer holds every block under {n} of {m} key(s) it was asked to keep",
+                         h=short_node_id(holder), n=len(bad), m=len(outcome))
+
+    async def _place_again(self, short: dict[str, dict[bytes, list[bytes]]]) -> None:
+        """Give the blocks of keys short of holders to top-up, read from the local copy."""
+        rows: list[Underplaced] = []
+        for owner, keys in short.items():
+            root = CID.parse(owner.removeprefix("file:"))
+            try:
+                blocks = await file_placement(root, lambda c: self.node.fetch_placed(c, manifest_key(c.to_bytes())))
+            except Exception as e:
+                log.warn("cannot place the blocks of a file again: its manifests cannot be read ({e})", e=e)
+                continue
+            rows += [Underplaced(cid, key, tuple(keys[key])) for cid, key in blocks if key in keys]
+            self.short += len(keys)
+            log.info("{n} placement key(s) of a file have fewer than {r} holders under a live lease: placing their "
+                     "blocks again", n=len(keys), r=self.node.replicas)
+        if rows:
+            self.index.add_underplaced(rows)
+            if self.node.topup is not None:
+                self.node.topup.kick()
 
 
 def _bits(value: Any, n: int) -> list[bool]:

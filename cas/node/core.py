@@ -39,7 +39,8 @@ from cas.content import cipher
 from cas.content.capability import ReadCap
 from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name, is_manifest
 from cas.content.verify import VerifyReport, verify_file
-from cas.network.placement import Rendezvous, manifest_key
+from cas.network.health import file_health
+from cas.network.placement import RANK_SLACK, Rendezvous, manifest_key
 from cas.network.replication import BLOCK_DEADLINE, Replicator
 from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
 from cas.node.download import Download, OpenFile, open_file
@@ -50,7 +51,7 @@ from cas.store.datadir import DataDir
 from cas.store.expiry import PERIOD as GC_PERIOD
 from cas.store.expiry import LeaseCollector
 from cas.store.index import FileRecord, Index, Session
-from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME, legacy_key
+from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME, legacy_key, read_incomplete
 from cas.store.placements import PROVISIONAL
 
 log = Logger()
@@ -58,7 +59,6 @@ log = Logger()
 BUFFER_BUDGET = 16 << 20  # bytes of block buffers all transfers of a node may hold together (one upload's window)
 MAX_UPLOADS = 32
 MAX_LEASES = 100_000  # leases one peer may have on this node (keys)
-RANK_SLACK = 4  # a lease is taken only where this node is among the first N + RANK_SLACK of the key's rank
 RELEASE_WAIT = 15.0  # seconds ``forget`` waits for holders to acknowledge releases before it answers
 SESSION_SWEEP = 3600.0  # seconds between sweeps of expired upload sessions
 
@@ -85,9 +85,13 @@ class Node:
         max_leases: int = MAX_LEASES,
         gc_period: float = GC_PERIOD,
         monotonic: Callable[[], float] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
+        # The wall clock of leases, sessions, renewal, release and collection (tests pass a task.Clock to move
+        # weeks in a second while the network runs on the reactor).
+        self.clock: IReactorTime = clock if clock is not None else reactor
         self.identity = datadir.identity()
         self.store = DiskBlockStore(datadir.path, storage_limit)
         self.index = Index(datadir.join("index.sqlite"))
@@ -99,7 +103,7 @@ class Node:
             run = self._run_in_pool
         self.run = run
         self._gc_lock = DeferredLock()
-        self.expiry = LeaseCollector(self.index, self.store, self.pins, self.run, reactor, self._gc_lock,
+        self.expiry = LeaseCollector(self.index, self.store, self.pins, self.run, self.clock, self._gc_lock,
                                      period=gc_period, monotonic=monotonic)
         self.started_at = time.time()
         self.peers: Any = None  # the PeerManager, set by the service (a node can run without peers in tests)
@@ -120,6 +124,7 @@ class Node:
         self.max_leases = max_leases
         self.releaser: Any = None  # the Releaser, set by the service with the peers
         self.renewer: Any = None  # the Renewer, set by the service with the peers
+        self.topup: Any = None  # the TopUp, set by the service with the peers
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
         self._hold_batch: list[tuple[tuple[str, CID, int, int, bytes, int], Deferred[None]]] = []
@@ -140,11 +145,11 @@ class Node:
         # upload sessions that expired while the node was down.
         self.expire_sessions(collect=False)
         self.collect_garbage().addErrback(lambda f: log.failure("collecting garbage failed", f))
-        self._expiry = self.reactor.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
+        self._expiry = self.clock.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
         self.expiry.start()
 
     def _sweep_sessions(self) -> None:
-        self._expiry = self.reactor.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
+        self._expiry = self.clock.callLater(SESSION_SWEEP, self._sweep_sessions)  # type: ignore[attr-defined]
         try:
             self.expire_sessions()
         except Exception:
@@ -213,7 +218,7 @@ class Node:
         session expires (``SESSION_TTL`` after its last progress)."""
         check_name(name, content_type)
         self._check_min_replicas(min_replicas)
-        now = int(self.reactor.seconds())
+        now = int(self.clock.seconds())
         s = Session(os.urandom(16).hex(), cipher.new_file_key(), os.urandom(SALT_SIZE), name, content_type,
                     self.segment_size, min_replicas, now, now + SESSION_TTL, 0)
         self.index.add_session(s)
@@ -221,7 +226,7 @@ class Node:
 
     def session(self, sid: str) -> Session:
         s = self.index.session(sid) if re.fullmatch(r"[0-9a-f]{32}", sid) else None
-        if s is None or s.expires <= self.reactor.seconds():
+        if s is None or s.expires <= self.clock.seconds():
             raise SessionNotFound(f"no upload session {sid[:40]!r} on this node (it may have expired or ended)")
         return s
 
@@ -248,14 +253,14 @@ class Node:
         self.session(sid)
         if sid in self._active_sessions:
             raise SessionBusy(f"a piece of upload session {sid} is being received; drop it once that ends")
-        self.index.drop_session(sid, until=int(self.reactor.seconds()) + PROVISIONAL)
+        self.index.drop_session(sid, until=int(self.clock.seconds()) + PROVISIONAL)
         self._send_releases()
         return self.collect_garbage()
 
     def expire_sessions(self, collect: bool = True) -> int:
-        gone = [i for i in self.index.expired_sessions(int(self.reactor.seconds())) if i not in self._active_sessions]
+        gone = [i for i in self.index.expired_sessions(int(self.clock.seconds())) if i not in self._active_sessions]
         for sid in gone:
-            self.index.drop_session(sid, until=int(self.reactor.seconds()) + PROVISIONAL)
+            self.index.drop_session(sid, until=int(self.clock.seconds()) + PROVISIONAL)
         if gone:
             self._send_releases()
         if gone and collect:
@@ -328,6 +333,12 @@ class Node:
     def has_blocks(self, cids: list[CID]) -> Deferred[list[bool]]:
         return self.run(lambda: [self.store.has(c) for c in cids])
 
+    def has_leased(self, cids: list[CID]) -> Deferred[tuple[list[bool], list[bool]]]:
+        """Per block: whether it is in the store, and whether it is held here for another node under a live
+        lease (HAS in protocol version 2)."""
+        leased = self.index.leases.leased_blocks(cids, int(self.clock.seconds()))
+        return self.has_blocks(cids).addCallback(lambda held: (held, [h and c in leased for h, c in zip(held, cids)]))
+
     def hold_block(
         self, peer: str, cid: CID, data: bytes | memoryview, key: bytes | None = None, lease: int | None = None,
     ) -> Deferred[bool]:
@@ -342,7 +353,7 @@ class Node:
         size = len(data)
         holder = bytes.fromhex(peer)
         pkey = key if key is not None else legacy_key(holder)
-        expires = int(self.reactor.seconds()) + min(lease if lease is not None else self.max_lease_time,
+        expires = int(self.clock.seconds()) + min(lease if lease is not None else self.max_lease_time,
                                                      self.max_lease_time)
         try:
             if key is not None:
@@ -370,7 +381,7 @@ class Node:
             d: Deferred[None] = Deferred()
             if not self._hold_batch:
                 self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
-            self._hold_batch.append(((peer, cid, size, int(self.reactor.seconds()), pkey, expires), d))
+            self._hold_batch.append(((peer, cid, size, int(self.clock.seconds()), pkey, expires), d))
 
             def unpin(result: Any) -> Any:
                 self.pins.release([cid])  # recorded (or not): the pin has done its work either way
@@ -426,10 +437,11 @@ class Node:
         if self.quota is not None and self.held_bytes() + size > self.quota:
             raise QuotaExceeded(f"this node holds {self.held_bytes()} bytes for others; its quota is {self.quota}")
 
-    def lease(self, holder: bytes, keys: list[bytes], seconds: int) -> tuple[int, list[bool]]:
+    def lease(self, holder: bytes, keys: list[bytes], seconds: int) -> Deferred[tuple[int, list[bool], list[bool]]]:
         """``holder`` asks for (or renews) leases of ``seconds`` on ``keys``: granted (min(seconds,
         ``--max-lease-time``), the same for all) on each key this node holds a block under and may lease (as
-        for PUT_BLOCK); per key, whether it was."""
+        for PUT_BLOCK). Fires with (granted seconds, per key whether it was, per key whether every block held
+        under it is still in the store: checked on a worker, a stat per block)."""
         granted = max(0, min(seconds, self.max_lease_time))
         book = self.index.leases
         ok = []
@@ -441,13 +453,14 @@ class Node:
                 ok.append(book.holds_key(key))
             except (NotInRank, QuotaExceeded):
                 ok.append(False)
-        self.index.grant_leases(holder, [k for k, yes in zip(keys, ok) if yes], int(self.reactor.seconds()) + granted)
-        return granted, ok
+        self.index.grant_leases(holder, [k for k, yes in zip(keys, ok) if yes], int(self.clock.seconds()) + granted)
+        d = self.run(read_incomplete, self.index.path, self.store.has, [k for k, yes in zip(keys, ok) if yes])
+        return d.addCallback(lambda lost: (granted, ok, [yes and k not in lost for k, yes in zip(keys, ok)]))
 
     def release(self, holder: bytes, keys: list[bytes]) -> list[bool]:
         """``holder`` gives up its leases on ``keys`` (only its own: nobody can release another's); per key,
         whether it had one. Blocks whose keys are left without a lease are collected a GC period later."""
-        return self.index.drop_leases(holder, keys, int(self.reactor.seconds()))
+        return self.index.drop_leases(holder, keys, int(self.clock.seconds()))
 
     def _commit_holds(self) -> None:
         """Record every hold queued in this reactor turn in one transaction, then acknowledge them."""
@@ -509,6 +522,10 @@ class Node:
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))
 
+    def health(self, root: CID) -> Deferred[dict[str, Any]]:
+        """Which nodes hold each block of the file under a live lease (cas/network/health.py)."""
+        return ensureDeferred(file_health(self, root))
+
     def verify(self, root: CID) -> Deferred[VerifyReport]:
         """Check every block of a file by its verify capability (no key needed, nothing decrypted)."""
         return ensureDeferred(verify_file(root, self.fetch))
@@ -524,7 +541,7 @@ class Node:
         """Forget a file: its blocks here are collected unless another file needs them, and its leases on the
         holders are released (those not reachable within ``RELEASE_WAIT`` s stay queued, see release.py).
         Fires with the answer of ``DELETE /v1/files/KEY``."""
-        holders = self.index.forget(root, int(self.reactor.seconds()) + self.lease_time)
+        holders = self.index.forget(root, int(self.clock.seconds()) + self.lease_time)
         if holders is None:
             raise FileNotFound(f"no file with id {root} is stored by this node's owner")
 

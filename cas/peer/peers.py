@@ -414,8 +414,8 @@ class PeerManager:
             lease = h.get("time")
             if not isinstance(lease, int) or not 0 < lease <= MAX_LEASE_SECONDS:
                 raise RemoteError(BAD_REQUEST, f"time must be an integer of 1 to {MAX_LEASE_SECONDS} seconds")
-            granted, ok = self.node.lease(conn.peer_id, keys, lease)
-            return Response({"time": granted, "granted": bitmap(ok)}, b"")
+            return self.node.lease(conn.peer_id, keys, lease).addCallback(
+                lambda r: Response({"time": r[0], "granted": bitmap(r[1]), "complete": bitmap(r[2])}, b""))
         if frame.type == frames.HAS:
             cids = h.get("cids")
             if not isinstance(cids, list):
@@ -423,6 +423,9 @@ class PeerManager:
             if len(cids) > MAX_HAS:
                 raise RemoteError(TOO_LARGE, f"at most {MAX_HAS} ids per HAS")
             parsed = [_cid(c) for c in cids]
+            if conn.version >= 2:  # version 2 also says which are held under a live lease
+                return self.node.has_leased(parsed).addCallback(
+                    lambda r: Response({"bitmap": bitmap(r[0]), "leased": bitmap(r[1])}, b""))
             return self.node.has_blocks(parsed).addCallback(lambda held: Response({"bitmap": bitmap(held)}, b""))
         raise RemoteError(BAD_REQUEST, f"{frames.TYPE_NAMES.get(frame.type, frame.type)} is not a request")
 
@@ -763,6 +766,20 @@ class PeerManager:
             raise ValueError(f"at most {MAX_HAS} ids per HAS")
         d = self.request(node_id, frames.HAS, {"cids": [c.to_bytes() for c in cids]})
         return d.addCallback(lambda r: unpack_bitmap(r.header.get("bitmap"), len(cids)))
+
+    def has_leased(self, node_id: bytes, cids: Sequence[CID]) -> Deferred[tuple[list[bool], list[bool] | None]]:
+        """HAS with the version-2 answer: per block, whether the node has it and whether it holds it under a
+        live lease (None from a version-1 node, which cannot say)."""
+        if len(cids) > MAX_HAS:
+            raise ValueError(f"at most {MAX_HAS} ids per HAS")
+        d = self.request(node_id, frames.HAS, {"cids": [c.to_bytes() for c in cids]})
+
+        def answer(r: Response) -> tuple[list[bool], list[bool] | None]:
+            held = unpack_bitmap(r.header.get("bitmap"), len(cids))
+            leased = r.header.get("leased")
+            return held, None if leased is None else [a and b for a, b in zip(held, unpack_bitmap(leased, len(cids)))]
+
+        return d.addCallback(answer)
 
     # -- membership ----------------------------------------------------------------------------------------
     def members(self) -> list[bytes]:

@@ -245,9 +245,26 @@ class Index:
     def count_releases(self) -> int:
         return self.placements.count_releases()
 
-    def renewed(self, holder: bytes, outcome: Iterable[tuple[bytes, bool]], granted: int, now: int) -> None:
+    def renewed(self, holder: bytes, outcome: Iterable[tuple[bytes, bool, bool]], granted: int, now: int,
+                retry: int, adopted: Iterable[tuple[bytes, int]] = ()) -> None:
         with self._transaction():
-            self.placements.renewed(holder, outcome, granted, now)
+            self.placements.renewed(holder, outcome, granted, now, retry)
+            for key, wanted in adopted:
+                self.placements.adopt(holder, key, wanted, granted, now)
+
+    def short_keys(self, keys: Iterable[bytes], since: int, now: int, replicas: int
+                   ) -> dict[str, dict[bytes, list[bytes]]]:
+        """Keys of recorded files left with fewer than ``replicas`` live holders: among ``keys`` and the keys
+        whose leases ran out in ``(since, now]``; holders lost for a whole lease length are forgotten first."""
+        with self._transaction():
+            self.placements.prune(now)
+            return self.placements.short(set(keys) | self.placements.expired_between(since, now), now, replicas)
+
+    def add_underplaced(self, rows: Iterable[Underplaced]) -> None:
+        """Blocks top-up is to give more holders (rows already there are replaced: fresher holders)."""
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO underplaced VALUES (?, ?, ?)",
+                                ((str(u.cid), u.key, b"".join(u.holders)) for u in rows))
 
     def retry_leases(self, holder: bytes, keys: Iterable[bytes], at: int) -> None:
         with self._transaction():

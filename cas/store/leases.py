@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cas.base.cid import CID
 
@@ -123,6 +123,17 @@ class LeaseBook:
         """At least one block is held under ``key``."""
         return self.db.execute("SELECT 1 FROM holds WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
 
+    def leased_blocks(self, cids: Sequence[CID], now: int) -> set[CID]:
+        """Those of ``cids`` held here under at least one lease that has not expired."""
+        out: set[CID] = set()
+        for i in range(0, len(cids), 500):
+            chunk = [str(c) for c in cids[i:i + 500]]
+            rows = self.db.execute(
+                f"SELECT DISTINCT h.cid FROM holds h JOIN leases l ON l.key = h.key WHERE h.cid IN "
+                f"({','.join('?' * len(chunk))}) AND l.expires > ?", (*chunk, now))
+            out.update(CID.parse(c) for (c,) in rows)
+        return out
+
     def has_block(self, key: bytes, cid: CID) -> bool:
         return self.db.execute("SELECT 1 FROM holds WHERE key = ? AND cid = ? LIMIT 1", (key, str(cid))).fetchone() \
             is not None
@@ -214,3 +225,19 @@ def grace_leases(db: sqlite3.Connection, now: int, lease_time: int) -> int:
     db.executemany("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
                    ((key, bytes.fromhex(peer), now + lease_time) for key, peer in rows))
     return len(rows)
+
+
+def read_incomplete(path: str, has: Callable[[CID], bool], keys: list[bytes]) -> set[bytes]:
+    """Those of ``keys`` with a block held under them that is no longer in the store (``has``), read on a
+    read-only connection of its own (run on a worker thread: a stat per block)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        out: set[bytes] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for key, cid in db.execute(f"SELECT key, cid FROM holds WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                if bytes(key) not in out and not has(CID.parse(cid)):
+                    out.add(bytes(key))
+        return out
+    finally:
+        db.close()

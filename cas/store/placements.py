@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS placed (
     PRIMARY KEY (key, holder)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS placed_by_due ON placed (due);
+CREATE INDEX IF NOT EXISTS placed_by_expires ON placed (expires);
 CREATE TABLE IF NOT EXISTS releases (
     holder BLOB NOT NULL,
     key BLOB NOT NULL,
@@ -79,6 +80,17 @@ class Placements:
             out.setdefault(bytes(key), []).append(bytes(holder))
         return out
 
+    def lease_expiries(self, keys: list[bytes]) -> dict[tuple[bytes, bytes], int]:
+        """(key, holder) -> when this node's lease there ends (as last granted), for ``keys``."""
+        out: dict[tuple[bytes, bytes], int] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for k, h, e in self.db.execute(
+                f"SELECT key, holder, expires FROM placed WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                out[(bytes(k), bytes(h))] = int(e)
+        return out
+
     # -- renewing ---------------------------------------------------------------------------------------------
     def due(self, now: int, limit: int) -> list[tuple[bytes, bytes, int]]:
         """(holder, key, wanted) of the leases to take or renew now, the most urgent first."""
@@ -86,16 +98,51 @@ class Placements:
                                (now, limit))
         return [(bytes(h), bytes(k), int(w)) for h, k, w in rows]
 
-    def renewed(self, holder: bytes, outcome: Iterable[tuple[bytes, bool]], granted: int, now: int) -> None:
-        """A holder answered a LEASE: granted keys expire ``granted`` seconds from ``now``; the others are
-        tried again half a lease later (the holder lost the blocks or refused: repair's business)."""
-        for key, ok in outcome:
-            if ok:
+    def renewed(self, holder: bytes, outcome: Iterable[tuple[bytes, bool, bool]], granted: int, now: int,
+                retry: int) -> None:
+        """A holder answered a LEASE, per key (granted, complete): a key granted with every block still there
+        expires ``granted`` seconds from ``now``. A key granted with blocks missing no longer counts as held
+        (``expires`` = now: the renewal check gives its blocks to top-up) and is asked again ``retry`` seconds
+        later; one not granted (the holder lost the blocks, or refuses) no longer counts either and is asked
+        again half a lease later."""
+        for key, ok, complete in outcome:
+            if ok and complete:
                 self.db.execute("UPDATE placed SET expires = ?, due = ? WHERE key = ? AND holder = ?",
                                 (now + granted, now + granted - granted // 2, key, holder))
             else:
-                self.db.execute("UPDATE placed SET due = ? + wanted / 2 WHERE key = ? AND holder = ?",
-                                (now, key, holder))
+                self.db.execute("UPDATE placed SET expires = min(expires, ?), due = ? + (CASE WHEN ? THEN ? ELSE "
+                                "wanted / 2 END) WHERE key = ? AND holder = ?", (now, now, ok, retry, key, holder))
+
+    def adopt(self, holder: bytes, key: bytes, wanted: int, granted: int, now: int) -> None:
+        """A node this one never sent blocks under ``key`` granted a lease there with every block (a copy made
+        by repair): it is one of the key's holders from now on."""
+        self.db.execute("INSERT OR REPLACE INTO placed VALUES (?, ?, ?, ?, ?)",
+                        (key, holder, wanted, now + granted, now + granted - granted // 2))
+
+    def expired_between(self, since: int, now: int) -> set[bytes]:
+        """Keys with a lease that ran out (or was found lost) in ``(since, now]``."""
+        return {bytes(k) for (k,) in self.db.execute(
+            "SELECT DISTINCT key FROM placed WHERE expires > ? AND expires <= ?", (since, now))}
+
+    def short(self, keys: Iterable[bytes], now: int, replicas: int) -> dict[str, dict[bytes, list[bytes]]]:
+        """Those of ``keys`` that belong to a recorded file and have fewer than ``replicas`` holders under a
+        live lease: owner -> key -> the holders that still count."""
+        out: dict[str, dict[bytes, list[bytes]]] = {}
+        for key in keys:
+            row = self.db.execute("SELECT owner FROM owner_keys WHERE key = ? AND owner LIKE 'file:%' LIMIT 1",
+                                  (key,)).fetchone()
+            if row is None:
+                continue
+            live = [bytes(h) for (h,) in self.db.execute("SELECT holder FROM placed WHERE key = ? AND expires > ?",
+                                                         (key, now))]
+            if len(live) < replicas:
+                out.setdefault(row[0], {})[key] = live
+        return out
+
+    def prune(self, now: int) -> int:
+        """Forget holders whose lease on a key ran out a whole lease length ago (gone for good, or refusing
+        for that long): they are no longer asked. The rows forgotten."""
+        return self.db.execute("DELETE FROM placed WHERE expires <= ? - wanted", (now,)).rowcount
 
     def retry_at(self, holder: bytes, keys: Iterable[bytes], at: int) -> None:
         """The holder did not answer: ask again at ``at``."""

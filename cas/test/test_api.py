@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
 from cas import api
+from cas.base.cid import CID
 from cas.base.errors import CorruptBlock, DiskFull
 from cas.content.capability import ReadCap
 
@@ -614,6 +615,22 @@ class Routes(ApiTestCase):
         self.assertEqual(self.request("DELETE", "/v1/files/xyz").status, 400)
         forged = str(ReadCap(ReadCap.parse(k2).root, bytes(32)))
         self.assertEqual(self.request("DELETE", f"/v1/files/{forged}").status, 404, "the key must match, not just the id")
+
+    def test_health_of_a_file(self) -> None:
+        key = self.put(b"x" * 5000)
+        root = str(ReadCap.parse(key).root)
+        for name in (key, root):
+            r = self.request("GET", f"/v1/files/{name}/health")
+            self.assertEqual(r.status, 200)
+            h = r.json()
+            (n,) = self.node.index.db.execute("SELECT count(*) FROM refs WHERE owner = ?", (f"file:{root}",)).fetchone()
+            self.assertEqual((h["root"], h["blocks"], h["local_blocks"], h["lowest_replicas"]), (root, n, n, 0))
+            self.assertEqual(sum(k["blocks"] for k in h["keys"]), n)
+            self.assertEqual((h["keys"][0]["kind"], h["keys"][-1]["kind"]), ("manifest", "stripe"))
+            self.assertTrue(all(k["holders"] == [] and k["replicas"] == 0 for k in h["keys"]))
+        self.assertEqual(self.request("GET", "/v1/files/xyz/health").status, 400)
+        self.assertEqual(self.request("GET", f"/v1/files/{CID.of(b'nothing')}/health").json()["error"], "not_found")
+        self.assertEqual(self.request("GET", f"/v1/files/{key}/nope").status, 404)
 
     def test_status(self) -> None:
         self.put(b"x" * 50)

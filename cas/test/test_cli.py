@@ -424,6 +424,7 @@ class FakeNode:
         self.started = time.time()
         self.peer_table: Any = {"node_id": "n" * 62, "members": 0, "peers": []}
         self.replicas = (3, 3)  # (acknowledged, wanted) in the answer to a put
+        self.health: Any = {}  # the answer to GET /v1/files/KEY/health
         fake = self
 
         class Handler(FakeHandler):
@@ -584,6 +585,10 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                 node.answers.append(answer)
                 return self.send_json(200, answer)
             return self.error(405, "method_not_allowed", "use GET or POST")
+        m = re.fullmatch(r"/v1/files/([^/]+)/health", path)
+        if m:
+            record["health_of"] = m.group(1)
+            return self.send_json(200, node.health)
         m = re.fullmatch(r"/v1/files/([^/]+)", path)
         if not m:
             return self.error(404, "not_found", "no such route")
@@ -746,7 +751,8 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(self.node.requests[-1]["query"], {})
         self.fails(2, "put", "-", "--min-replicas", "65", stdin=b"z", fragments=("--min-replicas",))
 
-    SHORT = b"cas: stored here and on 1 of 3 peers; the rest will be placed when peers are available\n"
+    SHORT = (b"cas: stored here and on 1 of 3 peers; the rest will be placed when peers are available; "
+             b"see `cas status KEY`\n")
 
     def test_put_short_of_replicas_says_so_on_stderr(self) -> None:
         self.node.replicas = (1, 3)
@@ -1082,6 +1088,35 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIn("leases:    3 granted to other nodes here, 1 release waiting for delivery", out)
         status = json.loads(self.ok("status", "--json"))
         self.assertEqual((status["files"], status["storage"]["used"]), (1, 2048))
+
+    ROOT = str(CID.of(b"root"))
+    HEALTH = {"root": ROOT, "blocks": 3, "local_blocks": 3, "replicas_wanted": 3, "lowest_replicas": 2,
+              "asked": 7, "unreachable": ["u" * 62], "checked_at": 1_800_000_000, "keys": [
+                  {"kind": "manifest", "stripe": None, "cid": ROOT, "blocks": 1, "replicas": 3, "holders": [
+                      {"node_id": "h1", "blocks": 1, "leased": 1, "our_lease_expires": 1_800_000_000}]},
+                  {"kind": "stripe", "stripe": 0, "cid": None, "blocks": 2, "replicas": 2, "holders": [
+                      {"node_id": "h2", "blocks": 2, "leased": 2, "our_lease_expires": None}]}]}
+
+    def test_status_of_a_file(self) -> None:
+        self.node.health = self.HEALTH
+        key = self.node.add(b"x" * 10, "a")
+        out = self.ok("status", key).decode()
+        self.assertEqual(self.node.requests[-1]["health_of"], key)
+        self.assertEqual(out, (
+            "root:     " + self.ROOT + "\n"
+            "blocks:   3 (3 on this node)\n"
+            "replicas: 2 at the lowest, 3 wanted (nodes holding a block under a live lease)\n"
+            "asked:    7 node(s), 1 did not answer\n"
+            "manifest " + self.ROOT + ": 1 block(s), 3 replica(s) under lease\n"
+            "  h1  1 of 1, 1 under lease, our lease until 2027-01-15 08:00 UTC\n"
+            "stripe 0: 2 block(s), 2 replica(s) under lease\n"
+            "  h2  2 of 2, 2 under lease\n"))
+        self.assertEqual(json.loads(self.ok("status", "--json", "-", stdin=key.encode() + b"\n")), self.HEALTH)
+        root = self.ROOT
+        self.ok("status", root)
+        self.assertEqual(self.node.requests[-1]["health_of"], root)
+        self.fails(2, "status", "cas1nope", fragments=("wrong length",))
+        self.fails(2, "status", "b" + "a" * 58, fragments=("not a root id",))
 
     def test_rm(self) -> None:
         k1 = self.node.add(b"x" * 5000, "a")

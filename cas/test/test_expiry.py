@@ -47,7 +47,7 @@ class ExpiryTests(SynchronousTestCase):
         self.successResultOf(hold(node, A, block, lease=100))
         for _ in range(5):
             settle(node, 90)
-            self.assertEqual(node.lease(A, [KEY], 100), (100, [True]))
+            self.assertEqual(self.successResultOf(node.lease(A, [KEY], 100)), (100, [True], [True]))
         settle(node, 90)
         self.assertTrue(node.store.has(CID.of(block)))
         self.assertEqual(node.held_bytes(), 1000)

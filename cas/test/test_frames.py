@@ -77,9 +77,12 @@ VEC_PUT_BLOCK_2 = (
     "a363636964582401551e20ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
     "636b6579416b656c656173651a0028de80" "68656c6c6f"
 )
-# LEASE request, id 5, header {"keys": [b"k"], "time": 2678400}; its response {"time": 2678400, "granted": h'80'}
+# LEASE request, id 5, header {"keys": [b"k"], "time": 2678400}; its response
+# {"time": 2678400, "granted": h'80', "complete": h'80'}
 VEC_LEASE = "0000001b" "09" "00" "00000005" "0013" "a2646b65797381416b6474696d651a0028de80"
-VEC_LEASE_OK = "0000001d" "09" "01" "00000005" "0015" "a26474696d651a0028de80676772616e7465644180"
+VEC_LEASE_OK = (
+    "00000028" "09" "01" "00000005" "0020" "a36474696d651a0028de80676772616e746564418068636f6d706c6574654180"
+)
 # RELEASE request, id 6, header {"keys": [b"k"]}; its response {"released": h'80'}
 VEC_RELEASE = "00000011" "0a" "00" "00000006" "0009" "a1646b65797381416b"
 VEC_RELEASE_OK = "00000014" "0a" "01" "00000006" "000c" "a16872656c65617365644180"
@@ -90,7 +93,7 @@ VECTORS = [
     (VEC_PUT_BLOCK, Frame(PUT_BLOCK, 0, 3, {"cid": HELLO_CID}, b"hello")),
     (VEC_PUT_BLOCK_2, Frame(PUT_BLOCK, 0, 4, {"cid": HELLO_CID, "key": b"k", "lease": 2678400}, b"hello")),
     (VEC_LEASE, Frame(LEASE, 0, 5, {"keys": [b"k"], "time": 2678400})),
-    (VEC_LEASE_OK, Frame(LEASE, RESPONSE, 5, {"time": 2678400, "granted": b"\x80"})),
+    (VEC_LEASE_OK, Frame(LEASE, RESPONSE, 5, {"time": 2678400, "granted": b"\x80", "complete": b"\x80"})),
     (VEC_RELEASE, Frame(RELEASE, 0, 6, {"keys": [b"k"]})),
     (VEC_RELEASE_OK, Frame(RELEASE, RESPONSE, 6, {"released": b"\x80"})),
 ]

@@ -120,11 +120,22 @@ class LeaseReleaseTests(SynchronousTestCase):
     def test_lease_only_where_a_block_is_held(self) -> None:
         node = make_node(self)
         self.successResultOf(hold(node, A, os.urandom(10)))
-        granted, ok = node.lease(B, [KEY, KEY2], 10 * MAX_LEASE_TIME)
-        self.assertEqual((granted, ok), (MAX_LEASE_TIME, [True, False]))
+        granted, ok, complete = self.successResultOf(node.lease(B, [KEY, KEY2], 10 * MAX_LEASE_TIME))
+        self.assertEqual((granted, ok, complete), (MAX_LEASE_TIME, [True, False], [True, False]))
         self.assertEqual(node.index.leases.holders(KEY), [A, B])
         self.assertEqual(node.index.leases.holders(KEY2), [])
         check_accounting(self, node)
+
+    def test_a_renewal_says_whether_every_block_under_the_key_is_still_here(self) -> None:
+        node = make_node(self)
+        blocks = [os.urandom(10) for _ in range(3)]
+        for b in blocks:
+            self.successResultOf(hold(node, A, b))
+        self.successResultOf(hold(node, A, os.urandom(10), key=KEY2))
+        self.assertEqual(self.successResultOf(node.lease(A, [KEY, KEY2], 100))[2], [True, True])
+        os.remove(node.store._path(CID.of(blocks[1])))  # lost from the disk behind the index's back
+        granted, ok, complete = self.successResultOf(node.lease(A, [KEY, KEY2], 100))
+        self.assertEqual((ok, complete), ([True, True], [False, True]))
 
     def test_release_only_ones_own_lease(self) -> None:
         node = make_node(self)

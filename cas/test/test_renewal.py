@@ -4,17 +4,44 @@ go."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
+from cas.base.cid import CID
+from cas.network.placement import Rendezvous
+from cas.service import NodeService
+from cas.store.datadir import prepare
 from cas.store.placements import PROVISIONAL
 
 from .test_network import wait_for
 from .test_release import GC, _held_anywhere, copies, file_blocks
-from .test_replication import content, network, put
+from .test_replication import content, network, node_options, placed_blocks, put
+
+HOUR = 3600
+
+
+async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: float = 60.0) -> None:
+    """Move the nodes' lease clock ``seconds`` ahead in ``step``s, letting the network settle after each: every
+    renewal and top-up round that started has ended before the clock moves on."""
+    end = clock.seconds() + seconds
+    while clock.seconds() < end:
+        clock.advance(min(step, end - clock.seconds()))
+        await deferLater(reactor, 0, lambda: None)
+        for s in nodes:
+            for job in (s.renewer._running, s.topup._running):
+                if job is not None:
+                    await job
+
+
+def holders_of(nodes: list[NodeService], origin: NodeService, cid: CID, key: bytes) -> list[NodeService]:
+    """The nodes holding ``cid`` under ``key`` with the origin's lease on the key still live."""
+    me, now = origin.node.identity.node_id, origin.node.clock.seconds()
+    return [s for s in nodes if s.node.store.has(cid) and s.node.index.leases.has_block(key, cid)
+            and (s.node.index.leases.expiry(key, me) or 0) > now]
 
 
 class RenewalTests(TestCase):
@@ -55,3 +82,56 @@ class RenewalTests(TestCase):
             self.assertEqual(copies(nodes[1:], cids), 3 * len(cids))
         origin.renewer.stop()  # the uploader stops renewing (gone for good): the copies go with the leases
         await wait_for(lambda: _held_anywhere(nodes[1:]) == [], "the holders to collect unrenewed copies", 30)
+
+    async def test_a_holder_lost_for_good_is_replaced_and_nothing_is_collected_over_two_lease_times(self) -> None:
+        clock = Clock()
+        clock.advance(time.time())  # the lease clock starts at the wall time (uploads stamp their rows with it)
+        opts = {"gc_period": 30.0, "lease_time": HOUR, "clock": clock}
+        net, nodes = await network(self, 4, **opts)
+        origin, gone, survivors = nodes[0], nodes[1], nodes[2:]
+        path, _data = content(self, 3 * 64 * 1024)
+        stored = await put(origin, path)
+        self.assertEqual(stored.replicas, 3)
+        blocks = await placed_blocks(origin, stored)
+        keys = {k for _c, k in blocks}
+        await advance(clock, 60, nodes)  # the provisional leases become full ones
+        for cid, key in blocks:
+            self.assertEqual(len(holders_of(nodes[1:], origin, cid, key)), 3)
+        await net.kill(gone)
+        # A newcomer that outranks a surviving holder for one of the file's keys (ids are drawn until one does).
+        rank = Rendezvous()
+        for _ in range(100):
+            newcomer_path = self.mktemp()
+            datadir = prepare(newcomer_path)
+            me = datadir.identity().node_id
+            datadir.release()
+            if any(rank.rank(k, [me, *(s.node.identity.node_id for s in survivors)])[0] == me for k in keys):
+                break
+        newcomer = net.start(newcomer_path, bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options(**opts))
+        await wait_for(lambda: newcomer.node.identity.node_id in origin.peers.members(), "the newcomer to be a member")
+        live = [origin, *survivors, newcomer]
+        await advance(clock, 2 * HOUR + 10 * 60, live)
+        for cid, key in blocks:  # N copies under a live lease, the lost holder's replaced by the newcomer
+            self.assertEqual(sorted(s.node.node_id for s in holders_of(live[1:], origin, cid, key)),
+                             sorted(s.node.node_id for s in live[1:]), f"holders of {cid}")
+        for s in survivors:
+            self.assertEqual(s.node.expiry.collected_blocks, 0, "a renewed copy was collected")
+        self.assertGreater(origin.renewer.short, 0)
+
+    async def test_a_holder_that_lost_a_block_gets_it_back_at_its_next_renewal(self) -> None:
+        clock = Clock()
+        clock.advance(time.time())
+        _net, nodes = await network(self, 4, gc_period=30.0, lease_time=HOUR, clock=clock)
+        origin = nodes[0]
+        path, _data = content(self, 3 * 64 * 1024)
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        await advance(clock, 60, nodes)
+        holder = nodes[1]
+        cid, key = next((c, k) for c, k in blocks if holder.node.store.has(c))
+        os.remove(holder.node.store._path(cid))  # lost from its disk behind its index's back
+        self.assertNotIn(holder, holders_of(nodes[1:], origin, cid, key))
+        await advance(clock, HOUR, nodes)  # past the renewal at half the lease
+        self.assertTrue(holder.node.store.has(cid), "the lost block was not sent again")
+        for c, k in blocks:
+            self.assertEqual(len(holders_of(nodes[1:], origin, c, k)), 3)

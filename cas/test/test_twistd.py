@@ -120,7 +120,7 @@ class TwistdProcess(SynchronousTestCase):
         self.assertEqual(put.returncode, 0, put.stderr)
         self.assertTrue(put.stdout.startswith(b"cas1"), put.stdout)
         self.assertEqual(put.stderr, b"cas: stored here and on 0 of 3 peers; the rest will be placed when peers "
-                                     b"are available\n")
+                                     b"are available; see `cas status KEY`\n")
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
 
