@@ -1,5 +1,5 @@
 """A stored file's life on four real ``twistd -n cas`` processes with the default lease time and collection
-period: ``cas rm`` empties every holder's disk of the file within two minutes; an origin killed in the middle of
+period: ``cas status KEY --json`` confirms 3 replicas after a put; ``cas rm`` empties every holder's disk of the file within two minutes; an origin killed in the middle of
 a put has its orphans released from the holders within five minutes of its restart.
 
 Only operator interfaces are used: twistd options, the ``cas`` CLI, ``kill -9``, and the holders' block
@@ -52,6 +52,11 @@ class Lifecycle(SynchronousTestCase):
         self.assertEqual(put["replicas"], 3)
         held = [blocks_on_disk(n) for n in nodes[1:]]
         self.assertGreater(sum(held), 3 * 20)  # 20 data blocks and the manifests, 3 copies
+        for asker in (nodes[0], nodes[2]):  # 3 replicas under live leases, seen from the origin and from a holder
+            health = json.loads(cli(asker, "status", "--json", put["key"]).stdout)
+            self.assertEqual((health["lowest_replicas"], health["replicas_wanted"]), (3, 3))
+            self.assertEqual(health["blocks"], sum(held) // 3)
+            self.assertEqual(health["unreachable"], [])
         answer = json.loads(cli(nodes[0], "rm", "--json", put["key"]).stdout)
         self.assertEqual(len(answer["released_on"]), 3)
         self.assertEqual(answer["pending"], [])
