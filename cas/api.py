@@ -33,6 +33,7 @@ from cas.base.errors import (
     MalformedKey,
     MalformedManifest,
     OffsetMismatch,
+    PinRefused,
     RangeNotSatisfiable,
     SessionBusy,
     SessionNotFound,
@@ -642,6 +643,8 @@ class File(_JsonResource):
         except MalformedKey as e:
             return error(request, 400, e.code, str(e))
         rec = self.node.index.get(cap.root)
+        if rec is None and self.node.index.pinned(cap.root) is not None:
+            return error(request, 409, "pinned", "this node pinned this file but did not store it: use cas unpin")
         if rec is None or not hmac.compare_digest(rec.key, cap.key):
             return error(request, 404, "not_found", "the owner of this node has no file with this key")
         d = self.node.forget(cap.root)
@@ -705,6 +708,58 @@ class Health(_JsonResource):
         return server.NOT_DONE_YET
 
 
+class Pins(_Collection):
+    """``/v1/pins`` (list) and ``/v1/pins/KEY`` (pin, unpin): files of other nodes kept alive by this node's
+    leases (cas/node/pinning.py)."""
+
+    def item(self, path: bytes) -> resource.Resource:
+        return Pin(self.node, path)
+
+    def render_GET(self, request: server.Request) -> bytes:
+        return json_body(request, 200, self.node.pinned_files())
+
+
+class Pin(Health):
+    def render_GET(self, request: server.Request) -> bytes | int:
+        return error(request, 405, "method_not_allowed", "use POST or DELETE")
+
+    def render_POST(self, request: server.Request) -> bytes | int:
+        try:
+            root = parse_root(self.key)
+        except MalformedKey as e:
+            return error(request, 400, e.code, str(e))
+        local = (request.args.get(b"local") or [b"0"])[0]
+        if local not in (b"0", b"1"):
+            return error(request, 400, "bad_request", "local must be 0 or 1")
+        return self._answer(request, self.node.pin(root, local == b"1"), 201)
+
+    def render_DELETE(self, request: server.Request) -> bytes | int:
+        try:
+            root = parse_root(self.key)
+            d = self.node.unpin(root)
+        except (MalformedKey, FileNotFound) as e:
+            return error(request, 400 if isinstance(e, MalformedKey) else 404, e.code, str(e))
+        return self._answer(request, d, 200)
+
+    def _answer(self, request: server.Request, d: Any, status: int) -> int:
+        def done(answer: dict[str, Any]) -> None:
+            request.write(json_body(request, status, answer))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if f.check(PinRefused):
+                request.write(error(request, 409, f.value.code, f.getErrorMessage()))
+            elif f.check(BlockNotFound):
+                request.write(error(request, 404, "not_found", "no node could send this file's blocks"))
+            else:
+                log.failure("pinning failed", f)
+                request.write(error(request, 500, "internal", f"pinning failed: {f.getErrorMessage()}"))
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
 class Guard(resource.Resource):
     """Checks the bearer token (constant time) before handing the request on."""
 
@@ -759,6 +814,7 @@ class ApiSite(server.Site):
         v1.putChild(b"files", Files(node))
         v1.putChild(b"uploads", Uploads(node))
         v1.putChild(b"peers", Peers(node))
+        v1.putChild(b"pins", Pins(node))
         root = _Routes()
         root.putChild(b"v1", v1)
         super().__init__(Guard(token, root), timeout=IDLE_TIMEOUT, reactor=reactor)

@@ -52,7 +52,8 @@ class NodeService(service.Service):
         node.peers = self.peers
         self.topup = node.topup = TopUp(node, self.peers, node.placement, node.replicas, node.clock,
                                         deadline=node.block_deadline)
-        self.releaser = node.releaser = Releaser(node.index, self.peers, node.clock)
+        self.releaser = node.releaser = Releaser(node.index, self.peers, node.clock, me=node.identity.node_id,
+                                                 release_here=node.release)
         self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None

@@ -1,5 +1,6 @@
 """A stored file's life on four real ``twistd -n cas`` processes with the default lease time and collection
-period: ``cas status KEY --json`` confirms 3 replicas after a put; ``cas rm`` empties every holder's disk of the file within two minutes; an origin killed in the middle of
+period: ``cas status KEY --json`` confirms 3 replicas after a put; a pin by another node keeps every copy after
+the uploader's ``cas rm``, and ``cas unpin`` lets them go; ``cas rm`` empties every holder's disk of the file within two minutes; an origin killed in the middle of
 a put has its orphans released from the holders within five minutes of its restart.
 
 Only operator interfaces are used: twistd options, the ``cas`` CLI, ``kill -9``, and the holders' block
@@ -63,6 +64,26 @@ class Lifecycle(SynchronousTestCase):
         t0 = time.monotonic()
         eventually(lambda: all(blocks_on_disk(n) == 0 for n in nodes[1:]), "the holders to delete every copy", 120)
         print(f"\nreleased copies gone from every holder {time.monotonic() - t0:.0f} s after cas rm answered")
+
+    def test_a_pin_keeps_the_file_after_the_uploader_forgot_it(self) -> None:
+        nodes = self.network()
+        source = os.path.join(self.base, "file.bin")
+        make_file(source, 8 * MiB)
+        put = json.loads(cli(nodes[0], "put", "--quiet", "--json", "--min-replicas", "3", source).stdout)
+        pinned = json.loads(cli(nodes[3], "pin", "--json", put["key"]).stdout)
+        # 3 nodes besides the origin: each holds every block, the pinner too (it leases its copy to itself)
+        self.assertEqual(pinned["lowest_holders"], 3)
+        held = [blocks_on_disk(n) for n in nodes[1:]]
+        cli(nodes[0], "rm", put["key"])
+        time.sleep(75)  # past two collection periods (30 s): released copies would be gone by now
+        self.assertEqual([blocks_on_disk(n) for n in nodes[1:]], held)
+        out = os.path.join(self.base, "back.bin")
+        cli(nodes[3], "get", put["key"], "-o", out)
+        with open(source, "rb") as a, open(out, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertIn(pinned["root"], cli(nodes[3], "pins").stdout)
+        cli(nodes[3], "unpin", put["key"])
+        eventually(lambda: all(blocks_on_disk(n) == 0 for n in nodes[1:]), "the holders to drop unpinned copies", 120)
 
     def test_orphans_of_a_killed_put_go_within_five_minutes_of_the_restart(self) -> None:
         nodes = self.network()

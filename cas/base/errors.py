@@ -113,3 +113,15 @@ class SessionBusy(CasError):
     """A piece of this resumable upload is already being received."""
 
     code = "upload_busy"
+
+
+class PinRefused(CasError):
+    """A pin of a file this node stored itself (its leases are renewed already)."""
+
+    code = "stored_here"
+
+
+class Pinned(CasError):
+    """``cas rm`` of a file this node pinned but did not store: ``cas unpin`` is the way."""
+
+    code = "pinned"

@@ -507,3 +507,59 @@ def file_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> i
             print_out(f"  {printable(str(h.get('node_id')))}  {h.get('blocks')} of {k.get('blocks')}, "
                       f"{h.get('leased')} under lease{lease}")
     return EXIT_OK
+
+
+def cmd_pin(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    """``cas pin KEY|ROOT``: keep another node's file alive with this node's leases."""
+    key = read_key(args, allow_root=True)
+    answer = client_for().json("POST", f"v1/pins/{key}?local={int(args.local)}", ok=(200, 201))
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    if not isinstance(answer, dict):
+        raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
+    lowest = answer.get("lowest_holders")
+    print_out(f"pinned: {answer.get('blocks')} blocks under {answer.get('keys')} placement key(s), leases on "
+              f"{answer.get('holders')} node(s), {lowest} at the lowest per key"
+              + ("; a copy is kept on this node" if answer.get("local") else ""))
+    if lowest == 0:
+        print_err("no node granted a lease on some of the file's blocks: they are not kept by this pin"
+                  + ("" if answer.get("local") else " (cas pin --local keeps a copy here and places it again)"))
+    return EXIT_OK
+
+
+def cmd_unpin(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    key = read_key(args, allow_root=True)
+    answer = client_for().json("DELETE", f"v1/pins/{key}")
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    if not isinstance(answer, dict):
+        raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
+    released, pending = answer.get("released_on"), answer.get("pending")
+    line = f"unpinned: {size_or_q(answer.get('local_bytes_freed'))} freed here"
+    if isinstance(released, list) and released:
+        line += f"; released on {len(released)} holder(s)"
+    print_out(line)
+    if isinstance(pending, list) and pending:
+        print_err(f"{len(pending)} holder(s) did not answer: the release is queued and sent when they are back "
+                  "(their copies go when the lease ends at the latest)")
+    return EXIT_OK
+
+
+def cmd_pins(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    answer = client_for().json("GET", "v1/pins")
+    pins = answer.get("pins") if isinstance(answer, dict) else None
+    if not isinstance(pins, list):
+        raise CliError("the node's pin list is not in the expected form", EXIT_FAILED)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    rows = [(printable(str(p.get("root", "?"))), "local" if p.get("local") else "leases",
+             human_time(p["created"]) if isinstance(p.get("created"), int) else "?",
+             str(p.get("keys", "?")), str(p.get("holders", "?"))) for p in pins if isinstance(p, dict)]
+    if sys.stdout.isatty() and rows:
+        rows.insert(0, ("ROOT", "COPY", "PINNED", "KEYS", "HOLDERS"))
+    for row in rows:
+        print_out("  ".join(row))
+    return EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 from typing import NoReturn
 
 from cas.cli.client import DEFAULT_TIMEOUT
-from cas.cli.commands import cmd_get, cmd_ls, cmd_peers, cmd_put, cmd_rm, cmd_status
+from cas.cli.commands import cmd_get, cmd_ls, cmd_peers, cmd_pin, cmd_pins, cmd_put, cmd_rm, cmd_status, cmd_unpin
 from cas.cli.exits import EXIT_USAGE, CliError
 
 
@@ -110,6 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
     key_options(p)
     p.add_argument("--json", action="store_true", help="print the node's JSON answer")
     p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("pin", parents=[common], help="keep another node's file alive with this node's leases",
+                       description="Take this node's leases on every block of a file another node stored (KEY, or "
+                                   "ROOT: its root id is enough), so that its holders keep it after the uploader "
+                                   "forgot it or is gone; renewed like this node's own files.")
+    key_options(p)
+    p.add_argument("--local", action="store_true",
+                   help="also keep a copy of every block here (and place blocks again when holders are lost)")
+    p.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser("unpin", parents=[common], help="release a pin's leases (and its local copy)")
+    key_options(p)
+    p.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    p.set_defaults(func=cmd_unpin)
+
+    p = sub.add_parser("pins", parents=[common], help="list the files this node pins",
+                       description="One line per pin: root id, copy (local, or leases only), when pinned, placement "
+                                   "keys, holders under this node's leases.")
+    p.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    p.set_defaults(func=cmd_pins)
     return parser
 
 

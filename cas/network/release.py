@@ -29,8 +29,11 @@ TIMEOUT = 10.0  # seconds a holder has to answer a RELEASE
 
 
 class Releaser:
-    def __init__(self, index: Any, peers: Any, clock: Any, interval: float = INTERVAL, timeout: float = TIMEOUT) -> None:
+    def __init__(self, index: Any, peers: Any, clock: Any, interval: float = INTERVAL, timeout: float = TIMEOUT,
+                 me: bytes | None = None, release_here: Callable[[bytes, list[bytes]], Any] | None = None) -> None:
         self.index, self.peers, self.clock, self.interval, self.timeout = index, peers, clock, interval, timeout
+        # Leases this node holds on itself (a pin of a file whose blocks it holds) are released without the network.
+        self.me, self.release_here = me, release_here
         self._timer: Any = None
         self._unsubscribe: Callable[[], None] | None = None
         self._busy: set[bytes] = set()  # holders being sent releases now
@@ -78,7 +81,10 @@ class Releaser:
                 if not keys:
                     return True
                 try:
-                    await self.peers.request(holder, frames.RELEASE, {"keys": keys}, timeout=self.timeout)
+                    if holder == self.me and self.release_here is not None:
+                        self.release_here(holder, keys)
+                    else:
+                        await self.peers.request(holder, frames.RELEASE, {"keys": keys}, timeout=self.timeout)
                 except NotSupported:
                     log.info("node {h} speaks protocol version 1, which cannot release: {n} lease(s) there end "
                              "with its own lease time", h=short_node_id(holder), n=len(keys))

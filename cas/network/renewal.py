@@ -110,13 +110,27 @@ class Renewer:
             if short:
                 await self._place_again(short)
 
+    async def take(self, keys: list[bytes], wanted: int) -> None:
+        """Take leases of ``wanted`` seconds on ``keys`` wherever they are held among each key's first N +
+        ``RANK_SLACK`` in rank (a pin): the nodes that grant with every block are recorded as holders."""
+        now = int(self.clock.seconds())
+        members = [*self.peers.members(), self.node.identity.node_id]  # this node may hold blocks of the file
+        asks: dict[bytes, list[bytes]] = defaultdict(list)
+        extra: set[tuple[bytes, bytes]] = set()
+        for key in keys:
+            for m in self.node.placement.rank(key, members)[: max(self.node.replicas, 1) + RANK_SLACK]:
+                asks[m].append(key)
+                extra.add((m, key))
+        ds = [ensureDeferred(self._holder(m, wanted, ks, now, extra, set())) for m, ks in asks.items()]
+        await DeferredList(ds, consumeErrors=True)
+
     async def _holder(self, holder: bytes, wanted: int, keys: list[bytes], now: int,
                       extra: set[tuple[bytes, bytes]], lost: set[bytes]) -> None:
         for i in range(0, len(keys), MAX_KEYS):
             batch = keys[i:i + MAX_KEYS]
             mine = [k for k in batch if (holder, k) not in extra]
             try:
-                r = await self.peers.request(holder, frames.LEASE, {"keys": batch, "time": wanted}, timeout=TIMEOUT)
+                granted, bits, whole = await self._ask(holder, batch, wanted)
             except NotSupported:
                 log.info("node {h} speaks protocol version 1: it keeps our blocks for its own lease time",
                          h=short_node_id(holder))
@@ -126,12 +140,6 @@ class Renewer:
                 log.debug("renewing leases on {h} failed: {e}", h=short_node_id(holder), e=e)
                 self.index.retry_leases(holder, [k for k in keys[i:] if (holder, k) not in extra], now + RETRY)
                 return
-            granted = r.header.get("time")
-            bits = _bits(r.header.get("granted"), len(batch))
-            # "complete" is in every version-2 answer of this release; an answer without it counts as complete
-            whole = _bits(r.header["complete"], len(batch)) if "complete" in r.header else bits
-            if not isinstance(granted, int) or granted < 0:
-                granted, bits = 0, [False] * len(batch)
             outcome = [(k, ok, ok and full) for k, ok, full in zip(batch, bits, whole) if (holder, k) not in extra]
             adopted = [(k, wanted) for k, ok, full in zip(batch, bits, whole) if (holder, k) in extra and ok and full]
             self.index.renewed(holder, outcome, granted, now, RETRY, adopted)
@@ -142,11 +150,31 @@ class Renewer:
                 log.info("node {h} no longer holds every block under {n} of {m} key(s) it was asked to keep",
                          h=short_node_id(holder), n=len(bad), m=len(outcome))
 
+    async def _ask(self, holder: bytes, keys: list[bytes], wanted: int) -> tuple[int, list[bool], list[bool]]:
+        """(granted seconds, granted per key, complete per key) from ``holder``: this node itself (a pin of a
+        file whose blocks it holds for the uploader) answers without the network."""
+        if holder == self.node.identity.node_id:
+            granted, bits, whole = await self.node.lease(holder, keys, wanted)
+            return granted, bits, whole
+        r = await self.peers.request(holder, frames.LEASE, {"keys": keys, "time": wanted}, timeout=TIMEOUT)
+        granted = r.header.get("time")
+        bits = _bits(r.header.get("granted"), len(keys))
+        # "complete" is in every version-2 answer of this release; an answer without it counts as complete
+        whole = _bits(r.header["complete"], len(keys)) if "complete" in r.header else bits
+        if not isinstance(granted, int) or granted < 0:
+            granted, bits = 0, [False] * len(keys)
+        return granted, bits, whole
+
     async def _place_again(self, short: dict[str, dict[bytes, list[bytes]]]) -> None:
         """Give the blocks of keys short of holders to top-up, read from the local copy."""
         rows: list[Underplaced] = []
         for owner, keys in short.items():
-            root = CID.parse(owner.removeprefix("file:"))
+            kind, _, name = owner.partition(":")
+            root = CID.parse(name)
+            if kind == "pin" and not (self.index.pinned(root) or (False, 0))[0]:
+                log.info("{n} placement key(s) of a file pinned here have fewer than {r} holders; without a local copy "
+                         "(cas pin --local) this node cannot place them again", n=len(keys), r=self.node.replicas)
+                continue
             try:
                 blocks = await file_placement(root, lambda c: self.node.fetch_placed(c, manifest_key(c.to_bytes())))
             except Exception as e:

@@ -28,6 +28,7 @@ from cas.base.errors import (
     FileNotFound,
     NotInRank,
     OffsetMismatch,
+    Pinned,
     QuotaExceeded,
     SessionBusy,
     SessionNotFound,
@@ -43,6 +44,7 @@ from cas.network.health import file_health
 from cas.network.placement import RANK_SLACK, Rendezvous, manifest_key
 from cas.network.replication import BLOCK_DEADLINE, Replicator
 from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
+from cas.node import pinning
 from cas.node.download import Download, OpenFile, open_file
 from cas.node.upload import SESSION_TTL, StoredFile, Upload
 from cas.store.blockstore import DiskBlockStore
@@ -543,11 +545,29 @@ class Node:
         Fires with the answer of ``DELETE /v1/files/KEY``."""
         holders = self.index.forget(root, int(self.clock.seconds()) + self.lease_time)
         if holders is None:
+            if self.index.pinned(root) is not None:
+                raise Pinned("this node pinned this file but did not store it: use cas unpin")
             raise FileNotFound(f"no file with id {root} is stored by this node's owner")
+        return self._release(holders, {"forgotten": True})
+
+    def pin(self, root: CID, local: bool = False) -> Deferred[dict[str, Any]]:
+        """Keep a file of another node alive with this node's leases (cas/node/pinning.py)."""
+        return ensureDeferred(pinning.pin(self, root, local))
+
+    def unpin(self, root: CID) -> Deferred[dict[str, Any]]:
+        """Release a pin's leases and let its local copy be collected (FileNotFound if not pinned)."""
+        return self._release(pinning.unpin_holders(self, root), {"unpinned": True})
+
+    def pinned_files(self) -> dict[str, Any]:
+        """The answer of ``GET /v1/pins``."""
+        return pinning.pins(self)
+
+    def _release(self, holders: list[bytes], answer: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Collect what was freed here and release ``holders``' leases; ``answer`` with what happened."""
 
         def release(freed: CollectResult) -> Deferred[dict[str, Any]]:
-            answer: dict[str, Any] = {"forgotten": True, "blocks_freed": freed.blocks, "bytes_freed": freed.bytes,
-                                      "local_bytes_freed": freed.bytes, "released_on": [], "pending": []}
+            answer.update({"blocks_freed": freed.blocks, "bytes_freed": freed.bytes,
+                           "local_bytes_freed": freed.bytes, "released_on": [], "pending": []})
             if not holders:
                 return succeed(answer)
             if self.releaser is None:

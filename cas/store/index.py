@@ -79,6 +79,11 @@ CREATE TABLE IF NOT EXISTS session_links (
     count INTEGER NOT NULL,
     PRIMARY KEY (id, i)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pinned (
+    root TEXT PRIMARY KEY,
+    local INTEGER NOT NULL,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS underplaced (
     cid TEXT PRIMARY KEY,
     pkey BLOB NOT NULL,
@@ -220,6 +225,40 @@ class Index:
             self.db.execute("DELETE FROM refs WHERE owner = ?", (f"file:{root}",))
             holders = self._queue_releases(f"file:{root}", until) if cur.rowcount else []
         return holders if cur.rowcount else None
+
+    # -- pins: files of other nodes this node keeps leases on (cas/node/pinning.py) ------------------------------
+    def add_pin(self, root: CID, local: bool, now: int, keys: Iterable[bytes], cids: Iterable[CID] = ()) -> None:
+        """Pin a file: its placement keys become the pin's (owner ``pin:<root>``), and with a local copy its
+        blocks are referenced so that collection keeps them (they are fetched after this)."""
+        owner = f"pin:{root}"
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO pinned VALUES (?, ?, COALESCE((SELECT created FROM pinned WHERE "
+                            "root = ?), ?))", (str(root), int(local), str(root), now))
+            self.db.executemany("INSERT OR IGNORE INTO owner_keys VALUES (?, ?)", ((owner, k) for k in keys))
+            self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((owner, str(c)) for c in cids))
+
+    def pinned(self, root: CID) -> tuple[bool, int] | None:
+        """(local copy, created) of a pin, or None."""
+        row = self.db.execute("SELECT local, created FROM pinned WHERE root = ?", (str(root),)).fetchone()
+        return (bool(row[0]), int(row[1])) if row else None
+
+    def pins(self) -> list[tuple[str, bool, int, int, int]]:
+        """(root, local, created, keys, holders) of every pin, oldest first."""
+        rows = self.db.execute(
+            "SELECT p.root, p.local, p.created, (SELECT count(*) FROM owner_keys o WHERE o.owner = 'pin:' || p.root), "
+            "(SELECT count(DISTINCT pl.holder) FROM owner_keys o JOIN placed pl ON pl.key = o.key "
+            "WHERE o.owner = 'pin:' || p.root) FROM pinned p ORDER BY p.created, p.root")
+        return [(r, bool(loc), int(c), int(k), int(h)) for r, loc, c, k, h in rows]
+
+    def drop_pin(self, root: CID, until: int) -> list[bytes] | None:
+        """Unpin: the local copy's refs go, and the pin's leases are queued for release (until ``until``); the
+        holders queued, or None if the file is not pinned."""
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM pinned WHERE root = ?", (str(root),))
+            if not cur.rowcount:
+                return None
+            self.db.execute("DELETE FROM refs WHERE owner = ?", (f"pin:{root}",))
+            return self._queue_releases(f"pin:{root}", until)
 
     def _queue_releases(self, owner: str, until: int) -> list[bytes]:
         return self.placements.queue_releases(owner, until)

@@ -1,8 +1,9 @@
 """The uploading side's record of where its blocks went, what leases it holds there, and what it must release.
 
 - ``owner_keys``: the placement keys of each owner (``upload:<n>`` while an upload runs, ``session:<id>`` for a
-  resumable upload, ``file:<root>`` once recorded). A key belongs to one owner: salts are random per upload,
-  and a manifest key names a manifest of one file.
+  resumable upload, ``file:<root>`` once recorded, ``pin:<root>`` for a file of another node pinned here). A
+  key belongs to one owner: salts are random per upload, a manifest key names a manifest of one file, and a
+  node does not pin a file it stored.
 - ``placed``: per (key, holder), the lease this node holds or asked for there: ``wanted`` (its length:
   ``PROVISIONAL`` while the upload is not recorded, ``--lease-time`` after), ``expires`` (as granted, on this
   node's clock) and ``due`` (when to renew: half the length before the expiry). A row is written before the
@@ -125,12 +126,12 @@ class Placements:
             "SELECT DISTINCT key FROM placed WHERE expires > ? AND expires <= ?", (since, now))}
 
     def short(self, keys: Iterable[bytes], now: int, replicas: int) -> dict[str, dict[bytes, list[bytes]]]:
-        """Those of ``keys`` that belong to a recorded file and have fewer than ``replicas`` holders under a
-        live lease: owner -> key -> the holders that still count."""
+        """Those of ``keys`` that belong to a recorded file or a pin and have fewer than ``replicas`` holders
+        under a live lease: owner -> key -> the holders that still count."""
         out: dict[str, dict[bytes, list[bytes]]] = {}
         for key in keys:
-            row = self.db.execute("SELECT owner FROM owner_keys WHERE key = ? AND owner LIKE 'file:%' LIMIT 1",
-                                  (key,)).fetchone()
+            row = self.db.execute("SELECT owner FROM owner_keys WHERE key = ? AND (owner LIKE 'file:%' OR owner "
+                                  "LIKE 'pin:%') LIMIT 1", (key,)).fetchone()
             if row is None:
                 continue
             live = [bytes(h) for (h,) in self.db.execute("SELECT holder FROM placed WHERE key = ? AND expires > ?",

@@ -632,6 +632,26 @@ class Routes(ApiTestCase):
         self.assertEqual(self.request("GET", f"/v1/files/{CID.of(b'nothing')}/health").json()["error"], "not_found")
         self.assertEqual(self.request("GET", f"/v1/files/{key}/nope").status, 404)
 
+    def test_pins(self) -> None:
+        key = self.put(b"mine")
+        r = self.request("POST", f"/v1/pins/{key}")
+        self.assertEqual((r.status, r.json()["error"]), (409, "stored_here"))
+        self.assertEqual(self.request("POST", f"/v1/pins/{CID.of(b'nowhere')}").json()["error"], "not_found")
+        self.assertEqual(self.request("POST", f"/v1/pins/{key}?local=2").status, 400)
+        self.assertEqual(self.request("GET", "/v1/pins").json(), {"pins": []})
+        self.assertEqual(self.request("DELETE", f"/v1/pins/{CID.of(b'nowhere')}").status, 404)
+        # A file pinned here but stored by another node: rm says to unpin.
+        other = ReadCap(CID.of(b"other root"), bytes(32))
+        self.node.index.add_pin(other.root, False, 1_800_000_000, [b"k"])
+        r = self.request("DELETE", f"/v1/files/{other}")
+        self.assertEqual((r.status, r.json()["error"]), (409, "pinned"))
+        self.assertIn("cas unpin", r.json()["message"])
+        self.assertEqual(self.request("GET", "/v1/pins").json()["pins"],
+                         [{"root": str(other.root), "local": False, "created": 1_800_000_000, "keys": 1, "holders": 0}])
+        r = self.request("DELETE", f"/v1/pins/{other.root}")
+        self.assertEqual((r.status, r.json()["unpinned"]), (200, True))
+        self.assertEqual(self.request("GET", "/v1/pins").json(), {"pins": []})
+
     def test_status(self) -> None:
         self.put(b"x" * 50)
         s = self.request("GET", "/v1/status").json()

@@ -425,6 +425,8 @@ class FakeNode:
         self.peer_table: Any = {"node_id": "n" * 62, "members": 0, "peers": []}
         self.replicas = (3, 3)  # (acknowledged, wanted) in the answer to a put
         self.health: Any = {}  # the answer to GET /v1/files/KEY/health
+        self.pins: list[Any] = []  # the answer to GET /v1/pins
+        self.pin_lowest = 3
         fake = self
 
         class Handler(FakeHandler):
@@ -585,6 +587,16 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                 node.answers.append(answer)
                 return self.send_json(200, answer)
             return self.error(405, "method_not_allowed", "use GET or POST")
+        if path == "/v1/pins":
+            return self.send_json(200, {"pins": node.pins})
+        m = re.fullmatch(r"/v1/pins/([^/]+)", path)
+        if m:
+            record["pin_of"] = m.group(1)
+            if method == "POST":
+                return self.send_json(201, {"root": m.group(1), "pinned": True, "local": record["query"] == {
+                    "local": ["1"]}, "blocks": 6, "keys": 2, "lowest_holders": node.pin_lowest, "holders": 3})
+            return self.send_json(200, {"unpinned": True, "blocks_freed": 0, "bytes_freed": 0, "local_bytes_freed": 0,
+                                        "released_on": ["a", "b"], "pending": ["c"]})
         m = re.fullmatch(r"/v1/files/([^/]+)/health", path)
         if m:
             record["health_of"] = m.group(1)
@@ -1117,6 +1129,24 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(self.node.requests[-1]["health_of"], root)
         self.fails(2, "status", "cas1nope", fragments=("wrong length",))
         self.fails(2, "status", "b" + "a" * 58, fragments=("not a root id",))
+
+    def test_pin_unpin_pins(self) -> None:
+        root = str(CID.of(b"root"))
+        self.assertEqual(self.ok("pin", root), b"pinned: 6 blocks under 2 placement key(s), leases on 3 node(s), "
+                                               b"3 at the lowest per key\n")
+        self.assertEqual(self.node.requests[-1]["pin_of"], root)
+        self.assertEqual(self.node.requests[-1]["query"], {"local": ["0"]})
+        self.assertIn(b"a copy is kept on this node", self.ok("pin", "--local", root))
+        self.node.pin_lowest = 0
+        code, out, err = self.cas("pin", root)
+        self.assertEqual(code, 0)
+        self.assertIn(b"cas: no node granted a lease on some of the file's blocks", err)
+        code, out, err = self.cas("unpin", root)
+        self.assertEqual((code, out), (0, b"unpinned: 0 B freed here; released on 2 holder(s)\n"))
+        self.assertIn(b"1 holder(s) did not answer", err)
+        self.node.pins = [{"root": root, "local": True, "created": 1_800_000_000, "keys": 2, "holders": 3}]
+        self.assertEqual(self.ok("pins"), f"{root}  local  2027-01-15 08:00 UTC  2  3\n".encode())
+        self.assertEqual(json.loads(self.ok("pins", "--json")), {"pins": self.node.pins})
 
     def test_rm(self) -> None:
         k1 = self.node.add(b"x" * 5000, "a")
