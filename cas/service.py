@@ -14,6 +14,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from cas.api import make_site
+from cas.network.announce import Announcer
 from cas.network.release import Releaser
 from cas.network.renewal import Renewer
 from cas.network.replication import TopUp
@@ -55,6 +56,7 @@ class NodeService(service.Service):
         self.releaser = node.releaser = Releaser(node.index, self.peers, node.clock, me=node.identity.node_id,
                                                  release_here=node.release)
         self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
+        self.announcer = Announcer(node, self.peers, node.clock)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -132,6 +134,7 @@ class NodeService(service.Service):
             self.topup.start()
         self.releaser.start()
         self.renewer.start()
+        self.announcer.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -143,6 +146,7 @@ class NodeService(service.Service):
         self.topup.stop()
         self.releaser.stop()
         self.renewer.stop()
+        self.announcer.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

@@ -36,6 +36,7 @@ from cas.store.index import Underplaced
 log = Logger()
 
 MAX_KEYS = 1024  # keys per LEASE
+ANNOUNCE_BYTES = 48 << 10  # header bytes of a LEASE that announces block ids, about (a header is 64 KiB at most)
 INTERVAL = 60.0  # seconds between rounds
 RETRY = 300  # seconds before asking a holder that did not answer (or lacked blocks) again
 ROUND = 64 * MAX_KEYS  # (holder, key) rows per round at most
@@ -110,9 +111,11 @@ class Renewer:
             if short:
                 await self._place_again(short)
 
-    async def take(self, keys: list[bytes], wanted: int) -> None:
+    async def take(self, keys: list[bytes], wanted: int, announced: dict[bytes, list[CID]] | None = None) -> None:
         """Take leases of ``wanted`` seconds on ``keys`` wherever they are held among each key's first N +
-        ``RANK_SLACK`` in rank (a pin): the nodes that grant with every block are recorded as holders."""
+        ``RANK_SLACK`` in rank (a pin, or a file stored before leases): the nodes that grant with every block
+        are recorded as holders. ``announced``: per key, the blocks this node placed under it (sent along so
+        that holders move blocks it pushed without a key to it)."""
         now = int(self.clock.seconds())
         members = [*self.peers.members(), self.node.identity.node_id]  # this node may hold blocks of the file
         asks: dict[bytes, list[bytes]] = defaultdict(list)
@@ -121,16 +124,17 @@ class Renewer:
             for m in self.node.placement.rank(key, members)[: max(self.node.replicas, 1) + RANK_SLACK]:
                 asks[m].append(key)
                 extra.add((m, key))
-        ds = [ensureDeferred(self._holder(m, wanted, ks, now, extra, set())) for m, ks in asks.items()]
+        ds = [ensureDeferred(self._holder(m, wanted, ks, now, extra, set(), announced)) for m, ks in asks.items()]
         await DeferredList(ds, consumeErrors=True)
 
     async def _holder(self, holder: bytes, wanted: int, keys: list[bytes], now: int,
-                      extra: set[tuple[bytes, bytes]], lost: set[bytes]) -> None:
-        for i in range(0, len(keys), MAX_KEYS):
-            batch = keys[i:i + MAX_KEYS]
+                      extra: set[tuple[bytes, bytes]], lost: set[bytes],
+                      announced: dict[bytes, list[CID]] | None = None) -> None:
+        for i, batch in _batches(keys, announced):
             mine = [k for k in batch if (holder, k) not in extra]
             try:
-                granted, bits, whole = await self._ask(holder, batch, wanted)
+                granted, bits, whole = await self._ask(holder, batch, wanted,
+                                                       [announced.get(k, []) for k in batch] if announced else None)
             except NotSupported:
                 log.info("node {h} speaks protocol version 1: it keeps our blocks for its own lease time",
                          h=short_node_id(holder))
@@ -150,13 +154,17 @@ class Renewer:
                 log.info("node {h} no longer holds every block under {n} of {m} key(s) it was asked to keep",
                          h=short_node_id(holder), n=len(bad), m=len(outcome))
 
-    async def _ask(self, holder: bytes, keys: list[bytes], wanted: int) -> tuple[int, list[bool], list[bool]]:
+    async def _ask(self, holder: bytes, keys: list[bytes], wanted: int, cids: list[list[CID]] | None = None
+                   ) -> tuple[int, list[bool], list[bool]]:
         """(granted seconds, granted per key, complete per key) from ``holder``: this node itself (a pin of a
         file whose blocks it holds for the uploader) answers without the network."""
         if holder == self.node.identity.node_id:
-            granted, bits, whole = await self.node.lease(holder, keys, wanted)
+            granted, bits, whole = await self.node.lease(holder, keys, wanted, cids)
             return granted, bits, whole
-        r = await self.peers.request(holder, frames.LEASE, {"keys": keys, "time": wanted}, timeout=TIMEOUT)
+        header: dict[str, Any] = {"keys": keys, "time": wanted}
+        if cids is not None:
+            header["cids"] = [[c.to_bytes() for c in cs] for cs in cids]
+        r = await self.peers.request(holder, frames.LEASE, header, timeout=TIMEOUT)
         granted = r.header.get("time")
         bits = _bits(r.header.get("granted"), len(keys))
         # "complete" is in every version-2 answer of this release; an answer without it counts as complete
@@ -188,6 +196,24 @@ class Renewer:
             self.index.add_underplaced(rows)
             if self.node.topup is not None:
                 self.node.topup.kick()
+
+
+def _batches(keys: list[bytes], announced: dict[bytes, list[CID]] | None) -> list[tuple[int, list[bytes]]]:
+    """(start, keys) of the LEASE messages for ``keys``: at most ``MAX_KEYS`` each and, when block ids are
+    announced, about ``ANNOUNCE_BYTES`` of header (38 bytes per id, the key and 4 more per key)."""
+    out: list[tuple[int, list[bytes]]] = []
+    batch: list[bytes] = []
+    start, size = 0, 0
+    for i, k in enumerate(keys):
+        n = len(k) + 4 + 38 * len(announced.get(k, ())) if announced else 0
+        if batch and (len(batch) == MAX_KEYS or size + n > ANNOUNCE_BYTES):
+            out.append((start, batch))
+            start, batch, size = i, [], 0
+        batch.append(k)
+        size += n
+    if batch:
+        out.append((start, batch))
+    return out
 
 
 def _bits(value: Any, n: int) -> list[bool]:

@@ -42,7 +42,9 @@ class Peers(TypingProtocol):
     def put_block(
         self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = ..., key: bytes | None = None,
         lease: int | None = None,
-    ) -> Deferred[None]: ...
+    ) -> Deferred[bool]: ...
+
+    def version_of(self, node_id: bytes) -> int | None: ...
 
 
 @attrs.define
@@ -105,6 +107,10 @@ class Replicator:
             log.info("holder {h} dropped from this upload: {why}", h=short_node_id(holder), why=why)
 
 
+class NotLeased(Exception):
+    """A holder acknowledged a block without taking our lease on it (protocol version 1)."""
+
+
 class _Placing:
     """One block on its way to its holders. Methods, not nested closures: closures that call each other form
     reference cycles, and a cycle would keep the 1 MiB block alive until the cyclic collector happens to run."""
@@ -133,7 +139,10 @@ class _Placing:
             d.errback(Failure())
         d.addCallbacks(self._acked, self._failed, callbackArgs=(holder,), errbackArgs=(holder,))
 
-    def _acked(self, _: Any, holder: bytes) -> None:
+    def _acked(self, leased: Any, holder: bytes) -> None:
+        if leased is False:  # a node of protocol version 1: its copy cannot be leased, renewed or released
+            self._failed(Failure(NotLeased("speaks protocol version 1: its copies cannot be leased")), holder)
+            return
         self.open -= 1
         self.acked.append(holder)
         self._settle()
@@ -246,11 +255,15 @@ class TopUp:
                 for m in candidates[: need + 4]:
                     if need <= 0 or self._stopped:
                         break
+                    if self.peers.version_of(m) == 1:
+                        continue  # its copy could not be leased
                     try:
-                        await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key,
-                                                   lease=self.node.lease_time)
+                        leased = await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key,
+                                                            lease=self.node.lease_time)
                     except Exception as e:
                         log.debug("top-up of {cid} on {m} failed: {e}", cid=str(row.cid), m=short_node_id(m), e=e)
+                        continue
+                    if leased is False:
                         continue
                     holders.append(m)
                     need -= 1

@@ -354,11 +354,13 @@ class Node:
         (QuotaExceeded). Fires with False if the block was already here."""
         size = len(data)
         holder = bytes.fromhex(peer)
-        pkey = key if key is not None else legacy_key(holder)
+        # A node of protocol version 1 (no lease) cannot renew or release: what it pushes is kept under its
+        # legacy key, whatever key it named, and counts as no leased replica (until announced, announce.py).
+        pkey = key if key is not None and lease is not None else legacy_key(holder)
         expires = int(self.clock.seconds()) + min(lease if lease is not None else self.max_lease_time,
                                                      self.max_lease_time)
         try:
-            if key is not None:
+            if key is not None and lease is not None:
                 self._check_new_lease(holder, key)
             new = not self.index.leases.has_block(pkey, cid) and (pkey, cid) not in self._reserved
             if new:
@@ -439,13 +441,28 @@ class Node:
         if self.quota is not None and self.held_bytes() + size > self.quota:
             raise QuotaExceeded(f"this node holds {self.held_bytes()} bytes for others; its quota is {self.quota}")
 
-    def lease(self, holder: bytes, keys: list[bytes], seconds: int) -> Deferred[tuple[int, list[bool], list[bool]]]:
+    def lease(self, holder: bytes, keys: list[bytes], seconds: int, announced: list[list[CID]] | None = None
+              ) -> Deferred[tuple[int, list[bool], list[bool]]]:
         """``holder`` asks for (or renews) leases of ``seconds`` on ``keys``: granted (min(seconds,
         ``--max-lease-time``), the same for all) on each key this node holds a block under and may lease (as
         for PUT_BLOCK). Fires with (granted seconds, per key whether it was, per key whether every block held
-        under it is still in the store: checked on a worker, a stat per block)."""
+        under it is still in the store: checked on a worker, a stat per block). ``announced`` (an origin's first
+        LEASE for a file stored before leases): per key, the blocks it placed under it; those ``holder`` pushed
+        here without a key move to it first, where this node may lease the key."""
         granted = max(0, min(seconds, self.max_lease_time))
         book = self.index.leases
+        if announced:
+            now = int(self.clock.seconds())
+            allowed = []
+            for key, cids in zip(keys, announced):
+                try:
+                    if cids:
+                        self._check_new_lease(holder, key)
+                        allowed.append((key, cids))
+                except (NotInRank, QuotaExceeded):
+                    pass
+            if allowed:
+                self.index.attach_legacy(holder, allowed, now)
         ok = []
         for key in keys:
             try:

@@ -230,7 +230,7 @@ class PeerProtocol(Protocol):
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._hello_timer = self.clock.callLater(HELLO_TIMEOUT, self._hello_timeout)
         header = dict(self.host.hello())
-        header["versions"] = list(PROTOCOL_VERSIONS)
+        header["versions"] = list(getattr(self.host, "versions", PROTOCOL_VERSIONS))
         header["node_id"] = self.host.node_id
         header["nonce"] = self.nonce
         if self.remote_ip is not None:
@@ -430,9 +430,10 @@ class PeerProtocol(Protocol):
         if node_id == self.host.node_id:
             self._to_self = True
             raise FrameError("connected to ourselves")
-        common = set(versions) & set(PROTOCOL_VERSIONS)
+        ours = getattr(self.host, "versions", PROTOCOL_VERSIONS)  # a host may speak fewer (tests of old nodes)
+        common = set(versions) & set(ours)
         if not common:
-            self.close(f"no common protocol version (peer speaks {sorted(versions)[:8]}, we speak {list(PROTOCOL_VERSIONS)})")
+            self.close(f"no common protocol version (peer speaks {sorted(versions)[:8]}, we speak {list(ours)})")
             return
         nonce = h.get("nonce")
         if not isinstance(nonce, bytes) or len(nonce) != 8:

@@ -57,6 +57,7 @@ log = Logger()
 MAX_HAS = 1024
 MAX_KEY_SIZE = 128  # bytes of a placement key in PUT_BLOCK (cas's are 38 for a stripe, 51 for a manifest)
 MAX_LEASE_KEYS = 1024  # keys per LEASE or RELEASE
+MAX_ANNOUNCED = 2048  # block ids per LEASE that announces a file stored before leases (a 64 KiB header holds ~1,700)
 MAX_LEASE_SECONDS = 0xFFFFFFFF  # a lease asked for (a holder grants at most its --max-lease-time)
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
@@ -414,7 +415,8 @@ class PeerManager:
             lease = h.get("time")
             if not isinstance(lease, int) or not 0 < lease <= MAX_LEASE_SECONDS:
                 raise RemoteError(BAD_REQUEST, f"time must be an integer of 1 to {MAX_LEASE_SECONDS} seconds")
-            return self.node.lease(conn.peer_id, keys, lease).addCallback(
+            announced = _announced(h.get("cids"), len(keys))
+            return self.node.lease(conn.peer_id, keys, lease, announced).addCallback(
                 lambda r: Response({"time": r[0], "granted": bitmap(r[1]), "complete": bitmap(r[2])}, b""))
         if frame.type == frames.HAS:
             cids = h.get("cids")
@@ -725,16 +727,22 @@ class PeerManager:
     def put_block(
         self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = REQUEST_TIMEOUT,
         key: bytes | None = None, lease: int | None = None,
-    ) -> Deferred[None]:
-        """Place ``block`` on ``node_id`` under our lease of ``lease`` seconds on its placement ``key`` (a node
-        of protocol version 1 ignores the lease: it keeps blocks for its own --max-lease-time)."""
+    ) -> Deferred[bool]:
+        """Place ``block`` on ``node_id`` under our lease of ``lease`` seconds on its placement ``key``. Fires
+        with whether the copy is under our lease: False from a node of protocol version 1, which ignores the
+        lease and keeps blocks for its own --max-lease-time (such a copy is not a replica we can keep)."""
         header: dict[str, Any] = {"cid": cid.to_bytes()}
         if key is not None:
             header["key"] = key
         if lease is not None:
             header["lease"] = lease
         d = self.request(node_id, frames.PUT_BLOCK, header, block, timeout)
-        return d.addCallback(lambda _r: None)
+        return d.addCallback(lambda _r: self.version_of(node_id) != 1)
+
+    def version_of(self, node_id: bytes) -> int | None:
+        """The protocol version of the open connection to ``node_id`` (None without one)."""
+        c = self.connections.get(node_id)
+        return None if c is None else c.version
 
     def get_block(
         self, node_id: bytes, cid: CID, timeout: float = REQUEST_TIMEOUT, verify: bool = True,
@@ -893,6 +901,18 @@ def bitmap(flags: Sequence[bool]) -> bytes:
         if held:
             out[i // 8] |= 0x80 >> (i % 8)
     return bytes(out)
+
+
+def _announced(value: Any, n: int) -> list[list[CID]] | None:
+    """LEASE's optional ``cids``: per key, the ids of the blocks the sender placed under it (an origin announcing
+    a file stored before leases), at most ``MAX_ANNOUNCED`` in all."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, list) for v in value):
+        raise RemoteError(BAD_REQUEST, "cids must be a list of lists of block ids, one per key")
+    if sum(len(v) for v in value) > MAX_ANNOUNCED:
+        raise RemoteError(TOO_LARGE, f"at most {MAX_ANNOUNCED} block ids per LEASE")
+    return [[_cid(c) for c in v] for v in value]
 
 
 def unpack_bitmap(value: Any, n: int) -> list[bool]:

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import attrs
 
@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS session_links (
     cid TEXT NOT NULL,
     count INTEGER NOT NULL,
     PRIMARY KEY (id, i)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS announce (
+    root TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pinned (
     root TEXT PRIMARY KEY,
@@ -260,6 +263,19 @@ class Index:
             self.db.execute("DELETE FROM refs WHERE owner = ?", (f"pin:{root}",))
             return self._queue_releases(f"pin:{root}", until)
 
+    # -- files stored before leases (data-dir format < 3), to announce to their holders (cas/network/announce.py)
+    def to_announce(self, limit: int) -> list[CID]:
+        return [CID.parse(r) for (r,) in self.db.execute("SELECT root FROM announce ORDER BY root LIMIT ?", (limit,))]
+
+    def adopt_keys(self, root: CID, keys: Iterable[bytes]) -> None:
+        """The keys are the file's (its placements are recorded as holders grant leases)."""
+        with self._transaction():
+            self.db.executemany("INSERT OR IGNORE INTO owner_keys VALUES (?, ?)", ((f"file:{root}", k) for k in keys))
+
+    def announced(self, root: CID) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM announce WHERE root = ?", (str(root),))
+
     def _queue_releases(self, owner: str, until: int) -> list[bytes]:
         return self.placements.queue_releases(owner, until)
 
@@ -340,6 +356,11 @@ class Index:
                     "INSERT INTO holds (peer, cid, size, first, last, key) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last", (peer, str(cid), size, at, at, key))
                 self.leases.grant(key, bytes.fromhex(peer), expires)
+
+    def attach_legacy(self, sender: bytes, announced: Iterable[tuple[bytes, Sequence[CID]]], now: int) -> int:
+        """Move the blocks ``sender`` pushed without a key to the keys it now announces (LeaseBook.attach)."""
+        with self._transaction():
+            return sum(self.leases.attach(sender, key, cids, now) for key, cids in announced)
 
     def grant_leases(self, holder: bytes, keys: Iterable[bytes], expires: int) -> None:
         with self._transaction():
@@ -471,6 +492,10 @@ def add_leases(path: str, now: int, lease_time: int) -> str:
         db.execute("CREATE TABLE IF NOT EXISTS holds (peer TEXT NOT NULL, cid TEXT NOT NULL, size INTEGER NOT NULL, "
                    "first INTEGER NOT NULL, last INTEGER NOT NULL, key BLOB, PRIMARY KEY (peer, cid)) WITHOUT ROWID")
         n = grace_leases(db, now, lease_time)
+        # The files stored so far have no placements recorded: the node announces them to their holders.
+        db.execute("CREATE TABLE IF NOT EXISTS announce (root TEXT PRIMARY KEY) WITHOUT ROWID")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone():
+            db.execute("INSERT OR IGNORE INTO announce SELECT root FROM files")
         db.execute("COMMIT")
     finally:
         db.close()

@@ -124,13 +124,16 @@ class LeaseBook:
         return self.db.execute("SELECT 1 FROM holds WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
 
     def leased_blocks(self, cids: Sequence[CID], now: int) -> set[CID]:
-        """Those of ``cids`` held here under at least one lease that has not expired."""
+        """Those of ``cids`` held here under at least one lease that has not expired. Blocks under a legacy key
+        (pushed by a node of protocol version 1, or before leases and not announced since) do not count: their
+        lease cannot be renewed."""
         out: set[CID] = set()
         for i in range(0, len(cids), 500):
             chunk = [str(c) for c in cids[i:i + 500]]
             rows = self.db.execute(
                 f"SELECT DISTINCT h.cid FROM holds h JOIN leases l ON l.key = h.key WHERE h.cid IN "
-                f"({','.join('?' * len(chunk))}) AND l.expires > ?", (*chunk, now))
+                f"({','.join('?' * len(chunk))}) AND l.expires > ? AND substr(h.key, 1, ?) != ?",
+                (*chunk, now, len(LEGACY), LEGACY))
             out.update(CID.parse(c) for (c,) in rows)
         return out
 
@@ -152,6 +155,37 @@ class LeaseBook:
             self.leased_bytes += size
         for h in holders:
             self.peer_bytes[h] += size
+
+    def block_removed(self, key: bytes, size: int) -> None:
+        """A block is no longer under ``key`` (call before its ``holds`` row changes key)."""
+        self.db.execute("UPDATE held_keys SET bytes = bytes - ? WHERE key = ?", (size, key))
+        holders = self.holders(key)
+        if holders:
+            self.leased_bytes -= size
+        for h in holders:
+            self.peer_bytes[h] -= size
+
+    def attach(self, sender: bytes, key: bytes, cids: Sequence[CID], now: int) -> int:
+        """``sender`` (an origin of protocol version 2 announcing a file it stored before leases) names the
+        blocks it placed under ``key``: those it pushed here without a key (held under ``legacy_key(sender)``)
+        move to ``key``. A legacy key left empty loses its grace lease and rows. The blocks moved."""
+        legacy, peer, moved = legacy_key(sender), sender.hex(), 0
+        for cid in cids:
+            row = self.db.execute("SELECT size FROM holds WHERE peer = ? AND cid = ? AND key = ?",
+                                  (peer, str(cid), legacy)).fetchone()
+            if row is None:
+                continue
+            self.block_removed(legacy, int(row[0]))
+            if not self.has_block(key, cid):
+                self.block_added(key, int(row[0]))
+            self.db.execute("UPDATE holds SET key = ? WHERE peer = ? AND cid = ?", (key, peer, str(cid)))
+            moved += 1
+        if moved and not self.holds_key(legacy):
+            for h in self.holders(legacy):
+                self.drop(legacy, h, now)
+            self.db.execute("DELETE FROM held_keys WHERE key = ?", (legacy,))
+            self.db.execute("DELETE FROM unleased WHERE key = ?", (legacy,))
+        return moved
 
     def grant(self, key: bytes, holder: bytes, expires: int) -> None:
         """Add or renew (never shorten) ``holder``'s lease on ``key``."""

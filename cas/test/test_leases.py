@@ -32,9 +32,14 @@ def hold(node: Node, peer: bytes, block: bytes, key: bytes | None = KEY, lease: 
 def check_accounting(tc: SynchronousTestCase, node: Node) -> None:
     """The running figures equal those derived from the tables."""
     book = node.index.leases
-    running = (book.leased_bytes, dict(book.peer_bytes), dict(book.peer_keys))
+
+    def figures() -> tuple:
+        return (book.leased_bytes, {h: n for h, n in book.peer_bytes.items() if n}, dict(book.peer_keys),
+                book.db.execute("SELECT key, bytes FROM held_keys WHERE bytes != 0 ORDER BY key").fetchall())
+
+    running = figures()
     book.recount()
-    tc.assertEqual(running, (book.leased_bytes, dict(book.peer_bytes), dict(book.peer_keys)))
+    tc.assertEqual(running, figures())
 
 
 class HoldTests(SynchronousTestCase):
@@ -166,3 +171,15 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(LEASE_TIME, 31 * 86400)
         node: Any = make_node(self)
         self.assertEqual((node.lease_time, node.max_lease_time, node.max_leases), (LEASE_TIME, MAX_LEASE_TIME, 100_000))
+
+
+class LeasedBlocksTests(SynchronousTestCase):
+    def test_legacy_keys_do_not_count_as_leased(self) -> None:
+        node = make_node(self)
+        leased, legacy, expired = os.urandom(10), os.urandom(11), os.urandom(12)
+        self.successResultOf(hold(node, A, leased))
+        self.successResultOf(hold(node, A, legacy, key=legacy_key(A)))
+        self.successResultOf(hold(node, B, expired, key=KEY2, lease=5))
+        node.reactor.advance(10)
+        cids = [CID.of(b) for b in (leased, legacy, expired)]
+        self.assertEqual(node.index.leases.leased_blocks(cids, int(node.reactor.seconds())), {cids[0]})

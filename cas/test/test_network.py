@@ -73,6 +73,7 @@ class Net:
         s.topup.stop()
         s.releaser.stop()
         s.renewer.stop()
+        s.announcer.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():

@@ -549,7 +549,8 @@ class HoldBlockTests(SynchronousTestCase):
     answer), counted against the quota, pins always released."""
 
     def hold(self, node: Node, peer: str, cid: CID, block: bytes, key: bytes | None = None) -> Deferred[bool]:
-        d = node.hold_block(peer, cid, block, key)
+        """As a PUT_BLOCK: under a lease of 60 s on ``key``, or as a node of protocol version 1 without one."""
+        d = node.hold_block(peer, cid, block, key, 60 if key is not None else None)
         node.reactor.advance(0)  # the batched record commits on the next reactor turn
         return d
 
@@ -589,6 +590,19 @@ class HoldBlockTests(SynchronousTestCase):
         self.addCleanup(again.stop)
         self.assertTrue(again.store.has(cid))
         self.assertEqual(again.held_bytes(), 500)
+
+    def test_a_version_1_push_is_kept_under_the_senders_legacy_key(self) -> None:
+        from cas.store.leases import MAX_LEASE_TIME, legacy_key
+
+        node = make_node(self)
+        block = os.urandom(100)
+        d = node.hold_block(PEER, CID.of(block), block, b"k" * 38, None)  # a key, no lease: version 1
+        node.reactor.advance(0)
+        self.successResultOf(d)
+        legacy = legacy_key(bytes.fromhex(PEER))
+        self.assertEqual(node.index.hold_keys(CID.of(block)), {legacy})
+        self.assertEqual(node.index.leases.expiry(legacy, bytes.fromhex(PEER)), int(node.reactor.seconds()) + MAX_LEASE_TIME)
+        self.assertEqual(node.index.leases.leased_blocks([CID.of(block)], int(node.reactor.seconds())), set())
 
     def test_quota(self) -> None:
         node = make_node(self, quota=2500)

@@ -112,6 +112,11 @@ class ReleaseTests(TestCase):
         self.assertEqual((r.header["time"], r.header["granted"]), (60, b"\x80"))
         r = await c.peers.request(b_id, frames.RELEASE, {"keys": [key]})
         self.assertEqual(r.header["released"], b"\x80")
+        # announced block ids (LEASE cids): one list per key, of block ids
+        for cids, why in (([], "one per key"), ([b"x"], "one per key"), ([[b"x"]], "not a cas block id")):
+            with self.assertRaises(RemoteError) as e:
+                await c.peers.request(b_id, frames.LEASE, {"keys": [key], "time": 60, "cids": cids})
+            self.assertIn(why, str(e.exception))
         # a version-2 PUT_BLOCK without a lease is refused; so is a key in this node's own legacy space
         block = b"unleased block"
         for header, why in (({"cid": CID.of(block).to_bytes(), "key": key}, "needs a key and a lease"),

@@ -135,3 +135,25 @@ class RenewalTests(TestCase):
         self.assertTrue(holder.node.store.has(cid), "the lost block was not sent again")
         for c, k in blocks:
             self.assertEqual(len(holders_of(nodes[1:], origin, c, k)), 3)
+
+
+class BatchTests(TestCase):
+    def test_announcing_leases_fit_a_header(self) -> None:
+        from cas.base.cid import CID as C
+        from cas.network.placement import manifest_key, stripe_key
+        from cas.network.renewal import MAX_KEYS, _batches
+        from cas.peer import frames
+        from cas.peer.frames import Frame, encode
+
+        stripes = [stripe_key(b"s" * 16, i) for i in range(100)]
+        manifests = [manifest_key(C.of(b"%d" % i).to_bytes()) for i in range(2000)]
+        announced = {k: [C.of(k + b"%d" % j) for j in range(64)] for k in stripes}
+        announced.update({k: [C.of(k)] for k in manifests})
+        keys = stripes + manifests
+        batches = _batches(keys, announced)
+        self.assertEqual([k for _i, b in batches for k in b], keys)
+        for start, batch in batches:
+            self.assertEqual(keys[start:start + len(batch)], batch)
+            header = {"keys": batch, "time": 1, "cids": [[c.to_bytes() for c in announced[k]] for k in batch]}
+            encode(Frame(frames.LEASE, 0, 1, header))  # raises past the 64 KiB header limit
+        self.assertEqual([len(b) for _i, b in _batches(manifests * 2, None)], [MAX_KEYS] * 3 + [4000 - 3 * MAX_KEYS])

@@ -337,6 +337,33 @@ async def put_with_salt(s: NodeService, path: str, salt: bytes) -> StoredFile:
     return await up.finish()
 
 
+class OldHolderTests(TestCase):
+    timeout = 60
+
+    async def test_a_version_1_holder_is_not_counted_as_a_replica(self) -> None:
+        """A node of protocol version 1 keeps what it is sent for its own --max-lease-time and cannot be renewed
+        or released: the upload replaces it by the next in rank and counts only leased copies."""
+        net = Net(self)
+        origin = net.start(**node_options())
+        old = net.start(bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options())
+        old.peers.versions = (1,)  # an old release (set before its first connection completes its HELLO)
+        others = [net.start(bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options()) for _ in range(2)]
+        nodes = [origin, old, *others]
+        everyone = ids(nodes)
+        await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
+        self.assertEqual(origin.peers.version_of(old.node.identity.node_id), 1)
+        path, data = content(self, 3 * SEG)
+        stored = await put(origin, path)
+        self.assertEqual(stored.replicas, 2)  # 3 nodes besides the origin, one of them old
+        blocks = await placed_blocks(origin, stored)
+        # It was asked (3 candidates), acknowledged without the lease, and was dropped from the upload ...
+        self.assertTrue(any(old.node.store.has(c) for c, _k in blocks))
+        health = await origin.node.health(stored.cap.root)
+        self.assertEqual(health["lowest_replicas"], 2)  # ... but its copies are under no lease of the origin
+        self.assertEqual(await get(others[0], stored), data)
+
+
+
 class TopUpTests(TestCase):
     timeout = 120
 
@@ -780,6 +807,9 @@ class TopUpStopTests(SynchronousTestCase):
 
             def subscribe(self, cb: Any) -> Any:
                 return lambda: None
+
+            def version_of(self, node_id: bytes) -> int:
+                return 2
 
             def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0, key: Any = None,
                           lease: Any = None) -> Deferred[None]:
