@@ -1,6 +1,7 @@
 """Keeping this node's leases on its holders, and its files' blocks on enough of them.
 
-Every ``placed`` row (cas/store/placements.py) says when its lease is due: half its length before it expires.
+Every ``placed`` row (cas/store/placements.py) says when its lease is due: half-way through it, less a random
+eighth (``renew_after``), so that leases taken together do not stay due together.
 Each round (every ``INTERVAL`` s, and at once when a file is recorded) the ``Renewer`` sends a ``LEASE`` per
 node for the keys due, at most ``MAX_KEYS`` per message and as many messages as needed, asking for the row's
 length: ``PROVISIONAL`` (1 h) for the blocks of an upload or upload session not recorded yet, ``--lease-time``

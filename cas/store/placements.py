@@ -17,6 +17,7 @@ say otherwise.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections.abc import Iterable
 
@@ -48,6 +49,12 @@ CREATE TABLE IF NOT EXISTS releases (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS releases_by_until ON releases (until);
 """
+
+
+def renew_after(granted: int) -> int:
+    """When a lease of ``granted`` seconds is renewed: half-way, less a random eighth, so that the leases of
+    files stored together (one upload, one announce) are not all due in the same round again."""
+    return granted // 2 - random.randrange(granted // 8 + 1)
 
 
 class Placements:
@@ -109,7 +116,7 @@ class Placements:
         for key, ok, complete in outcome:
             if ok and complete:
                 self.db.execute("UPDATE placed SET expires = ?, due = ? WHERE key = ? AND holder = ?",
-                                (now + granted, now + granted - granted // 2, key, holder))
+                                (now + granted, now + renew_after(granted), key, holder))
             else:
                 self.db.execute("UPDATE placed SET expires = min(expires, ?), due = ? + (CASE WHEN ? THEN ? ELSE "
                                 "wanted / 2 END) WHERE key = ? AND holder = ?", (now, now, ok, retry, key, holder))
@@ -118,7 +125,7 @@ class Placements:
         """A node this one never sent blocks under ``key`` granted a lease there with every block (a copy made
         by repair): it is one of the key's holders from now on."""
         self.db.execute("INSERT OR REPLACE INTO placed VALUES (?, ?, ?, ?, ?)",
-                        (key, holder, wanted, now + granted, now + granted - granted // 2))
+                        (key, holder, wanted, now + granted, now + renew_after(granted)))
 
     def expired_between(self, since: int, now: int) -> set[bytes]:
         """Keys with a lease that ran out (or was found lost) in ``(since, now]``."""

@@ -157,3 +157,13 @@ class BatchTests(TestCase):
             header = {"keys": batch, "time": 1, "cids": [[c.to_bytes() for c in announced[k]] for k in batch]}
             encode(Frame(frames.LEASE, 0, 1, header))  # raises past the 64 KiB header limit
         self.assertEqual([len(b) for _i, b in _batches(manifests * 2, None)], [MAX_KEYS] * 3 + [4000 - 3 * MAX_KEYS])
+
+
+class RenewAfterTests(TestCase):
+    def test_renewals_are_spread_over_the_last_eighth_before_half_way(self) -> None:
+        from cas.store.placements import renew_after
+
+        lease = 31 * 86400
+        seen = {renew_after(lease) for _ in range(200)}
+        self.assertTrue(all(lease // 2 - lease // 8 <= s <= lease // 2 for s in seen))
+        self.assertGreater(len(seen), 100)
