@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+from typing import Any
 
 from twisted.internet import task
 from twisted.internet.abstract import FileDescriptor
@@ -442,7 +443,7 @@ class ResumableUpload(ApiTestCase):
         self.assertEqual((body["offset"], body["name"], body["segment_size"]), (0, name, SEG))
         return body["id"]
 
-    def piece(self, sid: str, data: bytes, start: int, total: int | str) -> api.Any:
+    def piece(self, sid: str, data: bytes, start: int, total: int | str) -> Any:
         end = start + len(data) - 1
         return self.request("PUT", f"/v1/uploads/{sid}", data, {"Content-Range": f"bytes {start}-{end}/{total}"})
 
