@@ -437,6 +437,8 @@ class UpgradeTests(SynchronousTestCase):
         node.download(opened[0]).start(sink).addBoth(done.append)
         self.assertEqual(sink.data, b"cas format-1 fixture: a small file stored by its owner.\n" * 100)
         self.assertEqual((opened[0].metadata.name, opened[0].metadata.content_type), ("fixture.txt", "text/plain"))
+        # the owner's file, stored before leases, waits to be announced to its holders (cas/network/announce.py)
+        self.assertEqual(node.index.to_announce(10), [cap.root])
 
     def test_a_crash_before_the_version_file_is_harmless(self) -> None:
         """The step ran, the version file was not written: the next start runs it again, changing nothing."""
