@@ -17,6 +17,7 @@ from cas.api import make_site
 from cas.network.announce import Announcer
 from cas.network.release import Releaser
 from cas.network.renewal import Renewer
+from cas.network.repair import Repairer
 from cas.network.replication import TopUp
 from cas.node.core import Node
 from cas.peer.advertise import Advertiser
@@ -57,6 +58,7 @@ class NodeService(service.Service):
                                                  release_here=node.release)
         self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
         self.announcer = Announcer(node, self.peers, node.clock)
+        self.repairer = node.repairer = Repairer(node, self.peers, node.clock, node.repair_after, node.repair_rate)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -135,6 +137,7 @@ class NodeService(service.Service):
         self.releaser.start()
         self.renewer.start()
         self.announcer.start()
+        self.repairer.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -147,6 +150,7 @@ class NodeService(service.Service):
         self.releaser.stop()
         self.renewer.stop()
         self.announcer.stop()
+        self.repairer.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

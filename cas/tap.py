@@ -47,7 +47,8 @@ def parse_duration(text: str) -> int:
 class Options(usage.Options):
     synopsis = (
         "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] [--quota SIZE] "
-        "[--buffer-budget SIZE] [--lease-time DURATION] [--max-lease-time DURATION] "
+        "[--buffer-budget SIZE] [--lease-time DURATION] [--max-lease-time DURATION] [--repair-after DURATION] "
+        "[--repair-rate SIZE] "
         "[--replicas N] [--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
     )
     longdesc = (
@@ -66,6 +67,8 @@ class Options(usage.Options):
         ["gossip-interval", None, 5.0, "Seconds between gossip rounds (jittered by +-25%).", float],
         ["lease-time", None, "31d", "How long holders are asked to keep this node's blocks (renewed before it ends)."],
         ["max-lease-time", None, "62d", "The longest lease this node grants others on the blocks it holds."],
+        ["repair-after", None, "10m", "How long a peer is dead before the copies it held are replaced."],
+        ["repair-rate", None, "20M", "Bytes per second repair may send at most (e.g. 20M)."],
     ]
 
     def __init__(self) -> None:
@@ -116,11 +119,13 @@ class Options(usage.Options):
                 endpoints.serverFromString(reactor, self[name])
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}") from None
-        for name in ("storage-limit", "quota", "buffer-budget"):
+        for name in ("storage-limit", "quota", "buffer-budget", "repair-rate"):
             if self[name] is not None:
                 self[name] = parse_size(self[name])
-        for name in ("lease-time", "max-lease-time"):
+        for name in ("lease-time", "max-lease-time", "repair-after"):
             self[name] = parse_duration(self[name])
+        if self["repair-rate"] < 64 << 10:
+            raise usage.UsageError("--repair-rate must be at least 64K (bytes per second)")
         if self["buffer-budget"] < 4 << 20:
             raise usage.UsageError("--buffer-budget must be at least 4M")
         if not 0 <= self["replicas"] <= 16:
@@ -139,7 +144,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         datadir = prepare(options["data-dir"], lease_time=options["lease-time"])
         node = Node(datadir, reactor, storage_limit=options["storage-limit"], replicas=options["replicas"],
                     quota=options["quota"], buffer_budget=options["buffer-budget"], lease_time=options["lease-time"],
-                    max_lease_time=options["max-lease-time"], monotonic=time.monotonic)
+                    max_lease_time=options["max-lease-time"], repair_after=options["repair-after"],
+                    repair_rate=options["repair-rate"], monotonic=time.monotonic)
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
     settings = PeerSettings(gossip_interval=options["gossip-interval"])

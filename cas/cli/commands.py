@@ -415,6 +415,10 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
     lines += [("free", size(storage.get("free"))), ("limit", size(storage.get("limit"))),
               ("quota", size(storage.get("quota")))]
     leases = answer.get("leases") if isinstance(answer.get("leases"), dict) else {}
+    repair = answer.get("repair") if isinstance(answer.get("repair"), dict) else {}
+    if all(isinstance(repair.get(k), int) for k in ("queued", "blocks_sent", "bytes_sent")):
+        lines.append(("repair", f"{repair['queued']} key(s) queued, {repair['blocks_sent']} block(s) "
+                                f"({human_size(repair['bytes_sent'])}) sent to other nodes since start"))
     if isinstance(leases.get("granted"), int) and isinstance(leases.get("releases_pending"), int):
         pending = leases["releases_pending"]
         lines.append(("leases", f"{leases['granted']} granted to other nodes here, "

@@ -41,7 +41,7 @@ class Peers(TypingProtocol):
 
     def put_block(
         self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = ..., key: bytes | None = None,
-        lease: int | None = None,
+        lease: int | None = None, origin: bytes | None = None, n: int | None = None,
     ) -> Deferred[bool]: ...
 
     def version_of(self, node_id: bytes) -> int | None: ...
@@ -133,7 +133,7 @@ class _Placing:
         self.open += 1
         try:
             d = self.r.peers.put_block(holder, self.cid, self.block, timeout=self.r.deadline, key=self.k.key,
-                                       lease=self.r.lease)
+                                       lease=self.r.lease, origin=self.r.peers.node_id, n=self.r.replicas)
         except Exception:
             d = Deferred()
             d.errback(Failure())
@@ -259,7 +259,8 @@ class TopUp:
                         continue  # its copy could not be leased
                     try:
                         leased = await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key,
-                                                            lease=self.node.lease_time)
+                                                            lease=self.node.lease_time, origin=self.node.identity.node_id,
+                                                            n=max(1, self.replicas))
                     except Exception as e:
                         log.debug("top-up of {cid} on {m} failed: {e}", cid=str(row.cid), m=short_node_id(m), e=e)
                         continue

@@ -42,6 +42,7 @@ from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name, is_manifes
 from cas.content.verify import VerifyReport, verify_file
 from cas.network.health import file_health
 from cas.network.placement import RANK_SLACK, Rendezvous, manifest_key
+from cas.network.repair import REPAIR_AFTER, REPAIR_RATE
 from cas.network.replication import BLOCK_DEADLINE, Replicator
 from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
 from cas.node import pinning
@@ -88,6 +89,8 @@ class Node:
         gc_period: float = GC_PERIOD,
         monotonic: Callable[[], float] | None = None,
         clock: IReactorTime | None = None,
+        repair_after: float = REPAIR_AFTER,
+        repair_rate: int = REPAIR_RATE,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
@@ -127,9 +130,12 @@ class Node:
         self.releaser: Any = None  # the Releaser, set by the service with the peers
         self.renewer: Any = None  # the Renewer, set by the service with the peers
         self.topup: Any = None  # the TopUp, set by the service with the peers
+        self.repairer: Any = None  # the Repairer, set by the service with the peers
+        self.repair_after, self.repair_rate = repair_after, repair_rate  # cas/network/repair.py
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
         self._hold_batch: list[tuple[tuple[str, CID, int, int, bytes, int], Deferred[None]]] = []
+        self._hold_info: list[tuple[bytes, bytes | None, int | None, list[tuple[bytes, int]]]] = []
         self._active_sessions: set[str] = set()  # upload sessions with a piece being received
 
     @property
@@ -343,6 +349,7 @@ class Node:
 
     def hold_block(
         self, peer: str, cid: CID, data: bytes | memoryview, key: bytes | None = None, lease: int | None = None,
+        origin: bytes | None = None, n: int | None = None, carried: list[tuple[bytes, int]] | None = None,
     ) -> Deferred[bool]:
         """Store a block the node ``peer`` (hex id) sent, under its lease on placement ``key``: checked against its
         id, written durably, and recorded with the lease (min(``lease``, ``--max-lease-time``) seconds from now)
@@ -386,6 +393,10 @@ class Node:
             if not self._hold_batch:
                 self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
             self._hold_batch.append(((peer, cid, size, int(self.clock.seconds()), pkey, expires), d))
+            if pkey == key and (origin is not None or carried):
+                now = int(self.clock.seconds())
+                self._hold_info.append((key, origin, n, [(h, now + min(t, self.max_lease_time))
+                                                         for h, t in carried or ()]))
 
             def unpin(result: Any) -> Any:
                 self.pins.release([cid])  # recorded (or not): the pin has done its work either way
@@ -484,8 +495,9 @@ class Node:
     def _commit_holds(self) -> None:
         """Record every hold queued in this reactor turn in one transaction, then acknowledge them."""
         batch, self._hold_batch = self._hold_batch, []
+        info, self._hold_info = self._hold_info, []
         try:
-            self.index.record_holds(row for row, _d in batch)
+            self.index.record_holds((row for row, _d in batch), info)
         except Exception:
             f = Failure()
             for _row, d in batch:
@@ -633,5 +645,6 @@ class Node:
                         "awaiting_collection": max(0, held_all - leased)},
             "files": self.index.count(),
             "leases": {"granted": self.index.leases.count(), "releases_pending": self.index.count_releases()},
+            "repair": self.repairer.status() if self.repairer is not None else None,
         }
 

@@ -57,6 +57,8 @@ log = Logger()
 MAX_HAS = 1024
 MAX_KEY_SIZE = 128  # bytes of a placement key in PUT_BLOCK (cas's are 38 for a stripe, 51 for a manifest)
 MAX_LEASE_KEYS = 1024  # keys per LEASE or RELEASE
+MAX_CARRIED = 16  # leases a repair PUT_BLOCK carries at most
+MAX_N = 16  # copies a file may want (--replicas is 0 to 16)
 MAX_ANNOUNCED = 2048  # block ids per LEASE that announces a file stored before leases (a 64 KiB header holds ~1,700)
 MAX_LEASE_SECONDS = 0xFFFFFFFF  # a lease asked for (a holder grants at most its --max-lease-time)
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
@@ -398,7 +400,8 @@ class PeerManager:
                     raise RemoteError(BAD_REQUEST, f"lease must be an integer of 1 to {MAX_LEASE_SECONDS} seconds")
             else:
                 lease = None
-            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload, key, lease)
+            origin, n, carried = _placement_info(h) if conn.version >= 2 else (None, None, [])
+            d = self.node.hold_block(conn.peer_id.hex(), cid, frame.payload, key, lease, origin, n, carried)
             d.addCallbacks(lambda _stored: Response({}, b""), _block_error, errbackArgs=(True,))
             return d
         if frame.type in (frames.LEASE, frames.RELEASE):
@@ -726,7 +729,8 @@ class PeerManager:
 
     def put_block(
         self, node_id: bytes, cid: CID, block: bytes | memoryview, timeout: float = REQUEST_TIMEOUT,
-        key: bytes | None = None, lease: int | None = None,
+        key: bytes | None = None, lease: int | None = None, origin: bytes | None = None, n: int | None = None,
+        leases: list[tuple[bytes, int]] | None = None,
     ) -> Deferred[bool]:
         """Place ``block`` on ``node_id`` under our lease of ``lease`` seconds on its placement ``key``. Fires
         with whether the copy is under our lease: False from a node of protocol version 1, which ignores the
@@ -736,6 +740,10 @@ class PeerManager:
             header["key"] = key
         if lease is not None:
             header["lease"] = lease
+        if origin is not None and n is not None:  # who uploaded the file and how many copies it wants (repair)
+            header["origin"], header["n"] = origin, n
+        if leases:  # the leases a repairer knows on the key, carried to the new copy
+            header["leases"] = [[h, t] for h, t in leases[:MAX_CARRIED]]
         d = self.request(node_id, frames.PUT_BLOCK, header, block, timeout)
         return d.addCallback(lambda _r: self.version_of(node_id) != 1)
 
@@ -792,6 +800,13 @@ class PeerManager:
     # -- membership ----------------------------------------------------------------------------------------
     def members(self) -> list[bytes]:
         return sorted(e.node_id for e in self.table.members(self.wall()))
+
+    def dead_for(self) -> dict[bytes, float]:
+        """Peers found dead, and for how many seconds (the repairer waits ``--repair-after`` before it replaces
+        their copies)."""
+        now = self.wall()
+        return {e.node_id: max(0.0, now - e.dead_since) for e in self.table
+                if e.state == DEAD and e.dead_since is not None}
 
     def on_connect(self, callback: Callable[[bytes], None]) -> Callable[[], None]:
         """Call ``callback(node_id)`` whenever a connection to a peer is accepted (a peer that was away is
@@ -901,6 +916,25 @@ def bitmap(flags: Sequence[bool]) -> bytes:
         if held:
             out[i // 8] |= 0x80 >> (i % 8)
     return bytes(out)
+
+
+def _placement_info(h: dict[str, Any]) -> tuple[bytes | None, int | None, list[tuple[bytes, int]]]:
+    """PUT_BLOCK's optional ``origin`` (the uploader's node id) and ``n`` (the copies its file wants), and
+    ``leases``: [[lease holder's node id, seconds left]] a repairer carries to the new copy."""
+    origin, n, leases = h.get("origin"), h.get("n"), h.get("leases")
+    if origin is not None or n is not None:
+        if not (isinstance(origin, bytes) and len(origin) == 32 and isinstance(n, int) and 1 <= n <= MAX_N):
+            raise RemoteError(BAD_REQUEST, f"origin must be a 32-byte node id and n an integer of 1 to {MAX_N}")
+    carried: list[tuple[bytes, int]] = []
+    if leases is not None:
+        if not isinstance(leases, list) or len(leases) > MAX_CARRIED:
+            raise RemoteError(BAD_REQUEST, f"leases must be a list of at most {MAX_CARRIED} [node id, seconds]")
+        for item in leases:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes) and len(item[0]) == 32
+                    and isinstance(item[1], int) and 0 < item[1] <= MAX_LEASE_SECONDS):
+                raise RemoteError(BAD_REQUEST, "each carried lease is [32-byte node id, seconds]")
+            carried.append((item[0], item[1]))
+    return origin, n, carried
 
 
 def _announced(value: Any, n: int) -> list[list[CID]] | None:

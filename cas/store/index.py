@@ -344,10 +344,12 @@ class Index:
     def is_held(self, cid: CID) -> bool:
         return self.db.execute("SELECT 1 FROM holds WHERE cid = ? LIMIT 1", (str(cid),)).fetchone() is not None
 
-    def record_holds(self, holds: Iterable[tuple[str, CID, int, int, bytes, int]]) -> None:
+    def record_holds(self, holds: Iterable[tuple[str, CID, int, int, bytes, int]],
+                     info: Iterable[tuple[bytes, bytes | None, int | None, list[tuple[bytes, int]]]] = ()) -> None:
         """Record ``(peer hex, block id, size, unix time, placement key, lease expiry)`` rows, each block with
         the sender's lease on its key, in one transaction (one fsync for a batch). A block keeps the key it was
-        first sent under by that peer."""
+        first sent under by that peer. ``info``: per key, the origin and copies wanted (kept from the first
+        sender that says) and the leases a repairer carried ([(lease holder, expiry)])."""
         with self._transaction():
             for peer, cid, size, at, key, expires in holds:
                 if not self.leases.has_block(key, cid):
@@ -356,6 +358,11 @@ class Index:
                     "INSERT INTO holds (peer, cid, size, first, last, key) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(peer, cid) DO UPDATE SET last = excluded.last", (peer, str(cid), size, at, at, key))
                 self.leases.grant(key, bytes.fromhex(peer), expires)
+            for key, origin, n, carried in info:
+                if origin is not None and n is not None:
+                    self.db.execute("INSERT OR IGNORE INTO key_info VALUES (?, ?, ?)", (key, origin, n))
+                for holder, expiry in carried:
+                    self.leases.grant(key, holder, expiry)
 
     def attach_legacy(self, sender: bytes, announced: Iterable[tuple[bytes, Sequence[CID]]], now: int) -> int:
         """Move the blocks ``sender`` pushed without a key to the keys it now announces (LeaseBook.attach)."""

@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS unleased (
     since INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_key ON holds (key);
+CREATE TABLE IF NOT EXISTS key_info (
+    key BLOB PRIMARY KEY,
+    origin BLOB NOT NULL,
+    n INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held_keys (
     key BLOB PRIMARY KEY,
     bytes INTEGER NOT NULL
@@ -136,6 +141,27 @@ class LeaseBook:
                 (*chunk, now, len(LEGACY), LEGACY))
             out.update(CID.parse(c) for (c,) in rows)
         return out
+
+    def key_info(self, key: bytes) -> tuple[bytes, int] | None:
+        """(origin, copies wanted) of a key, as its uploader or a repairer said (None if nobody did)."""
+        row = self.db.execute("SELECT origin, n FROM key_info WHERE key = ?", (key,)).fetchone()
+        return (bytes(row[0]), int(row[1])) if row else None
+
+    def leases_on(self, key: bytes, now: int) -> list[tuple[bytes, int]]:
+        """(lease holder, seconds left) of the live leases on ``key`` (what a repair carries to a new copy)."""
+        return [(bytes(h), int(e) - now) for h, e in self.db.execute(
+            "SELECT holder, expires FROM leases WHERE key = ? AND expires > ? ORDER BY expires DESC", (key, now))]
+
+    def held_keys(self, after: bytes, limit: int) -> list[bytes]:
+        """Keys with blocks held here, in key order after ``after`` (legacy keys left out: nobody repairs them)."""
+        rows = self.db.execute("SELECT key FROM held_keys WHERE key > ? AND substr(key, 1, ?) != ? ORDER BY key "
+                               "LIMIT ?", (after, len(LEGACY), LEGACY, limit))
+        return [bytes(k) for (k,) in rows]
+
+    def blocks_of(self, key: bytes) -> tuple[list[CID], int]:
+        """The blocks held under ``key``, and when the newest of them arrived (Unix seconds)."""
+        rows = self.db.execute("SELECT cid, max(first) FROM holds WHERE key = ? GROUP BY cid", (key,)).fetchall()
+        return [CID.parse(c) for c, _f in rows], max((int(f) for _c, f in rows), default=0)
 
     def has_block(self, key: bytes, cid: CID) -> bool:
         return self.db.execute("SELECT 1 FROM holds WHERE key = ? AND cid = ? LIMIT 1", (key, str(cid))).fetchone() \
@@ -227,6 +253,7 @@ class LeaseBook:
         self.db.execute("DELETE FROM holds WHERE key = ?", (key,))
         self.db.execute("DELETE FROM held_keys WHERE key = ?", (key,))
         self.db.execute("DELETE FROM unleased WHERE key = ?", (key,))
+        self.db.execute("DELETE FROM key_info WHERE key = ?", (key,))
         gone = []
         for c, size in rows:
             if self.db.execute("SELECT 1 FROM holds WHERE cid = ? UNION ALL SELECT 1 FROM refs WHERE cid = ? LIMIT 1",

@@ -562,7 +562,9 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                                         "storage": {"used": used, "free": 10 << 30, "limit": None,
                                                     "quota": 1 << 30, "own": used - 1024, "held": 1024,
                                                     "awaiting_collection": 0},
-                                        "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1}})
+                                        "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1},
+                                        "repair": {"queued": 2, "keys_checked": 9, "blocks_sent": 4,
+                                                   "bytes_sent": 4 << 20}})
         if path == "/v1/peers":
             if method != "GET":
                 return self.error(405, "method_not_allowed", "use GET")
@@ -1098,6 +1100,7 @@ class RoundTripTests(SynchronousTestCase):
                       "  to free: 0 B held for others, leases ended\nfree:", out)
         self.assertIn("limit:     none\nquota:     1.0 GiB\n", out)
         self.assertIn("leases:    3 granted to other nodes here, 1 release waiting for delivery", out)
+        self.assertIn("repair:    2 key(s) queued, 4 block(s) (4.0 MiB) sent to other nodes since start", out)
         status = json.loads(self.ok("status", "--json"))
         self.assertEqual((status["files"], status["storage"]["used"]), (1, 2048))
 

@@ -74,6 +74,7 @@ class Net:
         s.releaser.stop()
         s.renewer.stop()
         s.announcer.stop()
+        s.repairer.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():

@@ -436,7 +436,7 @@ class NoCycleTests(SynchronousTestCase):
                 return [bytes([i]) * 32 for i in range(5)]
 
             def put_block(self, node_id: bytes, cid: CID, block: Any, timeout: float = 0, key: Any = None,
-                          lease: Any = None) -> Deferred[None]:
+                          lease: Any = None, **_kw: Any) -> Deferred[None]:
                 d: Deferred[None] = Deferred()
                 pending.append(d)
                 return d
@@ -812,7 +812,7 @@ class TopUpStopTests(SynchronousTestCase):
                 return 2
 
             def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0, key: Any = None,
-                          lease: Any = None) -> Deferred[None]:
+                          lease: Any = None, **_kw: Any) -> Deferred[None]:
                 d: Deferred[None] = Deferred()
                 pending.append(d)
                 return d

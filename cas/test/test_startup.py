@@ -100,6 +100,14 @@ class OptionsTests(SynchronousTestCase):
         for bad in ("", "0", "0.5", "-1", "3w", "d"):
             self.assertRaises(usage.UsageError, tap.parse_duration, bad)
 
+    def test_repair_options(self) -> None:
+        opts = parse()
+        self.assertEqual((opts["repair-after"], opts["repair-rate"]), (600, 20 << 20))
+        opts = parse("--repair-after", "5", "--repair-rate", "1M")
+        self.assertEqual((opts["repair-after"], opts["repair-rate"]), (5, 1 << 20))
+        for bad in (["--repair-after", "0"], ["--repair-rate", "1K"], ["--repair-rate", "fast"]):
+            self.assertRaises(usage.UsageError, parse, *bad)
+
 
 class PeerOptionsTests(SynchronousTestCase):
     """--bootstrap, --advertise and --gossip-interval."""

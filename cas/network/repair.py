@@ -1,0 +1,203 @@
+"""Repair by the holders themselves: no read key, no origin, no coordinator.
+
+Every node looks after the placement keys it holds blocks under. For a key it ranks the members plus the
+peers dead for less than ``--repair-after`` (counted as still holding what they held: a reboot moves nothing),
+this node included and the file's origin left out as the uploader did; the file wants N copies (N and the
+origin come with the blocks: PUT_BLOCK ``origin`` and ``n``). It asks the live nodes among the rank's first
+N + ``RANK_SLACK`` which of the key's blocks they have (HAS). For each block with fewer than N copies (live
+holders, plus recently dead nodes among the first N), the first live holder in rank, and only it, pushes the
+block to the next live nodes in rank that lack it, carrying the live leases it knows on the key (holder,
+seconds left), so the new copy is kept as long as the original. A key with a block that arrived less than
+``ARRIVAL`` (or ``--repair-after``, if shorter) ago waits: an upload or another repair may still be sending. Blocks are ciphertext with ids, checked by
+their receiver: nothing is decrypted. Two repairers at once (views of the membership differ at times) only
+send a block twice; a PUT of a block already held is a no-op.
+
+What is checked, and when: a key whose ranking changed (a member joined, or one dead for ``--repair-after``
+left the rank), found from the first N + ``RANK_SLACK`` kept per key (``_top``), and a slow sweep of every
+held key (``SWEEP`` keys per period) that also fills ``_top``. Bytes sent are paced by ``--repair-rate``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cas.base.cid import CID
+from cas.base.nodeid import short_node_id
+from cas.network.placement import RANK_SLACK
+from cas.peer.peers import MAX_HAS
+
+log = Logger()
+
+REPAIR_AFTER = 600.0  # seconds a peer is dead before its copies are replaced
+REPAIR_RATE = 20 << 20  # bytes per second sent by repair at most
+PERIOD = 30.0  # seconds between passes
+SWEEP = 256  # held keys looked at per pass besides those whose ranking changed
+TIMEOUT = 30.0
+ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
+
+
+class Repairer:
+    def __init__(self, node: Any, peers: Any, clock: Any, repair_after: float = REPAIR_AFTER,
+                 rate: int = REPAIR_RATE, period: float = PERIOD, sweep: int = SWEEP) -> None:
+        self.node, self.index, self.peers, self.clock = node, node.index, peers, clock
+        self.repair_after, self.rate, self.period, self.sweep = repair_after, rate, period, sweep
+        self._top: dict[bytes, tuple[bytes, ...]] = {}  # held key -> its first N + RANK_SLACK when last looked at
+        self._queue: deque[bytes] = deque()  # keys to look at first
+        self._queued: set[bytes] = set()
+        self._cursor = b""  # the sweep's position in the held keys
+        self._timer: Any = None
+        self._running: Deferred[None] | None = None
+        self._unsubscribe: Any = None
+        self._later: set[Any] = set()  # delayed looks at the keys of peers that left
+        self._sent_at = 0.0  # when the bytes sent so far are paid for (the rate's token bucket, as a deadline)
+        # counters (cas status, tests)
+        self.blocks_sent = 0
+        self.bytes_sent = 0
+        self.keys_checked = 0
+
+    def start(self) -> None:
+        self._unsubscribe = self.peers.subscribe(self._changed)
+        self._timer = self.clock.callLater(self.period, self._tick)
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for call in self._later:
+            if call.active():
+                call.cancel()
+        self._later.clear()
+
+    def status(self) -> dict[str, int]:
+        return {"queued": len(self._queue), "keys_checked": self.keys_checked, "blocks_sent": self.blocks_sent,
+                "bytes_sent": self.bytes_sent}
+
+    def _tick(self) -> None:
+        self._timer = self.clock.callLater(self.period, self._tick)
+        self.kick()
+
+    def kick(self) -> Deferred[None]:
+        """A pass now (or the one running)."""
+        if self._running is None:
+            self._running = ensureDeferred(self._pass())
+            self._running.addBoth(self._over)
+        return self._running
+
+    def _over(self, result: Any) -> None:
+        self._running = None
+        if isinstance(result, Failure):
+            log.failure("a repair pass failed", result)
+
+    def _changed(self, change: Any) -> None:
+        """A member joined (it may now rank among a key's first holders) or left (after ``--repair-after`` its
+        copies are to be replaced): the keys whose kept rank it enters or leaves are looked at first."""
+        if change.member:
+            self._affected(change.node_id)
+        else:
+            call = self.clock.callLater(self.repair_after, self._affected, change.node_id)
+            self._later.add(call)
+
+    def _affected(self, node_id: bytes) -> None:
+        self._later = {c for c in self._later if c.active()}
+        score = self.node.placement.score
+        for key, top in list(self._top.items()):
+            if node_id in top or (top and score(key, node_id) > score(key, top[-1])):
+                self._enqueue(key)
+        if self._queue:
+            self.kick()
+
+    def _enqueue(self, key: bytes) -> None:
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+
+    async def _pass(self) -> None:
+        keys = self.index.leases.held_keys(self._cursor, self.sweep)
+        self._cursor = keys[-1] if len(keys) == self.sweep else b""
+        for k in keys:
+            self._enqueue(k)
+        while self._queue:
+            key = self._queue.popleft()
+            self._queued.discard(key)
+            try:
+                await self._repair_key(key)
+            except Exception as e:
+                log.debug("repairing a key failed: {e}", e=e)
+
+    async def _repair_key(self, key: bytes) -> None:
+        me = self.node.identity.node_id
+        cids, newest = self.index.leases.blocks_of(key)
+        cids = [c for c in cids if self.node.store.has(c)]
+        if not cids:
+            self._top.pop(key, None)
+            return
+        if newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
+            return  # blocks still arriving (an upload, or another repair): the sweep comes back
+        info = self.index.leases.key_info(key)
+        origin, n = info if info is not None else (None, self.node.replicas)
+        if n <= 0:
+            return
+        dead = {d for d, since in self.peers.dead_for().items() if since < self.repair_after}
+        ranked = [m for m in self.node.placement.rank(key, [*self.peers.members(), *dead, me]) if m != origin]
+        top = tuple(ranked[: n + RANK_SLACK])
+        self._top[key] = top
+        self.keys_checked += 1
+        live = [m for m in top if m not in dead]
+        assumed = sum(1 for m in top[:n] if m in dead)  # recently dead: still holding what they held
+        have: dict[bytes, set[CID] | None] = {me: set(cids)}  # None: did not answer
+        for m in live:
+            if m != me:
+                have[m] = await self._has(m, cids)
+        for cid in cids:
+            holders = [m for m in live if cid in (have.get(m) or ())]
+            missing = n - len(holders) - assumed
+            if missing <= 0 or not holders or holders[0] != me:
+                continue  # enough copies, or another holder ranks first: it repairs
+            targets = [m for m in live if have.get(m) is not None and cid not in have[m]][:missing]
+            for t in targets:
+                if await self._send(t, cid, key, origin, n):
+                    have[t].add(cid)  # type: ignore[union-attr]
+
+    async def _has(self, m: bytes, cids: list[CID]) -> set[CID] | None:
+        out: set[CID] = set()
+        for i in range(0, len(cids), MAX_HAS):
+            chunk = cids[i:i + MAX_HAS]
+            try:
+                bits = await self.peers.has(m, chunk).addTimeout(TIMEOUT, self.node.reactor)
+            except Exception:
+                return None  # unreachable: it gets nothing from this pass
+            out.update(c for c, b in zip(chunk, bits) if b)
+        return out
+
+    async def _send(self, target: bytes, cid: CID, key: bytes, origin: bytes | None, n: int) -> bool:
+        now = int(self.clock.seconds())
+        carried = self.index.leases.leases_on(key, now)
+        if not carried:
+            return False  # no live lease: the copy here goes soon too, there is nothing to keep
+        try:
+            data = await self.node.fetch(cid)
+        except Exception:
+            return False
+        pace = self.node.reactor  # bytes per second of real time, whatever clock leases use
+        wait = self._sent_at - pace.seconds()
+        if wait > 0:
+            await deferLater(pace, wait, lambda: None)
+        self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
+        try:
+            await self.peers.put_block(target, cid, data, key=key, lease=max(t for _h, t in carried),
+                                       origin=origin, n=n if origin is not None else None, leases=carried)
+        except Exception as e:
+            log.debug("repair of {cid} on {t} failed: {e}", cid=str(cid), t=short_node_id(target), e=e)
+            return False
+        self.blocks_sent += 1
+        self.bytes_sent += len(data)
+        return True

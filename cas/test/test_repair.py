@@ -1,0 +1,115 @@
+"""Repair by the holders over in-process networks of real nodes (cas/network/repair.py): with the origin gone
+for good and a holder killed, every block is back at N copies, each checked by fetching it from each counted
+holder; a holder down for less than ``--repair-after`` moves nothing."""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+
+from cas.base.cid import CID
+from cas.network.repair import REPAIR_AFTER
+from cas.service import NodeService
+
+from .test_network import FAST, wait_for
+from .test_replication import content, network, placed_blocks, put
+
+
+async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: float) -> None:
+    """Move the nodes' lease and repair clock ``seconds`` ahead in ``step``s; every renewal, top-up and repair
+    pass that started has ended before the clock moves on."""
+    end = clock.seconds() + seconds
+    while clock.seconds() < end:
+        clock.advance(min(step, end - clock.seconds()))
+        await deferLater(reactor, 0, lambda: None)
+        for s in nodes:
+            for job in (s.renewer._running, s.topup._running, s.repairer._running):
+                if job is not None:
+                    await job
+
+
+def fast_repair(nodes: list[NodeService], period: float = 0.3) -> None:
+    for s in nodes:
+        s.repairer.stop()
+        s.repairer.period = period
+        s.repairer.start()
+
+
+async def verified_holders(asker: NodeService, nodes: list[NodeService], cid: CID) -> int:
+    """How many of ``nodes`` send ``cid`` with the bytes its id names (GET_BLOCK checks the hash; HAS would
+    only say they claim it)."""
+    n = 0
+    for s in nodes:
+        if s is asker:
+            n += asker.node.store.has(cid) and asker.node.index.is_held(cid)
+            continue
+        try:
+            await asker.peers.get_block(s.node.identity.node_id, cid)
+        except Exception:
+            continue
+        n += 1
+    return n
+
+
+class RepairTests(TestCase):
+    timeout = 120
+
+    async def test_blocks_are_back_at_n_copies_without_the_origin(self) -> None:
+        net, nodes = await network(self, 6, settings=FAST, repair_after=1.0)
+        fast_repair(nodes)
+        origin = nodes[0]
+        path, data = content(self, 3 * 64 * 1024)
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        await net.kill(origin)  # the origin is gone for good first ...
+        victim = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        await net.kill(victim)  # ... then a holder
+        live = [s for s in nodes[1:] if s is not victim]
+
+        def back() -> bool:
+            return all(sum(1 for s in live if s.node.store.has(c) and s.node.index.is_held(c)) >= 3 for c, _k in blocks)
+
+        took = await wait_for(back, "every block back at 3 copies", 60)
+        print(f"\nrepaired in {took:.1f} s")
+        for cid, _key in blocks:  # each copy checked by fetching it, not by HAS
+            self.assertGreaterEqual(await verified_holders(live[0], live, cid), 3, str(cid))
+        self.assertGreater(sum(s.repairer.blocks_sent for s in live), 0)
+        # the new copies carry the origin's lease: nobody collects them
+        me = origin.node.identity.node_id
+        for s in live:
+            for cid, key in blocks:
+                if s.node.store.has(cid) and s.node.index.is_held(cid):
+                    self.assertIsNotNone(s.node.index.leases.expiry(key, me), "a repaired copy without the lease")
+
+    async def outage(self, repair_after: float) -> tuple[list[NodeService], list]:
+        """A put on 6 nodes, then a holder down for 5 minutes (the peers' wall clock moved 300 s past its death;
+        the lease clock, a task.Clock, moved on as well in 30 s passes). The live nodes and the file's blocks."""
+        clock = Clock()
+        clock.advance(time.time())
+        net, nodes = await network(self, 6, settings=FAST, clock=clock, repair_after=repair_after)
+        origin = nodes[0]
+        path, _data = content(self, 3 * 64 * 1024)
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        victim = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        await net.kill(victim)
+        live = [s for s in nodes if s is not victim]
+        await wait_for(lambda: all(victim.node.identity.node_id in s.peers.dead_for() for s in live), "dead", 30)
+        for s in live:
+            s.peers.wall = lambda: time.time() + 300  # 5 minutes later for failure detection ...
+        await advance(clock, 300 + 60, live, step=30)  # ... and for arrivals, leases and repair passes
+        return live, blocks
+
+    async def test_a_holder_down_five_minutes_moves_nothing_under_the_default(self) -> None:
+        live, _blocks = await self.outage(REPAIR_AFTER)
+        self.assertGreater(sum(s.repairer.keys_checked for s in live), 0)  # they did look ...
+        self.assertEqual(sum(s.repairer.bytes_sent for s in live), 0)  # ... and moved nothing
+
+    async def test_the_same_outage_with_repair_after_5_moves_the_copies(self) -> None:
+        live, blocks = await self.outage(5)
+        self.assertGreater(sum(s.repairer.bytes_sent for s in live), 0)
+        for cid, _key in blocks:
+            self.assertGreaterEqual(await verified_holders(live[1], live[1:], cid), 3, str(cid))
