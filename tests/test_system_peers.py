@@ -24,11 +24,11 @@ LISTENING = re.compile(r"cas node (\S+) listening for peers on tcp:127\.0\.0\.1:
 
 
 class NodeProcess:
-    def __init__(self, data_dir: str, bootstrap: list[str]) -> None:
+    def __init__(self, data_dir: str, bootstrap: list[str], extra: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir + ".log"
         args = ["--port", "tcp:0:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir,
-                "--gossip-interval", "0.3"]
+                "--gossip-interval", "0.3", *extra]
         for b in bootstrap:
             args += ["--bootstrap", b]
         self.log = open(self.log_path, "ab")
