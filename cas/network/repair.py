@@ -19,11 +19,13 @@ held key (``SWEEP`` keys per period) that also fills ``_top``. Bytes sent are pa
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Cooperator, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,6 +41,7 @@ REPAIR_RATE = 20 << 20  # bytes per second sent by repair at most
 PERIOD = 30.0  # seconds between passes
 SWEEP = 256  # held keys looked at per pass besides those whose ranking changed
 TIMEOUT = 30.0
+BATCH = 2000  # kept ranks looked at per reactor turn after a membership change
 ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
 
 
@@ -47,7 +50,9 @@ class Repairer:
                  rate: int = REPAIR_RATE, period: float = PERIOD, sweep: int = SWEEP) -> None:
         self.node, self.index, self.peers, self.clock = node, node.index, peers, clock
         self.repair_after, self.rate, self.period, self.sweep = repair_after, rate, period, sweep
-        self._top: dict[bytes, tuple[bytes, ...]] = {}  # held key -> its first N + RANK_SLACK when last looked at
+        # held key -> N (one byte), then the ids of its first N + RANK_SLACK (32 bytes each) when last ranked
+        self._top: dict[bytes, bytes] = {}
+        self.last_change: dict[str, Any] = {}  # what the last membership change cost (docs/reliability.md)
         self._queue: deque[bytes] = deque()  # keys to look at first
         self._queued: set[bytes] = set()
         self._cursor = b""  # the sweep's position in the held keys
@@ -55,6 +60,9 @@ class Repairer:
         self._running: Deferred[None] | None = None
         self._unsubscribe: Any = None
         self._later: set[Any] = set()  # delayed looks at the keys of peers that left
+        self._building: Any = None
+        # batches of kept ranks run a slice of each reactor turn (real time, whatever clock leases use)
+        self._cooperator = Cooperator(scheduler=lambda f: node.reactor.callLater(0, f))
         self._sent_at = 0.0  # when the bytes sent so far are paid for (the rate's token bucket, as a deadline)
         # counters (cas status, tests)
         self.blocks_sent = 0
@@ -64,6 +72,38 @@ class Repairer:
     def start(self) -> None:
         self._unsubscribe = self.peers.subscribe(self._changed)
         self._timer = self.clock.callLater(self.period, self._tick)
+        self._building = self.clock.callLater(self.period, self.rank_all)
+
+    def rank_all(self) -> Deferred[None]:
+        """Keep the first N + 4 of every held key, so that a membership change finds the keys it affects without
+        looking at the others. Run once after start (by then the membership is known), in steps of 16 keys
+        (a step hashes each key with every member); changes keep it current."""
+        cursor = b""
+
+        def work() -> Iterator[None]:
+            nonlocal cursor
+            while True:
+                keys = self.index.leases.held_keys(cursor, BATCH)
+                for i, key in enumerate(keys, 1):
+                    self._rank(key)  # one BLAKE3 per member
+                    if i % 16 == 0:
+                        yield None  # 16 keys a step: 10 ms among 1,000 members
+                if len(keys) < BATCH:
+                    return
+                cursor = keys[-1]
+
+        return self._cooperator.cooperate(work()).whenDone().addCallback(lambda _: None)
+
+    def _rank(self, key: bytes) -> tuple[bytes | None, int, set[bytes], tuple[bytes, ...]]:
+        """(origin, N, peers dead for less than --repair-after, the key's first N + RANK_SLACK), kept."""
+        info = self.index.leases.key_info(key)
+        origin, n = info if info is not None else (None, self.node.replicas)
+        dead = {d for d, since in self.peers.dead_for().items() if since < self.repair_after}
+        me = self.node.identity.node_id
+        ranked = [m for m in self.node.placement.rank(key, [*self.peers.members(), *dead, me]) if m != origin]
+        top = tuple(ranked[: max(n, 0) + RANK_SLACK])
+        self._top[key] = bytes([max(n, 0)]) + b"".join(top)
+        return origin, n, dead, top
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -72,8 +112,8 @@ class Repairer:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for call in self._later:
-            if call.active():
+        for call in [*self._later, self._building]:
+            if call is not None and call.active():
                 call.cancel()
         self._later.clear()
 
@@ -101,19 +141,45 @@ class Repairer:
         """A member joined (it may now rank among a key's first holders) or left (after ``--repair-after`` its
         copies are to be replaced): the keys whose kept rank it enters or leaves are looked at first."""
         if change.member:
-            self._affected(change.node_id)
+            self._affected(change.node_id, joined=True)
         else:
-            call = self.clock.callLater(self.repair_after, self._affected, change.node_id)
+            call = self.clock.callLater(self.repair_after, self._affected, change.node_id, False)
             self._later.add(call)
 
-    def _affected(self, node_id: bytes) -> None:
+    def _affected(self, node_id: bytes, joined: bool) -> Deferred[None]:
+        """Queue the keys a membership change affects, ``BATCH`` kept ranks per reactor turn: a node that joined
+        is scored against each key (one BLAKE3 per key, compared with the last of its first N + 4), a node
+        that left is looked for in them. The cost is kept in ``last_change``."""
         self._later = {c for c in self._later if c.active()}
         score = self.node.placement.score
-        for key, top in list(self._top.items()):
-            if node_id in top or (top and score(key, node_id) > score(key, top[-1])):
-                self._enqueue(key)
-        if self._queue:
-            self.kick()
+        start, hashes, affected = time.perf_counter(), 0, 0
+        keys = list(self._top)
+
+        def work() -> Iterator[None]:
+            nonlocal hashes, affected
+            for i in range(0, len(keys), BATCH):
+                for key in keys[i:i + BATCH]:
+                    top = self._top.get(key)
+                    if top is None:
+                        continue
+                    ids, full = top[1:], (top[0] + RANK_SLACK) * 32
+                    if joined:
+                        hashes += 2
+                        hit = len(ids) < full or score(key, node_id) > score(key, ids[-32:])
+                    else:
+                        hit = any(ids[j:j + 32] == node_id for j in range(0, len(ids), 32))
+                    if hit:
+                        affected += 1
+                        self._enqueue(key)
+                yield None
+
+        def done(_: Any) -> None:
+            self.last_change = {"joined": joined, "keys": len(keys), "hashes": hashes, "affected": affected,
+                                "seconds": time.perf_counter() - start}
+            if self._queue:
+                self.kick()
+
+        return self._cooperator.cooperate(work()).whenDone().addCallback(done)
 
     def _enqueue(self, key: bytes) -> None:
         if key not in self._queued:
@@ -142,14 +208,9 @@ class Repairer:
             return
         if newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
             return  # blocks still arriving (an upload, or another repair): the sweep comes back
-        info = self.index.leases.key_info(key)
-        origin, n = info if info is not None else (None, self.node.replicas)
+        origin, n, dead, top = self._rank(key)
         if n <= 0:
             return
-        dead = {d for d, since in self.peers.dead_for().items() if since < self.repair_after}
-        ranked = [m for m in self.node.placement.rank(key, [*self.peers.members(), *dead, me]) if m != origin]
-        top = tuple(ranked[: n + RANK_SLACK])
-        self._top[key] = top
         self.keys_checked += 1
         live = [m for m in top if m not in dead]
         assumed = sum(1 for m in top[:n] if m in dead)  # recently dead: still holding what they held

@@ -4,14 +4,16 @@ holder; a holder down for less than ``--repair-after`` moves nothing."""
 
 from __future__ import annotations
 
+import random
 import time
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cas.base.cid import CID
-from cas.network.repair import REPAIR_AFTER
+from cas.network.placement import Rendezvous
+from cas.network.repair import REPAIR_AFTER, Repairer
 from cas.service import NodeService
 
 from .test_network import FAST, wait_for
@@ -113,3 +115,64 @@ class RepairTests(TestCase):
         self.assertGreater(sum(s.repairer.bytes_sent for s in live), 0)
         for cid, _key in blocks:
             self.assertGreaterEqual(await verified_holders(live[1], live[1:], cid), 3, str(cid))
+
+
+class KeptRankTests(SynchronousTestCase):
+    """A membership change queues exactly the keys whose first N + 4 it changes."""
+
+    def repairer(self, members: list[bytes], keys: list[bytes]) -> Repairer:
+        class Index:
+            class leases:
+                @staticmethod
+                def key_info(key: bytes) -> tuple[bytes, int]:
+                    return b"o" * 32, 3
+
+                @staticmethod
+                def held_keys(after: bytes, limit: int) -> list[bytes]:
+                    return [k for k in sorted(keys) if k > after][:limit]
+
+        self.reactor = Clock()
+
+        class Node:
+            index, placement, replicas = Index(), Rendezvous(), 3
+            identity = type("I", (), {"node_id": members[0]})()
+            reactor = self.reactor
+
+        class Peers:
+            def members(self) -> list[bytes]:
+                return members[1:]
+
+            def dead_for(self) -> dict[bytes, float]:
+                return {}
+
+            def subscribe(self, cb: object) -> object:
+                return lambda: None
+
+        r = Repairer(Node(), Peers(), Clock())
+        r.kick = lambda: None  # type: ignore[method-assign]
+        self.settle(r.rank_all())
+        return r
+
+    def settle(self, d: object) -> None:
+        for _ in range(10_000):  # the batches run one per reactor turn
+            self.reactor.advance(0)
+        self.successResultOf(d)
+
+    def test_join_and_leave(self) -> None:
+        rnd = random.Random(7)
+        members = [rnd.randbytes(32) for _ in range(40)]
+        keys = [rnd.randbytes(20) for _ in range(3000)]
+        r = self.repairer(members, keys)
+        self.assertEqual(len(r._top), len(keys))
+        rank = Rendezvous()
+        joiner = rnd.randbytes(32)
+        self.settle(r._affected(joiner, True))
+        expected = {k for k in keys if joiner in rank.rank(k, [*members, joiner])[:7]}
+        self.assertEqual(set(r._queue), expected)
+        self.assertEqual((r.last_change["keys"], r.last_change["hashes"], r.last_change["affected"]),
+                         (len(keys), 2 * len(keys), len(expected)))
+        r._queue.clear()
+        r._queued.clear()
+        gone = members[5]
+        self.settle(r._affected(gone, False))
+        self.assertEqual(set(r._queue), {k for k in keys if gone in rank.rank(k, members)[:7]})
