@@ -24,6 +24,19 @@ class Status(NodeResource):
         return json_body(request, 200, self.node.status())
 
 
+class Drain(NodeResource):
+    """``POST /v1/drain``: hand every held key to the next nodes in rank before this node leaves."""
+
+    isLeaf = True
+
+    def render_POST(self, request: server.Request) -> bytes:
+        repairer = self.node.repairer
+        if repairer is None:
+            return error(request, 409, "no_peers", "this node runs without peers: there is nobody to hand keys to")
+        repairer.drain()
+        return json_body(request, 202, {"draining": True, **(repairer.draining or {})})
+
+
 class Peers(NodeResource):
     """``/v1/peers``: the peer table (docs/api.md)."""
 
@@ -83,6 +96,7 @@ class ApiSite(server.Site):
         v1.putChild(b"uploads", Uploads(node))
         v1.putChild(b"peers", Peers(node))
         v1.putChild(b"pins", Pins(node))
+        v1.putChild(b"drain", Drain(node))
         root = _Routes()
         root.putChild(b"v1", v1)
         super().__init__(Guard(token, root), timeout=IDLE_TIMEOUT, reactor=reactor)

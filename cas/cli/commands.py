@@ -567,3 +567,34 @@ def cmd_pins(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     for row in rows:
         print_out("  ".join(row))
     return EXIT_OK
+
+
+def cmd_drain(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
+    """``cas drain``: the node hands every block it holds for others to the next nodes in rank, so that it can
+    leave without a repair; waits until it is done."""
+    client = client_for()
+    state = client.json("POST", "v1/drain", ok=(202,))
+    progress = sys.stderr.isatty() and not args.quiet
+    while isinstance(state, dict) and not state.get("done"):
+        if progress:
+            sys.stderr.write(f"\rdraining: {state.get('keys_done')} of {state.get('keys')} placement keys, "
+                             f"{state.get('blocks_sent')} blocks sent")
+            sys.stderr.flush()
+        time.sleep(args.interval)
+        answer = client.json("GET", "v1/status")
+        repair = answer.get("repair") if isinstance(answer, dict) else None
+        state = repair.get("drain") if isinstance(repair, dict) else None
+    if progress:
+        sys.stderr.write("\n")
+    if not isinstance(state, dict):
+        raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
+    if args.json:
+        print_json(state)
+    else:
+        print_out(f"drained: {state.get('keys_done')} placement keys, {state.get('blocks_sent')} blocks sent")
+    short = state.get("short_blocks")
+    if short:
+        print_err(f"{short} block(s) could not reach their copies on other nodes (too few reachable nodes): "
+                  "stopping this node now loses those copies until repair restores them")
+        return EXIT_FAILED
+    return EXIT_OK

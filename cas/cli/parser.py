@@ -6,7 +6,18 @@ import argparse
 from typing import NoReturn
 
 from cas.cli.client import DEFAULT_TIMEOUT
-from cas.cli.commands import cmd_get, cmd_ls, cmd_peers, cmd_pin, cmd_pins, cmd_put, cmd_rm, cmd_status, cmd_unpin
+from cas.cli.commands import (
+    cmd_drain,
+    cmd_get,
+    cmd_ls,
+    cmd_peers,
+    cmd_pin,
+    cmd_pins,
+    cmd_put,
+    cmd_rm,
+    cmd_status,
+    cmd_unpin,
+)
 from cas.cli.exits import EXIT_USAGE, CliError
 
 
@@ -125,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     key_options(p)
     p.add_argument("--json", action="store_true", help="print the node's JSON answer")
     p.set_defaults(func=cmd_unpin)
+
+    p = sub.add_parser("drain", parents=[common], help="hand every held block to other nodes before stopping",
+                       description="The node sends every block it holds for other nodes to the next nodes in its "
+                                   "key's rank that lack it, until N other nodes have it, and this command waits "
+                                   "until it is done (progress on a terminal). Then stop the node. Exit 1 when "
+                                   "some blocks could not be handed over.")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_drain)
 
     p = sub.add_parser("pins", parents=[common], help="list the files this node pins",
                        description="One line per pin: root id, copy (local, or leases only), when pinned, placement "

@@ -53,6 +53,8 @@ class Repairer:
         # held key -> N (one byte), then the ids of its first N + RANK_SLACK (32 bytes each) when last ranked
         self._top: dict[bytes, bytes] = {}
         self.last_change: dict[str, Any] = {}  # what the last membership change cost (docs/reliability.md)
+        self.draining: dict[str, Any] | None = None  # the last drain's progress (cas drain)
+        self._draining: Deferred[None] | None = None
         self._queue: deque[bytes] = deque()  # keys to look at first
         self._queued: set[bytes] = set()
         self._cursor = b""  # the sweep's position in the held keys
@@ -117,9 +119,9 @@ class Repairer:
                 call.cancel()
         self._later.clear()
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
         return {"queued": len(self._queue), "keys_checked": self.keys_checked, "blocks_sent": self.blocks_sent,
-                "bytes_sent": self.bytes_sent}
+                "bytes_sent": self.bytes_sent, "drain": dict(self.draining) if self.draining else None}
 
     def _tick(self) -> None:
         self._timer = self.clock.callLater(self.period, self._tick)
@@ -199,34 +201,84 @@ class Repairer:
             except Exception as e:
                 log.debug("repairing a key failed: {e}", e=e)
 
-    async def _repair_key(self, key: bytes) -> None:
+    async def _repair_key(self, key: bytes, leaving: bool = False) -> int:
+        """Bring the key's blocks held here to N copies; ``leaving`` (a drain): as if this node were gone, and
+        it sends whatever the others lack. The blocks left short of N (no node to send them to)."""
         me = self.node.identity.node_id
         cids, newest = self.index.leases.blocks_of(key)
         cids = [c for c in cids if self.node.store.has(c)]
         if not cids:
             self._top.pop(key, None)
-            return
-        if newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
-            return  # blocks still arriving (an upload, or another repair): the sweep comes back
+            return 0
+        if not leaving and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
+            return 0  # blocks still arriving (an upload, or another repair): the sweep comes back
         origin, n, dead, top = self._rank(key)
         if n <= 0:
-            return
+            return 0
         self.keys_checked += 1
+        if leaving:
+            top = tuple(m for m in top if m != me)
         live = [m for m in top if m not in dead]
         assumed = sum(1 for m in top[:n] if m in dead)  # recently dead: still holding what they held
         have: dict[bytes, set[CID] | None] = {me: set(cids)}  # None: did not answer
         for m in live:
             if m != me:
                 have[m] = await self._has(m, cids)
+        short = 0
         for cid in cids:
             holders = [m for m in live if cid in (have.get(m) or ())]
             missing = n - len(holders) - assumed
-            if missing <= 0 or not holders or holders[0] != me:
+            if missing <= 0 or not leaving and (not holders or holders[0] != me):
                 continue  # enough copies, or another holder ranks first: it repairs
-            targets = [m for m in live if have.get(m) is not None and cid not in have[m]][:missing]
+            targets = [m for m in live if m != me and have.get(m) is not None and cid not in have[m]]
             for t in targets:
-                if await self._send(t, cid, key, origin, n):
+                if missing <= 0:
+                    break
+                if await self._send(t, cid, key, origin, n, paced=not leaving):
                     have[t].add(cid)  # type: ignore[union-attr]
+                    missing -= 1
+            short += missing > 0
+        return short
+
+    def drain(self) -> Deferred[None]:
+        """Hand every held key to the next nodes in rank before this node leaves (``cas drain``): each block
+        goes to the nodes of its key's first N + 4 (this one left out) that lack it, until N others have it,
+        at the network's pace. Progress and outcome in ``draining``."""
+        if self._draining is not None:
+            return self._draining
+        state = self.draining = {"keys_done": 0, "keys": self.index.leases.count_held_keys(), "blocks_sent": 0,
+                                 "short_blocks": 0, "done": False}
+        sent_before = self.blocks_sent
+
+        async def run() -> None:
+            cursor = b""
+            while True:
+                keys = self.index.leases.held_keys(cursor, BATCH)
+                for key in keys:
+                    try:
+                        state["short_blocks"] += await self._repair_key(key, leaving=True)
+                    except Exception as e:
+                        log.warn("draining a placement key failed: {e}", e=e)
+                        state["short_blocks"] += 1
+                    state["keys_done"] += 1
+                    state["blocks_sent"] = self.blocks_sent - sent_before
+                if len(keys) < BATCH:
+                    break
+                cursor = keys[-1]
+            state["done"] = True
+            log.info("drained: {k} placement keys, {b} blocks sent, {s} blocks left short of their copies",
+                     k=state["keys_done"], b=state["blocks_sent"], s=state["short_blocks"])
+
+        def over(result: Any) -> Any:
+            self._draining = None
+            state["done"] = True
+            if isinstance(result, Failure):
+                log.failure("draining failed", result)
+            return None
+
+        d = self._draining = ensureDeferred(run())
+        d.addBoth(over)
+        return d
 
     async def _has(self, m: bytes, cids: list[CID]) -> set[CID] | None:
         out: set[CID] = set()
@@ -239,7 +291,8 @@ class Repairer:
             out.update(c for c, b in zip(chunk, bits) if b)
         return out
 
-    async def _send(self, target: bytes, cid: CID, key: bytes, origin: bytes | None, n: int) -> bool:
+    async def _send(self, target: bytes, cid: CID, key: bytes, origin: bytes | None, n: int, paced: bool = True
+                    ) -> bool:
         now = int(self.clock.seconds())
         carried = self.index.leases.leases_on(key, now)
         if not carried:
@@ -249,10 +302,11 @@ class Repairer:
         except Exception:
             return False
         pace = self.node.reactor  # bytes per second of real time, whatever clock leases use
-        wait = self._sent_at - pace.seconds()
-        if wait > 0:
-            await deferLater(pace, wait, lambda: None)
-        self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
+        if paced:
+            wait = self._sent_at - pace.seconds()
+            if wait > 0:
+                await deferLater(pace, wait, lambda: None)
+            self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
         try:
             await self.peers.put_block(target, cid, data, key=key, lease=max(t for _h, t in carried),
                                        origin=origin, n=n if origin is not None else None, leases=carried)

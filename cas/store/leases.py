@@ -158,6 +158,11 @@ class LeaseBook:
                                "LIMIT ?", (after, len(LEGACY), LEGACY, limit))
         return [bytes(k) for (k,) in rows]
 
+    def count_held_keys(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM held_keys WHERE substr(key, 1, ?) != ?",
+                               (len(LEGACY), LEGACY)).fetchone()
+        return int(n)
+
     def blocks_of(self, key: bytes) -> tuple[list[CID], int]:
         """The blocks held under ``key``, and when the newest of them arrived (Unix seconds)."""
         rows = self.db.execute("SELECT cid, max(first) FROM holds WHERE key = ? GROUP BY cid", (key,)).fetchall()

@@ -427,6 +427,7 @@ class FakeNode:
         self.health: Any = {}  # the answer to GET /v1/files/KEY/health
         self.pins: list[Any] = []  # the answer to GET /v1/pins
         self.pin_lowest = 3
+        self.drain: Any = None  # repair.drain in the answer to GET /v1/status
         fake = self
 
         class Handler(FakeHandler):
@@ -564,7 +565,10 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                                                     "awaiting_collection": 0},
                                         "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1},
                                         "repair": {"queued": 2, "keys_checked": 9, "blocks_sent": 4,
-                                                   "bytes_sent": 4 << 20}})
+                                                   "bytes_sent": 4 << 20, "drain": node.drain}})
+        if path == "/v1/drain" and method == "POST":
+            return self.send_json(202, {"draining": True, "keys_done": 0, "keys": 4, "blocks_sent": 0,
+                                        "short_blocks": 0, "done": False})
         if path == "/v1/peers":
             if method != "GET":
                 return self.error(405, "method_not_allowed", "use GET")
@@ -1150,6 +1154,15 @@ class RoundTripTests(SynchronousTestCase):
         self.node.pins = [{"root": root, "local": True, "created": 1_800_000_000, "keys": 2, "holders": 3}]
         self.assertEqual(self.ok("pins"), f"{root}  local  2027-01-15 08:00 UTC  2  3\n".encode())
         self.assertEqual(json.loads(self.ok("pins", "--json")), {"pins": self.node.pins})
+
+    def test_drain(self) -> None:
+        self.node.drain = {"keys_done": 4, "keys": 4, "blocks_sent": 9, "short_blocks": 0, "done": True}
+        self.assertEqual(self.ok("drain", "--interval", "0.01"), b"drained: 4 placement keys, 9 blocks sent\n")
+        self.assertEqual([r["path"] for r in self.node.requests[-2:]], ["/v1/drain", "/v1/status"])
+        self.node.drain = dict(self.node.drain, short_blocks=2)
+        code, out, err = self.cas("drain", "--interval", "0.01", "--json")
+        self.assertEqual((code, json.loads(out)["short_blocks"]), (1, 2))
+        self.assertIn(b"2 block(s) could not reach their copies", err)
 
     def test_rm(self) -> None:
         k1 = self.node.add(b"x" * 5000, "a")

@@ -17,7 +17,7 @@ from cas.network.repair import REPAIR_AFTER, Repairer
 from cas.service import NodeService
 
 from .test_network import FAST, wait_for
-from .test_replication import content, network, placed_blocks, put
+from .test_replication import content, get, network, placed_blocks, put
 
 
 async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: float) -> None:
@@ -85,6 +85,24 @@ class RepairTests(TestCase):
             for cid, key in blocks:
                 if s.node.store.has(cid) and s.node.index.is_held(cid):
                     self.assertIsNotNone(s.node.index.leases.expiry(key, me), "a repaired copy without the lease")
+
+    async def test_a_drained_node_leaves_n_copies_on_the_others(self) -> None:
+        net, nodes = await network(self, 6, settings=FAST)
+        origin = nodes[0]
+        path, data = content(self, 3 * 64 * 1024)
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        leaving = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        others = [s for s in nodes[1:] if s is not leaving]
+        await leaving.repairer.drain()
+        state = leaving.node.status()["repair"]["drain"]
+        self.assertEqual((state["done"], state["short_blocks"], state["keys_done"]), (True, 0, state["keys"]))
+        self.assertGreater(state["blocks_sent"], 0)
+        for cid, _key in blocks:  # N copies without the leaving node, checked by fetching them
+            self.assertGreaterEqual(await verified_holders(others[0], others, cid), 3, str(cid))
+        await net.kill(leaving)
+        await net.kill(origin)
+        self.assertEqual(await get(others[0], stored), data)
 
     async def outage(self, repair_after: float) -> tuple[list[NodeService], list]:
         """A put on 6 nodes, then a holder down for 5 minutes (the peers' wall clock moved 300 s past its death;
