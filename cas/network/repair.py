@@ -224,10 +224,13 @@ class Repairer:
         for m in live:
             if m != me:
                 have[m] = await self._has(m, cids)
+        # A member among the first N that did not answer is not dead yet: it counts as holding what it holds, like
+        # the recently dead (only a death older than --repair-after moves copies).
+        silent = sum(1 for m in top[:n] if m in have and have[m] is None)
         short = 0
         for cid in cids:
             holders = [m for m in live if cid in (have.get(m) or ())]
-            missing = n - len(holders) - assumed
+            missing = n - len(holders) - assumed - (0 if leaving else silent)
             if missing <= 0 or not leaving and (not holders or holders[0] != me):
                 continue  # enough copies, or another holder ranks first: it repairs
             targets = [m for m in live if m != me and have.get(m) is not None and cid not in have[m]]

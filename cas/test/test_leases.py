@@ -11,8 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cas.base.cid import CID
 from cas.base.errors import NotInRank, QuotaExceeded
-from cas.network.placement import Rendezvous
-from cas.node.core import RANK_SLACK, Node
+from cas.network.placement import RANK_SLACK, Rendezvous
+from cas.node.core import Node
 from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME, legacy_key
 
 from .util import make_node
