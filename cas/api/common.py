@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from cas.base.cid import CID
@@ -29,6 +31,8 @@ from cas.base.errors import (
 )
 from cas.content.capability import ReadCap
 from cas.node.core import Node
+
+log = Logger()
 
 DRAIN_LIMIT = 1 << 20  # body bytes read and discarded after an early error answer, before closing
 IDLE_TIMEOUT = 300
@@ -139,3 +143,26 @@ class NotFound(resource.Resource):
 
     def render(self, request: server.Request) -> bytes:
         return error(request, 404, "not_found", "no such route")
+
+
+def answer_when_done(request: server.Request, d: Any, status: int, what: str,
+                     known: tuple[tuple[type[BaseException], int, str, str | None], ...] = ()) -> int:
+    """Answer ``request`` with ``d``'s result as JSON (``status``), or with the error of the first ``known``
+    (exception class, status, code, message or None for the exception's own) it failed with; anything else is
+    logged and answered 500 "``what`` failed"."""
+    def done(answer: dict[str, Any]) -> None:
+        request.write(json_body(request, status, answer))
+        request.finish()
+
+    def failed(f: Failure) -> None:
+        for exc, code_status, code, message in known:
+            if f.check(exc):
+                request.write(error(request, code_status, code, message or f.getErrorMessage()))
+                break
+        else:
+            log.failure("{what} failed", f, what=what)
+            request.write(error(request, 500, "internal", f"{what} failed: {f.getErrorMessage()}"))
+        request.finish()
+
+    d.addCallbacks(done, failed)
+    return server.NOT_DONE_YET

@@ -13,7 +13,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from cas.api.common import Collection, JsonResource, error, file_json, json_body, parse_root, status_for
+from cas.api.common import (
+    Collection,
+    JsonResource,
+    answer_when_done,
+    error,
+    file_json,
+    json_body,
+    parse_root,
+    status_for,
+)
 from cas.api.request import narrow_sends, widen_sends
 from cas.base.errors import (
     BlockNotFound,
@@ -219,19 +228,5 @@ class Health(JsonResource):
             root = parse_root(self.key)
         except MalformedKey as e:
             return error(request, 400, e.code, str(e))
-        d = self.node.health(root)
-
-        def done(answer: dict[str, Any]) -> None:
-            request.write(json_body(request, 200, answer))
-            request.finish()
-
-        def failed(f: Failure) -> None:
-            if f.check(BlockNotFound):
-                request.write(error(request, 404, "not_found", "no node could send this file's manifests"))
-            else:
-                log.failure("checking a file's health failed", f)
-                request.write(error(request, 500, "internal", f"checking the file failed: {f.getErrorMessage()}"))
-            request.finish()
-
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+        return answer_when_done(request, self.node.health(root), 200, "checking a file's health",
+                                ((BlockNotFound, 404, "not_found", "no node could send this file's manifests"),))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from cas.api.common import Collection, error, json_body, parse_root
+from cas.api.common import Collection, answer_when_done, error, json_body, parse_root
 from cas.api.files import Health
 from cas.base.errors import (
     BlockNotFound,
@@ -54,19 +53,7 @@ class Pin(Health):
         return self._answer(request, d, 200)
 
     def _answer(self, request: server.Request, d: Any, status: int) -> int:
-        def done(answer: dict[str, Any]) -> None:
-            request.write(json_body(request, status, answer))
-            request.finish()
-
-        def failed(f: Failure) -> None:
-            if f.check(PinRefused):
-                request.write(error(request, 409, f.value.code, f.getErrorMessage()))
-            elif f.check(BlockNotFound):
-                request.write(error(request, 404, "not_found", "no node could send this file's blocks"))
-            else:
-                log.failure("pinning failed", f)
-                request.write(error(request, 500, "internal", f"pinning failed: {f.getErrorMessage()}"))
-            request.finish()
-
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+        return answer_when_done(request, d, status, "pinning", (
+            (PinRefused, 409, "stored_here", None),
+            (BlockNotFound, 404, "not_found", "no node could send this file's blocks"),
+        ))

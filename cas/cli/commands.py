@@ -471,8 +471,14 @@ def cmd_rm(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
     if not isinstance(answer, dict):
         raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
     blocks, freed = answer.get("blocks_freed"), answer.get("local_bytes_freed", answer.get("bytes_freed"))
+    return report_release(f"forgotten: {blocks if isinstance(blocks, int) else '?'} blocks, {size_or_q(freed)} "
+                          "freed here", answer)
+
+
+def report_release(line: str, answer: dict[str, Any]) -> int:
+    """The line of ``cas rm`` or ``cas unpin``, with the holders that acknowledged the release; a line on
+    stderr for those that did not (their release is queued)."""
     released, pending = answer.get("released_on"), answer.get("pending")
-    line = f"forgotten: {blocks if isinstance(blocks, int) else '?'} blocks, {size_or_q(freed)} freed here"
     if isinstance(released, list) and released:
         line += f"; released on {len(released)} holder(s)"
     print_out(line)
@@ -540,15 +546,7 @@ def cmd_unpin(args: argparse.Namespace, client_for: Callable[[], Client]) -> int
         return EXIT_OK
     if not isinstance(answer, dict):
         raise CliError("the node's answer is not in the expected form", EXIT_FAILED)
-    released, pending = answer.get("released_on"), answer.get("pending")
-    line = f"unpinned: {size_or_q(answer.get('local_bytes_freed'))} freed here"
-    if isinstance(released, list) and released:
-        line += f"; released on {len(released)} holder(s)"
-    print_out(line)
-    if isinstance(pending, list) and pending:
-        print_err(f"{len(pending)} holder(s) did not answer: the release is queued and sent when they are back "
-                  "(their copies go when the lease ends at the latest)")
-    return EXIT_OK
+    return report_release(f"unpinned: {size_or_q(answer.get('local_bytes_freed'))} freed here", answer)
 
 
 def cmd_pins(args: argparse.Namespace, client_for: Callable[[], Client]) -> int:
