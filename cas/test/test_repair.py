@@ -86,6 +86,24 @@ class RepairTests(TestCase):
                 if s.node.store.has(cid) and s.node.index.is_held(cid):
                     self.assertIsNotNone(s.node.index.leases.expiry(key, me), "a repaired copy without the lease")
 
+    async def test_a_silent_holder_not_yet_dead_moves_nothing(self) -> None:
+        """A holder that stops answering is suspect first, and dead only after ``dead_after`` (30 s here): until
+        then it counts as holding what it holds, even with a short ``--repair-after``."""
+        net, nodes = await network(self, 6, repair_after=0.5)  # PATIENT failure detection: dead after 30 s
+        fast_repair(nodes)
+        origin = nodes[0]
+        path, _data = content(self, 3 * 64 * 1024)
+        stored = await put(origin, path)
+        blocks = await placed_blocks(origin, stored)
+        victim = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        await net.kill(victim)
+        live = [s for s in nodes if s is not victim]
+        checked = sum(s.repairer.keys_checked for s in live)
+        await deferLater(reactor, 4, lambda: None)  # passes every 0.3 s
+        self.assertGreater(sum(s.repairer.keys_checked for s in live), checked)
+        self.assertEqual([s.peers.dead_for() for s in live], [{}] * len(live))  # nobody found it dead yet
+        self.assertEqual(sum(s.repairer.bytes_sent for s in live), 0)
+
     async def test_a_drained_node_leaves_n_copies_on_the_others(self) -> None:
         net, nodes = await network(self, 6, settings=FAST)
         origin = nodes[0]
