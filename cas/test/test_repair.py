@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
@@ -38,6 +39,14 @@ def fast_repair(nodes: list[NodeService], period: float = 0.3) -> None:
         s.repairer.stop()
         s.repairer.period = period
         s.repairer.start()
+
+
+async def put_file(tc: TestCase, nodes: list[NodeService]) -> tuple[Any, bytes, list, NodeService]:
+    """A file of 3 segments put on ``nodes[0]``: (stored, its bytes, its blocks with their keys, a holder)."""
+    path, data = content(tc, 3 * 64 * 1024)
+    stored = await put(nodes[0], path)
+    blocks = await placed_blocks(nodes[0], stored)
+    return stored, data, blocks, next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
 
 
 async def verified_holders(asker: NodeService, nodes: list[NodeService], cid: CID) -> int:
@@ -91,11 +100,7 @@ class RepairTests(TestCase):
         then it counts as holding what it holds, even with a short ``--repair-after``."""
         net, nodes = await network(self, 6, repair_after=0.5)  # PATIENT failure detection: dead after 30 s
         fast_repair(nodes)
-        origin = nodes[0]
-        path, _data = content(self, 3 * 64 * 1024)
-        stored = await put(origin, path)
-        blocks = await placed_blocks(origin, stored)
-        victim = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        _stored, _data, blocks, victim = await put_file(self, nodes)
         await net.kill(victim)
         live = [s for s in nodes if s is not victim]
         checked = sum(s.repairer.keys_checked for s in live)
@@ -107,10 +112,7 @@ class RepairTests(TestCase):
     async def test_a_drained_node_leaves_n_copies_on_the_others(self) -> None:
         net, nodes = await network(self, 6, settings=FAST)
         origin = nodes[0]
-        path, data = content(self, 3 * 64 * 1024)
-        stored = await put(origin, path)
-        blocks = await placed_blocks(origin, stored)
-        leaving = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        stored, data, blocks, leaving = await put_file(self, nodes)
         others = [s for s in nodes[1:] if s is not leaving]
         await leaving.repairer.drain()
         state = leaving.node.status()["repair"]["drain"]
@@ -128,11 +130,7 @@ class RepairTests(TestCase):
         clock = Clock()
         clock.advance(time.time())
         net, nodes = await network(self, 6, settings=FAST, clock=clock, repair_after=repair_after)
-        origin = nodes[0]
-        path, _data = content(self, 3 * 64 * 1024)
-        stored = await put(origin, path)
-        blocks = await placed_blocks(origin, stored)
-        victim = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        _stored, _data, blocks, victim = await put_file(self, nodes)
         await net.kill(victim)
         live = [s for s in nodes if s is not victim]
         await wait_for(lambda: all(victim.node.identity.node_id in s.peers.dead_for() for s in live), "dead", 30)
