@@ -73,6 +73,9 @@ class Announcer:
         by_key: dict[bytes, list[CID]] = {}
         for cid, key in blocks:
             by_key.setdefault(key, []).append(cid)
+        if self.node.index.get(root) is None:  # forgotten while its manifests were read
+            self.node.index.announced(root)
+            return
         self.node.index.adopt_keys(root, by_key)
         await self.node.renewer.take(list(by_key), self.node.lease_time, announced=by_key)
         granted = self.node.index.placements.holders(f"file:{root}")

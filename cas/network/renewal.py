@@ -50,7 +50,7 @@ class Renewer:
         self._timer: Any = None
         self._running: Deferred[None] | None = None
         self._again = False
-        self._checked = int(clock.seconds())  # leases that ran out after this were checked for shortfalls
+        self._checked = 0  # leases that ran out after this were checked (all of them at the first round)
         self.renewed = 0  # leases granted (for status and tests)
         self.short = 0  # keys found short of holders and given to top-up
 

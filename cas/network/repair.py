@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import Cooperator, deferLater
+from twisted.internet.task import Cooperator, SchedulerStopped, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -65,6 +65,7 @@ class Repairer:
         self._building: Any = None
         # batches of kept ranks run a slice of each reactor turn (real time, whatever clock leases use)
         self._cooperator = Cooperator(scheduler=lambda f: node.reactor.callLater(0, f))
+        self._stopped = False
         self._sent_at = 0.0  # when the bytes sent so far are paid for (the rate's token bucket, as a deadline)
         # counters (cas status, tests)
         self.blocks_sent = 0
@@ -72,6 +73,8 @@ class Repairer:
         self.keys_checked = 0
 
     def start(self) -> None:
+        self._stopped = False
+        self._cooperator = Cooperator(scheduler=lambda f: self.node.reactor.callLater(0, f))
         self._unsubscribe = self.peers.subscribe(self._changed)
         self._timer = self.clock.callLater(self.period, self._tick)
         self._building = self.clock.callLater(self.period, self.rank_all)
@@ -94,7 +97,7 @@ class Repairer:
                     return
                 cursor = keys[-1]
 
-        return self._cooperator.cooperate(work()).whenDone().addCallback(lambda _: None)
+        return self._cooperator.cooperate(work()).whenDone().addCallbacks(lambda _: None, _stopped)
 
     def _rank(self, key: bytes) -> tuple[bytes | None, int, set[bytes], tuple[bytes, ...]]:
         """(origin, N, peers dead for less than --repair-after, the key's first N + RANK_SLACK), kept."""
@@ -108,6 +111,9 @@ class Repairer:
         return origin, n, dead, top
 
     def stop(self) -> None:
+        """No new work; batches stop, and a pass or drain in progress ends at its next key."""
+        self._stopped = True
+        self._cooperator.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -181,7 +187,7 @@ class Repairer:
             if self._queue:
                 self.kick()
 
-        return self._cooperator.cooperate(work()).whenDone().addCallback(done)
+        return self._cooperator.cooperate(work()).whenDone().addCallbacks(done, _stopped)
 
     def _enqueue(self, key: bytes) -> None:
         if key not in self._queued:
@@ -193,7 +199,7 @@ class Repairer:
         self._cursor = keys[-1] if len(keys) == self.sweep else b""
         for k in keys:
             self._enqueue(k)
-        while self._queue:
+        while self._queue and not self._stopped:
             key = self._queue.popleft()
             self._queued.discard(key)
             try:
@@ -258,6 +264,8 @@ class Repairer:
             while True:
                 keys = self.index.leases.held_keys(cursor, BATCH)
                 for key in keys:
+                    if self._stopped:
+                        return
                     try:
                         state["short_blocks"] += await self._repair_key(key, leaving=True)
                     except Exception as e:
@@ -284,14 +292,16 @@ class Repairer:
         return d
 
     async def _has(self, m: bytes, cids: list[CID]) -> set[CID] | None:
+        """The blocks ``m`` holds under a live lease (HAS version 2: a copy awaiting collection, or one a node
+        of protocol version 1 keeps, is no copy); None if it did not answer."""
         out: set[CID] = set()
         for i in range(0, len(cids), MAX_HAS):
             chunk = cids[i:i + MAX_HAS]
             try:
-                bits = await self.peers.has(m, chunk).addTimeout(TIMEOUT, self.node.reactor)
+                _held, leased = await self.peers.has_leased(m, chunk).addTimeout(TIMEOUT, self.node.reactor)
             except Exception:
                 return None  # unreachable: it gets nothing from this pass
-            out.update(c for c, b in zip(chunk, bits) if b)
+            out.update(c for c, b in zip(chunk, leased or ()) if b)
         return out
 
     async def _send(self, target: bytes, cid: CID, key: bytes, origin: bytes | None, n: int, paced: bool = True
@@ -311,11 +321,18 @@ class Repairer:
                 await deferLater(pace, wait, lambda: None)
             self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
         try:
-            await self.peers.put_block(target, cid, data, key=key, lease=max(t for _h, t in carried),
-                                       origin=origin, n=n if origin is not None else None, leases=carried)
+            leased = await self.peers.put_block(target, cid, data, key=key, lease=max(t for _h, t in carried),
+                                                origin=origin, n=n if origin is not None else None, leases=carried)
         except Exception as e:
             log.debug("repair of {cid} on {t} failed: {e}", cid=str(cid), t=short_node_id(target), e=e)
             return False
+        if leased is False:
+            return False  # a node of protocol version 1 took it without the leases: no copy to count
         self.blocks_sent += 1
         self.bytes_sent += len(data)
         return True
+
+
+def _stopped(f: Failure) -> None:
+    """Batches cut by ``Repairer.stop`` end quietly."""
+    f.trap(SchedulerStopped)

@@ -109,9 +109,7 @@ class Holding:
                 self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
             self._hold_batch.append(((peer, cid, size, int(self.clock.seconds()), pkey, expires), d))
             if pkey == key and (origin is not None or carried):
-                now = int(self.clock.seconds())
-                self._hold_info.append((key, origin, n, [(h, now + min(t, self.max_lease_time))
-                                                         for h, t in carried or ()]))
+                self._hold_info.append(self._placement_info(holder, key, origin, n, carried or [], expires))
 
             def unpin(result: Any) -> Any:
                 self.pins.release([cid])  # recorded (or not): the pin has done its work either way
@@ -142,6 +140,20 @@ class Holding:
 
         inner.addBoth(settle)
         return outer
+
+    def _placement_info(self, sender: bytes, key: bytes, origin: bytes | None, n: int | None,
+                        carried: list[tuple[bytes, int]], expires: int
+                        ) -> tuple[bytes, bytes | None, int | None, list[tuple[bytes, int]]]:
+        """What a PUT_BLOCK says of its key beyond the sender's lease, as far as it can be believed: the leases a
+        repairer carries end no later than its own on the copy and skip holders at their lease count (nobody can
+        fill a third node's count, or keep a copy longer than by leasing it itself); ``origin`` and ``n`` are
+        taken from the origin itself or from a repairer carrying the origin's lease."""
+        book = self.index.leases
+        kept = [(h, min(expires, int(self.clock.seconds()) + min(t, self.max_lease_time))) for h, t in carried
+                if h != sender and (book.expiry(key, h) is not None or book.peer_keys.get(h, 0) < self.max_leases)]
+        if origin is not None and origin != sender and origin not in {h for h, _t in kept}:
+            origin = n = None
+        return key, origin, n, kept
 
     def _check_new_lease(self, holder: bytes, key: bytes) -> None:
         """A lease ``holder`` does not have on ``key`` yet must be one this node should take (NotInRank) and

@@ -32,13 +32,20 @@ async def pin(node: Any, root: CID, local: bool) -> dict[str, Any]:
     keys = list(dict.fromkeys(k for _c, k in blocks))
     local = local or bool(was and was[0])
     node.index.add_pin(root, local, int(node.clock.seconds()), keys, [c for c, _k in blocks] if local else ())
-    if local:
-        for cid, key in blocks:
-            if not node.store.has(cid):
-                data = await node.fetch_placed(cid, key)
-                await node.run(node.store.put, cid, data, True)
-    if node.renewer is not None and keys:
-        await node.renewer.take(keys, node.lease_time)
+    try:
+        if local:
+            for cid, key in blocks:
+                if not node.store.has(cid):
+                    data = await node.fetch_placed(cid, key)
+                    await node.run(node.store.put, cid, data, True)
+        if node.renewer is not None and keys:
+            await node.renewer.take(keys, node.lease_time)
+    except BaseException:
+        if was is None:  # a new pin that failed half-way is not kept (nor its partial copy, nor its leases)
+            node.index.drop_pin(root, int(node.clock.seconds()) + node.lease_time)
+            if node.releaser is not None:
+                node.releaser.send().addErrback(lambda f: log.failure("sending releases failed", f))
+        raise
     holders = node.index.placements.holders(f"pin:{root}")
     counts = [len(holders.get(k, [])) for k in keys]
     if not any(counts):

@@ -30,7 +30,7 @@ import attrs
 
 from cas.base.cid import CID
 from cas.base.errors import SessionNotFound
-from cas.store.leases import LeaseBook, grace_leases
+from cas.store.leases import LEGACY, LeaseBook, grace_leases
 from cas.store.placements import PROVISIONAL, Placements
 
 SCHEMA = """
@@ -352,7 +352,14 @@ class Index:
         sender that says) and the leases a repairer carried ([(lease holder, expiry)])."""
         with self._transaction():
             for peer, cid, size, at, key, expires in holds:
-                if not self.leases.has_block(key, cid):
+                row = self.db.execute("SELECT key FROM holds WHERE peer = ? AND cid = ?", (peer, str(cid))).fetchone()
+                if row is not None and bytes(row[0]) != key:
+                    if key.startswith(LEGACY):
+                        continue  # sent again without a key (protocol version 1): it stays where it is
+                    # the same sender names another key for a block it sent before (a block pushed without a
+                    # key, now placed under its own): the block moves, as an announce would move it
+                    self.leases.rekey(peer, cid, bytes(row[0]), key, int(size), at)
+                elif row is None and not self.leases.has_block(key, cid):
                     self.leases.block_added(key, size)
                 self.db.execute(
                     "INSERT INTO holds (peer, cid, size, first, last, key) VALUES (?, ?, ?, ?, ?, ?) "

@@ -196,26 +196,33 @@ class LeaseBook:
         for h in holders:
             self.peer_bytes[h] -= size
 
+    def rekey(self, peer: str, cid: CID, old: bytes, new: bytes, size: int, now: int) -> None:
+        """Move ``peer``'s hold of ``cid`` from key ``old`` to ``new``, keeping the accounting (the caller
+        writes nothing else about the row's key). An ``old`` key left without blocks loses its leases and
+        rows; a ``new`` key left without a lease waits in ``unleased`` for collection, like any other."""
+        self.block_removed(old, size)
+        if not self.has_block(new, cid):
+            self.block_added(new, size)
+        self.db.execute("UPDATE holds SET key = ? WHERE peer = ? AND cid = ?", (new, peer, str(cid)))
+        if not self.holds_key(old):
+            for h in self.holders(old):
+                self.drop(old, h, now)
+            self.db.execute("DELETE FROM held_keys WHERE key = ?", (old,))
+            self.db.execute("DELETE FROM unleased WHERE key = ?", (old,))
+        if not self.holders(new):
+            self.db.execute("INSERT OR IGNORE INTO unleased VALUES (?, ?)", (new, now))
+
     def attach(self, sender: bytes, key: bytes, cids: Sequence[CID], now: int) -> int:
         """``sender`` (an origin of protocol version 2 announcing a file it stored before leases) names the
         blocks it placed under ``key``: those it pushed here without a key (held under ``legacy_key(sender)``)
-        move to ``key``. A legacy key left empty loses its grace lease and rows. The blocks moved."""
+        move to ``key``. The blocks moved."""
         legacy, peer, moved = legacy_key(sender), sender.hex(), 0
         for cid in cids:
             row = self.db.execute("SELECT size FROM holds WHERE peer = ? AND cid = ? AND key = ?",
                                   (peer, str(cid), legacy)).fetchone()
-            if row is None:
-                continue
-            self.block_removed(legacy, int(row[0]))
-            if not self.has_block(key, cid):
-                self.block_added(key, int(row[0]))
-            self.db.execute("UPDATE holds SET key = ? WHERE peer = ? AND cid = ?", (key, peer, str(cid)))
-            moved += 1
-        if moved and not self.holds_key(legacy):
-            for h in self.holders(legacy):
-                self.drop(legacy, h, now)
-            self.db.execute("DELETE FROM held_keys WHERE key = ?", (legacy,))
-            self.db.execute("DELETE FROM unleased WHERE key = ?", (legacy,))
+            if row is not None:
+                self.rekey(peer, cid, legacy, key, int(row[0]), now)
+                moved += 1
         return moved
 
     def grant(self, key: bytes, holder: bytes, expires: int) -> None:

@@ -123,9 +123,10 @@ class Placements:
 
     def adopt(self, holder: bytes, key: bytes, wanted: int, granted: int, now: int) -> None:
         """A node this one never sent blocks under ``key`` granted a lease there with every block (a copy made
-        by repair): it is one of the key's holders from now on."""
-        self.db.execute("INSERT OR REPLACE INTO placed VALUES (?, ?, ?, ?, ?)",
-                        (key, holder, wanted, now + granted, now + renew_after(granted)))
+        by repair): it is one of the key's holders from now on, if the key still has an owner here (a file
+        forgotten or unpinned while the answer came back is not taken up again)."""
+        self.db.execute("INSERT OR REPLACE INTO placed SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM owner_keys "
+                        "WHERE key = ?)", (key, holder, wanted, now + granted, now + renew_after(granted), key))
 
     def expired_between(self, since: int, now: int) -> set[bytes]:
         """Keys with a lease that ran out (or was found lost) in ``(since, now]``."""
@@ -165,8 +166,8 @@ class Placements:
         self.db.executemany("INSERT OR REPLACE INTO releases VALUES (?, ?, ?)", ((h, k, until) for h, k in rows))
         (n,) = self.db.execute("SELECT count(*) FROM releases").fetchone()
         if n > MAX_RELEASES:
-            self.db.execute("DELETE FROM releases WHERE rowid IN (SELECT rowid FROM releases ORDER BY until LIMIT ?)",
-                            (n - MAX_RELEASES,))
+            self.db.execute("DELETE FROM releases WHERE (holder, key) IN (SELECT holder, key FROM releases ORDER BY "
+                            "until LIMIT ?)", (n - MAX_RELEASES,))
         return sorted({h for h, _k in rows})
 
     def abandoned(self) -> list[str]:

@@ -653,6 +653,20 @@ class Routes(ApiTestCase):
         self.assertEqual((r.status, r.json()["unpinned"]), (200, True))
         self.assertEqual(self.request("GET", "/v1/pins").json(), {"pins": []})
 
+    def test_a_pin_that_fails_half_way_is_not_kept(self) -> None:
+        key = self.put(os.urandom(5000))
+        root = ReadCap.parse(key).root
+        cids = [CID.parse(c) for (c,) in self.node.index.db.execute("SELECT cid FROM refs WHERE owner = ?",
+                                                                   (f"file:{root}",))]
+        self.node.index.forget(root, 0)  # no longer this node's file; its blocks still in the store
+        data_block = next(c for c in cids if c != root)
+        os.remove(self.node.store._path(data_block))  # one block lost: a local copy cannot be completed
+        r = self.request("POST", f"/v1/pins/{root}?local=1")
+        self.assertEqual((r.status, r.json()["error"]), (404, "not_found"))
+        self.assertEqual(self.request("GET", "/v1/pins").json(), {"pins": []})
+        self.assertEqual(self.node.index.db.execute("SELECT count(*) FROM refs WHERE owner LIKE 'pin:%'").fetchone(),
+                         (0,))
+
     def test_status(self) -> None:
         self.put(b"x" * 50)
         s = self.request("GET", "/v1/status").json()

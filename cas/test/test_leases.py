@@ -183,3 +183,81 @@ class LeasedBlocksTests(SynchronousTestCase):
         node.reactor.advance(10)
         cids = [CID.of(b) for b in (leased, legacy, expired)]
         self.assertEqual(node.index.leases.leased_blocks(cids, int(node.reactor.seconds())), {cids[0]})
+
+
+class RekeyTests(SynchronousTestCase):
+    def test_a_block_sent_again_keeps_the_accounting(self) -> None:
+        node = make_node(self)
+        block = os.urandom(1000)
+        for _ in range(3):
+            self.successResultOf(hold(node, A, block))
+        self.assertEqual(node.index.leases.leased_bytes, 1000)
+        check_accounting(self, node)
+
+    def test_a_block_pushed_without_a_key_moves_when_its_sender_names_the_key(self) -> None:
+        node = make_node(self)
+        block = os.urandom(1000)
+        self.successResultOf(hold(node, A, block, key=None, lease=None))  # protocol version 1: legacy key
+        self.assertEqual(node.index.hold_keys(CID.of(block)), {legacy_key(A)})
+        self.successResultOf(hold(node, A, block, key=KEY2))
+        self.assertEqual(node.index.hold_keys(CID.of(block)), {KEY2})
+        self.assertEqual(node.index.leases.holders(legacy_key(A)), [])  # the empty legacy key lost its lease
+        self.assertEqual(node.index.leases.leased_bytes, 1000)
+        check_accounting(self, node)
+        self.successResultOf(hold(node, A, block, key=None, lease=None))  # sent again without a key: it stays
+        self.assertEqual(node.index.hold_keys(CID.of(block)), {KEY2})
+        check_accounting(self, node)
+
+    def test_attached_blocks_without_a_lease_wait_for_collection(self) -> None:
+        node = make_node(self)
+        block = os.urandom(1000)
+        self.successResultOf(hold(node, A, block, key=None, lease=None))
+        with node.index._transaction():
+            node.index.leases.attach(A, KEY2, [CID.of(block)], int(node.reactor.seconds()))
+        self.assertEqual(node.index.leases.holders(KEY2), [])
+        self.assertEqual(node.index.leases.unleased(int(node.reactor.seconds()), 10), [KEY2])  # collectable
+        check_accounting(self, node)
+
+
+class ReleaseQueueTests(SynchronousTestCase):
+    def test_past_its_cap_the_soonest_to_expire_go(self) -> None:
+        from cas.store import placements
+
+        self.patch(placements, "MAX_RELEASES", 5)
+        node = make_node(self)
+        index = node.index
+        for i in range(8):
+            index.plan_placement(f"upload:{i}", bytes([i]) * 8, [A], 60, 0)
+            index.drop_owner(f"upload:{i}", until=1000 + i)
+        self.assertEqual(index.count_releases(), 5)
+        kept = sorted(k[0] for k in index.pending_releases(0)[A])
+        self.assertEqual(kept, [3, 4, 5, 6, 7])
+
+
+class CarriedLeaseTests(SynchronousTestCase):
+    def hold_carrying(self, node: Node, block: bytes, lease: int, origin: bytes | None,
+                      carried: list[tuple[bytes, int]]) -> None:
+        d = node.hold_block(A.hex(), CID.of(block), block, KEY, lease, origin, 3 if origin else None, carried)
+        node.reactor.advance(0)  # type: ignore[attr-defined]
+        self.successResultOf(d)
+
+    def test_carried_leases_end_with_the_senders_and_respect_lease_counts(self) -> None:
+        node = make_node(self)
+        now = int(node.reactor.seconds())
+        self.hold_carrying(node, os.urandom(10), 100, B, [(B, 10**6)])
+        self.assertEqual(node.index.leases.expiry(KEY, B), now + 100)  # no longer than the sender's own
+        self.assertEqual(node.index.leases.key_info(KEY), (B, 3))  # the origin came with its lease
+        check_accounting(self, node)
+        node = make_node(self, max_leases=1)
+        self.successResultOf(hold(node, B, os.urandom(10), key=KEY))  # B is at its lease count here
+        C = b"c" * 32
+        d = node.hold_block(A.hex(), CID.of(b"x"), b"x", KEY2, 100, None, None, [(B, 50), (C, 50)])
+        node.reactor.advance(0)  # type: ignore[attr-defined]
+        self.successResultOf(d)
+        self.assertEqual(sorted(node.index.leases.holders(KEY2)), sorted([A, C]))  # not B: it has its count
+        check_accounting(self, node)
+
+    def test_an_origin_nobody_vouches_for_is_not_recorded(self) -> None:
+        node = make_node(self)
+        self.hold_carrying(node, os.urandom(10), 100, b"z" * 32, [(B, 50)])
+        self.assertIsNone(node.index.leases.key_info(KEY))

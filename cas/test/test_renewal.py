@@ -116,7 +116,9 @@ class RenewalTests(TestCase):
                              sorted(s.node.node_id for s in live[1:]), f"holders of {cid}")
         for s in survivors:
             self.assertEqual(s.node.expiry.collected_blocks, 0, "a renewed copy was collected")
-        self.assertGreater(origin.renewer.short, 0)
+        # placed again by the origin (renewal found the key short) or by the holders' repair (the lost holder
+        # found dead): which one comes first depends on how soon failure detection calls it dead
+        self.assertGreater(origin.renewer.short + sum(s.repairer.blocks_sent for s in live), 0)
 
     async def test_a_holder_that_lost_a_block_gets_it_back_at_its_next_renewal(self) -> None:
         clock = Clock()
