@@ -42,6 +42,7 @@ PERIOD = 30.0  # seconds between passes
 SWEEP = 256  # held keys looked at per pass besides those whose ranking changed
 TIMEOUT = 30.0
 BATCH = 2000  # kept ranks looked at per reactor turn after a membership change
+OWN_LEASE = 60  # seconds of the repairer's own lease on a copy it makes (the carried leases keep the copy)
 ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
 
 
@@ -50,6 +51,7 @@ class Repairer:
                  rate: int = REPAIR_RATE, period: float = PERIOD, sweep: int = SWEEP) -> None:
         self.node, self.index, self.peers, self.clock = node, node.index, peers, clock
         self.repair_after, self.rate, self.period, self.sweep = repair_after, rate, period, sweep
+        self.own_lease = OWN_LEASE
         # held key -> N (one byte), then the ids of its first N + RANK_SLACK (32 bytes each) when last ranked
         self._top: dict[bytes, bytes] = {}
         self.last_change: dict[str, Any] = {}  # what the last membership change cost (docs/reliability.md)
@@ -321,7 +323,7 @@ class Repairer:
                 await deferLater(pace, wait, lambda: None)
             self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
         try:
-            leased = await self.peers.put_block(target, cid, data, key=key, lease=max(t for _h, t in carried),
+            leased = await self.peers.put_block(target, cid, data, key=key, lease=min(self.own_lease, carried[0][1]),
                                                 origin=origin, n=n if origin is not None else None, leases=carried)
         except Exception as e:
             log.debug("repair of {cid} on {t} failed: {e}", cid=str(cid), t=short_node_id(target), e=e)

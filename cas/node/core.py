@@ -38,7 +38,7 @@ from cas.content.capability import ReadCap
 from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name
 from cas.content.verify import VerifyReport, verify_file
 from cas.network.health import file_health
-from cas.network.placement import Rendezvous
+from cas.network.placement import RANK_SLACK, Rendezvous
 from cas.network.repair import REPAIR_AFTER, REPAIR_RATE
 from cas.network.replication import BLOCK_DEADLINE, Replicator
 from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
@@ -398,12 +398,22 @@ class Node(Holding):
         """Forget a file: its blocks here are collected unless another file needs them, and its leases on the
         holders are released (those not reachable within ``RELEASE_WAIT`` s stay queued, see release.py).
         Fires with the answer of ``DELETE /v1/files/KEY``."""
-        holders = self.index.forget(root, int(self.clock.seconds()) + self.lease_time)
+        also = self.rank_holders(f"file:{root}")
+        holders = self.index.forget(root, int(self.clock.seconds()) + self.lease_time, also)
         if holders is None:
             if self.index.pinned(root) is not None:
                 raise Pinned("this node pinned this file but did not store it: use cas unpin")
             raise FileNotFound(f"no file with id {root} is stored by this node's owner")
-        return self._release(holders, {"forgotten": True})
+        return self._release(holders, {"forgotten": True}, sorted({h for h, _k in also} - set(holders)))
+
+    def rank_holders(self, owner: str) -> list[tuple[bytes, bytes]]:
+        """(node, key) for each key of ``owner`` and each node among the key's first N + 4 in rank: where a
+        lease of ours may stand that we did not record (a copy made by repair takes the leases it carried)."""
+        if self.peers is None:
+            return []
+        members = list(self.peers.members())
+        return [(m, k) for k in self.index.placements.owner_keys(owner)
+                for m in self.placement.rank(k, members)[: self.replicas + RANK_SLACK]]
 
     def pin(self, root: CID, local: bool = False) -> Deferred[dict[str, Any]]:
         """Keep a file of another node alive with this node's leases (cas/node/pinning.py)."""
@@ -411,14 +421,18 @@ class Node(Holding):
 
     def unpin(self, root: CID) -> Deferred[dict[str, Any]]:
         """Release a pin's leases and let its local copy be collected (FileNotFound if not pinned)."""
-        return self._release(pinning.unpin_holders(self, root), {"unpinned": True})
+        also = self.rank_holders(f"pin:{root}")
+        holders = pinning.unpin_holders(self, root, also)
+        return self._release(holders, {"unpinned": True}, sorted({h for h, _k in also} - set(holders)))
 
     def pinned_files(self) -> dict[str, Any]:
         """The answer of ``GET /v1/pins``."""
         return pinning.pins(self)
 
-    def _release(self, holders: list[bytes], answer: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        """Collect what was freed here and release ``holders``' leases; ``answer`` with what happened."""
+    def _release(self, holders: list[bytes], answer: dict[str, Any], others: list[bytes] = ()
+                 ) -> Deferred[dict[str, Any]]:
+        """Collect what was freed here and release ``holders``' leases (and ``others``', not reported: nodes
+        that may hold leases of ours); ``answer`` with what happened to ``holders``."""
 
         def release(freed: CollectResult) -> Deferred[dict[str, Any]]:
             answer.update({"blocks_freed": freed.blocks, "bytes_freed": freed.bytes,
@@ -428,6 +442,8 @@ class Node(Holding):
             if self.releaser is None:
                 answer["pending"] = [format_node_id(h) for h in holders]
                 return succeed(answer)
+            if others:
+                self.releaser.send(others).addErrback(lambda f: log.failure("sending releases failed", f))
             sent = self.releaser.send(holders)
             sent.addTimeout(RELEASE_WAIT, self.reactor)
 

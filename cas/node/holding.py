@@ -145,11 +145,12 @@ class Holding:
                         carried: list[tuple[bytes, int]], expires: int
                         ) -> tuple[bytes, bytes | None, int | None, list[tuple[bytes, int]]]:
         """What a PUT_BLOCK says of its key beyond the sender's lease, as far as it can be believed: the leases a
-        repairer carries end no later than its own on the copy and skip holders at their lease count (nobody can
-        fill a third node's count, or keep a copy longer than by leasing it itself); ``origin`` and ``n`` are
-        taken from the origin itself or from a repairer carrying the origin's lease."""
+        repairer carries (capped by ``--max-lease-time``, as any lease) skip holders at their lease count here
+        (nobody can fill a third node's count); ``origin`` and ``n`` are taken from the origin itself or from a
+        repairer carrying the origin's lease."""
         book = self.index.leases
-        kept = [(h, min(expires, int(self.clock.seconds()) + min(t, self.max_lease_time))) for h, t in carried
+        now = int(self.clock.seconds())
+        kept = [(h, now + min(t, self.max_lease_time)) for h, t in carried
                 if h != sender and (book.expiry(key, h) is not None or book.peer_keys.get(h, 0) < self.max_leases)]
         if origin is not None and origin != sender and origin not in {h for h, _t in kept}:
             origin = n = None

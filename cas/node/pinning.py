@@ -67,9 +67,10 @@ def pins(node: Any) -> dict[str, Any]:
                      for r, loc, c, k, h in node.index.pins()]}
 
 
-def unpin_holders(node: Any, root: CID) -> list[bytes]:
-    """Drop the pin (FileNotFound if there is none): the holders whose leases are to be released."""
-    holders = node.index.drop_pin(root, int(node.clock.seconds()) + node.lease_time)
+def unpin_holders(node: Any, root: CID, also: list[tuple[bytes, bytes]] = ()) -> list[bytes]:  # type: ignore[assignment]
+    """Drop the pin (FileNotFound if there is none): the holders whose leases are to be released (and
+    ``also`` (node, key), queued too)."""
+    holders = node.index.drop_pin(root, int(node.clock.seconds()) + node.lease_time, also)
     if holders is None:
         raise FileNotFound("this node has not pinned this file")
     return holders

@@ -220,13 +220,14 @@ class Index:
                 self.db.execute("DELETE FROM sessions WHERE id = ?", (session,))
                 self.db.execute("DELETE FROM session_links WHERE id = ?", (session,))
 
-    def forget(self, root: CID, until: int) -> list[bytes] | None:
+    def forget(self, root: CID, until: int, also: Iterable[tuple[bytes, bytes]] = ()) -> list[bytes] | None:
         """Forget a file, and queue the release of every lease its blocks were placed under (until ``until``,
-        when they would have expired anyway); the holders queued, or None if the file is not here."""
+        when they would have expired anyway), and of ``also`` (holder, key); the recorded holders queued, or
+        None if the file is not here."""
         with self._transaction():
             cur = self.db.execute("DELETE FROM files WHERE root = ?", (str(root),))
             self.db.execute("DELETE FROM refs WHERE owner = ?", (f"file:{root}",))
-            holders = self._queue_releases(f"file:{root}", until) if cur.rowcount else []
+            holders = self.placements.queue_releases(f"file:{root}", until, also) if cur.rowcount else []
         return holders if cur.rowcount else None
 
     # -- pins: files of other nodes this node keeps leases on (cas/node/pinning.py) ------------------------------
@@ -253,7 +254,7 @@ class Index:
             "WHERE o.owner = 'pin:' || p.root) FROM pinned p ORDER BY p.created, p.root")
         return [(r, bool(loc), int(c), int(k), int(h)) for r, loc, c, k, h in rows]
 
-    def drop_pin(self, root: CID, until: int) -> list[bytes] | None:
+    def drop_pin(self, root: CID, until: int, also: Iterable[tuple[bytes, bytes]] = ()) -> list[bytes] | None:
         """Unpin: the local copy's refs go, and the pin's leases are queued for release (until ``until``); the
         holders queued, or None if the file is not pinned."""
         with self._transaction():
@@ -261,7 +262,7 @@ class Index:
             if not cur.rowcount:
                 return None
             self.db.execute("DELETE FROM refs WHERE owner = ?", (f"pin:{root}",))
-            return self._queue_releases(f"pin:{root}", until)
+            return self.placements.queue_releases(f"pin:{root}", until, also)
 
     # -- files stored before leases (data-dir format < 3), to announce to their holders (cas/network/announce.py)
     def to_announce(self, limit: int) -> list[CID]:

@@ -158,9 +158,15 @@ class Placements:
         self.db.executemany("UPDATE placed SET due = ? WHERE key = ? AND holder = ?", ((at, k, holder) for k in keys))
 
     # -- releasing --------------------------------------------------------------------------------------------
-    def queue_releases(self, owner: str, until: int) -> list[bytes]:
-        """Forget ``owner``'s placements, queueing a release of each; the holders concerned."""
-        rows = [(h, k) for k, hs in self.holders(owner).items() for h in hs]
+    def owner_keys(self, owner: str) -> list[bytes]:
+        return [bytes(k) for (k,) in self.db.execute("SELECT key FROM owner_keys WHERE owner = ?", (owner,))]
+
+    def queue_releases(self, owner: str, until: int, also: Iterable[tuple[bytes, bytes]] = ()) -> list[bytes]:
+        """Forget ``owner``'s placements, queueing a release of each (and of the (holder, key) pairs ``also``:
+        nodes that may hold a lease of ours we did not record, such as a copy made by repair); the holders of
+        recorded placements."""
+        recorded = [(h, k) for k, hs in self.holders(owner).items() for h in hs]
+        rows = list(dict.fromkeys([*recorded, *also]))
         self.db.execute("DELETE FROM placed WHERE key IN (SELECT key FROM owner_keys WHERE owner = ?)", (owner,))
         self.db.execute("DELETE FROM owner_keys WHERE owner = ?", (owner,))
         self.db.executemany("INSERT OR REPLACE INTO releases VALUES (?, ?, ?)", ((h, k, until) for h, k in rows))
@@ -168,7 +174,7 @@ class Placements:
         if n > MAX_RELEASES:
             self.db.execute("DELETE FROM releases WHERE (holder, key) IN (SELECT holder, key FROM releases ORDER BY "
                             "until LIMIT ?)", (n - MAX_RELEASES,))
-        return sorted({h for h, _k in rows})
+        return sorted({h for h, _k in recorded})
 
     def abandoned(self) -> list[str]:
         """Owners of uploads that were not recorded before the last stop."""

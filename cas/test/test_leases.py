@@ -241,11 +241,11 @@ class CarriedLeaseTests(SynchronousTestCase):
         node.reactor.advance(0)  # type: ignore[attr-defined]
         self.successResultOf(d)
 
-    def test_carried_leases_end_with_the_senders_and_respect_lease_counts(self) -> None:
+    def test_carried_leases_are_capped_and_respect_lease_counts(self) -> None:
         node = make_node(self)
         now = int(node.reactor.seconds())
-        self.hold_carrying(node, os.urandom(10), 100, B, [(B, 10**6)])
-        self.assertEqual(node.index.leases.expiry(KEY, B), now + 100)  # no longer than the sender's own
+        self.hold_carrying(node, os.urandom(10), 100, B, [(B, 10**9)])
+        self.assertEqual(node.index.leases.expiry(KEY, B), now + MAX_LEASE_TIME)  # capped as any lease
         self.assertEqual(node.index.leases.key_info(KEY), (B, 3))  # the origin came with its lease
         check_accounting(self, node)
         node = make_node(self, max_leases=1)

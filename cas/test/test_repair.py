@@ -69,8 +69,10 @@ class RepairTests(TestCase):
     timeout = 120
 
     async def test_blocks_are_back_at_n_copies_without_the_origin(self) -> None:
-        net, nodes = await network(self, 6, settings=FAST, repair_after=1.0)
+        net, nodes = await network(self, 6, settings=FAST, repair_after=1.0, gc_period=0.5)
         fast_repair(nodes)
+        for s in nodes:
+            s.repairer.own_lease = 1  # the repairer's own lease on a copy ends at once: the carried ones keep it
         origin = nodes[0]
         path, data = content(self, 3 * 64 * 1024)
         stored = await put(origin, path)
@@ -88,12 +90,34 @@ class RepairTests(TestCase):
         for cid, _key in blocks:  # each copy checked by fetching it, not by HAS
             self.assertGreaterEqual(await verified_holders(live[0], live, cid), 3, str(cid))
         self.assertGreater(sum(s.repairer.blocks_sent for s in live), 0)
-        # the new copies carry the origin's lease: nobody collects them
+        # the new copies carry the origin's lease: nobody collects them, after the repairer's own lease too
+        await deferLater(reactor, 3, lambda: None)
+        self.assertTrue(back())
         me = origin.node.identity.node_id
         for s in live:
             for cid, key in blocks:
                 if s.node.store.has(cid) and s.node.index.is_held(cid):
                     self.assertIsNotNone(s.node.index.leases.expiry(key, me), "a repaired copy without the lease")
+
+    async def test_repaired_copies_go_with_cas_rm(self) -> None:
+        """The origin never recorded the node a repair copied to, but its release also goes to each key's first
+        N + 4 in rank, and the repairer's own lease on the copy is short: the copy goes with the file."""
+        net, nodes = await network(self, 6, settings=FAST, repair_after=1.0, gc_period=0.5)
+        fast_repair(nodes)
+        for s in nodes:
+            s.repairer.own_lease = 2  # 60 s in production: the copy's own lease, not what keeps it
+        origin = nodes[0]
+        stored, _data, blocks, victim = await put_file(self, nodes)
+        await net.kill(victim)
+        live = [s for s in nodes[1:] if s is not victim]
+
+        def held() -> int:
+            return sum(1 for s in live for c, _k in blocks if s.node.store.has(c) and s.node.index.is_held(c))
+
+        await wait_for(lambda: held() >= 3 * len(blocks), "the copies repaired", 60)
+        self.assertGreater(sum(s.repairer.blocks_sent for s in live), 0)
+        await origin.node.forget(stored.cap.root)
+        await wait_for(lambda: held() == 0, "every copy, repaired ones too, collected after cas rm", 30)
 
     async def test_a_silent_holder_not_yet_dead_moves_nothing(self) -> None:
         """A holder that stops answering is suspect first, and dead only after ``dead_after`` (30 s here): until
