@@ -6,8 +6,9 @@ Each round (every ``INTERVAL`` s, and at once when a file is recorded) the ``Ren
 node for the keys due, at most ``MAX_KEYS`` per message and as many messages as needed, asking for the row's
 length: ``PROVISIONAL`` (1 h) for the blocks of an upload or upload session not recorded yet, ``--lease-time``
 for a recorded file. A key's renewal goes to every node recorded as holding blocks under it and to the key's
-current first N + ``RANK_SLACK`` in rank over the members (a node that got copies from repair is found there
-and recorded when it grants the lease with every block).
+current first N + ``RANK_SLACK`` in rank over the members and the peers dead for less than ``--repair-after``
+(the rank repair uses; a node that got copies from repair is found there and recorded when it grants the lease
+with every block).
 
 The answer says per key whether the lease was granted and whether the holder still has every block it holds
 under the key. A holder that does not answer is asked again after ``RETRY`` seconds and still counts until its
@@ -93,7 +94,10 @@ class Renewer:
         recorded: dict[bytes, tuple[int, set[bytes]]] = {}
         for holder, key, wanted in self.index.placements.due(now, ROUND):
             recorded.setdefault(key, (wanted, set()))[1].add(holder)
-        members = list(self.peers.members()) if recorded else []
+        members: list[bytes] = []
+        if recorded:  # the rank repair uses: members and the peers dead for less than --repair-after
+            members = [*self.peers.members(), *(d for d, since in self.peers.dead_for().items()
+                                                  if since < self.node.repair_after)]
         asks: dict[tuple[bytes, int], list[bytes]] = defaultdict(list)
         extra: set[tuple[bytes, bytes]] = set()  # (node, key): asked because of its rank, not recorded
         for key, (wanted, holders) in recorded.items():
