@@ -19,7 +19,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 
 from cas.base.cid import CID
 from cas.base.nodeid import format_node_id
-from cas.network.placement import MANIFEST_DOMAIN, RANK_SLACK, file_placement, manifest_key
+from cas.network.placement import MANIFEST_DOMAIN, RANK_SLACK
 from cas.peer.peers import MAX_HAS
 
 FAN_OUT = 64  # other members asked about blocks the rank did not cover
@@ -28,7 +28,7 @@ TIMEOUT = 15.0  # seconds a node has to answer one HAS
 
 async def file_health(node: Any, root: CID) -> dict[str, Any]:
     """The answer of ``GET /v1/files/KEY/health`` (docs/api.md)."""
-    blocks = await file_placement(root, lambda c: node.fetch_placed(c, manifest_key(c.to_bytes())))
+    blocks = await node.file_blocks(root)
     by_key: dict[bytes, list[CID]] = {}
     for cid, key in blocks:
         by_key.setdefault(key, []).append(cid)

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from cas.base.cid import CID
 from cas.base.nodeid import short_node_id
-from cas.network.placement import RANK_SLACK, file_placement, manifest_key
+from cas.network.placement import RANK_SLACK
 from cas.peer import frames
 from cas.peer.connection import NotSupported
 from cas.store.index import Underplaced
@@ -96,8 +96,7 @@ class Renewer:
             recorded.setdefault(key, (wanted, set()))[1].add(holder)
         members: list[bytes] = []
         if recorded:  # the rank repair uses: members and the peers dead for less than --repair-after
-            members = [*self.peers.members(), *(d for d, since in self.peers.dead_for().items()
-                                                  if since < self.node.repair_after)]
+            members = [*self.peers.members(), *self.peers.recently_dead(self.node.repair_after)]
         asks: dict[tuple[bytes, int], list[bytes]] = defaultdict(list)
         extra: set[tuple[bytes, bytes]] = set()  # (node, key): asked because of its rank, not recorded
         for key, (wanted, holders) in recorded.items():
@@ -189,7 +188,7 @@ class Renewer:
                          "(cas pin --local) this node cannot place them again", n=len(keys), r=self.node.replicas)
                 continue
             try:
-                blocks = await file_placement(root, lambda c: self.node.fetch_placed(c, manifest_key(c.to_bytes())))
+                blocks = await self.node.file_blocks(root)
             except Exception as e:
                 log.warn("cannot place the blocks of a file again: its manifests cannot be read ({e})", e=e)
                 continue

@@ -105,7 +105,7 @@ class Repairer:
         """(origin, N, peers dead for less than --repair-after, the key's first N + RANK_SLACK), kept."""
         info = self.index.leases.key_info(key)
         origin, n = info if info is not None else (None, self.node.replicas)
-        dead = {d for d, since in self.peers.dead_for().items() if since < self.repair_after}
+        dead = self.peers.recently_dead(self.repair_after)
         me = self.node.identity.node_id
         ranked = [m for m in self.node.placement.rank(key, [*self.peers.members(), *dead, me]) if m != origin]
         top = tuple(ranked[: max(n, 0) + RANK_SLACK])

@@ -38,7 +38,7 @@ from cas.content.capability import ReadCap
 from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name
 from cas.content.verify import VerifyReport, verify_file
 from cas.network.health import file_health
-from cas.network.placement import RANK_SLACK, Rendezvous
+from cas.network.placement import RANK_SLACK, Rendezvous, file_placement, manifest_key
 from cas.network.repair import REPAIR_AFTER, REPAIR_RATE
 from cas.network.replication import BLOCK_DEADLINE, Replicator
 from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
@@ -378,6 +378,11 @@ class Node(Holding):
 
     def open(self, cap: ReadCap) -> Deferred[OpenFile]:
         return ensureDeferred(open_file(cap, self.fetch_placed))
+
+    def file_blocks(self, root: CID) -> Deferred[list[tuple[CID, bytes]]]:
+        """Every block of the file named by ``root`` with its placement key, the manifests read from the local
+        store or else from their holders (the root id is enough: nothing is decrypted)."""
+        return ensureDeferred(file_placement(root, lambda c: self.fetch_placed(c, manifest_key(c.to_bytes()))))
 
     def health(self, root: CID) -> Deferred[dict[str, Any]]:
         """Which nodes hold each block of the file under a live lease (cas/network/health.py)."""

@@ -17,7 +17,6 @@ from twisted.logger import Logger
 
 from cas.base.cid import CID
 from cas.base.errors import FileNotFound, PinRefused
-from cas.network.placement import file_placement, manifest_key
 
 log = Logger()
 
@@ -28,7 +27,7 @@ async def pin(node: Any, root: CID, local: bool) -> dict[str, Any]:
         raise PinRefused("this node stored this file: it renews the file's leases already (cas pin is for files "
                          "of other nodes)")
     was = node.index.pinned(root)
-    blocks = await file_placement(root, lambda c: node.fetch_placed(c, manifest_key(c.to_bytes())))
+    blocks = await node.file_blocks(root)
     keys = list(dict.fromkeys(k for _c, k in blocks))
     local = local or bool(was and was[0])
     node.index.add_pin(root, local, int(node.clock.seconds()), keys, [c for c, _k in blocks] if local else ())

@@ -801,6 +801,10 @@ class PeerManager:
     def members(self) -> list[bytes]:
         return sorted(e.node_id for e in self.table.members(self.wall()))
 
+    def recently_dead(self, within: float) -> set[bytes]:
+        """Peers dead for less than ``within`` seconds (repair counts them as still holding what they held)."""
+        return {d for d, since in self.dead_for().items() if since < within}
+
     def dead_for(self) -> dict[bytes, float]:
         """Peers found dead, and for how many seconds (the repairer waits ``--repair-after`` before it replaces
         their copies)."""

@@ -200,8 +200,8 @@ class KeptRankTests(SynchronousTestCase):
             def members(self) -> list[bytes]:
                 return members[1:]
 
-            def dead_for(self) -> dict[bytes, float]:
-                return {}
+            def recently_dead(self, within: float) -> set[bytes]:
+                return set()
 
             def subscribe(self, cb: object) -> object:
                 return lambda: None
