@@ -18,7 +18,6 @@ from cas.network.announce import Announcer
 from cas.network.release import Releaser
 from cas.network.renewal import Renewer
 from cas.network.repair import Repairer
-from cas.network.replication import TopUp
 from cas.node.core import Node
 from cas.peer.advertise import Advertiser
 from cas.peer.interfaces import Lister, is_wildcard, list_interfaces
@@ -52,8 +51,6 @@ class NodeService(service.Service):
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
         node.peers = self.peers
-        self.topup = node.topup = TopUp(node, self.peers, node.placement, node.replicas, node.clock,
-                                        deadline=node.block_deadline)
         self.releaser = node.releaser = Releaser(node.index, self.peers, node.clock, me=node.identity.node_id,
                                                  release_here=node.release)
         self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
@@ -132,8 +129,6 @@ class NodeService(service.Service):
             self.privilegedStartService()
         self.node.start()
         self.peers.start()
-        if self.node.replicas > 0:
-            self.topup.start()
         self.releaser.start()
         self.renewer.start()
         self.announcer.start()
@@ -146,7 +141,6 @@ class NodeService(service.Service):
         super().stopService()
         if self.advertiser is not None:
             self.advertiser.stop()
-        self.topup.stop()
         self.releaser.stop()
         self.renewer.stop()
         self.announcer.stop()

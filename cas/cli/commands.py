@@ -417,8 +417,11 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
     leases = answer.get("leases") if isinstance(answer.get("leases"), dict) else {}
     repair = answer.get("repair") if isinstance(answer.get("repair"), dict) else {}
     if all(isinstance(repair.get(k), int) for k in ("queued", "blocks_sent", "bytes_sent")):
+        short = repair.get("short_here")
         lines.append(("repair", f"{repair['queued']} key(s) queued, {repair['blocks_sent']} block(s) "
-                                f"({human_size(repair['bytes_sent'])}) sent to other nodes since start"))
+                                f"({human_size(repair['bytes_sent'])}) sent to other nodes since start"
+                      + (f"; {short} block(s) of files stored here short of copies" if isinstance(short, int)
+                         and short else "")))
     if isinstance(leases.get("granted"), int) and isinstance(leases.get("releases_pending"), int):
         pending = leases["releases_pending"]
         lines.append(("leases", f"{leases['granted']} granted to other nodes here, "

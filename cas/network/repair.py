@@ -12,27 +12,35 @@ seconds left), so the new copy is kept as long as the original. A key with a blo
 their receiver: nothing is decrypted. Two repairers at once (views of the membership differ at times) only
 send a block twice; a PUT of a block already held is a no-op.
 
+The origin takes part only for the blocks of its own files that no node of the rank holds (an upload that
+found too few nodes, or holders that fell out of the rank or lost them: the index table ``underplaced``): it
+sends those itself under its own lease. A block some live node of the rank holds is that node's to repair.
+
 What is checked, and when: a key whose ranking changed (a member joined, or one dead for ``--repair-after``
 left the rank), found from the first N + ``RANK_SLACK`` kept per key (``_top``), and a slow sweep of every
-held key (``SWEEP`` keys per period) that also fills ``_top``. Bytes sent are paced by ``--repair-rate``.
+held key (``SWEEP`` keys per period) that also fills ``_top``; the origin's short blocks each pass and when a
+member joins. Bytes sent are paced by ``--repair-rate``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Cooperator, SchedulerStopped, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock
 from cas.base.nodeid import short_node_id
 from cas.network.placement import RANK_SLACK
 from cas.peer.peers import MAX_HAS
+from cas.store.index import Underplaced
 
 log = Logger()
 
@@ -44,6 +52,7 @@ TIMEOUT = 30.0
 BATCH = 2000  # kept ranks looked at per reactor turn after a membership change
 OWN_LEASE = 60  # seconds of the repairer's own lease on a copy it makes (the carried leases keep the copy)
 ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
+TOP_UP_BATCH = 64  # the origin's short blocks read from the index at a time
 
 
 class Repairer:
@@ -62,6 +71,7 @@ class Repairer:
         self._cursor = b""  # the sweep's position in the held keys
         self._timer: Any = None
         self._running: Deferred[None] | None = None
+        self._again = False  # kicked while a pass ran: another follows
         self._unsubscribe: Any = None
         self._later: set[Any] = set()  # delayed looks at the keys of peers that left
         self._building: Any = None
@@ -73,6 +83,7 @@ class Repairer:
         self.blocks_sent = 0
         self.bytes_sent = 0
         self.keys_checked = 0
+        self.topped_up = 0  # of blocks_sent: the origin's, of blocks no node of the rank held
 
     def start(self) -> None:
         self._stopped = False
@@ -129,18 +140,29 @@ class Repairer:
 
     def status(self) -> dict[str, Any]:
         return {"queued": len(self._queue), "keys_checked": self.keys_checked, "blocks_sent": self.blocks_sent,
-                "bytes_sent": self.bytes_sent, "drain": dict(self.draining) if self.draining else None}
+                "bytes_sent": self.bytes_sent, "topped_up": self.topped_up,
+                "short_here": self.index.count_underplaced(),
+                "drain": dict(self.draining) if self.draining else None}
 
     def _tick(self) -> None:
         self._timer = self.clock.callLater(self.period, self._tick)
         self.kick()
 
     def kick(self) -> Deferred[None]:
-        """A pass now (or the one running)."""
-        if self._running is None:
-            self._running = ensureDeferred(self._pass())
-            self._running.addBoth(self._over)
-        return self._running
+        """A pass now (or another right after the one running); fires when they are over."""
+        if self._running is not None:
+            self._again = True
+            return self._running
+        d = self._running = ensureDeferred(self._passes())
+        d.addBoth(self._over)
+        return d
+
+    async def _passes(self) -> None:
+        while True:
+            self._again = False
+            await self._pass()
+            if not self._again or self._stopped:
+                return
 
     def _over(self, result: Any) -> None:
         self._running = None
@@ -152,6 +174,8 @@ class Repairer:
         copies are to be replaced): the keys whose kept rank it enters or leaves are looked at first."""
         if change.member:
             self._affected(change.node_id, joined=True)
+            if self.node.replicas > 0 and self.index.count_underplaced():
+                self.kick()  # the origin's short blocks may have a place now
         else:
             call = self.clock.callLater(self.repair_after, self._affected, change.node_id, False)
             self._later.add(call)
@@ -197,6 +221,7 @@ class Repairer:
             self._queue.append(key)
 
     async def _pass(self) -> None:
+        await self._top_up()
         keys = self.index.leases.held_keys(self._cursor, self.sweep)
         self._cursor = keys[-1] if len(keys) == self.sweep else b""
         for k in keys:
@@ -308,6 +333,7 @@ class Repairer:
 
     async def _send(self, target: bytes, cid: CID, key: bytes, origin: bytes | None, n: int, paced: bool = True
                     ) -> bool:
+        """A holder's copy of ``cid`` to ``target``, with the live leases this node knows on ``key``."""
         now = int(self.clock.seconds())
         carried = self.index.leases.leases_on(key, now)
         if not carried:
@@ -316,6 +342,13 @@ class Repairer:
             data = await self.node.fetch(cid)
         except Exception:
             return False
+        return await self._put(target, cid, data, key, min(self.own_lease, carried[0][1]), origin,
+                               n if origin is not None else None, carried, paced)
+
+    async def _put(self, target: bytes, cid: CID, data: Any, key: bytes, lease: int, origin: bytes | None,
+                   n: int | None, carried: list[Any] | None, paced: bool = True) -> bool:
+        """One PUT_BLOCK of repair, after waiting for its share of ``--repair-rate``: whether ``target`` now holds
+        the block under a lease (a node of protocol version 1 takes it without one: no copy to count)."""
         pace = self.node.reactor  # bytes per second of real time, whatever clock leases use
         if paced:
             wait = self._sent_at - pace.seconds()
@@ -323,16 +356,89 @@ class Repairer:
                 await deferLater(pace, wait, lambda: None)
             self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
         try:
-            leased = await self.peers.put_block(target, cid, data, key=key, lease=min(self.own_lease, carried[0][1]),
-                                                origin=origin, n=n if origin is not None else None, leases=carried)
+            leased = await self.peers.put_block(target, cid, data, timeout=self.node.block_deadline, key=key,
+                                                lease=lease, origin=origin, n=n, leases=carried)
         except Exception as e:
             log.debug("repair of {cid} on {t} failed: {e}", cid=str(cid), t=short_node_id(target), e=e)
             return False
         if leased is False:
-            return False  # a node of protocol version 1 took it without the leases: no copy to count
+            return False
         self.blocks_sent += 1
         self.bytes_sent += len(data)
         return True
+
+    async def _top_up(self) -> None:
+        """The origin's part: the blocks of its files short of N (``underplaced``). A block some live node of
+        its key's rank holds under a lease is left to that node's repair, and the row only learns how many
+        hold it (the answer of a resumable upload's last piece counts them). A block none of them holds is
+        sent from here, under this node's lease, to the live nodes of the rank that lack it, until N hold it
+        (recorded holders dead for less than ``--repair-after`` or silent count as holding, as in repair). A
+        row goes when N live nodes of the rank hold its block, or when the block is no longer stored here."""
+        n, me = self.node.replicas, self.node.identity.node_id
+        after = ""
+        while n > 0 and not self._stopped:
+            rows = self.index.underplaced(TOP_UP_BATCH, after)
+            if not rows:
+                return
+            after = str(rows[-1].cid)
+            by_key: dict[bytes, list[Underplaced]] = defaultdict(list)
+            for row in rows:
+                by_key[row.key].append(row)
+            dead = self.peers.recently_dead(self.repair_after)
+            members = [*self.peers.members(), *dead]
+            done: list[CID] = []
+            progress: list[Underplaced] = []
+            placed: list[tuple[bytes, list[bytes]]] = []
+            for key, krows in by_key.items():
+                if self._stopped:
+                    return  # the node is stopping (its index may be closed): the rows wait for the next start
+                here = [r for r in krows if self.node.store.has(r.cid)]
+                done += [r.cid for r in krows if r not in here]  # the file was forgotten and collected
+                top = [m for m in self.node.placement.rank(key, members) if m != me][: n + RANK_SLACK]
+                live = [m for m in top if m not in dead and self.peers.version_of(m) != 1]
+                have = {m: await self._has(m, [r.cid for r in here]) for m in live} if here else {}
+                sent: list[bytes] = []
+                for row in here:
+                    holders = [m for m in live if row.cid in (have[m] or ())]
+                    assumed = [m for m in row.holders if m in dead or have.get(m, ()) is None]
+                    if not holders and len(assumed) < n:
+                        took = await self._place(row, key, [m for m in live if have[m] is not None], n - len(assumed))
+                        if took is None:
+                            done.append(row.cid)  # unreadable here (logged): nothing to place
+                            continue
+                        holders = took
+                        sent += took
+                    if len(holders) >= n:
+                        done.append(row.cid)
+                    elif tuple(holders + assumed) != row.holders:
+                        progress.append(attrs.evolve(row, holders=tuple(holders + assumed)))
+                if sent:
+                    placed.append((key, sorted(set(sent))))
+            if self._stopped:
+                return
+            self.index.update_underplaced(done, progress)
+            now = int(self.clock.seconds())
+            for key, holders in placed:
+                self.index.add_placed(key, holders, self.node.lease_time, now)
+
+    async def _place(self, row: Underplaced, key: bytes, targets: list[bytes], want: int) -> list[bytes] | None:
+        """Send the origin's own copy of ``row``'s block to the first ``want`` of ``targets`` that take it (None:
+        the copy here cannot be read)."""
+        try:
+            data = await self.node.fetch(row.cid)
+        except (BlockNotFound, CorruptBlock) as e:
+            log.warn("block {cid} of a file stored here, which no other node holds, cannot be read here: {e}",
+                     cid=str(row.cid), e=e)
+            return None
+        took: list[bytes] = []
+        me = self.node.identity.node_id
+        for t in targets:
+            if len(took) >= want or self._stopped:
+                break
+            if await self._put(t, row.cid, data, key, self.node.lease_time, me, self.node.replicas, None):
+                took.append(t)
+                self.topped_up += 1
+        return took
 
 
 def _stopped(f: Failure) -> None:

@@ -127,7 +127,6 @@ class Node(Holding):
         self.max_leases = max_leases
         self.releaser: Any = None  # the Releaser, set by the service with the peers
         self.renewer: Any = None  # the Renewer, set by the service with the peers
-        self.topup: Any = None  # the TopUp, set by the service with the peers
         self.repairer: Any = None  # the Repairer, set by the service with the peers
         self.repair_after, self.repair_rate = repair_after, repair_rate  # cas/network/repair.py
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)

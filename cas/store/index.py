@@ -123,7 +123,7 @@ class Session:
 @attrs.frozen
 class Underplaced:
     """A block of one of the owner's files that fewer holders than wanted acknowledged: ``holders`` are the
-    node ids that did; the top-up places it on more as members return or join."""
+    node ids that did; repair (the origin's part) places it on more as members return or join."""
 
     cid: CID
     key: bytes  # its placement key

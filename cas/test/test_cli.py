@@ -565,7 +565,8 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
                                                     "awaiting_collection": 0},
                                         "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1},
                                         "repair": {"queued": 2, "keys_checked": 9, "blocks_sent": 4,
-                                                   "bytes_sent": 4 << 20, "drain": node.drain}})
+                                                   "bytes_sent": 4 << 20, "topped_up": 1, "short_here": 5,
+                                                   "drain": node.drain}})
         if path == "/v1/drain" and method == "POST":
             return self.send_json(202, {"draining": True, "keys_done": 0, "keys": 4, "blocks_sent": 0,
                                         "short_blocks": 0, "done": False})
@@ -1104,7 +1105,8 @@ class RoundTripTests(SynchronousTestCase):
                       "  to free: 0 B held for others, leases ended\nfree:", out)
         self.assertIn("limit:     none\nquota:     1.0 GiB\n", out)
         self.assertIn("leases:    3 granted to other nodes here, 1 release waiting for delivery", out)
-        self.assertIn("repair:    2 key(s) queued, 4 block(s) (4.0 MiB) sent to other nodes since start", out)
+        self.assertIn("repair:    2 key(s) queued, 4 block(s) (4.0 MiB) sent to other nodes since start; 5 block(s) "
+                      "of files stored here short of copies", out)
         status = json.loads(self.ok("status", "--json"))
         self.assertEqual((status["files"], status["storage"]["used"]), (1, 2048))
 

@@ -70,7 +70,6 @@ class Net:
         self.services.remove(s)
         m = s.peers
         m._stopping = True
-        s.topup.stop()
         s.releaser.stop()
         s.renewer.stop()
         s.announcer.stop()

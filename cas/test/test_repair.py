@@ -29,7 +29,7 @@ async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: 
         clock.advance(min(step, end - clock.seconds()))
         await deferLater(reactor, 0, lambda: None)
         for s in nodes:
-            for job in (s.renewer._running, s.topup._running, s.repairer._running):
+            for job in (s.renewer._running, s.repairer._running):
                 if job is not None:
                     await job
 
