@@ -48,7 +48,7 @@ class Options(usage.Options):
     synopsis = (
         "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] [--quota SIZE] "
         "[--buffer-budget SIZE] [--lease-time DURATION] [--max-lease-time DURATION] [--repair-after DURATION] "
-        "[--repair-rate SIZE] "
+        "[--repair-rate SIZE] [--dead-after DURATION] "
         "[--replicas N] [--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
     )
     longdesc = (
@@ -69,6 +69,7 @@ class Options(usage.Options):
         ["max-lease-time", None, "62d", "The longest lease this node grants others on the blocks it holds."],
         ["repair-after", None, "10m", "How long a peer is dead before the copies it held are replaced."],
         ["repair-rate", None, "20M", "Bytes per second repair may send at most (e.g. 20M)."],
+        ["dead-after", None, "30s", "How long a peer fails every contact before it is taken for dead."],
     ]
 
     def __init__(self) -> None:
@@ -122,7 +123,7 @@ class Options(usage.Options):
         for name in ("storage-limit", "quota", "buffer-budget", "repair-rate"):
             if self[name] is not None:
                 self[name] = parse_size(self[name])
-        for name in ("lease-time", "max-lease-time", "repair-after"):
+        for name in ("lease-time", "max-lease-time", "repair-after", "dead-after"):
             self[name] = parse_duration(self[name])
         if self["repair-rate"] < 64 << 10:
             raise usage.UsageError("--repair-rate must be at least 64K (bytes per second)")
@@ -148,7 +149,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                     repair_rate=options["repair-rate"], monotonic=time.monotonic)
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
-    settings = PeerSettings(gossip_interval=options["gossip-interval"])
+    settings = PeerSettings(gossip_interval=options["gossip-interval"], dead_after=options["dead-after"])
     return NodeService(
         node, reactor, options["port"], options["api"],
         advertise=options["advertise"] or None, bootstrap=options["bootstrap"], settings=settings,
