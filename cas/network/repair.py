@@ -41,6 +41,7 @@ from cas.base.nodeid import short_node_id
 from cas.network.placement import RANK_SLACK
 from cas.peer.peers import MAX_HAS
 from cas.store.index import Underplaced
+from cas.store.leases import LEGACY
 
 log = Logger()
 
@@ -111,6 +112,15 @@ class Repairer:
                 cursor = keys[-1]
 
         return self._cooperator.cooperate(work()).whenDone().addCallbacks(lambda _: None, _stopped)
+
+    def note_keys(self, keys: set[bytes]) -> None:
+        """Keys blocks were just recorded under: those not kept yet are ranked now, so that a membership change
+        finds them too (the first ranking after start and the sweep cover the keys held before)."""
+        if self._stopped:
+            return
+        for key in keys:
+            if key not in self._top and not key.startswith(LEGACY):
+                self._rank(key)
 
     def _rank(self, key: bytes) -> tuple[bytes | None, int, set[bytes], tuple[bytes, ...]]:
         """(origin, N, peers dead for less than --repair-after, the key's first N + RANK_SLACK), kept."""

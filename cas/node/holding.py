@@ -231,6 +231,8 @@ class Holding:
             for _row, d in batch:
                 d.errback(f)
             return
+        if getattr(self, "repairer", None) is not None:
+            self.repairer.note_keys({row[4] for row, _d in batch})  # a new key's rank, kept for changes
         for _row, d in batch:
             d.callback(None)
 

@@ -119,6 +119,21 @@ class RepairTests(TestCase):
         await origin.node.forget(stored.cap.root)
         await wait_for(lambda: held() == 0, "every copy, repaired ones too, collected after cas rm", 30)
 
+    async def test_keys_that_arrive_are_kept_ranked_at_once(self) -> None:
+        """A key first held after start is ranked when its blocks are recorded, not only when the first ranking
+        (30 s after start) or the sweep reaches it: a membership change right after the upload finds it."""
+        net, nodes = await network(self, 4, repair_after=1.0)
+        _stored, _data, blocks, holder = await put_file(self, nodes)
+        mine = {k for c, k in blocks if holder.node.store.has(c)}
+        self.assertTrue(mine)
+        self.assertEqual(mine - set(holder.repairer._top), set())
+        for key in mine:
+            top = holder.repairer._top[key]
+            ids = {top[i:i + 32] for i in range(1, len(top), 32)}
+            self.assertEqual(top[0], 3)
+            self.assertIn(holder.node.identity.node_id, ids)  # it ranks among the key's first N + 4
+            self.assertNotIn(nodes[0].node.identity.node_id, ids)  # the origin is left out
+
     async def test_a_silent_holder_not_yet_dead_moves_nothing(self) -> None:
         """A holder that stops answering is suspect first, and dead only after ``dead_after`` (30 s here): until
         then it counts as holding what it holds, even with a short ``--repair-after``."""
