@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, gatherResults
 from twisted.internet.task import Cooperator, SchedulerStopped, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,6 +53,7 @@ TIMEOUT = 30.0
 BATCH = 2000  # kept ranks looked at per reactor turn after a membership change
 OWN_LEASE = 60  # seconds of the repairer's own lease on a copy it makes (the carried leases keep the copy)
 ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
+IN_FLIGHT = 4  # blocks a repair of one key keeps in flight (each waits for its slot of --repair-rate)
 TOP_UP_BATCH = 64  # the origin's short blocks read from the index at a time
 
 
@@ -270,21 +271,27 @@ class Repairer:
         # A member among the first N that did not answer is not dead yet: it counts as holding what it holds, like
         # the recently dead (only a death older than --repair-after moves copies).
         silent = sum(1 for m in top[:n] if m in have and have[m] is None)
-        short = 0
+
+        async def one(cid: CID, missing: int) -> bool:
+            """Copies of one block, target after target in rank until ``missing`` took it: still short?"""
+            for t in [m for m in live if m != me and have.get(m) is not None and cid not in have[m]]:
+                if missing <= 0 or self._stopped:
+                    break
+                if await self._send(t, cid, key, origin, n, paced=not leaving):
+                    have[t].add(cid)  # type: ignore[union-attr]
+                    missing -= 1
+            return missing > 0
+
+        window = DeferredSemaphore(IN_FLIGHT)  # blocks in flight: a round trip per block would cap the rate
+        jobs = []
         for cid in cids:
             holders = [m for m in live if cid in (have.get(m) or ())]
             missing = n - len(holders) - assumed - (0 if leaving else silent)
             if missing <= 0 or not leaving and (not holders or holders[0] != me):
                 continue  # enough copies, or another holder ranks first: it repairs
-            targets = [m for m in live if m != me and have.get(m) is not None and cid not in have[m]]
-            for t in targets:
-                if missing <= 0:
-                    break
-                if await self._send(t, cid, key, origin, n, paced=not leaving):
-                    have[t].add(cid)  # type: ignore[union-attr]
-                    missing -= 1
-            short += missing > 0
-        return short
+            jobs.append(window.run(lambda c=cid, k=missing: ensureDeferred(one(c, k))))
+        results = await gatherResults(jobs, consumeErrors=True) if jobs else []
+        return sum(results)
 
     def drain(self) -> Deferred[None]:
         """Hand every held key to the next nodes in rank before this node leaves (``cas drain``): each block
@@ -360,11 +367,12 @@ class Repairer:
         """One PUT_BLOCK of repair, after waiting for its share of ``--repair-rate``: whether ``target`` now holds
         the block under a lease (a node of protocol version 1 takes it without one: no copy to count)."""
         pace = self.node.reactor  # bytes per second of real time, whatever clock leases use
-        if paced:
-            wait = self._sent_at - pace.seconds()
-            if wait > 0:
-                await deferLater(pace, wait, lambda: None)
-            self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
+        if paced:  # a slot of the rate's schedule taken before waiting for it: sends in flight share one rate
+            now = pace.seconds()
+            start = max(self._sent_at, now)
+            self._sent_at = start + len(data) / self.rate
+            if start > now:
+                await deferLater(pace, start - now, lambda: None)
         try:
             leased = await self.peers.put_block(target, cid, data, timeout=self.node.block_deadline, key=key,
                                                 lease=lease, origin=origin, n=n, leases=carried)

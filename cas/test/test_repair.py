@@ -249,3 +249,102 @@ class KeptRankTests(SynchronousTestCase):
         gone = members[5]
         self.settle(r._affected(gone, False))
         self.assertEqual(set(r._queue), {k for k in keys if gone in rank.rank(k, members)[:7]})
+
+
+class PacingTests(SynchronousTestCase):
+    """``--repair-rate`` bounds what repair sends, and a few blocks are in flight at once so that round trips do
+    not bound it further (cas/network/repair.py ``_put`` and ``IN_FLIGHT``)."""
+
+    def repairer(self, rate: int, answer: Any) -> tuple[Repairer, list[tuple[float, bytes]], list[CID]]:
+        from twisted.internet.defer import succeed
+
+        from cas.network.repair import Repairer as R
+
+        reactor_ = Clock()
+        reactor_.advance(1000)  # the blocks arrived long ago
+        me, others = b"m" * 32, [b"a" * 32, b"b" * 32, b"c" * 32]
+        blocks = [bytes([i]) * (1 << 20) for i in range(12)]
+        cids = [CID.of(b) for b in blocks]
+        data = dict(zip(cids, blocks))
+        sent: list[tuple[float, bytes]] = []
+
+        class Leases:
+            def blocks_of(self, key: bytes) -> tuple[list[CID], int]:
+                return cids, 0
+
+            def key_info(self, key: bytes) -> tuple[bytes, int]:
+                return b"o" * 32, 2
+
+            def leases_on(self, key: bytes, now: int) -> list[tuple[bytes, int]]:
+                return [(b"o" * 32, 10_000)]
+
+        class Node:
+            identity = type("I", (), {"node_id": me})()
+            index = type("X", (), {"leases": Leases()})()
+            store = type("S", (), {"has": staticmethod(lambda c: True)})()
+            placement, replicas, reactor, block_deadline = Rendezvous(), 2, reactor_, 10.0
+
+            def fetch(self, cid: CID) -> Any:
+                return succeed(data[cid])
+
+        class Peers:
+            def members(self) -> list[bytes]:
+                return others
+
+            def recently_dead(self, within: float) -> set[bytes]:
+                return set()
+
+            def has_leased(self, m: bytes, cs: list) -> Any:
+                return succeed(([False] * len(cs), [False] * len(cs)))
+
+            def put_block(self, target: bytes, cid: CID, block: Any, **_kw: Any) -> Any:
+                sent.append((reactor_.seconds(), target))
+                return answer()
+
+        r = R(Node(), Peers(), reactor_, rate=rate)
+        self.reactor = reactor_
+        return r, sent, cids
+
+    def test_sends_keep_to_the_rate(self) -> None:
+        from twisted.internet.defer import succeed
+
+        r, sent, cids = self.repairer(4 << 20, lambda: succeed(True))  # 4 MiB/s: a 1 MiB block every 0.25 s
+        d = ensure(r._repair_key(b"k" * 40))
+        while not d.called:
+            self.reactor.advance(0.01)
+        self.assertEqual(self.successResultOf(d), 0)  # nothing left short
+        self.assertEqual(len(sent), len(cids))  # N = 2: one copy besides this node's, each block
+        for i, (t, _target) in enumerate(sent):
+            self.assertLess(abs(t - 1000 - i * 0.25), 0.011)
+        self.assertEqual(r.bytes_sent, len(cids) << 20)
+
+    def test_a_few_blocks_are_in_flight_at_once(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from cas.network.repair import IN_FLIGHT
+
+        pending: list[Deferred[bool]] = []
+
+        def answer() -> Deferred[bool]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        r, sent, cids = self.repairer(1 << 40, answer)  # no pacing to speak of
+        d = ensure(r._repair_key(b"k" * 40))
+        self.reactor.advance(0.01)  # past the slots of 1 MiB at 1 TiB/s
+        self.assertEqual(len(sent), IN_FLIGHT)  # not one round trip per block ...
+        pending[0].callback(True)
+        self.reactor.advance(0.01)  # past the slots of 1 MiB at 1 TiB/s
+        self.assertEqual(len(sent), IN_FLIGHT + 1)  # ... nor more than the window
+        while not d.called:
+            for p in pending:
+                if not p.called:
+                    p.callback(True)
+            self.reactor.advance(0.01)  # past the slots of 1 MiB at 1 TiB/s
+        self.assertEqual((len(sent), self.successResultOf(d)), (len(cids), 0))
+
+
+def ensure(coro: Any) -> Any:
+    from twisted.internet.defer import ensureDeferred
+
+    return ensureDeferred(coro)
