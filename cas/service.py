@@ -133,6 +133,7 @@ class NodeService(service.Service):
         self.renewer.start()
         self.announcer.start()
         self.repairer.start()
+        self.node.scrubber.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -145,6 +146,7 @@ class NodeService(service.Service):
         self.renewer.stop()
         self.announcer.stop()
         self.repairer.stop()
+        self.node.scrubber.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

@@ -409,7 +409,8 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
     # The breakdown of used space (nodes before 0.1 answer without it: the lines are left out, not "none").
     for label, field, note in (("  own", "own", " this node's files and uploads"),
                                ("  held", "held", " for other nodes, under live leases"),
-                               ("  to free", "awaiting_collection", " held for others, leases ended")):
+                               ("  to free", "awaiting_collection", " held for others, leases ended"),
+                               ("  corrupt", "quarantined", " quarantined copies (replaced from other nodes)")):
         if isinstance(storage.get(field), int):
             lines.append((label, size(storage[field]) + note))
     lines += [("free", size(storage.get("free"))), ("limit", size(storage.get("limit"))),
@@ -422,6 +423,10 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
                                 f"({human_size(repair['bytes_sent'])}) sent to other nodes since start"
                       + (f"; {short} block(s) of files stored here short of copies" if isinstance(short, int)
                          and short else "")))
+    scrub = answer.get("scrub") if isinstance(answer.get("scrub"), dict) else {}
+    if all(isinstance(scrub.get(k), (int, float)) for k in ("position", "checked", "corrupt", "recovered")):
+        lines.append(("scrub", f"{scrub['position']:.0%} through the pass, {scrub['checked']} block(s) checked since "
+                               f"start, {scrub['corrupt']} corrupt ({scrub['recovered']} replaced)"))
     if isinstance(leases.get("granted"), int) and isinstance(leases.get("releases_pending"), int):
         pending = leases["releases_pending"]
         lines.append(("leases", f"{leases['granted']} granted to other nodes here, "

@@ -45,6 +45,7 @@ from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
 from cas.node import pinning
 from cas.node.download import Download, OpenFile, open_file
 from cas.node.holding import Holding
+from cas.node.scrub import SCRUB_INTERVAL, Scrubber
 from cas.node.upload import SESSION_TTL, StoredFile, Upload
 from cas.store.blockstore import DiskBlockStore
 from cas.store.collector import CollectResult, Pins, collect_from_index
@@ -52,7 +53,7 @@ from cas.store.datadir import DataDir
 from cas.store.expiry import PERIOD as GC_PERIOD
 from cas.store.expiry import LeaseCollector
 from cas.store.index import FileRecord, Index, Session
-from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME
+from cas.store.leases import LEASE_TIME, LEGACY, MAX_LEASE_TIME
 from cas.store.placements import PROVISIONAL
 
 log = Logger()
@@ -89,6 +90,7 @@ class Node(Holding):
         clock: IReactorTime | None = None,
         repair_after: float = REPAIR_AFTER,
         repair_rate: int = REPAIR_RATE,
+        scrub_interval: float = SCRUB_INTERVAL,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
@@ -128,6 +130,7 @@ class Node(Holding):
         self.releaser: Any = None  # the Releaser, set by the service with the peers
         self.renewer: Any = None  # the Renewer, set by the service with the peers
         self.repairer: Any = None  # the Repairer, set by the service with the peers
+        self.scrubber = Scrubber(self, scrub_interval)  # started by the service (cas/node/scrub.py)
         self.repair_after, self.repair_rate = repair_after, repair_rate  # cas/network/repair.py
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
@@ -320,8 +323,42 @@ class Node(Holding):
 
     # -- reading -----------------------------------------------------------------------------------------------
     def fetch(self, cid: CID) -> Deferred[bytes]:
-        """A verified block from the local store."""
-        return self.run(self.store.get, cid)
+        """A verified block from the local store. A corrupt copy is quarantined by the store and replaced from
+        another holder in the background (the caller gets CorruptBlock now)."""
+        return self.run(self.store.get, cid).addErrback(self._corrupt_here, cid)
+
+    def _corrupt_here(self, f: Failure, cid: CID) -> Failure:
+        if f.check(CorruptBlock):
+            self.scrubber.found_corrupt(cid, "found by a read")
+        return f
+
+    def retrieve(self, cid: CID, key: bytes | None) -> Deferred[bytes]:
+        """A verified block from the other nodes: the holders of ``key`` first (None: those that have it)."""
+        if self.peers is None:
+            return fail(BlockNotFound(f"block {cid} is not on this node, and it has no peers"))
+        return self._retrieve(cid, key if key is not None else cid.to_bytes(), 0)
+
+    def placement_key(self, cid: CID) -> Deferred[bytes | None]:
+        """The placement key of a block stored here: the key it is held under, or, for a block of this node's own
+        files, the key the upload placed it under (from the file's manifests); None if neither says."""
+        keys = [k for k in self.index.hold_keys(cid) if k is not None and not k.startswith(LEGACY)]
+        if keys:
+            return succeed(keys[0])
+
+        async def from_files() -> bytes | None:
+            for owner in self.index.owners_of(cid):
+                kind, _, name = owner.partition(":")
+                if kind not in ("file", "pin"):
+                    continue
+                try:
+                    for c, key in await self.file_blocks(CID.parse(name)):
+                        if c == cid:
+                            return key
+                except Exception:
+                    continue
+            return None
+
+        return ensureDeferred(from_files())
 
     def serve_block(self, cid: CID) -> Deferred[bytes | memoryview]:
         """A block for a peer that asked for it: read at once on this thread if the page cache holds it, else
@@ -488,9 +525,10 @@ class Node(Holding):
             "uptime": max(0.0, time.time() - self.started_at),
             "storage": {"used": used, "free": self.store.free(), "limit": self.store.limit, "quota": self.quota,
                         "own": max(0, used - held_all), "held": leased,
-                        "awaiting_collection": max(0, held_all - leased)},
+                        "awaiting_collection": max(0, held_all - leased), "quarantined": self.store.quarantined()},
             "files": self.index.count(),
             "leases": {"granted": self.index.leases.count(), "releases_pending": self.index.count_releases()},
             "repair": self.repairer.status() if self.repairer is not None else None,
+            "scrub": self.scrubber.status(),
         }
 

@@ -465,6 +465,19 @@ class Index:
             self.db.executemany("UPDATE underplaced SET holders = ? WHERE cid = ?",
                                 ((b"".join(u.holders), str(u.cid)) for u in progress))
 
+    def get_counter(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_counter(self, name: str, value: int) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+                            (name, value, value))
+
+    def owners_of(self, cid: CID) -> list[str]:
+        """The owners (``file:ROOT``, ``session:ID``, ``pin:ROOT``) that refer to a block stored here."""
+        return [o for (o,) in self.db.execute("SELECT owner FROM refs WHERE cid = ?", (str(cid),))]
+
     def hold_keys(self, cid: CID) -> set[bytes | None]:
         """The placement keys this block is held under (None: not known)."""
         return {k for (k,) in self.db.execute("SELECT key FROM holds WHERE cid = ?", (str(cid),))}

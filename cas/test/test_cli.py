@@ -562,7 +562,8 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
             return self.send_json(200, {"node_id": "n" * 52, "version": "0.1.0", "uptime": time.time() - node.started,
                                         "storage": {"used": used, "free": 10 << 30, "limit": None,
                                                     "quota": 1 << 30, "own": used - 1024, "held": 1024,
-                                                    "awaiting_collection": 0},
+                                                    "awaiting_collection": 0, "quarantined": 2048},
+                                        "scrub": {"position": 0.25, "checked": 7, "corrupt": 1, "recovered": 1},
                                         "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1},
                                         "repair": {"queued": 2, "keys_checked": 9, "blocks_sent": 4,
                                                    "bytes_sent": 4 << 20, "topped_up": 1, "short_here": 5,
@@ -1102,7 +1103,9 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIn("files:     1", out)
         self.assertIn("used:      2.0 KiB\n  own:     1.0 KiB this node's files and uploads\n"
                       "  held:    1.0 KiB for other nodes, under live leases\n"
-                      "  to free: 0 B held for others, leases ended\nfree:", out)
+                      "  to free: 0 B held for others, leases ended\n"
+                      "  corrupt: 2.0 KiB quarantined copies (replaced from other nodes)\nfree:", out)
+        self.assertIn("scrub:     25% through the pass, 7 block(s) checked since start, 1 corrupt (1 replaced)", out)
         self.assertIn("limit:     none\nquota:     1.0 GiB\n", out)
         self.assertIn("leases:    3 granted to other nodes here, 1 release waiting for delivery", out)
         self.assertIn("repair:    2 key(s) queued, 4 block(s) (4.0 MiB) sent to other nodes since start; 5 block(s) "

@@ -74,6 +74,7 @@ class Net:
         s.renewer.stop()
         s.announcer.stop()
         s.repairer.stop()
+        s.node.scrubber.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():

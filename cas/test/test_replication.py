@@ -784,7 +784,7 @@ class FetchThenTests(SynchronousTestCase):
 class FetchPlacedThenTests(SynchronousTestCase):
     """``Node.fetch_placed(..., then=f)`` on a block whose local copy is corrupt: the copy is quarantined, a
     holder's copy is fetched and checked, and ``f`` runs on it exactly once (in the check's job), not again as
-    if it were the local block."""
+    if it were the local block; the local copy is then replaced from a holder."""
 
     def test_corrupt_local_copy_read_elsewhere_then_applied_once(self) -> None:
         node = make_node(self)
@@ -807,8 +807,12 @@ class FetchPlacedThenTests(SynchronousTestCase):
         clock.pump([0.0] * 4)
         self.assertEqual(self.successResultOf(d), b"made of " + block)
         self.assertEqual(seen, [block], "then ran once, on the holder's good copy")
-        self.assertEqual(len(peers.asked), 1)
-        self.assertFalse(node.store.has(cid), "the corrupt copy was quarantined")
+        # the corrupt copy was quarantined, and replaced at once by a good one from a holder (a second fetch: the
+        # reader's went through ``then``)
+        self.assertEqual(len(peers.asked), 2)
+        self.assertEqual(len(os.listdir(node.store.quarantine_dir)), 1)
+        self.assertEqual(node.store.get(cid), block)
+        self.assertEqual((node.scrubber.corrupt, node.scrubber.recovered), (1, 1))
 
     def test_good_local_copy_then_applied_once_and_no_peer_asked(self) -> None:
         node = make_node(self)
