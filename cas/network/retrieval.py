@@ -208,6 +208,9 @@ class Retriever:
             else:
                 data = await self._check(cid, await self.peers.get_block(node, cid, timeout=self.deadline, verify=False), then)
                 if data is MISMATCH:
+                    report = getattr(self.peers, "report", None)
+                    if report is not None:
+                        report(node, cid)  # the holder checks its copy, quarantines and replaces it
                     raise CorruptBlock(f"node {short_node_id(node)} sent bytes that do not match block {cid}")
         except CancelledError:
             raise  # the reader went away: no next holder

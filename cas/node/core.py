@@ -332,6 +332,20 @@ class Node(Holding):
             self.scrubber.found_corrupt(cid, "found by a read")
         return f
 
+    def check_reported(self, cid: CID) -> Deferred[str]:
+        """A peer says the bytes we sent for ``cid`` did not match: "corrupt" (the copy here fails its hash: it
+        is quarantined and replaced from another holder), "good", or "absent"."""
+
+        def checked(good: bool | None) -> str:
+            if good is None:
+                return "absent"
+            if not good:
+                self.scrubber.found_corrupt(cid, "reported by a reader")
+                return "corrupt"
+            return "good"
+
+        return self.run(self.store.check, cid).addCallback(checked)
+
     def retrieve(self, cid: CID, key: bytes | None) -> Deferred[bytes]:
         """A verified block from the other nodes: the holders of ``key`` first (None: those that have it)."""
         if self.peers is None:

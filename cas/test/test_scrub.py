@@ -143,3 +143,47 @@ class CorruptionTests(TestCase):
         status = holder.node.status()
         self.assertEqual(status["storage"]["quarantined"], len(good))
         self.assertEqual((status["scrub"]["corrupt"], status["scrub"]["recovered"]), (1, 1))
+
+    async def setup_corrupt(self) -> tuple[list[Any], Any, CID, bytes]:
+        _net, nodes = await network(self, 5)
+        path, _data = content(self, 3 * 64 * 1024)
+        stored = await put(nodes[0], path)
+        blocks = await placed_blocks(nodes[0], stored)
+        holder = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
+        cid = next(c for c, _k in blocks if holder.node.store.has(c))
+        return nodes, holder, cid, holder.node.store.get(cid)
+
+    async def test_a_reader_given_bad_bytes_tells_the_holder_which_replaces_its_copy(self) -> None:
+        from cas.base.errors import CorruptBlock
+
+        nodes, holder, cid, good = await self.setup_corrupt()
+        with open(holder.node.store._path(cid), "r+b") as f:
+            f.write(bytes([good[0] ^ 0xFF]))
+        reader = next(s for s in nodes[1:] if s is not holder)
+        with self.assertRaises(CorruptBlock):  # the holder serves what is on its disk, unchecked
+            await reader.peers.get_block(holder.node.identity.node_id, cid)
+        s = holder.node.scrubber
+        await wait_for(lambda: s.recovered == 1, "the reported copy replaced", 30)
+        self.assertEqual(s.corrupt, 1)
+        self.assertEqual(bytes(await reader.peers.get_block(holder.node.identity.node_id, cid)), good)
+        self.assertEqual(dict(holder.peers.false_reports), {})
+
+    async def test_a_report_of_a_good_copy_counts_against_the_reporter_and_reports_are_rate_limited(self) -> None:
+        from cas.peer import frames
+        from cas.peer.connection import RemoteError
+        from cas.peer.peers import REPORTS_PER_MINUTE
+
+        nodes, holder, cid, _good = await self.setup_corrupt()
+        liar = next(s for s in nodes[1:] if s is not holder)
+        me, there = liar.node.identity.node_id, holder.node.identity.node_id
+        for i in range(REPORTS_PER_MINUTE):
+            r = await liar.peers.request(there, frames.REPORT, {"cid": cid.to_bytes()})
+            self.assertEqual(r.header, {"found": "good"})
+            self.assertEqual(holder.peers.false_reports[me], i + 1)
+        with self.assertRaises(RemoteError) as e:
+            await liar.peers.request(there, frames.REPORT, {"cid": cid.to_bytes()})
+        self.assertIn("10 REPORTs a minute", str(e.exception))
+        self.assertEqual((holder.node.scrubber.corrupt, holder.node.store.get(cid) == _good), (0, True))
+        absent = CID.of(b"never stored")
+        r = await nodes[0].peers.request(there, frames.REPORT, {"cid": absent.to_bytes()})
+        self.assertEqual(r.header, {"found": "absent"})
