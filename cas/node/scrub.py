@@ -43,6 +43,8 @@ class Scrubber:
         self._stopped = True
         self._wait: Deferred[None] | None = None
         self._group: int | None = None  # the group of shards the pass is at (saved after each)
+        self._after = ""  # the index walk's position (block ids the index says are here)
+        self._page = 0  # index rows per group: the whole index once a pass
         # counters (cas status, tests)
         self.checked = 0  # blocks re-hashed by the pass since start
         self.corrupt = 0  # corrupt copies found (pass, reads, reports)
@@ -50,6 +52,7 @@ class Scrubber:
         self.unrecovered = 0  # of those, no other node could send a good copy (logged)
         self.corrected_bytes = 0  # accounting corrected by reconciling shards with their files
         self.passes = 0  # passes completed since start
+        self.missing = 0  # blocks the index says are here whose file was gone
 
     def start(self) -> None:
         self._stopped = False
@@ -65,7 +68,8 @@ class Scrubber:
         group = self._group if self._group is not None else self.node.index.get_counter(CURSOR)
         return {"position": group / GROUPS, "checked": self.checked,
                 "corrupt": self.corrupt, "recovered": self.recovered, "unrecovered": self.unrecovered,
-                "corrected_bytes": self.corrected_bytes, "passes": self.passes, "interval": self.interval}
+                "missing": self.missing, "corrected_bytes": self.corrected_bytes, "passes": self.passes,
+                "interval": self.interval}
 
     def _failed(self, f: Failure) -> None:
         if not self._stopped:
@@ -101,6 +105,7 @@ class Scrubber:
         """One group of 256 shard directories: each one's accounting checked against its files, then each block
         re-hashed, with rests between reads (``_pace``)."""
         t = self.timer()
+        await self._index_page(group)
         shards = await self.node.run(self.store.live_shards, group)
         for shard in shards:
             if self._stopped:
@@ -123,6 +128,24 @@ class Scrubber:
                 await self._pace(self.timer() - t, 1)
                 t = self.timer()
         await self._pace(self.timer() - t, 0, groups=1)
+
+    async def _index_page(self, group: int) -> None:
+        """A share of the index walk: blocks the index says are here, whose file is gone (deleted behind the
+        node's back, or lost by the disk), are fetched again from other holders."""
+        if group == 0 or not self._page:
+            self._after = ""
+            self._page = max(1, -(-self.node.index.count_stored() // GROUPS))
+        cids = self.node.index.stored_cids(self._after, self._page)
+        if not cids:
+            return
+        self._after = str(cids[-1])
+        present = await self.node.run(lambda: [self.store.has(c) for c in cids])
+        for cid, here in zip(cids, present):
+            if not here and cid not in self._recovering:
+                self.missing += 1
+                log.warn("block {cid} is recorded on this node but its file is gone: fetching a good copy",
+                         cid=str(cid))
+                self.recover(cid)
 
     async def _pace(self, took: float, blocks: int, groups: int = 0) -> None:
         """Rest so that the disk time stays under ``DUTY`` and a pass takes about ``interval``: half of it is

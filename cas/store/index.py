@@ -474,6 +474,17 @@ class Index:
             self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
                             (name, value, value))
 
+    def stored_cids(self, after: str, limit: int) -> list[CID]:
+        """Blocks the index says are stored here (this node's files and uploads, and blocks held for others), in
+        id order after ``after``: the scrub checks that each one's file is there."""
+        rows = self.db.execute("SELECT cid FROM refs WHERE cid > ? UNION SELECT cid FROM holds WHERE cid > ? "
+                               "ORDER BY cid LIMIT ?", (after, after, limit))
+        return [CID.parse(c) for (c,) in rows]
+
+    def count_stored(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM (SELECT cid FROM refs UNION SELECT cid FROM holds)").fetchone()
+        return int(n)
+
     def owners_of(self, cid: CID) -> list[str]:
         """The owners (``file:ROOT``, ``session:ID``, ``pin:ROOT``) that refer to a block stored here."""
         return [o for (o,) in self.db.execute("SELECT owner FROM refs WHERE cid = ?", (str(cid),))]

@@ -187,3 +187,18 @@ class CorruptionTests(TestCase):
         absent = CID.of(b"never stored")
         r = await nodes[0].peers.request(there, frames.REPORT, {"cid": absent.to_bytes()})
         self.assertEqual(r.header, {"found": "absent"})
+
+    async def test_a_block_file_deleted_behind_the_nodes_back_is_fetched_again(self) -> None:
+        nodes, holder, cid, good = await self.setup_corrupt()
+        used = holder.node.store.used()
+        os.unlink(holder.node.store._path(cid))
+        s = holder.node.scrubber
+        s.stop()
+        s.start_delay, s.interval = 0, 2.0  # a whole pass in about 2 s
+        holder.node.index.set_counter(CURSOR, 0)
+        s.start()
+        await wait_for(lambda: s.recovered == 1, "the deleted block fetched again", 30)
+        self.assertEqual(s.missing, 1)
+        self.assertEqual(holder.node.store.get(cid), good)
+        await wait_for(lambda: s.passes >= 1, "a whole pass", 30)
+        self.assertEqual(holder.node.store.used(), used)  # counted out (reconcile) and in again (put), or just kept
