@@ -168,6 +168,7 @@ class Node(Holding):
         if expiry is not None and expiry.active():
             expiry.cancel()
         self.expiry.stop()
+        self.scrubber.stop()  # its pass and any retry of a block it could not replace
         if self._pool is not None:
             self._pool.stop()
         self.index.close()

@@ -31,6 +31,8 @@ DUTY = 0.10  # share of the disk's time the scrub may take
 CURSOR = "scrub.group"  # the index counter that keeps the pass's position: the group of 256 shards it is at
 GROUPS = SHARDS >> 8
 START_DELAY = 60.0  # seconds after start before the first shard (start-up work first)
+RETRY = 600.0  # seconds before a block that could not be replaced is tried again (then by the next pass)
+RETRIES = 1000  # blocks waiting for such a retry at most
 
 
 class Scrubber:
@@ -39,8 +41,11 @@ class Scrubber:
         self.interval, self.start_delay = interval, start_delay
         self.timer = time.perf_counter  # how long a read took (the disk time the duty cycle counts)
         self._recovering: dict[CID, Deferred[bool]] = {}
+        self._retries: dict[CID, Any] = {}  # blocks that could not be replaced: tried again RETRY later, once
+        self._retried: set[CID] = set()  # blocks being tried the second time (a failure then waits for the pass)
         self._running: Deferred[None] | None = None
-        self._stopped = True
+        self._stopped = True  # the pass is not running
+        self._closed = False  # stopped by the node's service: no retries either
         self._wait: Deferred[None] | None = None
         self._group: int | None = None  # the group of shards the pass is at (saved after each)
         self._after = ""  # the index walk's position (block ids the index says are here)
@@ -55,12 +60,17 @@ class Scrubber:
         self.missing = 0  # blocks the index says are here whose file was gone
 
     def start(self) -> None:
-        self._stopped = False
+        self._stopped = self._closed = False
         self._running = ensureDeferred(self._run())
         self._running.addErrback(self._failed)
 
     def stop(self) -> None:
-        self._stopped = True
+        self._stopped = self._closed = True
+        for call in self._retries.values():
+            if call.active():
+                call.cancel()
+        self._retries.clear()
+        self._retried.clear()
         if self._wait is not None and not self._wait.called:
             self._wait.cancel()
 
@@ -177,6 +187,12 @@ class Scrubber:
 
         return d.addBoth(done)
 
+    def _retry(self, cid: CID) -> None:
+        self._retries.pop(cid, None)
+        if not self.store.has(cid):
+            self._retried.add(cid)
+            self.recover(cid)
+
     async def _recover(self, cid: CID) -> bool:
         node = self.node
         if node.peers is None or not node.peers.members():
@@ -189,7 +205,12 @@ class Scrubber:
             await node.run(self.store.put, cid, data)
         except Exception as e:
             self.unrecovered += 1
-            log.warn("block {cid} could not be replaced: {e}", cid=str(cid), e=e)
+            again = not self._closed and cid not in self._retried and len(self._retries) < RETRIES
+            self._retried.discard(cid)
+            log.warn("block {cid} could not be replaced: {e}; {when}", cid=str(cid), e=e,
+                     when=f"trying again in {RETRY / 60:.0f} minutes" if again else "the next scrub pass tries again")
+            if again:
+                self._retries[cid] = self.reactor.callLater(RETRY, self._retry, cid)
             return False
         self.recovered += 1
         log.info("block {cid} replaced by a good copy from another node", cid=str(cid))

@@ -132,7 +132,7 @@ class CorruptionTests(TestCase):
             f.write(bytes([good[len(good) // 2] ^ 1]))
         s = holder.node.scrubber
         s.stop()
-        s.start_delay = 0
+        s.start_delay, s.interval = 0, 2.0  # the blocks before it in its group rest briefly
         holder.node.index.set_counter(CURSOR, group_of(cid))
         s.start()
         await wait_for(lambda: s.recovered == 1, "the corrupt copy replaced", 30)
@@ -202,3 +202,32 @@ class CorruptionTests(TestCase):
         self.assertEqual(holder.node.store.get(cid), good)
         await wait_for(lambda: s.passes >= 1, "a whole pass", 30)
         self.assertEqual(holder.node.store.used(), used)  # counted out (reconcile) and in again (put), or just kept
+
+
+class RetryTests(SynchronousTestCase):
+    def test_a_block_no_node_could_send_is_tried_once_more_then_left_to_the_next_pass(self) -> None:
+        from twisted.internet.defer import fail, succeed
+
+        from cas.base.errors import BlockNotFound
+        from cas.node.scrub import RETRY
+
+        node = make_node(self)
+        asked: list[CID] = []
+
+        class Peers:
+            def members(self) -> list[bytes]:
+                return [b"a" * 32]
+
+        node.peers = Peers()  # type: ignore[assignment]
+        node.placement_key = lambda cid: succeed(b"k")  # type: ignore[method-assign]
+        node.retrieve = lambda cid, key: asked.append(cid) or fail(BlockNotFound("nobody has it"))  # type: ignore
+        cid = CID.of(b"lost")
+        s = node.scrubber
+        self.assertFalse(self.successResultOf(s.found_corrupt(cid, "test")))
+        self.assertEqual(len(asked), 1)
+        node.reactor.advance(RETRY)
+        self.assertEqual(len(asked), 2)  # tried again once ...
+        node.reactor.advance(10 * RETRY)
+        self.assertEqual(len(asked), 2)  # ... then left to the next pass
+        self.assertEqual((s.corrupt, s.unrecovered, s.recovered), (1, 2, 0))
+        self.assertEqual(s._retries, {})
