@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from cas.api import make_site
 from cas.network.announce import Announcer
+from cas.network.audit import Auditor
 from cas.network.release import Releaser
 from cas.network.renewal import Renewer
 from cas.network.repair import Repairer
@@ -56,6 +57,7 @@ class NodeService(service.Service):
         self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
         self.announcer = Announcer(node, self.peers, node.clock)
         self.repairer = node.repairer = Repairer(node, self.peers, node.clock, node.repair_after, node.repair_rate)
+        self.auditor = node.auditor = Auditor(node, self.peers, node.reactor)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -134,6 +136,7 @@ class NodeService(service.Service):
         self.announcer.start()
         self.repairer.start()
         self.node.scrubber.start()
+        self.auditor.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -147,6 +150,7 @@ class NodeService(service.Service):
         self.announcer.stop()
         self.repairer.stop()
         self.node.scrubber.stop()
+        self.auditor.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

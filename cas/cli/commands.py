@@ -456,14 +456,22 @@ def cmd_peers(args: argparse.Namespace, client_for: Callable[[], Client]) -> int
             printable(str(p.get("state", "?")), 20),
             f"{rtt:.1f}ms" if _finite(rtt) else "-",
             human_duration(max(0.0, time.time() - seen)) + " ago" if _finite(seen) else "never",
+            _audits(p.get("audits")),
             printable(" ".join(str(a) for a in addresses), 300) or "-",
         ))
     if sys.stdout.isatty() and rows:
-        rows.insert(0, ("NODE", "STATE", "RTT", "SEEN", "ADDRESSES"))
-    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+        rows.insert(0, ("NODE", "STATE", "RTT", "SEEN", "AUDITS", "ADDRESSES"))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(5)]
     for r in rows:
-        print_out("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        print_out("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
     return EXIT_OK
+
+
+def _audits(a: Any) -> str:
+    """A peer's audits as this node saw them: passed and failed, "failing" after a recent failure."""
+    if not isinstance(a, dict) or not all(isinstance(a.get(k), int) for k in ("audits_ok", "audits_failed")):
+        return "-"
+    return f"{a['audits_ok']} ok {a['audits_failed']} failed" + (" (failing)" if a.get("failing") is True else "")
 
 
 def _finite(v: Any) -> bool:

@@ -70,6 +70,7 @@ class Repairer:
         self._draining: Deferred[None] | None = None
         self._queue: deque[bytes] = deque()  # keys to look at first
         self._queued: set[bytes] = set()
+        self._forced: set[bytes] = set()  # keys to repair from here, first holder or not (a failed audit)
         self._cursor = b""  # the sweep's position in the held keys
         self._timer: Any = None
         self._running: Deferred[None] | None = None
@@ -226,6 +227,13 @@ class Repairer:
 
         return self._cooperator.cooperate(work()).whenDone().addCallbacks(done, _stopped)
 
+    def check_now(self, key: bytes) -> None:
+        """A copy under ``key`` was found lost (an audit failed): repair it now, from here whatever this node's place
+        in the rank (the first holder may not know yet); the failing holder counts as holding nothing."""
+        self._forced.add(key)
+        self._enqueue(key)
+        self.kick()
+
     def _enqueue(self, key: bytes) -> None:
         if key not in self._queued:
             self._queued.add(key)
@@ -254,15 +262,18 @@ class Repairer:
         if not cids:
             self._top.pop(key, None)
             return 0
-        if not leaving and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
+        if not leaving and key not in self._forced and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
             return 0  # blocks still arriving (an upload, or another repair): the sweep comes back
         origin, n, dead, top = self._rank(key)
         if n <= 0:
             return 0
         self.keys_checked += 1
+        forced = key in self._forced
+        self._forced.discard(key)
         if leaving:
             top = tuple(m for m in top if m != me)
-        live = [m for m in top if m not in dead]
+        failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
+        live = [m for m in top if m not in dead and not failing(m)]  # a failed audit: holds nothing, gets nothing
         assumed = sum(1 for m in top[:n] if m in dead)  # recently dead: still holding what they held
         have: dict[bytes, set[CID] | None] = {me: set(cids)}  # None: did not answer
         for m in live:
@@ -287,7 +298,7 @@ class Repairer:
         for cid in cids:
             holders = [m for m in live if cid in (have.get(m) or ())]
             missing = n - len(holders) - assumed - (0 if leaving else silent)
-            if missing <= 0 or not leaving and (not holders or holders[0] != me):
+            if missing <= 0 or not (leaving or forced) and (not holders or holders[0] != me):
                 continue  # enough copies, or another holder ranks first: it repairs
             jobs.append(window.run(lambda c=cid, k=missing: ensureDeferred(one(c, k))))
         results = await gatherResults(jobs, consumeErrors=True) if jobs else []

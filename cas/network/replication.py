@@ -70,6 +70,11 @@ class Replicator:
         self._members = members or peers.members
         self._keys: dict[bytes, _Key] = {}
         self._dropped: dict[bytes, str] = {}  # holders that failed during this upload -> why
+        track = getattr(peers, "track", None)
+        if track is not None:  # a peer that recently failed an audit is treated as dropped from the start
+            for m in self._members():
+                if track.failing(m):
+                    self._dropped[m] = "failed an audit recently"
 
     def _key(self, key: bytes) -> _Key:
         k = self._keys.get(key)

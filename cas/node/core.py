@@ -37,6 +37,7 @@ from cas.content import cipher
 from cas.content.capability import ReadCap
 from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name
 from cas.content.verify import VerifyReport, verify_file
+from cas.network.audit import proof
 from cas.network.health import file_health
 from cas.network.placement import RANK_SLACK, Rendezvous, file_placement, manifest_key
 from cas.network.repair import REPAIR_AFTER, REPAIR_RATE
@@ -131,6 +132,7 @@ class Node(Holding):
         self.renewer: Any = None  # the Renewer, set by the service with the peers
         self.repairer: Any = None  # the Repairer, set by the service with the peers
         self.scrubber = Scrubber(self, scrub_interval)  # started by the service (cas/node/scrub.py)
+        self.auditor: Any = None  # the Auditor, set by the service with the peers
         self.repair_after, self.repair_rate = repair_after, repair_rate  # cas/network/repair.py
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
@@ -332,6 +334,11 @@ class Node(Holding):
         if f.check(CorruptBlock):
             self.scrubber.found_corrupt(cid, "found by a read")
         return f
+
+    def prove(self, cid: CID, nonce: bytes, offset: int, length: int) -> Deferred[bytes]:
+        """The answer to a CHALLENGE: BLAKE3 keyed with ``nonce`` over the stored block's bytes ``offset`` to
+        ``offset + length`` (BlockNotFound if it is not here)."""
+        return self.run(lambda: proof(self.store.read(cid), nonce, offset, length))
 
     def check_reported(self, cid: CID) -> Deferred[str]:
         """A peer says the bytes we sent for ``cid`` did not match: "corrupt" (the copy here fails its hash: it
@@ -545,5 +552,6 @@ class Node(Holding):
             "leases": {"granted": self.index.leases.count(), "releases_pending": self.index.count_releases()},
             "repair": self.repairer.status() if self.repairer is not None else None,
             "scrub": self.scrubber.status(),
+            "audits": self.auditor.status() if self.auditor is not None else None,
         }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +49,7 @@ from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, 
 from cas.peer.peertls import client_creator, wrap_client
 from cas.peer.reach import Reachability
 from cas.peer.records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
+from cas.peer.track import TrackRecords
 from cas.store.blockstore import MAX_BLOCK_SIZE
 from cas.store.leases import LEGACY
 
@@ -64,7 +64,8 @@ MAX_ANNOUNCED = 2048  # block ids per LEASE that announces a file stored before 
 MAX_LEASE_SECONDS = 0xFFFFFFFF  # a lease asked for (a holder grants at most its --max-lease-time)
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
 REPORTS_PER_MINUTE = 10  # REPORTs a connection may make (a burst of 10, then 10 a minute)
-REPORTERS = 4096  # peers whose false reports are remembered (the least recent go first)
+CHALLENGES_PER_MINUTE = 10  # CHALLENGEs a connection may make (a burst of 10, then 10 a minute)
+MAX_CHALLENGE = 64 << 10  # bytes of a block one CHALLENGE may cover
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 SAVE_SPACING = 1.0  # seconds between two saves of the peer table prompted by membership changes
 
@@ -148,7 +149,8 @@ class PeerManager:
         self._grace: dict[PeerProtocol, IDelayedCall] = {}  # duplicates closed after a grace period
         self._peers_asked: dict[PeerProtocol, TokenBucket] = {}  # PEERS allowance of each connection
         self._reports: dict[PeerProtocol, TokenBucket] = {}  # REPORT allowance of each connection
-        self.false_reports: OrderedDict[bytes, int] = OrderedDict()  # reports of good blocks, per reporter
+        self._challenges: dict[PeerProtocol, TokenBucket] = {}  # CHALLENGE allowance of each connection
+        self.track = TrackRecords(lambda: self.wall())  # audits and false reports, per peer (bounded)
         self.gossip = Gossip(
             self.table, reactor, wall, self._send_records, self._publish, rng=self.rng,
             interval=self.settings.gossip_interval,
@@ -345,6 +347,7 @@ class PeerManager:
         self.all.discard(conn)
         self._peers_asked.pop(conn, None)
         self._reports.pop(conn, None)
+        self._challenges.pop(conn, None)
         t = self._grace.pop(conn, None)
         if t is not None and t.active():
             t.cancel()
@@ -440,6 +443,24 @@ class PeerManager:
             assert conn.peer_id is not None
             peer = conn.peer_id
             return self.node.check_reported(cid).addCallback(lambda found: self._reported(peer, cid, found))
+        if frame.type == frames.CHALLENGE:
+            # Prove we hold the block: BLAKE3 keyed with the challenger's fresh nonce over a range of it.
+            now = self.reactor.seconds()
+            bucket = self._challenges.get(conn)
+            if bucket is None:
+                bucket = self._challenges[conn] = TokenBucket(CHALLENGES_PER_MINUTE, 60.0, now)
+            if not bucket.take(now):
+                raise RemoteError(BUSY, f"at most {CHALLENGES_PER_MINUTE} CHALLENGEs a minute")
+            cid = _cid(h.get("cid"))
+            nonce, offset, length = h.get("nonce"), h.get("offset"), h.get("length")
+            if not isinstance(nonce, bytes) or len(nonce) != 32:
+                raise RemoteError(BAD_REQUEST, "nonce must be 32 bytes")
+            if not (isinstance(offset, int) and isinstance(length, int) and offset >= 0
+                    and 0 < length <= MAX_CHALLENGE):
+                raise RemoteError(BAD_REQUEST, f"offset and length (1 to {MAX_CHALLENGE}) must be integers")
+            d = self.node.prove(cid, nonce, offset, length)
+            d.addCallbacks(lambda mac: Response({"mac": mac}, b""), _block_error, errbackArgs=(False,))
+            return d
         if frame.type == frames.HAS:
             cids = h.get("cids")
             if not isinstance(cids, list):
@@ -794,10 +815,7 @@ class PeerManager:
 
     def _reported(self, peer: bytes, cid: CID, found: str) -> Response:
         if found == "good":
-            n = self.false_reports.pop(peer, 0) + 1
-            self.false_reports[peer] = n
-            while len(self.false_reports) > REPORTERS:
-                self.false_reports.popitem(last=False)
+            n = self.track.false_report(peer)
             log.info("node {peer} reported block {cid} as corrupt, but the copy here is good ({n} such report(s))",
                      peer=short_node_id(peer), cid=str(cid), n=n)
         return Response({"found": found}, b"")
@@ -902,6 +920,7 @@ class PeerManager:
                 "connected": c is not None and c.accepted,
                 "record_seq": e.record.seq if e.record else None,
                 "record_expires": e.record.expires if e.record else None,
+                "audits": self.track.describe(e.node_id),  # None: nothing noted (cas/peer/track.py)
             })
         return out
 

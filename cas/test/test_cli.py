@@ -1187,6 +1187,7 @@ class RoundTripTests(SynchronousTestCase):
         return {"node_id": "n" * 62, "members": 1, "peers": [
             {"node_id": self.ID1, "state": "connected", "member": True, "addresses": ["tcp:192.0.2.1:3000", "tcp:[2001:db8::1]:3000"],
              "last_seen": now - 7200, "rtt_ms": 12.345, "software": "cas/0.1.0", "connected": True,
+             "audits": {"audits_ok": 5, "audits_failed": 1, "false_reports": 0, "failing": True, "last_failure": "x"},
              "record_seq": 1, "record_expires": 2},
             {"node_id": self.ID2, "state": "new", "member": False, "addresses": [], "last_seen": None, "rtt_ms": None,
              "software": None, "connected": False, "record_seq": None, "record_expires": None},
@@ -1202,9 +1203,10 @@ class RoundTripTests(SynchronousTestCase):
         lines = self.ok("peers").decode().splitlines()
         self.assertEqual(len(lines), 2, "one line per peer, no header: stdout is not a terminal")
         first, second = (re.split(r" {2,}", line) for line in lines)
-        self.assertEqual(first[:3] + first[4:], [self.ID1, "connected", "12.3ms", "tcp:192.0.2.1:3000 tcp:[2001:db8::1]:3000"])
+        self.assertEqual(first[:3] + first[4:], [self.ID1, "connected", "12.3ms", "5 ok 1 failed (failing)",
+                                                 "tcp:192.0.2.1:3000 tcp:[2001:db8::1]:3000"])
         self.assertRegex(first[3], r"^2h 0m \d+s ago$")
-        self.assertEqual(second, [self.ID2, "new", "-", "never", "-"])
+        self.assertEqual(second, [self.ID2, "new", "-", "never", "-", "-"])
         self.assertEqual(self.columns(lines[0]), self.columns(lines[1]), "aligned")
         self.assertEqual([r["path"] for r in self.node.requests], ["/v1/peers"])
 
@@ -1215,7 +1217,8 @@ class RoundTripTests(SynchronousTestCase):
         self.node.peer_table = table
         lines = self.ok("peers").decode().splitlines()
         self.assertEqual(len(lines), 2, "items that are not peers are left out")
-        self.assertEqual(re.split(r" {2,}", lines[0]), ["evil\\x1b[2J", "sus\\npect", "0.0ms", "0s ago", "tcp:\\x1b]0;x\\x07 5"])
+        self.assertEqual(re.split(r" {2,}", lines[0]), ["evil\\x1b[2J", "sus\\npect", "0.0ms", "0s ago", "-",
+                                                        "tcp:\\x1b]0;x\\x07 5"])
         self.assertEqual(re.split(r" {2,}", lines[1])[0], self.ID2)
 
     def test_peers_empty(self) -> None:
@@ -1249,7 +1252,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual((proc.returncode, proc.stderr), (0, b""))
         lines = out.decode().splitlines()
         self.assertEqual(len(lines), 3)
-        self.assertEqual(re.split(r" {2,}", lines[0].rstrip()), ["NODE", "STATE", "RTT", "SEEN", "ADDRESSES"])
+        self.assertEqual(re.split(r" {2,}", lines[0].rstrip()), ["NODE", "STATE", "RTT", "SEEN", "AUDITS", "ADDRESSES"])
         self.assertEqual(self.columns(lines[0]), self.columns(lines[1]))
         self.assertTrue(lines[1].startswith(self.ID1))
 

@@ -75,6 +75,7 @@ class Net:
         s.announcer.stop()
         s.repairer.stop()
         s.node.scrubber.stop()
+        s.auditor.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():
