@@ -44,6 +44,7 @@ class Auditor:
         self.node, self.peers, self.clock, self.deadline = node, peers, clock, deadline
         self.rng = rng or random.SystemRandom()
         self._cursor = b""
+        self._own_turn = False  # challenges alternate between held keys and this node's own files
         self._timer: Any = None
         self._running: Deferred[None] | None = None
         self._stopped = True
@@ -65,8 +66,9 @@ class Auditor:
         return {"passed": self.passed, "failed": self.failed, "every": self.interval()}
 
     def interval(self) -> float:
-        """Seconds between two challenges: a day spread over the held keys, but no more than PER_HOUR an hour."""
-        keys = self.node.index.leases.count_held_keys()
+        """Seconds between two challenges: a day spread over the held keys (and one a file's worth for this node's
+        own files), but no more than PER_HOUR an hour."""
+        keys = self.node.index.leases.count_held_keys() + self.node.index.count()
         return max(3600.0 / PER_HOUR, DAY / max(1, keys))
 
     def _schedule(self) -> None:
@@ -89,8 +91,28 @@ class Auditor:
                 return None
             return result
 
-        d = self._running = ensureDeferred(self._audit_next())
+        self._own_turn = not self._own_turn
+        d = self._running = ensureDeferred(self._audit_own() if self._own_turn else self._audit_next())
         return d.addBoth(done)
+
+    async def _audit_own(self) -> bool | None:
+        """The owner's audit: a random block of a random file of this node's, at a holder recorded for its key
+        (this node has every block of its files); a node with no file audits a held key instead."""
+        f = self.node.index.random_file()
+        if f is None:
+            return await self._audit_next()
+        holders = self.node.index.placements.holders(f"file:{f.root}")
+        try:
+            blocks = [(c, k) for c, k in await self.node.file_blocks(f.root) if holders.get(k)]
+        except Exception:
+            return None
+        if not blocks:
+            return await self._audit_next()
+        cid, key = self.rng.choice(blocks)
+        targets = [h for h in holders[key] if (self.peers.version_of(h) or 0) >= 3]
+        if not targets:
+            return None
+        return await self.challenge(self.rng.choice(targets), key, cid, owner=True)
 
     async def _audit_next(self) -> bool | None:
         keys = self.node.index.leases.held_keys(self._cursor, 1)
@@ -129,9 +151,10 @@ class Auditor:
                 out.append(m)
         return out
 
-    async def challenge(self, target: bytes, key: bytes, cid: CID) -> bool | None:
-        """Challenge ``target`` on ``cid`` (held here under ``key``): True if it proved it has the block, False
-        if not (counted against it, and the key repaired); None if this node's own copy cannot be read."""
+    async def challenge(self, target: bytes, key: bytes, cid: CID, owner: bool = False) -> bool | None:
+        """Challenge ``target`` on ``cid`` (held here under ``key``, or a block of this node's own file with
+        ``owner``): True if it proved it has the block, False if not (counted against it, and the key repaired);
+        None if this node's own copy cannot be read."""
         try:
             data = await self.node.fetch(cid)
         except Exception:
@@ -157,5 +180,8 @@ class Auditor:
                  cid=str(cid), why=why)
         repairer = getattr(self.node, "repairer", None)
         if repairer is not None:
-            repairer.check_now(key)
+            if owner:  # the block of a file of this node's: the origin's part of repair sends it
+                repairer.copy_lost(cid, key)
+            else:
+                repairer.check_now(key)
         return False

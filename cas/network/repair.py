@@ -71,6 +71,7 @@ class Repairer:
         self._queue: deque[bytes] = deque()  # keys to look at first
         self._queued: set[bytes] = set()
         self._forced: set[bytes] = set()  # keys to repair from here, first holder or not (a failed audit)
+        self._forced_cids: set[CID] = set()  # blocks of this node's files a holder failed to prove (the same)
         self._cursor = b""  # the sweep's position in the held keys
         self._timer: Any = None
         self._running: Deferred[None] | None = None
@@ -232,6 +233,13 @@ class Repairer:
         in the rank (the first holder may not know yet); the failing holder counts as holding nothing."""
         self._forced.add(key)
         self._enqueue(key)
+        self.kick()
+
+    def copy_lost(self, cid: CID, key: bytes) -> None:
+        """A holder of a block of this node's own file failed its audit: the block is recorded short and sent from
+        here to the next live node of the rank, whoever else holds it."""
+        self.index.add_underplaced([Underplaced(cid, key, ())])
+        self._forced_cids.add(cid)
         self.kick()
 
     def _enqueue(self, key: bytes) -> None:
@@ -424,18 +432,24 @@ class Repairer:
                 here = [r for r in krows if self.node.store.has(r.cid)]
                 done += [r.cid for r in krows if r not in here]  # the file was forgotten and collected
                 top = [m for m in self.node.placement.rank(key, members) if m != me][: n + RANK_SLACK]
-                live = [m for m in top if m not in dead and self.peers.version_of(m) != 1]
+                failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
+                live = [m for m in top if m not in dead and self.peers.version_of(m) != 1 and not failing(m)]
                 have = {m: await self._has(m, [r.cid for r in here]) for m in live} if here else {}
                 sent: list[bytes] = []
                 for row in here:
                     holders = [m for m in live if row.cid in (have[m] or ())]
                     assumed = [m for m in row.holders if m in dead or have.get(m, ()) is None]
-                    if not holders and len(assumed) < n:
-                        took = await self._place(row, key, [m for m in live if have[m] is not None], n - len(assumed))
+                    # a block whose copy failed this node's audit is sent from here even where others hold it:
+                    # they count the failing node as a holder and would not repair it
+                    forced = row.cid in self._forced_cids
+                    self._forced_cids.discard(row.cid)
+                    if (forced or not holders) and len(holders) + len(assumed) < n:
+                        lacking = [m for m in live if have[m] is not None and row.cid not in have[m]]
+                        took = await self._place(row, key, lacking, n - len(holders) - len(assumed))
                         if took is None:
                             done.append(row.cid)  # unreadable here (logged): nothing to place
                             continue
-                        holders = took
+                        holders = holders + took
                         sent += took
                     if len(holders) >= n:
                         done.append(row.cid)

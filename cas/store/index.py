@@ -337,6 +337,11 @@ class Index:
         (n,) = self.db.execute("SELECT count(*) FROM files").fetchone()
         return int(n)
 
+    def random_file(self) -> FileRecord | None:
+        """One of this node's files, drawn at random (the owner's audits)."""
+        row = self.db.execute("SELECT * FROM files ORDER BY random() LIMIT 1").fetchone()
+        return _record(row) if row else None
+
     def referenced(self) -> set[CID]:
         rows = self.db.execute("SELECT cid FROM refs UNION SELECT cid FROM holds")
         return {CID.parse(c) for (c,) in rows}

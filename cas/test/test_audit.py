@@ -62,10 +62,18 @@ class IntervalTests(SynchronousTestCase):
             def count_held_keys(self) -> int:
                 return self.n
 
-        node = type("N", (), {"index": type("I", (), {"leases": Leases()})()})()
+        class Index:
+            leases = Leases()
+            files = 0
+
+            def count(self) -> int:
+                return self.files
+
+        node = type("N", (), {"index": Index()})()
         a = Auditor(node, None, None)
         self.assertEqual(a.interval(), DAY)  # no key (or one): once a day
-        node.index.leases.n = 100
+        node.index.leases.n = 90
+        node.index.files = 10  # the owner's files count like keys
         self.assertEqual(a.interval(), DAY / 100)
         node.index.leases.n = 100_000
         self.assertEqual(a.interval(), 3600 / PER_HOUR)
@@ -180,3 +188,17 @@ class AuditTests(TestCase):
         with self.assertRaises(RemoteError) as e:
             await auditor.peers.request(them, frames.CHALLENGE, header)
         self.assertIn("10 CHALLENGEs a minute", str(e.exception))
+
+    async def test_the_owner_audits_its_holders_and_replaces_a_lost_copy(self) -> None:
+        nodes, holder, _auditor, cid, key = await self.setup_file()
+        origin = nodes[0].auditor
+        origin._own_turn = False  # the next audit is the owner's: a random block of its file, at a recorded holder
+        self.assertIs(await origin.audit_next(), True)
+        self.assertEqual(origin.passed, 1)
+        them = holder.node.identity.node_id
+        holder.node.prove = lambda *a: fail(BlockNotFound("thrown away"))
+        before = sum(1 for s in nodes[1:] if s.node.store.has(cid))
+        self.assertIs(await origin.challenge(them, key, cid, owner=True), False)
+        # the origin sends the block to the next node of the rank, whoever else holds it
+        await wait_for(lambda: sum(1 for s in nodes[1:] if s.node.store.has(cid)) > before, "a new copy", 30)
+        self.assertGreater(nodes[0].repairer.topped_up, 0)
