@@ -88,6 +88,7 @@ class Repairer:
         self.bytes_sent = 0
         self.keys_checked = 0
         self.topped_up = 0  # of blocks_sent: the origin's, of blocks no node of the rank held
+        self.extra_released = 0  # keys whose copies here were extra and were let go
 
     def start(self) -> None:
         self._stopped = False
@@ -153,7 +154,7 @@ class Repairer:
 
     def status(self) -> dict[str, Any]:
         return {"queued": len(self._queue), "keys_checked": self.keys_checked, "blocks_sent": self.blocks_sent,
-                "bytes_sent": self.bytes_sent, "topped_up": self.topped_up,
+                "bytes_sent": self.bytes_sent, "topped_up": self.topped_up, "extra_released": self.extra_released,
                 "short_here": self.index.count_underplaced(),
                 "drain": dict(self.draining) if self.draining else None}
 
@@ -287,6 +288,8 @@ class Repairer:
         for m in live:
             if m != me:
                 have[m] = await self._has(m, cids)
+        if not leaving and not forced and await self._extra(key, cids, top, live, have, n):
+            return 0  # this node's copies were extra, and are gone
         # A member among the first N that did not answer is not dead yet: it counts as holding what it holds, like
         # the recently dead (only a death older than --repair-after moves copies).
         silent = sum(1 for m in top[:n] if m in have and have[m] is None)
@@ -311,6 +314,29 @@ class Repairer:
             jobs.append(window.run(lambda c=cid, k=missing: ensureDeferred(one(c, k))))
         results = await gatherResults(jobs, consumeErrors=True) if jobs else []
         return sum(results)
+
+    async def _extra(self, key: bytes, cids: list[CID], top: tuple[bytes, ...], live: list[bytes],
+                     have: dict[bytes, set[CID] | None], n: int) -> bool:
+        """Let this node's copies under ``key`` go when they are extra: N live nodes ranked above it (a wave of
+        joins, or repair, put them there) hold every one of its blocks under a lease, and one of them passed an
+        audit just now. Never the origin's copy (the origin is not in the rank, and its own files' blocks are
+        referenced, not held) nor a pinner's local one (referenced too)."""
+        me = self.node.identity.node_id
+        auditor = getattr(self.node, "auditor", None)
+        if auditor is None:
+            return False
+        above = [m for m in top[: top.index(me) if me in top else len(top)] if m in live and m != me]
+        if any(sum(1 for m in above if c in (have.get(m) or ())) < n for c in cids):
+            return False
+        cid = cids[0]
+        target = next(m for m in above if cid in (have.get(m) or ()))
+        if await auditor.challenge(target, key, cid) is not True:
+            return False
+        freed = await self.node.drop_extra(key)
+        self.extra_released += 1
+        log.info("{n} extra copies under a placement key released: {k} nodes ranked above this one hold them (an "
+                 "audit of {t} passed)", n=len(cids), k=len(above), t=short_node_id(target))
+        return freed >= 0
 
     def drain(self) -> Deferred[None]:
         """Hand every held key to the next nodes in rank before this node leaves (``cas drain``): each block

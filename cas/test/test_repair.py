@@ -352,3 +352,59 @@ def ensure(coro: Any) -> Any:
     from twisted.internet.defer import ensureDeferred
 
     return ensureDeferred(coro)
+
+
+class ExtraCopyTests(TestCase):
+    timeout = 60
+
+    async def test_an_extra_copy_is_released_after_an_audit_of_a_node_ranked_above(self) -> None:
+        _net, nodes = await network(self, 6, repair_after=1.0)
+        origin = nodes[0]
+        stored, data, blocks, _holder = await put_file(self, nodes)
+        key = blocks[-1][1]  # a stripe key
+        cids = [c for c, k in blocks if k == key]
+        me = origin.node.identity.node_id
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        rank = origin.node.placement.rank(key, others)
+        by_id = {s.node.identity.node_id: s for s in nodes}
+        extra = by_id[rank[3]]  # the fourth in rank: no upload put anything there
+        self.assertFalse(any(extra.node.store.has(c) for c in cids))
+        for c in cids:  # a copy there, as a repair or a join would have left it (with the origin's lease)
+            await origin.peers.put_block(extra.node.identity.node_id, c, origin.node.store.get(c), key=key,
+                                         lease=3600, origin=me, n=3)
+        self.assertTrue(all(extra.node.store.has(c) for c in cids))
+        extra.repairer.own_lease = 1
+        extra.repairer.clock = _Later(extra.repairer.clock, 600)  # the blocks arrived long enough ago
+        await extra.repairer._repair_key(key)
+        self.assertEqual(extra.repairer.extra_released, 1)
+        self.assertEqual(extra.auditor.passed, 1)  # it audited a node ranked above before letting go
+        self.assertFalse(any(extra.node.store.has(c) for c in cids))
+        self.assertFalse(extra.node.index.leases.holds_key(key))
+        for c in cids:  # the three ranked first keep theirs
+            self.assertEqual(sum(1 for m in rank[:3] if by_id[m].node.store.has(c)), 3)
+        self.assertEqual(await get(nodes[5] if nodes[5] is not extra else nodes[4], stored), data)
+
+    async def test_a_copy_of_the_first_n_is_not_extra(self) -> None:
+        _net, nodes = await network(self, 5, repair_after=1.0)
+        _stored, _data, blocks, _holder = await put_file(self, nodes)
+        key = blocks[-1][1]
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        rank = nodes[0].node.placement.rank(key, others)
+        third = next(s for s in nodes if s.node.identity.node_id == rank[2])
+        third.repairer.clock = _Later(third.repairer.clock, 600)
+        await third.repairer._repair_key(key)
+        self.assertEqual(third.repairer.extra_released, 0)
+        self.assertTrue(third.node.index.leases.holds_key(key))
+
+
+class _Later:
+    """A clock ``ahead`` seconds ahead of ``clock`` (for the arrival wait only)."""
+
+    def __init__(self, clock: Any, ahead: float) -> None:
+        self.clock, self.ahead = clock, ahead
+
+    def seconds(self) -> float:
+        return self.clock.seconds() + self.ahead
+
+    def callLater(self, *a: Any, **kw: Any) -> Any:
+        return self.clock.callLater(*a, **kw)
