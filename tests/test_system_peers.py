@@ -24,7 +24,8 @@ LISTENING = re.compile(r"cas node (\S+) listening for peers on tcp:127\.0\.0\.1:
 
 
 class NodeProcess:
-    def __init__(self, data_dir: str, bootstrap: list[str], extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: str, bootstrap: list[str], extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir + ".log"
         args = ["--port", "tcp:0:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir,
@@ -36,7 +37,8 @@ class NodeProcess:
         url = os.path.join(data_dir, "api.url")
         if os.path.exists(url):
             os.unlink(url)  # left by an earlier run (killed): wait for the new one
-        self.proc = subprocess.Popen(TWISTD + ["cas", *args], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(TWISTD + ["cas", *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         self.node_id, self.port = self._wait_listening()
 
     def _wait_listening(self, timeout: float = 30.0) -> tuple[str, int]:

@@ -56,6 +56,11 @@ def write_private(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)  # the rename, durably
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def make_certificate(key: Ed25519PrivateKey, now: datetime.datetime | None = None) -> x509.Certificate:

@@ -35,6 +35,7 @@ from twisted.internet.task import Cooperator, SchedulerStopped, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cas.base import crash
 from cas.base.cid import CID
 from cas.base.errors import BlockNotFound, CorruptBlock
 from cas.base.nodeid import short_node_id
@@ -424,6 +425,7 @@ class Repairer:
         except Exception as e:
             log.debug("repair of {cid} on {t} failed: {e}", cid=str(cid), t=short_node_id(target), e=e)
             return False
+        crash.point("repair.after_send")
         if leased is False:
             return False
         self.blocks_sent += 1

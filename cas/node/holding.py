@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cas.base import crash
 from cas.base.cid import CID
 from cas.base.errors import (
     NotInRank,
@@ -104,6 +105,7 @@ class Holding:
                 raise
 
         def recorded(stored: bool) -> Deferred[bool]:
+            crash.point("hold.block_stored")
             d: Deferred[None] = Deferred()
             if not self._hold_batch:
                 self.reactor.callLater(0, self._commit_holds)  # type: ignore[attr-defined]
@@ -212,6 +214,7 @@ class Holding:
             except (NotInRank, QuotaExceeded):
                 ok.append(False)
         self.index.grant_leases(holder, [k for k, yes in zip(keys, ok) if yes], int(self.clock.seconds()) + granted)
+        crash.point("lease.after_grant")
         d = self.run(read_incomplete, self.index.path, self.store.has, [k for k, yes in zip(keys, ok) if yes])
         return d.addCallback(lambda lost: (granted, ok, [yes and k not in lost for k, yes in zip(keys, ok)]))
 
@@ -231,6 +234,7 @@ class Holding:
             for _row, d in batch:
                 d.errback(f)
             return
+        crash.point("hold.after_record")
         if getattr(self, "repairer", None) is not None:
             self.repairer.note_keys({row[4] for row, _d in batch})  # a new key's rank, kept for changes
         for _row, d in batch:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cas.base import crash
 from cas.base.budget import Budget
 from cas.base.cid import CID
 from cas.base.errors import CasError, SessionNotFound, TooFewReplicas
@@ -305,6 +306,7 @@ class Upload:
         except BaseException:
             self._pins.release([cid])
             raise
+        crash.point("put.block_stored")
 
     def _task_done(self, result: Any) -> Any:
         self._inflight -= 1
@@ -515,6 +517,7 @@ class Upload:
             if self._failure is not None:
                 self._settle_failure()
                 return
+            crash.point("put.before_record")
             self._index.add_refs(self._owner, self._pinned)
             blocks = self._builder.blocks
             self._index.commit_file(
@@ -524,6 +527,7 @@ class Upload:
                 session=self._session.id if self._session is not None else None,
                 lease_time=self.lease_time,
             )
+            crash.point("put.after_record")
             self._pins.release(self._pinned)
             self._pinned = []
             self._settled = True

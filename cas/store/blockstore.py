@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 from array import array
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from zope.interface import Interface, implementer
 
@@ -59,6 +59,9 @@ class IBlockStore(Interface):
 
     def delete_unless(cid: CID, keep: Callable[[CID], bool]) -> int:
         """Remove a block unless ``keep(cid)`` holds, deciding under the block's lock (for collection)."""
+
+    def sync_deletes(cids: Iterable[CID]) -> None:
+        """Make earlier deletes of ``cids`` durable (their directories fsynced)."""
 
     def cids() -> Iterator[CID]:
         """Every stored block id (a snapshot-free walk: blocks added meanwhile may be missed)."""
@@ -392,6 +395,14 @@ class DiskBlockStore:
                 return 0
             self._count(cid, -size, -1)
             return size
+
+    def sync_deletes(self, cids: Iterable[CID]) -> None:
+        """Make the deletes of ``cids`` durable: each shard directory they were in fsynced once."""
+        for shard in {self._shard(c) for c in cids}:
+            try:
+                fsync_dir(shard)
+            except FileNotFoundError:
+                pass
 
     def cids(self) -> Iterator[CID]:
         for a in sorted(_listdir(self.blocks_dir)):

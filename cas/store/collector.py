@@ -86,6 +86,7 @@ def collect(store: IBlockStore, pins: Pins, referenced: set[CID]) -> CollectResu
     ``pins.begin_pass()``."""
     blocks = freed = 0
     keep: Callable[[CID], bool] = lambda c: c in referenced or c in pins
+    deleted: list[CID] = []
     for cid in store.cids():
         if keep(cid):
             continue
@@ -93,4 +94,9 @@ def collect(store: IBlockStore, pins: Pins, referenced: set[CID]) -> CollectResu
         if n:
             blocks += 1
             freed += n
+            deleted.append(cid)
+            if len(deleted) >= 1000:
+                store.sync_deletes(deleted)
+                deleted = []
+    store.sync_deletes(deleted)  # the unlinks, durably
     return CollectResult(blocks, freed)

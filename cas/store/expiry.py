@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from cas.base import crash
 from cas.base.cid import CID
 from cas.store.blockstore import IBlockStore
 from cas.store.collector import Pins
@@ -161,6 +162,7 @@ class LeaseCollector:
                         gone.extend(blocks)
                         freed += sum(n for _c, n in blocks)
                 if gone:  # rows first: a crash now leaves unreferenced blocks, which the next start collects
+                    crash.point("gc.after_rows")
                     n, nbytes = await self.run(self._delete, [c for c, _n in gone])
                     self.collected_blocks += n
                     self.collected_bytes += nbytes
@@ -172,6 +174,8 @@ class LeaseCollector:
         for cid in cids:
             n = self.store.delete_unless(cid, lambda c: c in self.pins)
             if n:
+                crash.point("gc.after_unlink")
                 blocks += 1
                 freed += n
+        self.store.sync_deletes(cids)  # the unlinks, durably (a shard directory once per batch)
         return blocks, freed
