@@ -38,7 +38,7 @@ def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int,
     with ``reset``, else its peak since start)."""
     if not a.no_prefault:
         harness.prefault(size + 64 * MiB)
-    with harness.timed_phase(a) as phase, harness.Watch({"node": node.pid}, reset=reset) as watch:
+    with harness.timed_phase(a) as phase, harness.Watch({"node": node.proc.pid}, reset=reset) as watch:
         r = harness.Cli(["--node", node.data, *args], work, name).wait(nbytes=size)
     n, gib = watch.result["node"], size / GiB
     r.update(phase, node_peak_rss_mib=n["vmhwm_end_mib"], node_rss_end_mib=n["rss_end_mib"], node_peak_rss_reset=reset,
@@ -59,8 +59,8 @@ def api_ops(size: int, work: str, s: dict[str, Any], a: argparse.Namespace) -> d
     node, out = harness.Node("node", os.path.join(work, "node-data")), os.path.join(work, "out.bin")
     try:
         harness.start_nodes([node])
-        idle = harness.mem_status(node.pid).get("VmRSS")
-        print(f"  node {node.pid} up in {node.startup_seconds:.2f} s at {node.url}, idle RSS {idle:.1f} MiB",
+        idle = harness.mem_status(node.proc.pid).get("VmRSS")
+        print(f"  node {node.proc.pid} up in {node.startup_seconds:.2f} s at {node.url}, idle RSS {idle:.1f} MiB",
               file=sys.stderr)
         # The smallest CLI round trip (start-up, imports, one HTTP request): included in every command's e2e time.
         rt = harness.Cli(["--node", node.data, "status"], work, "status").wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -78,7 +79,8 @@ def child_gc(a: argparse.Namespace) -> None:
 
 def quantiles(lags: list[float]) -> dict[str, float]:
     xs = sorted(lags) or [0.0]
-    return {"lag_p50_ms": xs[len(xs) // 2], "lag_p99_ms": xs[min(len(xs) - 1, int(len(xs) * 0.99))], "lag_max_ms": xs[-1]}
+    p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+    return {"lag_p50_ms": xs[len(xs) // 2], "lag_p99_ms": p99, "lag_max_ms": xs[-1]}
 
 
 def run(a: argparse.Namespace) -> None:
@@ -88,7 +90,7 @@ def run(a: argparse.Namespace) -> None:
         return harness.run_child(__file__, "gc", work, f"gc{n}", size=size, block=a.block, dir=work)
 
     def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-        return {p: {k: harness.median([r[p][k] for r in rounds]) for k in rounds[0][p]} for p in PHASES}
+        return {p: {k: statistics.median([r[p][k] for r in rounds]) for k in rounds[0][p]} for p in PHASES}
 
     results = harness.bench_sizes(a, "gc", one_round, summarise, prepare=lambda size, work: ({}, {}))
     idle = results[0]["summary"]["idle"]["lag_p99_ms"] or 0.01

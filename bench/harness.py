@@ -13,6 +13,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,11 +51,6 @@ def fmt_size(n: int) -> str:
     return f"{n}B" if n < MiB else f"{n / MiB:.1f}M"
 
 
-def median(xs: list[float]) -> float:
-    xs, n = sorted(xs), len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
 def summary(rs: list[dict[str, Any]], med: tuple[str, ...] = (), top: tuple[str, ...] = ()) -> dict[str, Any]:
     """Over rounds: median MiB/s (from the request, and from the start when there) with min and max, the median of
     ``med`` keys and the highest of ``top`` keys."""
@@ -62,10 +58,10 @@ def summary(rs: list[dict[str, Any]], med: tuple[str, ...] = (), top: tuple[str,
     for k in ("mib_s", "mib_s_end_to_end"):
         if all(k in r for r in rs):
             vals = [r[k] for r in rs]
-            x.update({k: median(vals), f"{k}_min": min(vals), f"{k}_max": max(vals)})
+            x.update({k: statistics.median(vals), f"{k}_min": min(vals), f"{k}_max": max(vals)})
     for k in med:
         if vals := [r[k] for r in rs if r.get(k) is not None]:
-            x[k] = median(vals)
+            x[k] = statistics.median(vals)
     x.update({k: max(r.get(k) or 0.0 for r in rs) for k in top})
     return x
 
@@ -190,11 +186,6 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-def loadavg() -> float | None:
-    x = read_text("/proc/loadavg").split()
-    return float(x[0]) if x else None
-
-
 def cpu_ticks() -> tuple[int, int]:
     """(stolen, all) jiffies of the machine so far (/proc/stat)."""
     x = [int(v) for v in read_text("/proc/stat").split("\n", 1)[0].split()[1:]]
@@ -253,7 +244,7 @@ def cool(a: argparse.Namespace) -> str:
 def timed_phase(a: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Around a timed command (its servers already up): the page cache dropped first (``--cache cold``), the load
     before it, and the host's steal share (the vCPU time given to other tenants) over it, for the phase's row."""
-    row: dict[str, Any] = {"cache": cool(a), "loadavg_before": loadavg()}
+    row: dict[str, Any] = {"cache": cool(a), "loadavg_before": os.getloadavg()[0]}
     ticks = cpu_ticks()
     yield row
     after = cpu_ticks()
@@ -290,9 +281,8 @@ class Watch:
             self._done.wait(SAMPLE_S)
 
     def __enter__(self) -> Watch:
-        self.before = {}
-        for name, pid in self.procs.items():
-            self.before[name] = (mem_status(pid), proc_stat(pid), reset_peak_rss(pid) if self.reset else False)
+        self.before = {name: (mem_status(pid), proc_stat(pid), reset_peak_rss(pid) if self.reset else False)
+                       for name, pid in self.procs.items()}
         self._thread.start()
         return self
 
@@ -347,14 +337,6 @@ def reap(proc: subprocess.Popen, timeout: float | None = None, term: bool = Fals
     return proc.returncode
 
 
-def parse_result(text: str, what: str) -> dict[str, Any]:
-    """The last result line a child printed (``emit``); FAIL if there is none."""
-    lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
-    if not lines:
-        raise SystemExit(f"FAIL: {what} gave no result")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
-
-
 def wait_until(ready: Callable[[], Any], proc: subprocess.Popen, what: str, log: str, t0: float) -> Any:
     """Until ``ready()`` is true; FAIL if ``proc`` exits first or takes over START_TIMEOUT since ``t0``."""
     while not (x := ready()):
@@ -404,7 +386,11 @@ class Child:
         return ru, {"hwm": w.hwm["c"], "n": w.n}, dt
 
     def result(self) -> dict[str, Any]:
-        return parse_result(read_text(self.out), self.what)
+        """The last result line it printed (``emit``); FAIL if there is none."""
+        lines = [x for x in read_text(self.out).splitlines() if x.startswith(RESULT_PREFIX)]
+        if not lines:
+            raise SystemExit(f"FAIL: {self.what} gave no result")
+        return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
 def run_child(script: str, mode: str, work: str, name: str, timeout: float | None = None, **kw: Any) -> dict[str, Any]:
@@ -439,7 +425,7 @@ def finish_server(c: Child, what: str) -> dict[str, Any]:
     """Its result, once it has exited on its own (killed after STOP_TIMEOUT)."""
     if reap(c.proc, STOP_TIMEOUT) != 0:
         raise SystemExit(f"FAIL: {what} exited {c.proc.returncode}:\n{tail(c.err)}")
-    return parse_result(read_text(c.out), what)
+    return c.result()
 
 
 def check(r: dict[str, Any], s: dict[str, Any], what: str) -> None:
@@ -507,11 +493,6 @@ class Node:
         self.log_path, self.port, self.node_id = log or data + ".log", 0, None
         self.proc: subprocess.Popen | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -531,8 +512,10 @@ class Node:
     def wait_ready(self) -> None:
         """Until it has logged its node id and peer port and written api.url; then 0.2 s for its worker pool."""
         assert self.proc is not None
-        m = wait_until(lambda: os.path.exists(self.url_path) and _LISTENING.search(read_text(self.log_path, self.offset)),
-                       self.proc, f"node {self.name}", self.log_path, self.t0)
+        def ready() -> Any:
+            return os.path.exists(self.url_path) and _LISTENING.search(read_text(self.log_path, self.offset))
+
+        m = wait_until(ready, self.proc, f"node {self.name}", self.log_path, self.t0)
         node_id, port = m.group(1), int(m.group(2))
         if (self.port and port != self.port) or (self.node_id and node_id != self.node_id):
             raise SystemExit(f"FAIL: node {self.name} came back as {node_id} on {port}, "
@@ -564,8 +547,7 @@ class Node:
 
 
 def start_nodes(nodes: list[Node]) -> None:
-    """The first node started alone (unless up), the others with it as their bootstrap contact; until all are
-    ready."""
+    """The first node started alone (unless up), the others with it as their bootstrap contact; until all ready."""
     first = nodes[0]
     if not first.alive():
         first.start()
@@ -601,8 +583,8 @@ class Cli(Child):
         self.connect_path, self.piped = os.path.join(work, f"{name}.connect"), stdout is not None
         if os.path.exists(self.connect_path):
             os.unlink(self.connect_path)
-        super().__init__([sys.executable, "-c", _CONNECT_HOOK, *args], work, name, child_env(BENCH_CONNECT_FILE=self.connect_path),
-                         stdout, what=f"cas {' '.join(args)}")
+        super().__init__([sys.executable, "-c", _CONNECT_HOOK, *args], work, name,
+                         child_env(BENCH_CONNECT_FILE=self.connect_path), stdout, what=f"cas {' '.join(args)}")
 
     def wait(self, timeout: float | None = None, nbytes: int = 0) -> dict[str, Any]:  # type: ignore[override]
         ru, samples, dt = super().wait(timeout)
@@ -839,29 +821,15 @@ def environment() -> dict[str, Any]:
     mem = read_text("/proc/meminfo").split()
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "loadavg": loadavg(), "git": {"commit": git("rev-parse", "HEAD").strip() or None, "dirty_cas_files": [
-                x[3:] for x in git("status", "--porcelain", "--", "cas").splitlines()]},
+            "loadavg": os.getloadavg()[0], "git": {"commit": git("rev-parse", "HEAD").strip() or None,
+                                                   "dirty_cas_files": [x[3:] for x in git("status", "--porcelain",
+                                                                                           "--", "cas").splitlines()]},
             "cpu": cpu[0] if cpu else None, "mem_total_mib": int(mem[1]) // 1024 if mem else None}
 
 
 def title(name: str, env: dict[str, Any], a: argparse.Namespace) -> str:
     """The first header line of a table."""
     return f"{name}, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s)"
-
-
-@contextmanager
-def workdir(a: argparse.Namespace, name: str) -> Iterator[str]:
-    """A temporary directory under ``--dir`` for one size; removed afterwards (unless ``--keep``), then synced."""
-    work = tempfile.mkdtemp(prefix=f"cas-{name}-", dir=a.dir)
-    print(f"== {name} in {work}", file=sys.stderr)
-    try:
-        yield work
-    finally:
-        if a.keep:
-            print(f"  kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        settle()
 
 
 def clean(*paths: str) -> None:
@@ -875,11 +843,14 @@ def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dic
                 summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
                 prepare: Callable[[int, str], tuple[Any, dict[str, Any]]] | None = None,
                 sizes: list[int] | None = None) -> list[dict[str, Any]]:
-    """Per size (``--size``): a work dir, ``prepare(size, work)`` (default: the random source), then ``--repeat``
-    rounds of ``one_round(size, WORK/rN, prepared, n)`` (its rows), summarised."""
+    """Per size (``--size``): a temporary work dir under ``--dir`` (removed afterwards unless ``--keep``, then
+    synced), ``prepare(size, work)`` (default: the random source), then ``--repeat`` rounds of ``one_round(size,
+    WORK/rN, prepared, n)`` (its rows), summarised."""
     out = []
     for size in sizes or a.size:
-        with workdir(a, f"{script}-{fmt_size(size)}") as work:
+        work = tempfile.mkdtemp(prefix=f"cas-{script}-{fmt_size(size)}-", dir=a.dir)
+        print(f"== {script}-{fmt_size(size)} in {work}", file=sys.stderr)
+        try:
             if prepare:
                 s, fields = prepare(size, work)
             else:
@@ -892,6 +863,10 @@ def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dic
                 os.makedirs(rwork := os.path.join(work, f"r{n}"), exist_ok=True)
                 rounds.append(one_round(size, rwork, s, n))
             out.append({"size": size, **fields, "rounds": rounds, "summary": summarise(rounds)})
+        finally:
+            if a.keep:
+                print(f"  kept {work}", file=sys.stderr)
+            clean(*([] if a.keep else [work]))
     return out
 
 
@@ -900,7 +875,7 @@ def finish(a: argparse.Namespace, script: str, env: dict[str, Any], header: list
     """Print the header lines and the table; write the JSON (``--json``, or bench/results/SCRIPT-SIZES-rN.json)."""
     print("\n" + "\n".join(header))
     print(text, end="", flush=True)
-    env.update(loadavg_end=loadavg(), parent_peak_rss_mib=mem_status().get("VmHWM"),
+    env.update(loadavg_end=os.getloadavg()[0], parent_peak_rss_mib=mem_status().get("VmHWM"),
                date_end=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     sizes = "-".join(fmt_size(s) for s in getattr(a, "size", None) or [])
     path = a.json or os.path.join(RESULTS, f"{script}-{sizes or 'run'}-r{a.repeat}.json")

@@ -74,7 +74,8 @@ def child_mkblocks(a: argparse.Namespace) -> None:
             raise SystemExit(f"block {c} is not where the store layout says")
     with open(a.paths, "w") as f:
         f.write("\n".join(block_path(s.path, c) for c in cids) + "\n")
-    harness.emit({"op": "mkblocks", "blocks": a.blocks, "seconds": time.perf_counter() - t0, "node_id": str(s.identity())})
+    harness.emit({"op": "mkblocks", "blocks": a.blocks, "seconds": time.perf_counter() - t0,
+                  "node_id": str(s.identity())})
 
 
 def child_recv0(a: argparse.Namespace) -> None:
@@ -231,8 +232,8 @@ def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str,
         harness.start_nodes([node])
         if node.node_id != setup["node_id"]:
             raise SystemExit(f"FAIL: the node says it is {node.node_id}, the data dir's identity is {setup['node_id']}")
-        r = receive("recv", work, "cas-recv", setup, a, {"node": node.pid}, port=node.port, node_id=node.node_id,
-                    window=a.window)
+        r = receive("recv", work, "cas-recv", setup, a, {"node": node.proc.pid}, port=node.port,
+                    node_id=node.node_id, window=a.window)
         r["node_startup_seconds"] = node.startup_seconds
     finally:
         r_stop = node.stop("after the transfer")
@@ -304,13 +305,15 @@ def run(a: argparse.Namespace) -> None:
     harness.require_room(a.dir, max(a.size) // MiB * BLOCK + 512 * MiB)  # one block store at a time, logs, data dirs
     env = harness.environment()
     results = harness.bench_sizes(a, "peers", lambda *x: one_round(*x, a), summarise, prepare)
-    cols = [harness.speed_col(a), ("e2e MiB/s", 9, "mib_s_end_to_end:.1f"), ("recv RSS MiB", 13, "recv_peak_rss_mib:.1f"),
-            ("send RSS MiB", 13, "send_peak_rss_mib:.1f"), ("CPU s/GiB recv", 15, "recv_cpu_s_per_gib:.2f"),
-            ("send", 5, "send_cpu_s_per_gib:.2f"), ("/bare", 6, "ratio_vs_bare:.3f"), (" target", -1, target)]
+    cols = [harness.speed_col(a), ("e2e MiB/s", 9, "mib_s_end_to_end:.1f"),
+            ("recv RSS MiB", 13, "recv_peak_rss_mib:.1f"), ("send RSS MiB", 13, "send_peak_rss_mib:.1f"),
+            ("CPU s/GiB recv", 15, "recv_cpu_s_per_gib:.2f"), ("send", 5, "send_cpu_s_per_gib:.2f"),
+            ("/bare", 6, "ratio_vs_bare:.3f"), (" target", -1, target)]
     harness.finish(a, "peers", env, [
         harness.title("cas peer GET_BLOCK benchmark", env, a) + f", window {a.window}, page cache {a.cache}",
-        f"target: cas GET_BLOCK >= {TARGET_RATIO:.0%} of the bare TLS stream; receiver peak RSS flat in the size; MiB/s "
-        "from the receiver's first request, e2e from its spawn"], harness.table(results, ("transfer", -19), cols, LABELS),
+        f"target: cas GET_BLOCK >= {TARGET_RATIO:.0%} of the bare TLS stream; receiver peak RSS flat in the size; "
+        "MiB/s from the receiver's first request, e2e from its spawn"],
+        harness.table(results, ("transfer", -19), cols, LABELS),
         {"window": a.window, "block_bytes": BLOCK, "targets": {"ratio_vs_bare": TARGET_RATIO}, "sizes": results})
 
 

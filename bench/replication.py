@@ -161,7 +161,7 @@ def child_bsend(a: argparse.Namespace) -> None:
     digests: list[bytes | None] = [None] * nseg
     sizes, links, paused = [0] * nseg, [], set()
     ready: deque[tuple[bytes, bytes]] = deque()  # sealed and stored, not yet written to the streams
-    st: dict[str, Any] = {"next": 0, "inflight": 0, "sent": 0, "acks": 0, "lost": 0, "finished": False, "pumping": False}
+    st: dict[str, Any] = dict(next=0, inflight=0, sent=0, acks=0, lost=0, finished=False, pumping=False)
     result.update(bytes=size, blocks=nseg, receivers=len(peers), window=a.window, threads=a.threads)
 
     def work(i: int) -> tuple[int, bytes, bytes]:
@@ -347,11 +347,13 @@ def members(node: harness.Node) -> set[str]:
     """The node ids ``cas peers --json`` lists as members that are connected or alive."""
     try:
         out = subprocess.run([sys.executable, "-m", "cas.cli", "--node", node.data, "peers", "--json"],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, env=harness.child_env())
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                             env=harness.child_env())
         doc = json.loads(out.stdout) if out.returncode == 0 else {}
     except (subprocess.TimeoutExpired, ValueError):
         doc = {}
-    return {p.get("node_id") for p in doc.get("peers", []) if p.get("member") and p.get("state") in ("connected", "alive")}
+    return {p.get("node_id") for p in doc.get("peers", [])
+            if p.get("member") and p.get("state") in ("connected", "alive")}
 
 
 def network_up(nodes: list[harness.Node], what: str) -> float:
@@ -363,7 +365,8 @@ def network_up(nodes: list[harness.Node], what: str) -> float:
     while True:
         for n in nodes:
             if not n.alive():
-                raise SystemExit(f"FAIL: node {n.name} exited while waiting for membership:\n{harness.tail(n.log_path)}")
+                raise SystemExit(f"FAIL: node {n.name} exited while waiting for membership:\n"
+                                 f"{harness.tail(n.log_path)}")
             if n.name not in full:
                 last[n.name] = seen = members(n)
                 if ids - {n.node_id} <= seen:
@@ -386,7 +389,7 @@ def cas_phase(nodes: list[harness.Node], args: list[str], work: str, name: str, 
               conv: float, files: list[str] | None = None) -> dict[str, Any]:
     """A timed CLI command ``cas --node ARGS`` (with ``files``: ``cas put`` of each at once on the first node) with
     every node watched (VmHWM reset first, sampled, CPU and disk over it)."""
-    with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
+    with harness.timed_phase(a) as phase, harness.Watch({n.name: n.proc.pid for n in nodes}) as watch:
         if not files:
             r = harness.Cli(["--node", *args], work, name).wait(run_timeout(nbytes), nbytes)
         else:

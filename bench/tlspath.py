@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 
@@ -68,7 +69,8 @@ def run(a: argparse.Namespace) -> None:
 
     def connected(proto_app: Protocol) -> tuple:
         """A server PeerTLSProtocol (on an FDTransport) and a client one (on a StringTransport), handshaken."""
-        server = peertls.PeerTLSFactory(peertls.server_creator(srv_id), False, Factory.forProtocol(Protocol)).buildProtocol(None)
+        server = peertls.PeerTLSFactory(peertls.server_creator(srv_id), False,
+                                        Factory.forProtocol(Protocol)).buildProtocol(None)
         st = FDTransport()
         server.makeConnection(st)
         client = peertls.PeerTLSFactory(peertls.client_creator(cli_id, srv_id.node_id), True,
@@ -121,7 +123,7 @@ def run(a: argparse.Namespace) -> None:
         print(f"round {i + 1}: recv {rounds[-1]['recv_cpu_s_per_gib']:.3f} CPU s/GiB  send "
               f"{rounds[-1]['send_cpu_s_per_gib']:.3f} CPU s/GiB", file=sys.stderr, flush=True)
     shutil.rmtree(d, ignore_errors=True)
-    med = {k: harness.median([r[k] for r in rounds]) for k in rounds[0]}
+    med = {k: statistics.median([r[k] for r in rounds]) for k in rounds[0]}
     a.json = a.json or os.path.join(harness.RESULTS, f"tlspath-{a.blocks}-r{a.repeat}.json")
     harness.finish(a, "tlspath", env, [f"cas from {os.path.dirname(peertls.__file__)}, {a.blocks} frames of 1 MiB, "
                                        f"{a.chunk}-byte reads, {a.repeat} round(s): CPU seconds per GiB, medians"],
@@ -134,6 +136,7 @@ if __name__ == "__main__":
     p = harness.parser(__doc__.split("\n")[0], files=False)
     p.add_argument("--root", default=harness.REPO, help="the tree whose cas package is measured (default: this one)")
     p.add_argument("--blocks", type=int, default=512, help="1 MiB frames per measurement (default 512)")
-    p.add_argument("--chunk", type=int, default=1 << 18, help="bytes per socket read on the recv side (default 256 KiB)")
+    p.add_argument("--chunk", type=int, default=1 << 18,
+                   help="bytes per socket read on the recv side (default 256 KiB)")
     p.set_defaults(repeat=3)
     harness.main(p, {}, run)
