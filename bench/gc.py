@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from typing import Any
@@ -90,7 +89,7 @@ def run(a: argparse.Namespace) -> None:
         return harness.run_child(__file__, "gc", work, f"gc{n}", size=size, block=a.block, dir=work)
 
     def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-        return {p: {k: statistics.median([r[p][k] for r in rounds]) for k in rounds[0][p]} for p in PHASES}
+        return {p: {k: harness.median([r[p][k] for r in rounds]) for k in rounds[0][p]} for p in PHASES}
 
     results = harness.bench_sizes(a, "gc", one_round, summarise, prepare=lambda size, work: ({}, {}))
     idle = results[0]["summary"]["idle"]["lag_p99_ms"] or 0.01

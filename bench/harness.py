@@ -13,7 +13,6 @@ import re
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,11 @@ def fmt_size(n: int) -> str:
     return f"{n}B" if n < MiB else f"{n / MiB:.1f}M"
 
 
+def median(xs: list[float]) -> float:
+    xs, n = sorted(xs), len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
 def summary(rs: list[dict[str, Any]], med: tuple[str, ...] = (), top: tuple[str, ...] = ()) -> dict[str, Any]:
     """Over rounds: median MiB/s (from the request, and from the start when there) with min and max, the median of
     ``med`` keys and the highest of ``top`` keys."""
@@ -58,10 +62,10 @@ def summary(rs: list[dict[str, Any]], med: tuple[str, ...] = (), top: tuple[str,
     for k in ("mib_s", "mib_s_end_to_end"):
         if all(k in r for r in rs):
             vals = [r[k] for r in rs]
-            x.update({k: statistics.median(vals), f"{k}_min": min(vals), f"{k}_max": max(vals)})
+            x.update({k: median(vals), f"{k}_min": min(vals), f"{k}_max": max(vals)})
     for k in med:
         if vals := [r[k] for r in rs if r.get(k) is not None]:
-            x[k] = statistics.median(vals)
+            x[k] = median(vals)
     x.update({k: max(r.get(k) or 0.0 for r in rs) for k in top})
     return x
 

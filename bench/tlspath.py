@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
@@ -123,7 +122,7 @@ def run(a: argparse.Namespace) -> None:
         print(f"round {i + 1}: recv {rounds[-1]['recv_cpu_s_per_gib']:.3f} CPU s/GiB  send "
               f"{rounds[-1]['send_cpu_s_per_gib']:.3f} CPU s/GiB", file=sys.stderr, flush=True)
     shutil.rmtree(d, ignore_errors=True)
-    med = {k: statistics.median([r[k] for r in rounds]) for k in rounds[0]}
+    med = {k: harness.median([r[k] for r in rounds]) for k in rounds[0]}
     a.json = a.json or os.path.join(harness.RESULTS, f"tlspath-{a.blocks}-r{a.repeat}.json")
     harness.finish(a, "tlspath", env, [f"cas from {os.path.dirname(peertls.__file__)}, {a.blocks} frames of 1 MiB, "
                                        f"{a.chunk}-byte reads, {a.repeat} round(s): CPU seconds per GiB, medians"],
