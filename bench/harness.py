@@ -190,6 +190,11 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
+def loadavg() -> float | None:
+    x = read_text("/proc/loadavg").split()
+    return float(x[0]) if x else None
+
+
 def cpu_ticks() -> tuple[int, int]:
     """(stolen, all) jiffies of the machine so far (/proc/stat)."""
     x = [int(v) for v in read_text("/proc/stat").split("\n", 1)[0].split()[1:]]
@@ -248,7 +253,7 @@ def cool(a: argparse.Namespace) -> str:
 def timed_phase(a: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Around a timed command (its servers already up): the page cache dropped first (``--cache cold``), the load
     before it, and the host's steal share (the vCPU time given to other tenants) over it, for the phase's row."""
-    row: dict[str, Any] = {"cache": cool(a), "loadavg_before": os.getloadavg()[0]}
+    row: dict[str, Any] = {"cache": cool(a), "loadavg_before": loadavg()}
     ticks = cpu_ticks()
     yield row
     after = cpu_ticks()
@@ -825,7 +830,7 @@ def environment() -> dict[str, Any]:
     mem = read_text("/proc/meminfo").split()
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "loadavg": os.getloadavg()[0], "git": {"commit": git("rev-parse", "HEAD").strip() or None,
+            "loadavg": loadavg(), "git": {"commit": git("rev-parse", "HEAD").strip() or None,
                                                    "dirty_cas_files": [x[3:] for x in git("status", "--porcelain",
                                                                                            "--", "cas").splitlines()]},
             "cpu": cpu[0] if cpu else None, "mem_total_mib": int(mem[1]) // 1024 if mem else None}
@@ -879,7 +884,7 @@ def finish(a: argparse.Namespace, script: str, env: dict[str, Any], header: list
     """Print the header lines and the table; write the JSON (``--json``, or bench/results/SCRIPT-SIZES-rN.json)."""
     print("\n" + "\n".join(header))
     print(text, end="", flush=True)
-    env.update(loadavg_end=os.getloadavg()[0], parent_peak_rss_mib=mem_status().get("VmHWM"),
+    env.update(loadavg_end=loadavg(), parent_peak_rss_mib=mem_status().get("VmHWM"),
                date_end=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     sizes = "-".join(fmt_size(s) for s in getattr(a, "size", None) or [])
     path = a.json or os.path.join(RESULTS, f"{script}-{sizes or 'run'}-r{a.repeat}.json")
