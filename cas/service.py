@@ -15,10 +15,10 @@ from twisted.logger import Logger
 
 from cas.api import make_site
 from cas.network.announce import Announcer
+from cas.network.audit import Auditor
 from cas.network.release import Releaser
 from cas.network.renewal import Renewer
 from cas.network.repair import Repairer
-from cas.network.replication import TopUp
 from cas.node.core import Node
 from cas.peer.advertise import Advertiser
 from cas.peer.interfaces import Lister, is_wildcard, list_interfaces
@@ -52,13 +52,12 @@ class NodeService(service.Service):
             node, reactor, bootstrap=bootstrap or [], settings=settings, table_path=node.datadir.join("peers.json"),
         )
         node.peers = self.peers
-        self.topup = node.topup = TopUp(node, self.peers, node.placement, node.replicas, node.clock,
-                                        deadline=node.block_deadline)
         self.releaser = node.releaser = Releaser(node.index, self.peers, node.clock, me=node.identity.node_id,
                                                  release_here=node.release)
         self.renewer = node.renewer = Renewer(node, self.peers, node.clock)
         self.announcer = Announcer(node, self.peers, node.clock)
         self.repairer = node.repairer = Repairer(node, self.peers, node.clock, node.repair_after, node.repair_rate)
+        self.auditor = node.auditor = Auditor(node, self.peers, node.reactor)
         self.ports: list[IListeningPort] = []
         self.api_url: str | None = None
 
@@ -132,12 +131,12 @@ class NodeService(service.Service):
             self.privilegedStartService()
         self.node.start()
         self.peers.start()
-        if self.node.replicas > 0:
-            self.topup.start()
         self.releaser.start()
         self.renewer.start()
         self.announcer.start()
         self.repairer.start()
+        self.node.scrubber.start()
+        self.auditor.start()
         if self.advertiser is not None:
             self.advertiser.start()
         super().startService()
@@ -146,11 +145,12 @@ class NodeService(service.Service):
         super().stopService()
         if self.advertiser is not None:
             self.advertiser.stop()
-        self.topup.stop()
         self.releaser.stop()
         self.renewer.stop()
         self.announcer.stop()
         self.repairer.stop()
+        self.node.scrubber.stop()
+        self.auditor.stop()
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         d.addBoth(lambda _: self.peers.stop())

@@ -48,7 +48,7 @@ class Options(usage.Options):
     synopsis = (
         "[--port 3000|ENDPOINT] [--api ENDPOINT] [--data-dir DIR] [--storage-limit SIZE] [--quota SIZE] "
         "[--buffer-budget SIZE] [--lease-time DURATION] [--max-lease-time DURATION] [--repair-after DURATION] "
-        "[--repair-rate SIZE] "
+        "[--repair-rate SIZE] [--dead-after DURATION] [--scrub-interval DURATION] "
         "[--replicas N] [--bootstrap [NODEID@]HOST:PORT]... [--advertise HOST:PORT]... [--gossip-interval SECONDS]"
     )
     longdesc = (
@@ -69,6 +69,8 @@ class Options(usage.Options):
         ["max-lease-time", None, "62d", "The longest lease this node grants others on the blocks it holds."],
         ["repair-after", None, "10m", "How long a peer is dead before the copies it held are replaced."],
         ["repair-rate", None, "20M", "Bytes per second repair may send at most (e.g. 20M)."],
+        ["dead-after", None, "30s", "How long a peer fails every contact before it is taken for dead."],
+        ["scrub-interval", None, "7d", "How long a pass re-checking every stored block takes (at most 10% of disk time)."],
     ]
 
     def __init__(self) -> None:
@@ -122,7 +124,7 @@ class Options(usage.Options):
         for name in ("storage-limit", "quota", "buffer-budget", "repair-rate"):
             if self[name] is not None:
                 self[name] = parse_size(self[name])
-        for name in ("lease-time", "max-lease-time", "repair-after"):
+        for name in ("lease-time", "max-lease-time", "repair-after", "dead-after", "scrub-interval"):
             self[name] = parse_duration(self[name])
         if self["repair-rate"] < 64 << 10:
             raise usage.UsageError("--repair-rate must be at least 64K (bytes per second)")
@@ -145,10 +147,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         node = Node(datadir, reactor, storage_limit=options["storage-limit"], replicas=options["replicas"],
                     quota=options["quota"], buffer_budget=options["buffer-budget"], lease_time=options["lease-time"],
                     max_lease_time=options["max-lease-time"], repair_after=options["repair-after"],
-                    repair_rate=options["repair-rate"], monotonic=time.monotonic)
+                    repair_rate=options["repair-rate"], scrub_interval=options["scrub-interval"],
+                    monotonic=time.monotonic)
     except DataDirError as e:
         raise SystemExit(f"cas: {e}") from None
-    settings = PeerSettings(gossip_interval=options["gossip-interval"])
+    settings = PeerSettings(gossip_interval=options["gossip-interval"], dead_after=options["dead-after"])
     return NodeService(
         node, reactor, options["port"], options["api"],
         advertise=options["advertise"] or None, bootstrap=options["bootstrap"], settings=settings,

@@ -129,3 +129,13 @@ class Benchmarks(SynchronousTestCase):
         self.assertEqual(len(doc["rounds"]), 1)
         self.assertGreater(doc["median"]["recv_cpu_s_per_gib"], 0)
         self.assertGreater(doc["median"]["send_cpu_s_per_gib"], 0)
+
+    def test_repair(self) -> None:
+        doc = self.run_bench("repair.py", "--size", "1M", "--backlog", "24M", *self.files(), "--dead-after", "1",
+                             "--repair-after", "1")
+        [size] = doc["results"]
+        self.check_rows(size["summary"], ["before", "during", "after"], ("mib_s_end_to_end",))
+        during = size["summary"]["during"]
+        self.assertGreater(during["repair_mib_total"], 0)  # the user's node did repair the killed holder's copies
+        self.assertGreater(during["vs_without"], 0)
+        self.assertIn("put during full-rate repair", doc["table"])

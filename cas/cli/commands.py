@@ -409,7 +409,8 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
     # The breakdown of used space (nodes before 0.1 answer without it: the lines are left out, not "none").
     for label, field, note in (("  own", "own", " this node's files and uploads"),
                                ("  held", "held", " for other nodes, under live leases"),
-                               ("  to free", "awaiting_collection", " held for others, leases ended")):
+                               ("  to free", "awaiting_collection", " held for others, leases ended"),
+                               ("  corrupt", "quarantined", " quarantined copies (replaced from other nodes)")):
         if isinstance(storage.get(field), int):
             lines.append((label, size(storage[field]) + note))
     lines += [("free", size(storage.get("free"))), ("limit", size(storage.get("limit"))),
@@ -417,8 +418,15 @@ def cmd_status(args: argparse.Namespace, client_for: Callable[[], Client]) -> in
     leases = answer.get("leases") if isinstance(answer.get("leases"), dict) else {}
     repair = answer.get("repair") if isinstance(answer.get("repair"), dict) else {}
     if all(isinstance(repair.get(k), int) for k in ("queued", "blocks_sent", "bytes_sent")):
+        short = repair.get("short_here")
         lines.append(("repair", f"{repair['queued']} key(s) queued, {repair['blocks_sent']} block(s) "
-                                f"({human_size(repair['bytes_sent'])}) sent to other nodes since start"))
+                                f"({human_size(repair['bytes_sent'])}) sent to other nodes since start"
+                      + (f"; {short} block(s) of files stored here short of copies" if isinstance(short, int)
+                         and short else "")))
+    scrub = answer.get("scrub") if isinstance(answer.get("scrub"), dict) else {}
+    if all(isinstance(scrub.get(k), (int, float)) for k in ("position", "checked", "corrupt", "recovered")):
+        lines.append(("scrub", f"{scrub['position']:.0%} through the pass, {scrub['checked']} block(s) checked since "
+                               f"start, {scrub['corrupt']} corrupt ({scrub['recovered']} replaced)"))
     if isinstance(leases.get("granted"), int) and isinstance(leases.get("releases_pending"), int):
         pending = leases["releases_pending"]
         lines.append(("leases", f"{leases['granted']} granted to other nodes here, "
@@ -448,14 +456,22 @@ def cmd_peers(args: argparse.Namespace, client_for: Callable[[], Client]) -> int
             printable(str(p.get("state", "?")), 20),
             f"{rtt:.1f}ms" if _finite(rtt) else "-",
             human_duration(max(0.0, time.time() - seen)) + " ago" if _finite(seen) else "never",
+            _audits(p.get("audits")),
             printable(" ".join(str(a) for a in addresses), 300) or "-",
         ))
     if sys.stdout.isatty() and rows:
-        rows.insert(0, ("NODE", "STATE", "RTT", "SEEN", "ADDRESSES"))
-    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+        rows.insert(0, ("NODE", "STATE", "RTT", "SEEN", "AUDITS", "ADDRESSES"))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(5)]
     for r in rows:
-        print_out("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        print_out("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
     return EXIT_OK
+
+
+def _audits(a: Any) -> str:
+    """A peer's audits as this node saw them: passed and failed, "failing" after a recent failure."""
+    if not isinstance(a, dict) or not all(isinstance(a.get(k), int) for k in ("audits_ok", "audits_failed")):
+        return "-"
+    return f"{a['audits_ok']} ok {a['audits_failed']} failed" + (" (failing)" if a.get("failing") is True else "")
 
 
 def _finite(v: Any) -> bool:

@@ -14,7 +14,7 @@ The answer says per key whether the lease was granted and whether the holder sti
 under the key. A holder that does not answer is asked again after ``RETRY`` seconds and still counts until its
 lease runs out; one that lost blocks or refuses stops counting at once. After each round, every key of a
 recorded file left with fewer than ``--replicas`` holders under a live lease (answers of the round, and leases
-that ran out since the last round) has its blocks given to top-up (cas/network/replication.py), which places
+that ran out since the last round) has its blocks given to the origin's part of repair (cas/network/repair.py), which places
 them again from the local copy on the next nodes in rank. A holder lost for a whole lease length is forgotten.
 A holder of protocol version 1 has no LEASE: it keeps blocks for its own ``--max-lease-time`` (logged).
 """
@@ -53,7 +53,7 @@ class Renewer:
         self._again = False
         self._checked = 0  # leases that ran out after this were checked (all of them at the first round)
         self.renewed = 0  # leases granted (for status and tests)
-        self.short = 0  # keys found short of holders and given to top-up
+        self.short = 0  # keys found short of holders and given to repair
 
     def start(self) -> None:
         self._timer = self.clock.callLater(0, self._tick)
@@ -178,7 +178,7 @@ class Renewer:
         return granted, bits, whole
 
     async def _place_again(self, short: dict[str, dict[bytes, list[bytes]]]) -> None:
-        """Give the blocks of keys short of holders to top-up, read from the local copy."""
+        """Give the blocks of keys short of holders to repair (the origin's part), read from the local copy."""
         rows: list[Underplaced] = []
         for owner, keys in short.items():
             kind, _, name = owner.partition(":")
@@ -198,8 +198,8 @@ class Renewer:
                      "blocks again", n=len(keys), r=self.node.replicas)
         if rows:
             self.index.add_underplaced(rows)
-            if self.node.topup is not None:
-                self.node.topup.kick()
+            if self.node.repairer is not None:
+                self.node.repairer.kick()  # the origin's part of repair: cas/network/repair.py
 
 
 def _batches(keys: list[bytes], announced: dict[bytes, list[CID]] | None) -> list[tuple[int, list[bytes]]]:

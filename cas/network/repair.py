@@ -12,27 +12,36 @@ seconds left), so the new copy is kept as long as the original. A key with a blo
 their receiver: nothing is decrypted. Two repairers at once (views of the membership differ at times) only
 send a block twice; a PUT of a block already held is a no-op.
 
+The origin takes part only for the blocks of its own files that no node of the rank holds (an upload that
+found too few nodes, or holders that fell out of the rank or lost them: the index table ``underplaced``): it
+sends those itself under its own lease. A block some live node of the rank holds is that node's to repair.
+
 What is checked, and when: a key whose ranking changed (a member joined, or one dead for ``--repair-after``
 left the rank), found from the first N + ``RANK_SLACK`` kept per key (``_top``), and a slow sweep of every
-held key (``SWEEP`` keys per period) that also fills ``_top``. Bytes sent are paced by ``--repair-rate``.
+held key (``SWEEP`` keys per period) that also fills ``_top``; the origin's short blocks each pass and when a
+member joins. Bytes sent are paced by ``--repair-rate``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, gatherResults
 from twisted.internet.task import Cooperator, SchedulerStopped, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cas.base.cid import CID
+from cas.base.errors import BlockNotFound, CorruptBlock
 from cas.base.nodeid import short_node_id
 from cas.network.placement import RANK_SLACK
 from cas.peer.peers import MAX_HAS
+from cas.store.index import Underplaced
+from cas.store.leases import LEGACY
 
 log = Logger()
 
@@ -44,6 +53,8 @@ TIMEOUT = 30.0
 BATCH = 2000  # kept ranks looked at per reactor turn after a membership change
 OWN_LEASE = 60  # seconds of the repairer's own lease on a copy it makes (the carried leases keep the copy)
 ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
+IN_FLIGHT = 4  # blocks a repair of one key keeps in flight (each waits for its slot of --repair-rate)
+TOP_UP_BATCH = 64  # the origin's short blocks read from the index at a time
 
 
 class Repairer:
@@ -59,9 +70,12 @@ class Repairer:
         self._draining: Deferred[None] | None = None
         self._queue: deque[bytes] = deque()  # keys to look at first
         self._queued: set[bytes] = set()
+        self._forced: set[bytes] = set()  # keys to repair from here, first holder or not (a failed audit)
+        self._forced_cids: set[CID] = set()  # blocks of this node's files a holder failed to prove (the same)
         self._cursor = b""  # the sweep's position in the held keys
         self._timer: Any = None
         self._running: Deferred[None] | None = None
+        self._again = False  # kicked while a pass ran: another follows
         self._unsubscribe: Any = None
         self._later: set[Any] = set()  # delayed looks at the keys of peers that left
         self._building: Any = None
@@ -73,6 +87,8 @@ class Repairer:
         self.blocks_sent = 0
         self.bytes_sent = 0
         self.keys_checked = 0
+        self.topped_up = 0  # of blocks_sent: the origin's, of blocks no node of the rank held
+        self.extra_released = 0  # keys whose copies here were extra and were let go
 
     def start(self) -> None:
         self._stopped = False
@@ -100,6 +116,15 @@ class Repairer:
                 cursor = keys[-1]
 
         return self._cooperator.cooperate(work()).whenDone().addCallbacks(lambda _: None, _stopped)
+
+    def note_keys(self, keys: set[bytes]) -> None:
+        """Keys blocks were just recorded under: those not kept yet are ranked now, so that a membership change
+        finds them too (the first ranking after start and the sweep cover the keys held before)."""
+        if self._stopped:
+            return
+        for key in keys:
+            if key not in self._top and not key.startswith(LEGACY):
+                self._rank(key)
 
     def _rank(self, key: bytes) -> tuple[bytes | None, int, set[bytes], tuple[bytes, ...]]:
         """(origin, N, peers dead for less than --repair-after, the key's first N + RANK_SLACK), kept."""
@@ -129,18 +154,29 @@ class Repairer:
 
     def status(self) -> dict[str, Any]:
         return {"queued": len(self._queue), "keys_checked": self.keys_checked, "blocks_sent": self.blocks_sent,
-                "bytes_sent": self.bytes_sent, "drain": dict(self.draining) if self.draining else None}
+                "bytes_sent": self.bytes_sent, "topped_up": self.topped_up, "extra_released": self.extra_released,
+                "short_here": self.index.count_underplaced(),
+                "drain": dict(self.draining) if self.draining else None}
 
     def _tick(self) -> None:
         self._timer = self.clock.callLater(self.period, self._tick)
         self.kick()
 
     def kick(self) -> Deferred[None]:
-        """A pass now (or the one running)."""
-        if self._running is None:
-            self._running = ensureDeferred(self._pass())
-            self._running.addBoth(self._over)
-        return self._running
+        """A pass now (or another right after the one running); fires when they are over."""
+        if self._running is not None:
+            self._again = True
+            return self._running
+        d = self._running = ensureDeferred(self._passes())
+        d.addBoth(self._over)
+        return d
+
+    async def _passes(self) -> None:
+        while True:
+            self._again = False
+            await self._pass()
+            if not self._again or self._stopped:
+                return
 
     def _over(self, result: Any) -> None:
         self._running = None
@@ -152,6 +188,8 @@ class Repairer:
         copies are to be replaced): the keys whose kept rank it enters or leaves are looked at first."""
         if change.member:
             self._affected(change.node_id, joined=True)
+            if self.node.replicas > 0 and self.index.count_underplaced():
+                self.kick()  # the origin's short blocks may have a place now
         else:
             call = self.clock.callLater(self.repair_after, self._affected, change.node_id, False)
             self._later.add(call)
@@ -191,12 +229,27 @@ class Repairer:
 
         return self._cooperator.cooperate(work()).whenDone().addCallbacks(done, _stopped)
 
+    def check_now(self, key: bytes) -> None:
+        """A copy under ``key`` was found lost (an audit failed): repair it now, from here whatever this node's place
+        in the rank (the first holder may not know yet); the failing holder counts as holding nothing."""
+        self._forced.add(key)
+        self._enqueue(key)
+        self.kick()
+
+    def copy_lost(self, cid: CID, key: bytes) -> None:
+        """A holder of a block of this node's own file failed its audit: the block is recorded short and sent from
+        here to the next live node of the rank, whoever else holds it."""
+        self.index.add_underplaced([Underplaced(cid, key, ())])
+        self._forced_cids.add(cid)
+        self.kick()
+
     def _enqueue(self, key: bytes) -> None:
         if key not in self._queued:
             self._queued.add(key)
             self._queue.append(key)
 
     async def _pass(self) -> None:
+        await self._top_up()
         keys = self.index.leases.held_keys(self._cursor, self.sweep)
         self._cursor = keys[-1] if len(keys) == self.sweep else b""
         for k in keys:
@@ -218,38 +271,72 @@ class Repairer:
         if not cids:
             self._top.pop(key, None)
             return 0
-        if not leaving and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
+        if not leaving and key not in self._forced and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
             return 0  # blocks still arriving (an upload, or another repair): the sweep comes back
         origin, n, dead, top = self._rank(key)
         if n <= 0:
             return 0
         self.keys_checked += 1
+        forced = key in self._forced
+        self._forced.discard(key)
         if leaving:
             top = tuple(m for m in top if m != me)
-        live = [m for m in top if m not in dead]
+        failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
+        live = [m for m in top if m not in dead and not failing(m)]  # a failed audit: holds nothing, gets nothing
         assumed = sum(1 for m in top[:n] if m in dead)  # recently dead: still holding what they held
         have: dict[bytes, set[CID] | None] = {me: set(cids)}  # None: did not answer
         for m in live:
             if m != me:
                 have[m] = await self._has(m, cids)
+        if not leaving and not forced and await self._extra(key, cids, top, live, have, n):
+            return 0  # this node's copies were extra, and are gone
         # A member among the first N that did not answer is not dead yet: it counts as holding what it holds, like
         # the recently dead (only a death older than --repair-after moves copies).
         silent = sum(1 for m in top[:n] if m in have and have[m] is None)
-        short = 0
-        for cid in cids:
-            holders = [m for m in live if cid in (have.get(m) or ())]
-            missing = n - len(holders) - assumed - (0 if leaving else silent)
-            if missing <= 0 or not leaving and (not holders or holders[0] != me):
-                continue  # enough copies, or another holder ranks first: it repairs
-            targets = [m for m in live if m != me and have.get(m) is not None and cid not in have[m]]
-            for t in targets:
-                if missing <= 0:
+
+        async def one(cid: CID, missing: int) -> bool:
+            """Copies of one block, target after target in rank until ``missing`` took it: still short?"""
+            for t in [m for m in live if m != me and have.get(m) is not None and cid not in have[m]]:
+                if missing <= 0 or self._stopped:
                     break
                 if await self._send(t, cid, key, origin, n, paced=not leaving):
                     have[t].add(cid)  # type: ignore[union-attr]
                     missing -= 1
-            short += missing > 0
-        return short
+            return missing > 0
+
+        window = DeferredSemaphore(IN_FLIGHT)  # blocks in flight: a round trip per block would cap the rate
+        jobs = []
+        for cid in cids:
+            holders = [m for m in live if cid in (have.get(m) or ())]
+            missing = n - len(holders) - assumed - (0 if leaving else silent)
+            if missing <= 0 or not (leaving or forced) and (not holders or holders[0] != me):
+                continue  # enough copies, or another holder ranks first: it repairs
+            jobs.append(window.run(lambda c=cid, k=missing: ensureDeferred(one(c, k))))
+        results = await gatherResults(jobs, consumeErrors=True) if jobs else []
+        return sum(results)
+
+    async def _extra(self, key: bytes, cids: list[CID], top: tuple[bytes, ...], live: list[bytes],
+                     have: dict[bytes, set[CID] | None], n: int) -> bool:
+        """Let this node's copies under ``key`` go when they are extra: N live nodes ranked above it (a wave of
+        joins, or repair, put them there) hold every one of its blocks under a lease, and one of them passed an
+        audit just now. Never the origin's copy (the origin is not in the rank, and its own files' blocks are
+        referenced, not held) nor a pinner's local one (referenced too)."""
+        me = self.node.identity.node_id
+        auditor = getattr(self.node, "auditor", None)
+        if auditor is None:
+            return False
+        above = [m for m in top[: top.index(me) if me in top else len(top)] if m in live and m != me]
+        if any(sum(1 for m in above if c in (have.get(m) or ())) < n for c in cids):
+            return False
+        cid = cids[0]
+        target = next(m for m in above if cid in (have.get(m) or ()))
+        if await auditor.challenge(target, key, cid) is not True:
+            return False
+        freed = await self.node.drop_extra(key)
+        self.extra_released += 1
+        log.info("{n} extra copies under a placement key released: {k} nodes ranked above this one hold them (an "
+                 "audit of {t} passed)", n=len(cids), k=len(above), t=short_node_id(target))
+        return freed >= 0
 
     def drain(self) -> Deferred[None]:
         """Hand every held key to the next nodes in rank before this node leaves (``cas drain``): each block
@@ -308,6 +395,7 @@ class Repairer:
 
     async def _send(self, target: bytes, cid: CID, key: bytes, origin: bytes | None, n: int, paced: bool = True
                     ) -> bool:
+        """A holder's copy of ``cid`` to ``target``, with the live leases this node knows on ``key``."""
         now = int(self.clock.seconds())
         carried = self.index.leases.leases_on(key, now)
         if not carried:
@@ -316,23 +404,110 @@ class Repairer:
             data = await self.node.fetch(cid)
         except Exception:
             return False
+        return await self._put(target, cid, data, key, min(self.own_lease, carried[0][1]), origin,
+                               n if origin is not None else None, carried, paced)
+
+    async def _put(self, target: bytes, cid: CID, data: Any, key: bytes, lease: int, origin: bytes | None,
+                   n: int | None, carried: list[Any] | None, paced: bool = True) -> bool:
+        """One PUT_BLOCK of repair, after waiting for its share of ``--repair-rate``: whether ``target`` now holds
+        the block under a lease (a node of protocol version 1 takes it without one: no copy to count)."""
         pace = self.node.reactor  # bytes per second of real time, whatever clock leases use
-        if paced:
-            wait = self._sent_at - pace.seconds()
-            if wait > 0:
-                await deferLater(pace, wait, lambda: None)
-            self._sent_at = max(self._sent_at, pace.seconds()) + len(data) / self.rate
+        if paced:  # a slot of the rate's schedule taken before waiting for it: sends in flight share one rate
+            now = pace.seconds()
+            start = max(self._sent_at, now)
+            self._sent_at = start + len(data) / self.rate
+            if start > now:
+                await deferLater(pace, start - now, lambda: None)
         try:
-            leased = await self.peers.put_block(target, cid, data, key=key, lease=min(self.own_lease, carried[0][1]),
-                                                origin=origin, n=n if origin is not None else None, leases=carried)
+            leased = await self.peers.put_block(target, cid, data, timeout=self.node.block_deadline, key=key,
+                                                lease=lease, origin=origin, n=n, leases=carried)
         except Exception as e:
             log.debug("repair of {cid} on {t} failed: {e}", cid=str(cid), t=short_node_id(target), e=e)
             return False
         if leased is False:
-            return False  # a node of protocol version 1 took it without the leases: no copy to count
+            return False
         self.blocks_sent += 1
         self.bytes_sent += len(data)
         return True
+
+    async def _top_up(self) -> None:
+        """The origin's part: the blocks of its files short of N (``underplaced``). A block some live node of
+        its key's rank holds under a lease is left to that node's repair, and the row only learns how many
+        hold it (the answer of a resumable upload's last piece counts them). A block none of them holds is
+        sent from here, under this node's lease, to the live nodes of the rank that lack it, until N hold it
+        (recorded holders dead for less than ``--repair-after`` or silent count as holding, as in repair). A
+        row goes when N live nodes of the rank hold its block, or when the block is no longer stored here."""
+        n, me = self.node.replicas, self.node.identity.node_id
+        after = ""
+        while n > 0 and not self._stopped:
+            rows = self.index.underplaced(TOP_UP_BATCH, after)
+            if not rows:
+                return
+            after = str(rows[-1].cid)
+            by_key: dict[bytes, list[Underplaced]] = defaultdict(list)
+            for row in rows:
+                by_key[row.key].append(row)
+            dead = self.peers.recently_dead(self.repair_after)
+            members = [*self.peers.members(), *dead]
+            done: list[CID] = []
+            progress: list[Underplaced] = []
+            placed: list[tuple[bytes, list[bytes]]] = []
+            for key, krows in by_key.items():
+                if self._stopped:
+                    return  # the node is stopping (its index may be closed): the rows wait for the next start
+                here = [r for r in krows if self.node.store.has(r.cid)]
+                done += [r.cid for r in krows if r not in here]  # the file was forgotten and collected
+                top = [m for m in self.node.placement.rank(key, members) if m != me][: n + RANK_SLACK]
+                failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
+                live = [m for m in top if m not in dead and self.peers.version_of(m) != 1 and not failing(m)]
+                have = {m: await self._has(m, [r.cid for r in here]) for m in live} if here else {}
+                sent: list[bytes] = []
+                for row in here:
+                    holders = [m for m in live if row.cid in (have[m] or ())]
+                    assumed = [m for m in row.holders if m in dead or have.get(m, ()) is None]
+                    # a block whose copy failed this node's audit is sent from here even where others hold it:
+                    # they count the failing node as a holder and would not repair it
+                    forced = row.cid in self._forced_cids
+                    self._forced_cids.discard(row.cid)
+                    if (forced or not holders) and len(holders) + len(assumed) < n:
+                        lacking = [m for m in live if have[m] is not None and row.cid not in have[m]]
+                        took = await self._place(row, key, lacking, n - len(holders) - len(assumed))
+                        if took is None:
+                            done.append(row.cid)  # unreadable here (logged): nothing to place
+                            continue
+                        holders = holders + took
+                        sent += took
+                    if len(holders) >= n:
+                        done.append(row.cid)
+                    elif tuple(holders + assumed) != row.holders:
+                        progress.append(attrs.evolve(row, holders=tuple(holders + assumed)))
+                if sent:
+                    placed.append((key, sorted(set(sent))))
+            if self._stopped:
+                return
+            self.index.update_underplaced(done, progress)
+            now = int(self.clock.seconds())
+            for key, holders in placed:
+                self.index.add_placed(key, holders, self.node.lease_time, now)
+
+    async def _place(self, row: Underplaced, key: bytes, targets: list[bytes], want: int) -> list[bytes] | None:
+        """Send the origin's own copy of ``row``'s block to the first ``want`` of ``targets`` that take it (None:
+        the copy here cannot be read)."""
+        try:
+            data = await self.node.fetch(row.cid)
+        except (BlockNotFound, CorruptBlock) as e:
+            log.warn("block {cid} of a file stored here, which no other node holds, cannot be read here: {e}",
+                     cid=str(row.cid), e=e)
+            return None
+        took: list[bytes] = []
+        me = self.node.identity.node_id
+        for t in targets:
+            if len(took) >= want or self._stopped:
+                break
+            if await self._put(t, row.cid, data, key, self.node.lease_time, me, self.node.replicas, None):
+                took.append(t)
+                self.topped_up += 1
+        return took
 
 
 def _stopped(f: Failure) -> None:

@@ -17,12 +17,11 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cas.base.cid import CID
-from cas.base.errors import BlockNotFound, CorruptBlock
 from cas.base.nodeid import short_node_id
 from cas.network.placement import IPlacement
 from cas.store.leases import LEASE_TIME
@@ -71,6 +70,11 @@ class Replicator:
         self._members = members or peers.members
         self._keys: dict[bytes, _Key] = {}
         self._dropped: dict[bytes, str] = {}  # holders that failed during this upload -> why
+        track = getattr(peers, "track", None)
+        if track is not None:  # a peer that recently failed an audit is treated as dropped from the start
+            for m in self._members():
+                if track.failing(m):
+                    self._dropped[m] = "failed an audit recently"
 
     def _key(self, key: bytes) -> _Key:
         k = self._keys.get(key)
@@ -160,123 +164,3 @@ class _Placing:
         if self.open == 0 and not self.done.called:
             self.block = b""  # nothing else needs it
             self.done.callback(self.acked)
-
-
-class TopUp:
-    """Places the blocks that an upload could not give ``replicas`` holders (peers down, too few nodes), as
-    members return or join: a pass when a node joins the membership, at start, and every ``interval`` seconds
-    while some remain. Each block is read from the local store (verified) and offered to the members in
-    rank order that do not hold it yet; a block no longer stored here (its file was forgotten) is dropped."""
-
-    def __init__(
-        self, node: Any, peers: Any, placement: IPlacement, replicas: int, clock: Any,
-        interval: float = 60.0, batch: int = 64, deadline: float = BLOCK_DEADLINE,
-    ) -> None:
-        self.node, self.peers, self.placement, self.replicas = node, peers, placement, replicas
-        self.clock, self.interval, self.batch, self.deadline = clock, interval, batch, deadline
-        self._running: Deferred[None] | None = None
-        self._again = False
-        self._timer: Any = None
-        self._unsubscribe: Callable[[], None] | None = None
-        self.placed = 0  # copies placed by top-up passes (for status and tests)
-        self._stopped = False
-
-    def start(self) -> None:
-        self._unsubscribe = self.peers.subscribe(lambda change: self.kick() if change.member else None)
-        self._timer = self.clock.callLater(0, self._tick)
-
-    def stop(self) -> None:
-        self._stopped = True  # a pass in progress ends at its next step, writing nothing more
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _tick(self) -> None:
-        self._timer = None
-        self.kick()
-
-    def kick(self) -> Deferred[None]:
-        """Run a pass now (or right after the one running); fires when it is over."""
-        if self._running is not None:
-            self._again = True
-            return self._running
-        d = self._running = ensureDeferred(self._passes())
-
-        def over(result: Any) -> Any:
-            self._running = None
-            if isinstance(result, Failure):
-                log.failure("topping up replicas failed", result)
-            if self._unsubscribe is not None and self._timer is None and self.node.index.count_underplaced():
-                self._timer = self.clock.callLater(self.interval, self._tick)
-            return None
-
-        d.addBoth(over)
-        return d
-
-    async def _passes(self) -> None:
-        while True:
-            self._again = False
-            await self._pass()
-            if not self._again:
-                return
-
-    async def _pass(self) -> None:
-        after = ""
-        while True:
-            rows = self.node.index.underplaced(self.batch, after)
-            if not rows:
-                return
-            after = str(rows[-1].cid)
-            members = list(self.peers.members())
-            if not members:
-                return
-            done: list[CID] = []
-            progress = []
-            placed: list[tuple[bytes, list[bytes]]] = []  # holders that took a block under a key in this batch
-            for row in rows:
-                if self._stopped:
-                    return
-                if not self.node.store.has(row.cid):
-                    done.append(row.cid)  # its file was forgotten and the block collected: nothing to place
-                    continue
-                candidates = [m for m in self.placement.rank(row.key, members) if m not in row.holders]
-                if not candidates:
-                    continue
-                try:
-                    data = await self.node.fetch(row.cid)
-                except (BlockNotFound, CorruptBlock):
-                    done.append(row.cid)  # gone meanwhile, or quarantined: nothing to place
-                    continue
-                holders = list(row.holders)
-                need = self.replicas - len(holders)
-                for m in candidates[: need + 4]:
-                    if need <= 0 or self._stopped:
-                        break
-                    if self.peers.version_of(m) == 1:
-                        continue  # its copy could not be leased
-                    try:
-                        leased = await self.peers.put_block(m, row.cid, data, timeout=self.deadline, key=row.key,
-                                                            lease=self.node.lease_time, origin=self.node.identity.node_id,
-                                                            n=max(1, self.replicas))
-                    except Exception as e:
-                        log.debug("top-up of {cid} on {m} failed: {e}", cid=str(row.cid), m=short_node_id(m), e=e)
-                        continue
-                    if leased is False:
-                        continue
-                    holders.append(m)
-                    need -= 1
-                    self.placed += 1
-                if len(holders) > len(row.holders):
-                    placed.append((row.key, holders[len(row.holders):]))
-                if need <= 0:
-                    done.append(row.cid)
-                elif len(holders) > len(row.holders):
-                    progress.append(attrs.evolve(row, holders=tuple(holders)))
-            if self._stopped:
-                return  # the node is stopping (its index may be closed): the next start goes on from the rows
-            self.node.index.update_underplaced(done, progress)
-            for key, holders in placed:
-                self.node.index.add_placed(key, holders, self.node.lease_time, int(self.clock.seconds()))

@@ -162,6 +162,9 @@ class Retriever:
             if self._times is not None:  # the fastest, least busy holder first; ties keep the rotation
                 times, in_flight = self._times, self.peers.in_flight
                 top.sort(key=lambda n: times.expected(n) * (in_flight(n) + 1))
+            track = getattr(self.peers, "track", None)
+            if track is not None:  # a holder that recently failed an audit is asked last (stable: order kept)
+                top.sort(key=track.failing)
         return top + list(rank[self.replicas: self.replicas + self.extra])
 
     def fetch(self, cid: CID, key: bytes, spread: int = 0, then: Then | None = None) -> Deferred[Any]:
@@ -208,6 +211,9 @@ class Retriever:
             else:
                 data = await self._check(cid, await self.peers.get_block(node, cid, timeout=self.deadline, verify=False), then)
                 if data is MISMATCH:
+                    report = getattr(self.peers, "report", None)
+                    if report is not None:
+                        report(node, cid)  # the holder checks its copy, quarantines and replaces it
                     raise CorruptBlock(f"node {short_node_id(node)} sent bytes that do not match block {cid}")
         except CancelledError:
             raise  # the reader went away: no next holder

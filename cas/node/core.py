@@ -37,6 +37,7 @@ from cas.content import cipher
 from cas.content.capability import ReadCap
 from cas.content.manifest import FANOUT, SALT_SIZE, Link, check_name
 from cas.content.verify import VerifyReport, verify_file
+from cas.network.audit import proof
 from cas.network.health import file_health
 from cas.network.placement import RANK_SLACK, Rendezvous, file_placement, manifest_key
 from cas.network.repair import REPAIR_AFTER, REPAIR_RATE
@@ -45,6 +46,7 @@ from cas.network.retrieval import BlockTimes, Retriever, Then, checked_then
 from cas.node import pinning
 from cas.node.download import Download, OpenFile, open_file
 from cas.node.holding import Holding
+from cas.node.scrub import SCRUB_INTERVAL, Scrubber
 from cas.node.upload import SESSION_TTL, StoredFile, Upload
 from cas.store.blockstore import DiskBlockStore
 from cas.store.collector import CollectResult, Pins, collect_from_index
@@ -52,7 +54,7 @@ from cas.store.datadir import DataDir
 from cas.store.expiry import PERIOD as GC_PERIOD
 from cas.store.expiry import LeaseCollector
 from cas.store.index import FileRecord, Index, Session
-from cas.store.leases import LEASE_TIME, MAX_LEASE_TIME
+from cas.store.leases import LEASE_TIME, LEGACY, MAX_LEASE_TIME
 from cas.store.placements import PROVISIONAL
 
 log = Logger()
@@ -89,6 +91,7 @@ class Node(Holding):
         clock: IReactorTime | None = None,
         repair_after: float = REPAIR_AFTER,
         repair_rate: int = REPAIR_RATE,
+        scrub_interval: float = SCRUB_INTERVAL,
     ) -> None:
         self.datadir = datadir
         self.reactor: IReactorTime = reactor
@@ -127,8 +130,9 @@ class Node(Holding):
         self.max_leases = max_leases
         self.releaser: Any = None  # the Releaser, set by the service with the peers
         self.renewer: Any = None  # the Renewer, set by the service with the peers
-        self.topup: Any = None  # the TopUp, set by the service with the peers
         self.repairer: Any = None  # the Repairer, set by the service with the peers
+        self.scrubber = Scrubber(self, scrub_interval)  # started by the service (cas/node/scrub.py)
+        self.auditor: Any = None  # the Auditor, set by the service with the peers
         self.repair_after, self.repair_rate = repair_after, repair_rate  # cas/network/repair.py
         self._reserved: dict[tuple[bytes, CID], tuple[bytes, int]] = {}  # being written: -> (sender, size)
         self._reserved_bytes = 0
@@ -166,6 +170,7 @@ class Node(Holding):
         if expiry is not None and expiry.active():
             expiry.cancel()
         self.expiry.stop()
+        self.scrubber.stop()  # its pass and any retry of a block it could not replace
         if self._pool is not None:
             self._pool.stop()
         self.index.close()
@@ -321,8 +326,61 @@ class Node(Holding):
 
     # -- reading -----------------------------------------------------------------------------------------------
     def fetch(self, cid: CID) -> Deferred[bytes]:
-        """A verified block from the local store."""
-        return self.run(self.store.get, cid)
+        """A verified block from the local store. A corrupt copy is quarantined by the store and replaced from
+        another holder in the background (the caller gets CorruptBlock now)."""
+        return self.run(self.store.get, cid).addErrback(self._corrupt_here, cid)
+
+    def _corrupt_here(self, f: Failure, cid: CID) -> Failure:
+        if f.check(CorruptBlock):
+            self.scrubber.found_corrupt(cid, "found by a read")
+        return f
+
+    def prove(self, cid: CID, nonce: bytes, offset: int, length: int) -> Deferred[bytes]:
+        """The answer to a CHALLENGE: BLAKE3 keyed with ``nonce`` over the stored block's bytes ``offset`` to
+        ``offset + length`` (BlockNotFound if it is not here)."""
+        return self.run(lambda: proof(self.store.read(cid), nonce, offset, length))
+
+    def check_reported(self, cid: CID) -> Deferred[str]:
+        """A peer says the bytes we sent for ``cid`` did not match: "corrupt" (the copy here fails its hash: it
+        is quarantined and replaced from another holder), "good", or "absent"."""
+
+        def checked(good: bool | None) -> str:
+            if good is None:
+                return "absent"
+            if not good:
+                self.scrubber.found_corrupt(cid, "reported by a reader")
+                return "corrupt"
+            return "good"
+
+        return self.run(self.store.check, cid).addCallback(checked)
+
+    def retrieve(self, cid: CID, key: bytes | None) -> Deferred[bytes]:
+        """A verified block from the other nodes: the holders of ``key`` first (None: those that have it)."""
+        if self.peers is None:
+            return fail(BlockNotFound(f"block {cid} is not on this node, and it has no peers"))
+        return self._retrieve(cid, key if key is not None else cid.to_bytes(), 0)
+
+    def placement_key(self, cid: CID) -> Deferred[bytes | None]:
+        """The placement key of a block stored here: the key it is held under, or, for a block of this node's own
+        files, the key the upload placed it under (from the file's manifests); None if neither says."""
+        keys = [k for k in self.index.hold_keys(cid) if k is not None and not k.startswith(LEGACY)]
+        if keys:
+            return succeed(keys[0])
+
+        async def from_files() -> bytes | None:
+            for owner in self.index.owners_of(cid):
+                kind, _, name = owner.partition(":")
+                if kind not in ("file", "pin"):
+                    continue
+                try:
+                    for c, key in await self.file_blocks(CID.parse(name)):
+                        if c == cid:
+                            return key
+                except Exception:
+                    continue
+            return None
+
+        return ensureDeferred(from_files())
 
     def serve_block(self, cid: CID) -> Deferred[bytes | memoryview]:
         """A block for a peer that asked for it: read at once on this thread if the page cache holds it, else
@@ -489,9 +547,11 @@ class Node(Holding):
             "uptime": max(0.0, time.time() - self.started_at),
             "storage": {"used": used, "free": self.store.free(), "limit": self.store.limit, "quota": self.quota,
                         "own": max(0, used - held_all), "held": leased,
-                        "awaiting_collection": max(0, held_all - leased)},
+                        "awaiting_collection": max(0, held_all - leased), "quarantined": self.store.quarantined()},
             "files": self.index.count(),
             "leases": {"granted": self.index.leases.count(), "releases_pending": self.index.count_releases()},
             "repair": self.repairer.status() if self.repairer is not None else None,
+            "scrub": self.scrubber.status(),
+            "audits": self.auditor.status() if self.auditor is not None else None,
         }
 

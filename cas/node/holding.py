@@ -231,8 +231,22 @@ class Holding:
             for _row, d in batch:
                 d.errback(f)
             return
+        if getattr(self, "repairer", None) is not None:
+            self.repairer.note_keys({row[4] for row, _d in batch})  # a new key's rank, kept for changes
         for _row, d in batch:
             d.callback(None)
+
+    def drop_extra(self, key: bytes) -> Deferred[int]:
+        """This node's copies under ``key`` are extra (repair checked that N nodes ranked above hold them, and
+        audited one): the key's holds and leases go, and its blocks nothing else references leave the store (the
+        lease holders renew at the nodes that hold the copies now). The bytes freed."""
+        with self.index._transaction():
+            gone = self.index.leases.forget_key(key, int(self.clock.seconds()))
+
+        def delete() -> int:
+            return sum(self.store.delete_unless(c, lambda x: x in self.pins) for c, _n in gone)
+
+        return self.run(delete)
 
     def held_bytes(self) -> int:
         """Bytes held for other nodes under leases (recorded, and being written)."""

@@ -38,7 +38,7 @@ from cas.peer.peertls import IReceiveBuffer, PeerTLSProtocol, peer_node_id
 
 log = Logger()
 
-PROTOCOL_VERSIONS = (1, 2)
+PROTOCOL_VERSIONS = (1, 2, 3)
 REQUEST_TIMEOUT = 30.0  # default deadline of a request, seconds
 HELLO_TIMEOUT = 15.0  # the TLS handshake and the peer's HELLO must be done by then
 KEEPALIVE = 15.0  # a PING after this long without receiving anything

@@ -35,6 +35,7 @@ MAX_HEADER_DEPTH = 16  # nested containers in a header; version 1 needs 3 (addre
 
 HELLO, PING, PEERS, PUT_BLOCK, GET_BLOCK, HAS, CANCEL, BYE = 1, 2, 3, 4, 5, 6, 7, 8
 LEASE, RELEASE = 9, 10  # protocol version 2: only on connections that negotiated it
+REPORT, CHALLENGE = 11, 12  # protocol version 3
 TYPE_NAMES: dict[int, str] = {
     HELLO: "HELLO",
     PING: "PING",
@@ -46,8 +47,10 @@ TYPE_NAMES: dict[int, str] = {
     BYE: "BYE",
     LEASE: "LEASE",
     RELEASE: "RELEASE",
+    REPORT: "REPORT",
+    CHALLENGE: "CHALLENGE",
 }
-SINCE_VERSION: dict[int, int] = {LEASE: 2, RELEASE: 2}  # frame types newer than version 1
+SINCE_VERSION: dict[int, int] = {LEASE: 2, RELEASE: 2, REPORT: 3, CHALLENGE: 3}  # frame types newer than version 1
 ONE_WAY = frozenset({HELLO, CANCEL, BYE})
 
 RESPONSE, ERROR = 0x01, 0x02  # flag bits

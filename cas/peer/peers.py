@@ -49,6 +49,7 @@ from cas.peer.peertable import ALIVE, CONNECTED, DEAD, NEW, SUSPECT, PeerEntry, 
 from cas.peer.peertls import client_creator, wrap_client
 from cas.peer.reach import Reachability
 from cas.peer.records import Address, InvalidRecord, PeerRecord, decode_record, next_seq, sign_record
+from cas.peer.track import TrackRecords
 from cas.store.blockstore import MAX_BLOCK_SIZE
 from cas.store.leases import LEGACY
 
@@ -62,6 +63,9 @@ MAX_N = 16  # copies a file may want (--replicas is 0 to 16)
 MAX_ANNOUNCED = 2048  # block ids per LEASE that announces a file stored before leases (a 64 KiB header holds ~1,700)
 MAX_LEASE_SECONDS = 0xFFFFFFFF  # a lease asked for (a holder grants at most its --max-lease-time)
 PEERS_PER_SECOND = 5  # PEERS requests a connection may make (a burst of 5, then 5 per second)
+REPORTS_PER_MINUTE = 10  # REPORTs a connection may make (a burst of 10, then 10 a minute)
+CHALLENGES_PER_MINUTE = 10  # CHALLENGEs a connection may make (a burst of 10, then 10 a minute)
+MAX_CHALLENGE = 64 << 10  # bytes of a block one CHALLENGE may cover
 VOLUNTARY_REASONS = frozenset({"idle", "duplicate connection", "too many connections"})
 SAVE_SPACING = 1.0  # seconds between two saves of the peer table prompted by membership changes
 
@@ -144,6 +148,9 @@ class PeerManager:
         self._dials: set[Deferred[Any]] = set()
         self._grace: dict[PeerProtocol, IDelayedCall] = {}  # duplicates closed after a grace period
         self._peers_asked: dict[PeerProtocol, TokenBucket] = {}  # PEERS allowance of each connection
+        self._reports: dict[PeerProtocol, TokenBucket] = {}  # REPORT allowance of each connection
+        self._challenges: dict[PeerProtocol, TokenBucket] = {}  # CHALLENGE allowance of each connection
+        self.track = TrackRecords(lambda: self.wall())  # audits and false reports, per peer (bounded)
         self.gossip = Gossip(
             self.table, reactor, wall, self._send_records, self._publish, rng=self.rng,
             interval=self.settings.gossip_interval,
@@ -339,6 +346,8 @@ class PeerManager:
     def lost(self, conn: PeerProtocol, reason: str) -> None:
         self.all.discard(conn)
         self._peers_asked.pop(conn, None)
+        self._reports.pop(conn, None)
+        self._challenges.pop(conn, None)
         t = self._grace.pop(conn, None)
         if t is not None and t.active():
             t.cancel()
@@ -421,6 +430,37 @@ class PeerManager:
             announced = _announced(h.get("cids"), len(keys))
             return self.node.lease(conn.peer_id, keys, lease, announced).addCallback(
                 lambda r: Response({"time": r[0], "granted": bitmap(r[1]), "complete": bitmap(r[2])}, b""))
+        if frame.type == frames.REPORT:
+            # The reporter received bytes from us that did not match the id: check our copy. Rate-limited, and a
+            # report of a good copy counts against the reporter.
+            now = self.reactor.seconds()
+            bucket = self._reports.get(conn)
+            if bucket is None:
+                bucket = self._reports[conn] = TokenBucket(REPORTS_PER_MINUTE, 60.0, now)
+            if not bucket.take(now):
+                raise RemoteError(BUSY, f"at most {REPORTS_PER_MINUTE} REPORTs a minute")
+            cid = _cid(h.get("cid"))
+            assert conn.peer_id is not None
+            peer = conn.peer_id
+            return self.node.check_reported(cid).addCallback(lambda found: self._reported(peer, cid, found))
+        if frame.type == frames.CHALLENGE:
+            # Prove we hold the block: BLAKE3 keyed with the challenger's fresh nonce over a range of it.
+            now = self.reactor.seconds()
+            bucket = self._challenges.get(conn)
+            if bucket is None:
+                bucket = self._challenges[conn] = TokenBucket(CHALLENGES_PER_MINUTE, 60.0, now)
+            if not bucket.take(now):
+                raise RemoteError(BUSY, f"at most {CHALLENGES_PER_MINUTE} CHALLENGEs a minute")
+            cid = _cid(h.get("cid"))
+            nonce, offset, length = h.get("nonce"), h.get("offset"), h.get("length")
+            if not isinstance(nonce, bytes) or len(nonce) != 32:
+                raise RemoteError(BAD_REQUEST, "nonce must be 32 bytes")
+            if not (isinstance(offset, int) and isinstance(length, int) and offset >= 0
+                    and 0 < length <= MAX_CHALLENGE):
+                raise RemoteError(BAD_REQUEST, f"offset and length (1 to {MAX_CHALLENGE}) must be integers")
+            d = self.node.prove(cid, nonce, offset, length)
+            d.addCallbacks(lambda mac: Response({"mac": mac}, b""), _block_error, errbackArgs=(False,))
+            return d
         if frame.type == frames.HAS:
             cids = h.get("cids")
             if not isinstance(cids, list):
@@ -767,10 +807,27 @@ class PeerManager:
         def check(r: Response) -> bytes | memoryview:
             data = r.payload
             if not cid.verify(data):
+                self.report(node_id, cid)
                 raise CorruptBlock(f"node {short_node_id(node_id)} sent bytes that do not match block {cid}")
             return data
 
         return d.addCallback(check)
+
+    def _reported(self, peer: bytes, cid: CID, found: str) -> Response:
+        if found == "good":
+            n = self.track.false_report(peer)
+            log.info("node {peer} reported block {cid} as corrupt, but the copy here is good ({n} such report(s))",
+                     peer=short_node_id(peer), cid=str(cid), n=n)
+        return Response({"found": found}, b"")
+
+    def report(self, node_id: bytes, cid: CID) -> None:
+        """Tell ``node_id`` that what it sent for ``cid`` did not match the id (protocol version 3; an older
+        node is not told). Fire and forget: the holder checks its copy."""
+        if (self.version_of(node_id) or 0) < 3:
+            return
+        d = self.request(node_id, frames.REPORT, {"cid": cid.to_bytes()}, b"")
+        d.addErrback(lambda f: log.debug("reporting {cid} to {n} failed: {e}", cid=str(cid), n=short_node_id(node_id),
+                                         e=f.getErrorMessage()))
 
     def in_flight(self, node_id: bytes) -> int:
         """Our requests waiting for an answer on the connection to ``node_id`` (0 without one)."""
@@ -863,6 +920,7 @@ class PeerManager:
                 "connected": c is not None and c.accepted,
                 "record_seq": e.record.seq if e.record else None,
                 "record_expires": e.record.expires if e.record else None,
+                "audits": self.track.describe(e.node_id),  # None: nothing noted (cas/peer/track.py)
             })
         return out
 

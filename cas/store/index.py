@@ -123,7 +123,7 @@ class Session:
 @attrs.frozen
 class Underplaced:
     """A block of one of the owner's files that fewer holders than wanted acknowledged: ``holders`` are the
-    node ids that did; the top-up places it on more as members return or join."""
+    node ids that did; repair (the origin's part) places it on more as members return or join."""
 
     cid: CID
     key: bytes  # its placement key
@@ -337,6 +337,11 @@ class Index:
         (n,) = self.db.execute("SELECT count(*) FROM files").fetchone()
         return int(n)
 
+    def random_file(self) -> FileRecord | None:
+        """One of this node's files, drawn at random (the owner's audits)."""
+        row = self.db.execute("SELECT * FROM files ORDER BY random() LIMIT 1").fetchone()
+        return _record(row) if row else None
+
     def referenced(self) -> set[CID]:
         rows = self.db.execute("SELECT cid FROM refs UNION SELECT cid FROM holds")
         return {CID.parse(c) for (c,) in rows}
@@ -464,6 +469,30 @@ class Index:
             self.db.executemany("DELETE FROM underplaced WHERE cid = ?", ((str(c),) for c in done))
             self.db.executemany("UPDATE underplaced SET holders = ? WHERE cid = ?",
                                 ((b"".join(u.holders), str(u.cid)) for u in progress))
+
+    def get_counter(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_counter(self, name: str, value: int) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+                            (name, value, value))
+
+    def stored_cids(self, after: str, limit: int) -> list[CID]:
+        """Blocks the index says are stored here (this node's files and uploads, and blocks held for others), in
+        id order after ``after``: the scrub checks that each one's file is there."""
+        rows = self.db.execute("SELECT cid FROM refs WHERE cid > ? UNION SELECT cid FROM holds WHERE cid > ? "
+                               "ORDER BY cid LIMIT ?", (after, after, limit))
+        return [CID.parse(c) for (c,) in rows]
+
+    def count_stored(self) -> int:
+        (n,) = self.db.execute("SELECT count(*) FROM (SELECT cid FROM refs UNION SELECT cid FROM holds)").fetchone()
+        return int(n)
+
+    def owners_of(self, cid: CID) -> list[str]:
+        """The owners (``file:ROOT``, ``session:ID``, ``pin:ROOT``) that refer to a block stored here."""
+        return [o for (o,) in self.db.execute("SELECT owner FROM refs WHERE cid = ?", (str(cid),))]
 
     def hold_keys(self, cid: CID) -> set[bytes | None]:
         """The placement keys this block is held under (None: not known)."""

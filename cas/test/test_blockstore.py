@@ -687,3 +687,68 @@ class ThreadTests(StoreTestCase):
         self.assertEqual(sorted(results), [False] * 7 + [True])
         self.assertEqual(store.used(), 5000)
         self.assertConsistent(store)
+
+
+class AccountingTests(SynchronousTestCase):
+    """``used`` and the file count stay true when a block file changes behind the store's back (deleted or
+    truncated): a shard's reconcile (what the scrub runs) corrects them; quarantined copies count apart, against
+    the limit, and are bounded."""
+
+    def shard(self, cid: CID) -> int:
+        return int.from_bytes(cid.digest[:2], "big")
+
+    def test_a_deleted_block_file_is_corrected(self) -> None:
+        store = DiskBlockStore(self.mktemp())
+        blocks = [make_block(i, 1000) for i in range(5)]
+        for cid, data in blocks:
+            store.put(cid, data)
+        self.assertEqual((store.used(), store.files()), (5000, 5))
+        cid = blocks[0][0]
+        os.unlink(store._path(cid))
+        self.assertEqual(store.delete(cid), 0)  # gone already: the store cannot know what it counted
+        self.assertEqual(store.reconcile(self.shard(cid)), (-1000, -1))
+        self.assertEqual((store.used(), store.files()), (4000, 4))
+        self.assertEqual(store.reconcile(self.shard(cid)), (0, 0))  # right now: nothing more to correct
+
+    def test_a_truncated_block_is_quarantined_and_counted_right(self) -> None:
+        store = DiskBlockStore(self.mktemp())
+        cid, data = make_block(1, 1000)
+        store.put(cid, data)
+        with open(store._path(cid), "r+b") as f:
+            f.truncate(300)
+        self.assertIs(store.check(cid), False)  # corrupt: quarantined
+        self.assertEqual((store.used(), store.files(), store.quarantined()), (0, 0, 300))
+        self.assertIsNone(store.check(cid))  # not stored any more
+        self.assertTrue(store.put(cid, data))  # a good copy back
+        self.assertEqual((store.used(), store.files()), (1000, 1))
+        self.assertIs(store.check(cid), True)
+
+    def test_accounting_survives_a_restart(self) -> None:
+        root = self.mktemp()
+        store = DiskBlockStore(root)
+        blocks = [make_block(i, 700) for i in range(4)]
+        for cid, data in blocks:
+            store.put(cid, data)
+        with open(store._path(blocks[0][0]), "r+b") as f:
+            f.write(b"\xff")
+        store.check(blocks[0][0])
+        again = DiskBlockStore(root)
+        self.assertEqual((again.used(), again.files(), again.quarantined()), (2100, 3, 700))
+        for s in {self.shard(c) for c, _d in blocks}:
+            self.assertEqual(again.reconcile(s), (0, 0))
+
+    def test_quarantine_counts_against_the_limit_and_is_bounded(self) -> None:
+        store = DiskBlockStore(self.mktemp(), limit=10_000, quarantine_limit=2500)
+        blocks = [make_block(i, 1000) for i in range(4)]
+        for cid, data in blocks:
+            store.put(cid, data)
+        self.assertEqual(store.free(), 6000)
+        for cid, _data in blocks:
+            with open(store._path(cid), "r+b") as f:
+                f.write(b"\xff")
+            self.assertIs(store.check(cid), False)
+        # four copies of 1,000 bytes quarantined, at most 2,500 kept: the two oldest went
+        self.assertEqual(store.quarantined(), 2000)
+        self.assertEqual(len(os.listdir(store.quarantine_dir)), 2)
+        self.assertEqual(store.free(), 8000)
+        self.assertEqual(DiskBlockStore(store.root).quarantined(), 2000)

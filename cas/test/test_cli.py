@@ -562,10 +562,12 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
             return self.send_json(200, {"node_id": "n" * 52, "version": "0.1.0", "uptime": time.time() - node.started,
                                         "storage": {"used": used, "free": 10 << 30, "limit": None,
                                                     "quota": 1 << 30, "own": used - 1024, "held": 1024,
-                                                    "awaiting_collection": 0},
+                                                    "awaiting_collection": 0, "quarantined": 2048},
+                                        "scrub": {"position": 0.25, "checked": 7, "corrupt": 1, "recovered": 1},
                                         "files": len(node.files), "leases": {"granted": 3, "releases_pending": 1},
                                         "repair": {"queued": 2, "keys_checked": 9, "blocks_sent": 4,
-                                                   "bytes_sent": 4 << 20, "drain": node.drain}})
+                                                   "bytes_sent": 4 << 20, "topped_up": 1, "short_here": 5,
+                                                   "drain": node.drain}})
         if path == "/v1/drain" and method == "POST":
             return self.send_json(202, {"draining": True, "keys_done": 0, "keys": 4, "blocks_sent": 0,
                                         "short_blocks": 0, "done": False})
@@ -1101,10 +1103,13 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIn("files:     1", out)
         self.assertIn("used:      2.0 KiB\n  own:     1.0 KiB this node's files and uploads\n"
                       "  held:    1.0 KiB for other nodes, under live leases\n"
-                      "  to free: 0 B held for others, leases ended\nfree:", out)
+                      "  to free: 0 B held for others, leases ended\n"
+                      "  corrupt: 2.0 KiB quarantined copies (replaced from other nodes)\nfree:", out)
+        self.assertIn("scrub:     25% through the pass, 7 block(s) checked since start, 1 corrupt (1 replaced)", out)
         self.assertIn("limit:     none\nquota:     1.0 GiB\n", out)
         self.assertIn("leases:    3 granted to other nodes here, 1 release waiting for delivery", out)
-        self.assertIn("repair:    2 key(s) queued, 4 block(s) (4.0 MiB) sent to other nodes since start", out)
+        self.assertIn("repair:    2 key(s) queued, 4 block(s) (4.0 MiB) sent to other nodes since start; 5 block(s) "
+                      "of files stored here short of copies", out)
         status = json.loads(self.ok("status", "--json"))
         self.assertEqual((status["files"], status["storage"]["used"]), (1, 2048))
 
@@ -1182,6 +1187,7 @@ class RoundTripTests(SynchronousTestCase):
         return {"node_id": "n" * 62, "members": 1, "peers": [
             {"node_id": self.ID1, "state": "connected", "member": True, "addresses": ["tcp:192.0.2.1:3000", "tcp:[2001:db8::1]:3000"],
              "last_seen": now - 7200, "rtt_ms": 12.345, "software": "cas/0.1.0", "connected": True,
+             "audits": {"audits_ok": 5, "audits_failed": 1, "false_reports": 0, "failing": True, "last_failure": "x"},
              "record_seq": 1, "record_expires": 2},
             {"node_id": self.ID2, "state": "new", "member": False, "addresses": [], "last_seen": None, "rtt_ms": None,
              "software": None, "connected": False, "record_seq": None, "record_expires": None},
@@ -1197,9 +1203,10 @@ class RoundTripTests(SynchronousTestCase):
         lines = self.ok("peers").decode().splitlines()
         self.assertEqual(len(lines), 2, "one line per peer, no header: stdout is not a terminal")
         first, second = (re.split(r" {2,}", line) for line in lines)
-        self.assertEqual(first[:3] + first[4:], [self.ID1, "connected", "12.3ms", "tcp:192.0.2.1:3000 tcp:[2001:db8::1]:3000"])
+        self.assertEqual(first[:3] + first[4:], [self.ID1, "connected", "12.3ms", "5 ok 1 failed (failing)",
+                                                 "tcp:192.0.2.1:3000 tcp:[2001:db8::1]:3000"])
         self.assertRegex(first[3], r"^2h 0m \d+s ago$")
-        self.assertEqual(second, [self.ID2, "new", "-", "never", "-"])
+        self.assertEqual(second, [self.ID2, "new", "-", "never", "-", "-"])
         self.assertEqual(self.columns(lines[0]), self.columns(lines[1]), "aligned")
         self.assertEqual([r["path"] for r in self.node.requests], ["/v1/peers"])
 
@@ -1210,7 +1217,8 @@ class RoundTripTests(SynchronousTestCase):
         self.node.peer_table = table
         lines = self.ok("peers").decode().splitlines()
         self.assertEqual(len(lines), 2, "items that are not peers are left out")
-        self.assertEqual(re.split(r" {2,}", lines[0]), ["evil\\x1b[2J", "sus\\npect", "0.0ms", "0s ago", "tcp:\\x1b]0;x\\x07 5"])
+        self.assertEqual(re.split(r" {2,}", lines[0]), ["evil\\x1b[2J", "sus\\npect", "0.0ms", "0s ago", "-",
+                                                        "tcp:\\x1b]0;x\\x07 5"])
         self.assertEqual(re.split(r" {2,}", lines[1])[0], self.ID2)
 
     def test_peers_empty(self) -> None:
@@ -1244,7 +1252,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual((proc.returncode, proc.stderr), (0, b""))
         lines = out.decode().splitlines()
         self.assertEqual(len(lines), 3)
-        self.assertEqual(re.split(r" {2,}", lines[0].rstrip()), ["NODE", "STATE", "RTT", "SEEN", "ADDRESSES"])
+        self.assertEqual(re.split(r" {2,}", lines[0].rstrip()), ["NODE", "STATE", "RTT", "SEEN", "AUDITS", "ADDRESSES"])
         self.assertEqual(self.columns(lines[0]), self.columns(lines[1]))
         self.assertTrue(lines[1].startswith(self.ID1))
 

@@ -49,6 +49,7 @@ from cas.peer.frames import (
     PING,
     PUT_BLOCK,
     RELEASE,
+    REPORT,
     RESPONSE,
     Frame,
     FrameDecoder,
@@ -264,8 +265,8 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(pair.ha.accepted_conns, [pair.a])
         self.assertEqual(pair.hb.accepted_conns, [pair.b])
         # ``observed``: where each side's transport says the other is (StringTransport's fake peer address)
-        self.assertEqual(pair.a.hello_info, HelloInfo(B_ID, 2, "test", [], None, pair.b.nonce, pair.b.remote_ip))
-        self.assertEqual(pair.b.hello_info, HelloInfo(A_ID, 2, "test", [], None, pair.a.nonce, pair.a.remote_ip))
+        self.assertEqual(pair.a.hello_info, HelloInfo(B_ID, 3, "test", [], None, pair.b.nonce, pair.b.remote_ip))
+        self.assertEqual(pair.b.hello_info, HelloInfo(A_ID, 3, "test", [], None, pair.a.nonce, pair.a.remote_ip))
         self.assertEqual(pair.a.hello_info.observed, "192.168.1.1")
         self.assertNotEqual(pair.a.nonce, pair.b.nonce)
         self.assertEqual(pair.a.dialler_key(A_ID), (A_ID, pair.a.nonce))
@@ -277,7 +278,7 @@ class HelloTests(SynchronousTestCase):
             self.assertEqual((h.type, h.flags, h.request_id), (HELLO, 0, 0))
             self.assertEqual(
                 h.header,
-                {"software": "test", "addresses": [], "record": None, "versions": [1, 2], "node_id": own, "nonce": p.nonce,
+                {"software": "test", "addresses": [], "record": None, "versions": [1, 2, 3], "node_id": own, "nonce": p.nonce,
                  "observed": p.remote_ip},
             )
             self.assertIs(p.transport.producer, p)  # type: ignore[union-attr]
@@ -308,18 +309,18 @@ class HelloTests(SynchronousTestCase):
         pair.start()
         self.assertEqual(
             pair.a.hello_info,
-            HelloInfo(B_ID, 2, "cas 9", [["tcp", "192.0.2.1", 4001]], b"rec", pair.b.nonce, "192.168.1.1"),
+            HelloInfo(B_ID, 3, "cas 9", [["tcp", "192.0.2.1", 4001]], b"rec", pair.b.nonce, "192.168.1.1"),
         )
 
     def test_hello_mistyped_optional_fields(self) -> None:
         lone = Lone()
         lone.feed(hello(software=7, addresses="x", record="text", extra_key=1, observed="not an address"))
-        self.assertEqual(lone.proto.hello_info, HelloInfo(B_ID, 2, "?", [], None, NONCE))
+        self.assertEqual(lone.proto.hello_info, HelloInfo(B_ID, 3, "?", [], None, NONCE))
 
     def test_highest_common_version(self) -> None:
-        self.patch(connection, "PROTOCOL_VERSIONS", (1, 2, 3))
+        self.patch(connection, "PROTOCOL_VERSIONS", (1, 2, 3, 4))
         lone = Lone()
-        self.assertEqual(lone.written()[0].header["versions"], [1, 2, 3])
+        self.assertEqual(lone.written()[0].header["versions"], [1, 2, 3, 4])
         lone.feed(hello(versions=[7, 1, 2]))
         self.assertEqual(lone.proto.hello_info.version, 2)  # type: ignore[union-attr]
 
@@ -334,10 +335,15 @@ class HelloTests(SynchronousTestCase):
         old.feed(Frame(LEASE, 0, 1, {"keys": [], "time": 60}))
         self.assertEqual(old.proto.close_reason, "LEASE on a version-1 connection")
         new = Lone()
-        new.feed(hello())
+        new.feed(hello(versions=[1, 2]))
         self.assertEqual(new.proto.version, 2)
         new.proto.request(LEASE, {"keys": [], "time": 60})
         self.assertEqual(new.written()[-1].type, LEASE)
+        # REPORT exists from version 3: a node of the previous release (versions 1 and 2) is never sent one
+        e = self.assertRaises(NotSupported, new.proto.request, REPORT, {"cid": b""})
+        self.assertIn("speaks protocol version 2", str(e))
+        new.feed(Frame(REPORT, 0, 9, {"cid": b""}))
+        self.assertEqual(new.proto.close_reason, "REPORT on a version-2 connection")
 
     def test_hello_timer_cancelled(self) -> None:
         pair = Pair()

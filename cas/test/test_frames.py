@@ -22,6 +22,7 @@ from cas.peer import frames
 from cas.peer.frames import (
     BYE,
     CANCEL,
+    CHALLENGE,
     ERROR,
     FIXED,
     GET_BLOCK,
@@ -37,6 +38,7 @@ from cas.peer.frames import (
     PING,
     PUT_BLOCK,
     RELEASE,
+    REPORT,
     RESPONSE,
     TYPE_NAMES,
     Frame,
@@ -86,6 +88,18 @@ VEC_LEASE_OK = (
 # RELEASE request, id 6, header {"keys": [b"k"]}; its response {"released": h'80'}
 VEC_RELEASE = "00000011" "0a" "00" "00000006" "0009" "a1646b65797381416b"
 VEC_RELEASE_OK = "00000014" "0a" "01" "00000006" "000c" "a16872656c65617365644180"
+# REPORT request (version 3), id 7, header {"cid": cid of b"hello"}; its response {"found": "corrupt"}
+VEC_REPORT = ("00000033" "0b" "00" "00000007" "002b" "a163636964582401551e20ea8f163db38682925e4491c5e58d4bb3506ef8c14e"
+              "b78a86e908c5624a67200f")
+VEC_REPORT_OK = "00000017" "0b" "01" "00000007" "000f" "a165666f756e6467636f7272757074"
+# CHALLENGE request (version 3), id 8, header {"cid": cid of b"hello", "nonce": bytes 0..31, "offset": 1,
+# "length": 3}; its response {"mac": BLAKE3 keyed with the nonce over b"ell"}
+VEC_CHALLENGE = ("0000006b" "0c" "00" "00000008" "0063" "a463636964582401551e20ea8f163db38682925e4491c5e58d4bb3506ef"
+                 "8c14eb78a86e908c5624a67200f656e6f6e63655820000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c"
+                 "1d1e1f666c656e67746803666f666673657401")
+VEC_CHALLENGE_OK = ("0000002f" "0c" "01" "00000008" "0027" "a1636d6163582057256d4de1d6144d08243412bfdec6b0748e83a066935c"
+                    "e70e8269b5f10634f7")
+CHALLENGE_MAC = bytes.fromhex("57256d4de1d6144d08243412bfdec6b0748e83a066935ce70e8269b5f10634f7")
 VECTORS = [
     (VEC_PING, Frame(PING, 0, 1, {})),
     (VEC_GET_BLOCK, Frame(GET_BLOCK, 0, 2, {"cid": VEC_CID})),
@@ -96,6 +110,10 @@ VECTORS = [
     (VEC_LEASE_OK, Frame(LEASE, RESPONSE, 5, {"time": 2678400, "granted": b"\x80", "complete": b"\x80"})),
     (VEC_RELEASE, Frame(RELEASE, 0, 6, {"keys": [b"k"]})),
     (VEC_RELEASE_OK, Frame(RELEASE, RESPONSE, 6, {"released": b"\x80"})),
+    (VEC_REPORT, Frame(REPORT, 0, 7, {"cid": HELLO_CID})),
+    (VEC_REPORT_OK, Frame(REPORT, RESPONSE, 7, {"found": "corrupt"})),
+    (VEC_CHALLENGE, Frame(CHALLENGE, 0, 8, {"cid": HELLO_CID, "nonce": bytes(range(32)), "offset": 1, "length": 3})),
+    (VEC_CHALLENGE_OK, Frame(CHALLENGE, RESPONSE, 8, {"mac": CHALLENGE_MAC})),
 ]
 
 
@@ -368,12 +386,12 @@ class ReceiveBufferTests(SynchronousTestCase):
 
     def test_dead_after_error(self) -> None:
         decoder = FrameDecoder()
-        bad = raw_frame(ftype=11)
+        bad = raw_frame(ftype=13)
         buf = decoder.get_buffer()
         buf[:len(bad)] = bad
         self.assertFalse(decoder.failed)
         e = self.assertRaises(FrameError, decoder.buffer_updated, len(bad))
-        self.assertEqual(str(e), "unknown frame type 11")
+        self.assertEqual(str(e), "unknown frame type 13")
         self.assertTrue(decoder.failed)
         self.assertEqual(decoder.buffered, 0)
         self.assertRaises(FrameError, decoder.get_buffer)
@@ -451,7 +469,7 @@ class MalformedTests(SynchronousTestCase):
                                  f"frame length {length} is below the minimum 9")
 
     def test_unknown_type(self) -> None:
-        self.assertEqual(self.refused(raw_frame(ftype=11)), "unknown frame type 11")
+        self.assertEqual(self.refused(raw_frame(ftype=13)), "unknown frame type 13")
         self.assertEqual(self.refused(raw_frame(ftype=0)), "unknown frame type 0")
         self.assertEqual(self.refused(raw_frame(ftype=255)), "unknown frame type 255")
 
@@ -539,11 +557,11 @@ class MalformedTests(SynchronousTestCase):
         """After an error nothing more is decoded, not even frames that were already buffered."""
         decoder = FrameDecoder()
         good = wire(Frame(PING, 0, 1))
-        self.assertRaises(FrameError, decoder.feed, good + raw_frame(ftype=11) + good)
+        self.assertRaises(FrameError, decoder.feed, good + raw_frame(ftype=13) + good)
         self.assertEqual(decoder.buffered, 0)
         for data in (good, b"", b"\x00"):
             e = self.assertRaises(FrameError, decoder.feed, data)
-            self.assertEqual(str(e), "decoder stopped after an earlier error: unknown frame type 11")
+            self.assertEqual(str(e), "decoder stopped after an earlier error: unknown frame type 13")
 
     @FAST
     @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
@@ -584,7 +602,7 @@ class EncodeRefusalTests(SynchronousTestCase):
         self.assertRaises(ValueError, encode, frame)
 
     def test_type(self) -> None:
-        for ftype in (0, 11, 255, 256, -1):
+        for ftype in (0, 13, 255, 256, -1):
             self.assertRefused(Frame(ftype, 0, 1))
 
     def test_flags(self) -> None:
@@ -644,7 +662,7 @@ class FrameVectorTests(SynchronousTestCase):
         self.assertEqual(MAX_FRAME, 1_114_112)
         self.assertEqual({name: n for n, name in TYPE_NAMES.items()},
                          {"HELLO": 1, "PING": 2, "PEERS": 3, "PUT_BLOCK": 4, "GET_BLOCK": 5, "HAS": 6,
-                          "CANCEL": 7, "BYE": 8, "LEASE": 9, "RELEASE": 10})
+                          "CANCEL": 7, "BYE": 8, "LEASE": 9, "RELEASE": 10, "REPORT": 11, "CHALLENGE": 12})
         self.assertEqual(ONE_WAY, {HELLO, CANCEL, BYE})
         self.assertEqual((RESPONSE, ERROR, FIXED, MAX_HEADER), (1, 2, 8, 0xFFFF))
         self.assertTrue(all(getattr(frames, name) == n for n, name in TYPE_NAMES.items()))

@@ -70,11 +70,12 @@ class Net:
         self.services.remove(s)
         m = s.peers
         m._stopping = True
-        s.topup.stop()
         s.releaser.stop()
         s.renewer.stop()
         s.announcer.stop()
         s.repairer.stop()
+        s.node.scrubber.stop()
+        s.auditor.stop()
         m.gossip.stop()
         for t in m._timers.values():
             if t.active():

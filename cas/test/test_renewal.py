@@ -17,7 +17,7 @@ from cas.service import NodeService
 from cas.store.datadir import prepare
 from cas.store.placements import PROVISIONAL
 
-from .test_network import wait_for
+from .test_network import FAST, wait_for
 from .test_release import GC, _held_anywhere, copies, file_blocks
 from .test_replication import content, network, node_options, placed_blocks, put
 
@@ -32,7 +32,7 @@ async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: 
         clock.advance(min(step, end - clock.seconds()))
         await deferLater(reactor, 0, lambda: None)
         for s in nodes:
-            for job in (s.renewer._running, s.topup._running):
+            for job in (s.renewer._running, s.repairer._running):
                 if job is not None:
                     await job
 
@@ -86,7 +86,10 @@ class RenewalTests(TestCase):
     async def test_a_holder_lost_for_good_is_replaced_and_nothing_is_collected_over_two_lease_times(self) -> None:
         clock = Clock()
         clock.advance(time.time())  # the lease clock starts at the wall time (uploads stamp their rows with it)
-        opts = {"gc_period": 30.0, "lease_time": HOUR, "clock": clock}
+        # Failure detection and --repair-after run on the wall clock, leases on ``clock``, moved hours ahead: both
+        # are short here, so that the lost holder is dead past --repair-after before its lease ends, as it is with
+        # the defaults (10 minutes against 31 days).
+        opts = {"gc_period": 30.0, "lease_time": HOUR, "clock": clock, "repair_after": 1.0, "settings": FAST}
         net, nodes = await network(self, 4, **opts)
         origin, gone, survivors = nodes[0], nodes[1], nodes[2:]
         path, _data = content(self, 3 * 64 * 1024)
@@ -98,6 +101,8 @@ class RenewalTests(TestCase):
         for cid, key in blocks:
             self.assertEqual(len(holders_of(nodes[1:], origin, cid, key)), 3)
         await net.kill(gone)
+        gone_id = gone.node.identity.node_id
+        await wait_for(lambda: all(gone_id in s.peers.recently_dead(60) for s in nodes if s is not gone), "death")
         # A newcomer that outranks a surviving holder for one of the file's keys (ids are drawn until one does).
         rank = Rendezvous()
         for _ in range(100):

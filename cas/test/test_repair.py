@@ -29,7 +29,7 @@ async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: 
         clock.advance(min(step, end - clock.seconds()))
         await deferLater(reactor, 0, lambda: None)
         for s in nodes:
-            for job in (s.renewer._running, s.topup._running, s.repairer._running):
+            for job in (s.renewer._running, s.repairer._running):
                 if job is not None:
                     await job
 
@@ -108,6 +108,10 @@ class RepairTests(TestCase):
             s.repairer.own_lease = 2  # 60 s in production: the copy's own lease, not what keeps it
         origin = nodes[0]
         stored, _data, blocks, victim = await put_file(self, nodes)
+        # a holder of a block with exactly 3 copies (on a loaded machine an upload may leave a 4th: a holder that
+        # missed its deadline was replaced and still stored the block), so that its death needs a repair
+        victim = next(s for s in nodes[1:] for c, _k in blocks
+                      if s.node.store.has(c) and sum(1 for o in nodes[1:] if o.node.store.has(c)) == 3)
         await net.kill(victim)
         live = [s for s in nodes[1:] if s is not victim]
 
@@ -118,6 +122,21 @@ class RepairTests(TestCase):
         self.assertGreater(sum(s.repairer.blocks_sent for s in live), 0)
         await origin.node.forget(stored.cap.root)
         await wait_for(lambda: held() == 0, "every copy, repaired ones too, collected after cas rm", 30)
+
+    async def test_keys_that_arrive_are_kept_ranked_at_once(self) -> None:
+        """A key first held after start is ranked when its blocks are recorded, not only when the first ranking
+        (30 s after start) or the sweep reaches it: a membership change right after the upload finds it."""
+        net, nodes = await network(self, 4, repair_after=1.0)
+        _stored, _data, blocks, holder = await put_file(self, nodes)
+        mine = {k for c, k in blocks if holder.node.store.has(c)}
+        self.assertTrue(mine)
+        self.assertEqual(mine - set(holder.repairer._top), set())
+        for key in mine:
+            top = holder.repairer._top[key]
+            ids = {top[i:i + 32] for i in range(1, len(top), 32)}
+            self.assertEqual(top[0], 3)
+            self.assertIn(holder.node.identity.node_id, ids)  # it ranks among the key's first N + 4
+            self.assertNotIn(nodes[0].node.identity.node_id, ids)  # the origin is left out
 
     async def test_a_silent_holder_not_yet_dead_moves_nothing(self) -> None:
         """A holder that stops answering is suspect first, and dead only after ``dead_after`` (30 s here): until
@@ -234,3 +253,158 @@ class KeptRankTests(SynchronousTestCase):
         gone = members[5]
         self.settle(r._affected(gone, False))
         self.assertEqual(set(r._queue), {k for k in keys if gone in rank.rank(k, members)[:7]})
+
+
+class PacingTests(SynchronousTestCase):
+    """``--repair-rate`` bounds what repair sends, and a few blocks are in flight at once so that round trips do
+    not bound it further (cas/network/repair.py ``_put`` and ``IN_FLIGHT``)."""
+
+    def repairer(self, rate: int, answer: Any) -> tuple[Repairer, list[tuple[float, bytes]], list[CID]]:
+        from twisted.internet.defer import succeed
+
+        from cas.network.repair import Repairer as R
+
+        reactor_ = Clock()
+        reactor_.advance(1000)  # the blocks arrived long ago
+        me, others = b"m" * 32, [b"a" * 32, b"b" * 32, b"c" * 32]
+        blocks = [bytes([i]) * (1 << 20) for i in range(12)]
+        cids = [CID.of(b) for b in blocks]
+        data = dict(zip(cids, blocks))
+        sent: list[tuple[float, bytes]] = []
+
+        class Leases:
+            def blocks_of(self, key: bytes) -> tuple[list[CID], int]:
+                return cids, 0
+
+            def key_info(self, key: bytes) -> tuple[bytes, int]:
+                return b"o" * 32, 2
+
+            def leases_on(self, key: bytes, now: int) -> list[tuple[bytes, int]]:
+                return [(b"o" * 32, 10_000)]
+
+        class Node:
+            identity = type("I", (), {"node_id": me})()
+            index = type("X", (), {"leases": Leases()})()
+            store = type("S", (), {"has": staticmethod(lambda c: True)})()
+            placement, replicas, reactor, block_deadline = Rendezvous(), 2, reactor_, 10.0
+
+            def fetch(self, cid: CID) -> Any:
+                return succeed(data[cid])
+
+        class Peers:
+            def members(self) -> list[bytes]:
+                return others
+
+            def recently_dead(self, within: float) -> set[bytes]:
+                return set()
+
+            def has_leased(self, m: bytes, cs: list) -> Any:
+                return succeed(([False] * len(cs), [False] * len(cs)))
+
+            def put_block(self, target: bytes, cid: CID, block: Any, **_kw: Any) -> Any:
+                sent.append((reactor_.seconds(), target))
+                return answer()
+
+        r = R(Node(), Peers(), reactor_, rate=rate)
+        self.reactor = reactor_
+        return r, sent, cids
+
+    def test_sends_keep_to_the_rate(self) -> None:
+        from twisted.internet.defer import succeed
+
+        r, sent, cids = self.repairer(4 << 20, lambda: succeed(True))  # 4 MiB/s: a 1 MiB block every 0.25 s
+        d = ensure(r._repair_key(b"k" * 40))
+        while not d.called:
+            self.reactor.advance(0.01)
+        self.assertEqual(self.successResultOf(d), 0)  # nothing left short
+        self.assertEqual(len(sent), len(cids))  # N = 2: one copy besides this node's, each block
+        for i, (t, _target) in enumerate(sent):
+            self.assertLess(abs(t - 1000 - i * 0.25), 0.011)
+        self.assertEqual(r.bytes_sent, len(cids) << 20)
+
+    def test_a_few_blocks_are_in_flight_at_once(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from cas.network.repair import IN_FLIGHT
+
+        pending: list[Deferred[bool]] = []
+
+        def answer() -> Deferred[bool]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        r, sent, cids = self.repairer(1 << 40, answer)  # no pacing to speak of
+        d = ensure(r._repair_key(b"k" * 40))
+        self.reactor.advance(0.01)  # past the slots of 1 MiB at 1 TiB/s
+        self.assertEqual(len(sent), IN_FLIGHT)  # not one round trip per block ...
+        pending[0].callback(True)
+        self.reactor.advance(0.01)  # past the slots of 1 MiB at 1 TiB/s
+        self.assertEqual(len(sent), IN_FLIGHT + 1)  # ... nor more than the window
+        while not d.called:
+            for p in pending:
+                if not p.called:
+                    p.callback(True)
+            self.reactor.advance(0.01)  # past the slots of 1 MiB at 1 TiB/s
+        self.assertEqual((len(sent), self.successResultOf(d)), (len(cids), 0))
+
+
+def ensure(coro: Any) -> Any:
+    from twisted.internet.defer import ensureDeferred
+
+    return ensureDeferred(coro)
+
+
+class ExtraCopyTests(TestCase):
+    timeout = 60
+
+    async def test_an_extra_copy_is_released_after_an_audit_of_a_node_ranked_above(self) -> None:
+        _net, nodes = await network(self, 6, repair_after=1.0)
+        origin = nodes[0]
+        stored, data, blocks, _holder = await put_file(self, nodes)
+        key = blocks[-1][1]  # a stripe key
+        cids = [c for c, k in blocks if k == key]
+        me = origin.node.identity.node_id
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        rank = origin.node.placement.rank(key, others)
+        by_id = {s.node.identity.node_id: s for s in nodes}
+        extra = by_id[rank[3]]  # the fourth in rank: no upload put anything there
+        self.assertFalse(any(extra.node.store.has(c) for c in cids))
+        for c in cids:  # a copy there, as a repair or a join would have left it (with the origin's lease)
+            await origin.peers.put_block(extra.node.identity.node_id, c, origin.node.store.get(c), key=key,
+                                         lease=3600, origin=me, n=3)
+        self.assertTrue(all(extra.node.store.has(c) for c in cids))
+        extra.repairer.own_lease = 1
+        extra.repairer.clock = _Later(extra.repairer.clock, 600)  # the blocks arrived long enough ago
+        await extra.repairer._repair_key(key)
+        self.assertEqual(extra.repairer.extra_released, 1)
+        self.assertEqual(extra.auditor.passed, 1)  # it audited a node ranked above before letting go
+        self.assertFalse(any(extra.node.store.has(c) for c in cids))
+        self.assertFalse(extra.node.index.leases.holds_key(key))
+        for c in cids:  # the three ranked first keep theirs
+            self.assertEqual(sum(1 for m in rank[:3] if by_id[m].node.store.has(c)), 3)
+        self.assertEqual(await get(nodes[5] if nodes[5] is not extra else nodes[4], stored), data)
+
+    async def test_a_copy_of_the_first_n_is_not_extra(self) -> None:
+        _net, nodes = await network(self, 5, repair_after=1.0)
+        _stored, _data, blocks, _holder = await put_file(self, nodes)
+        key = blocks[-1][1]
+        others = [s.node.identity.node_id for s in nodes[1:]]
+        rank = nodes[0].node.placement.rank(key, others)
+        third = next(s for s in nodes if s.node.identity.node_id == rank[2])
+        third.repairer.clock = _Later(third.repairer.clock, 600)
+        await third.repairer._repair_key(key)
+        self.assertEqual(third.repairer.extra_released, 0)
+        self.assertTrue(third.node.index.leases.holds_key(key))
+
+
+class _Later:
+    """A clock ``ahead`` seconds ahead of ``clock`` (for the arrival wait only)."""
+
+    def __init__(self, clock: Any, ahead: float) -> None:
+        self.clock, self.ahead = clock, ahead
+
+    def seconds(self) -> float:
+        return self.clock.seconds() + self.ahead
+
+    def callLater(self, *a: Any, **kw: Any) -> Any:
+        return self.clock.callLater(*a, **kw)

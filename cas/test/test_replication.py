@@ -316,9 +316,11 @@ class ReplicationTests(TestCase):
         salt_key = stripe_key(up_salt, 0)
         blocks = await placed_blocks(origin, stored)
         stripe0 = [cid for cid, key in blocks if key == salt_key]
-        self.assertFalse(any(stalled.node.store.has(c) for c in stripe0[-10:]))
+        # (The stalled node may get a copy later, from the origin's repair over a new connection once keepalive
+        # closed the stalled one: on a loaded machine some blocks end the upload short. What counts is that 3
+        # other nodes hold each.)
         for c in stripe0[-10:]:
-            self.assertEqual(len(holders(nodes, c) - {me}), 3)
+            self.assertGreaterEqual(len(holders(nodes, c) - {me, stalled_id}), 3)
         theirs.transport.resumeProducing()
         self.assertEqual(await get(nodes[2], stored), data)
 
@@ -365,10 +367,16 @@ class OldHolderTests(TestCase):
 
 
 class TopUpTests(TestCase):
+    """Blocks an upload left short of N are repaired as members join (cas/network/repair.py): by the nodes of
+    the rank that hold them, and by the origin only where none does."""
+
     timeout = 120
 
     async def test_missed_replicas_are_placed_when_nodes_join(self) -> None:
-        net, nodes = await network(self, 2)
+        from .test_repair import fast_repair
+
+        net, nodes = await network(self, 2, repair_after=1.0)
+        fast_repair(nodes)
         origin = nodes[0]
         path, data = content(self, 70 * SEG)  # two stripes
         stored = await put(origin, path)
@@ -377,18 +385,51 @@ class TopUpTests(TestCase):
         self.assertEqual(origin.node.index.count_underplaced(), len(blocks))
         # Three more nodes join: each block gets its 3 holders, the ones a reader computes first.
         for _ in range(3):
-            nodes.append(net.start(bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options()))
+            nodes.append(net.start(bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options(repair_after=1.0)))
+        fast_repair(nodes[2:])
         everyone = ids(nodes)
         await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
         me = origin.node.identity.node_id
-        await wait_for(lambda: origin.node.index.count_underplaced() == 0, "the top-up to finish", 60)
+        await wait_for(lambda: origin.node.index.count_underplaced() == 0, "the repair to finish", 60)
         for cid, _key in blocks:
             self.assertGreaterEqual(len(holders(nodes, cid) - {me}), 3, f"holders of {cid}")
+        # the node that held every block sent the new copies; the origin sent none (a rank node held each)
+        self.assertEqual(origin.repairer.topped_up, 0)
+        self.assertGreater(nodes[1].repairer.blocks_sent, 0)
         # With the origin and the first node gone, the newcomers alone return the file.
         first = nodes[1]
         await net.kill(origin)
         await net.kill(first)
         self.assertEqual(await get(nodes[2], stored), data)
+
+    async def test_blocks_no_node_holds_are_sent_by_the_origin(self) -> None:
+        from .test_repair import fast_repair
+
+        net, nodes = await network(self, 1, repair_after=1.0)
+        origin = nodes[0]
+        path, data = content(self, 3 * SEG)
+        stored = await put(origin, path)
+        self.assertEqual(stored.replicas, 0)  # nobody to send to
+        blocks = await placed_blocks(origin, stored)
+        self.assertEqual(origin.node.index.count_underplaced(), len(blocks))
+        for _ in range(3):
+            nodes.append(net.start(bootstrap=[net.bootstrap_to(origin, pinned=True)], **node_options(repair_after=1.0)))
+        fast_repair(nodes)
+        everyone = ids(nodes)
+        await wait_for(lambda: all(members(s) == everyone - ids([s]) for s in nodes), "full membership", 30)
+        await wait_for(lambda: origin.node.index.count_underplaced() == 0, "the origin's repair", 60)
+        me = origin.node.identity.node_id
+        for cid, key in blocks:
+            self.assertEqual(len(holders(nodes, cid) - {me}), 3, f"holders of {cid}")
+            for s in nodes[1:]:  # under the origin's lease, as an upload's copies
+                self.assertIsNotNone(s.node.index.leases.expiry(key, me))
+        # the origin sent each block at least once (to the first node of its rank that joined); the copies after
+        # that may come from it or from that node's repair (a rank node holds the block by then)
+        self.assertGreaterEqual(origin.repairer.topped_up, len(blocks))
+        health = await origin.node.health(stored.cap.root)  # what cas status KEY shows
+        self.assertEqual(health["lowest_replicas"], 3)
+        await net.kill(origin)
+        self.assertEqual(await get(nodes[1], stored), data)
 
     async def test_forgotten_file_is_not_topped_up(self) -> None:
         net, nodes = await network(self, 2)
@@ -397,9 +438,9 @@ class TopUpTests(TestCase):
         stored = await put(origin, path)
         self.assertGreater(origin.node.index.count_underplaced(), 0)
         await origin.node.forget(stored.cap.root)
-        await origin.topup.kick()
+        await origin.repairer.kick()
         self.assertEqual(origin.node.index.count_underplaced(), 0)
-        self.assertEqual(origin.topup.placed, 0)
+        self.assertEqual(origin.repairer.topped_up, 0)
 
 
 class NoCycleTests(SynchronousTestCase):
@@ -745,7 +786,7 @@ class FetchThenTests(SynchronousTestCase):
 class FetchPlacedThenTests(SynchronousTestCase):
     """``Node.fetch_placed(..., then=f)`` on a block whose local copy is corrupt: the copy is quarantined, a
     holder's copy is fetched and checked, and ``f`` runs on it exactly once (in the check's job), not again as
-    if it were the local block."""
+    if it were the local block; the local copy is then replaced from a holder."""
 
     def test_corrupt_local_copy_read_elsewhere_then_applied_once(self) -> None:
         node = make_node(self)
@@ -768,8 +809,12 @@ class FetchPlacedThenTests(SynchronousTestCase):
         clock.pump([0.0] * 4)
         self.assertEqual(self.successResultOf(d), b"made of " + block)
         self.assertEqual(seen, [block], "then ran once, on the holder's good copy")
-        self.assertEqual(len(peers.asked), 1)
-        self.assertFalse(node.store.has(cid), "the corrupt copy was quarantined")
+        # the corrupt copy was quarantined, and replaced at once by a good one from a holder (a second fetch: the
+        # reader's went through ``then``)
+        self.assertEqual(len(peers.asked), 2)
+        self.assertEqual(len(os.listdir(node.store.quarantine_dir)), 1)
+        self.assertEqual(node.store.get(cid), block)
+        self.assertEqual((node.scrubber.corrupt, node.scrubber.recovered), (1, 1))
 
     def test_good_local_copy_then_applied_once_and_no_peer_asked(self) -> None:
         node = make_node(self)
@@ -787,7 +832,7 @@ class FetchPlacedThenTests(SynchronousTestCase):
 
 class TopUpStopTests(SynchronousTestCase):
     def test_a_pass_in_progress_ends_at_stop_without_writing(self) -> None:
-        from cas.network.replication import TopUp
+        from cas.network.repair import Repairer
         from cas.store.index import Underplaced
 
         node = make_node(self)
@@ -805,11 +850,17 @@ class TopUpStopTests(SynchronousTestCase):
             def members(self) -> list[bytes]:
                 return [b"a" * 32, b"b" * 32, b"c" * 32]
 
+            def recently_dead(self, within: float) -> set[bytes]:
+                return set()
+
             def subscribe(self, cb: Any) -> Any:
                 return lambda: None
 
             def version_of(self, node_id: bytes) -> int:
                 return 2
+
+            def has_leased(self, node_id: bytes, cids: list) -> Deferred[Any]:
+                return succeed(([False] * len(cids), [False] * len(cids)))
 
             def put_block(self, node_id: bytes, cid: CID, data: Any, timeout: float = 0, key: Any = None,
                           lease: Any = None, **_kw: Any) -> Deferred[None]:
@@ -817,10 +868,11 @@ class TopUpStopTests(SynchronousTestCase):
                 pending.append(d)
                 return d
 
-        t = TopUp(node, Peers(), Rendezvous(), 3, node.reactor)
+        t = Repairer(node, Peers(), node.reactor)
         t.start()
+        t.kick()
         node.reactor.advance(0)
-        self.assertEqual(len(pending), 1)  # the pass waits for the first holder
+        self.assertEqual(len(pending), 1)  # the origin's pass waits for the first holder
         t.stop()
         pending.pop().callback(None)
         self.assertEqual(pending, [])  # asked nobody else

@@ -108,6 +108,26 @@ class OptionsTests(SynchronousTestCase):
         for bad in (["--repair-after", "0"], ["--repair-rate", "1K"], ["--repair-rate", "fast"]):
             self.assertRaises(usage.UsageError, parse, *bad)
 
+    def test_scrub_interval(self) -> None:
+        self.assertEqual(parse()["scrub-interval"], 7 * 86400)
+        self.assertEqual(parse("--scrub-interval", "12h")["scrub-interval"], 12 * 3600)
+        self.assertRaises(usage.UsageError, parse, "--scrub-interval", "0")
+        opts = parse("--scrub-interval", "1d", "--data-dir", self.mktemp(), "--port", "tcp:0:interface=127.0.0.1",
+                     "--api", "tcp:0:interface=127.0.0.1")
+        svc = tap.makeService(opts, Clock())
+        self.addCleanup(svc.node.stop)
+        self.assertEqual(svc.node.scrubber.interval, 86400)
+
+    def test_dead_after_reaches_the_peer_layer(self) -> None:
+        self.assertEqual(parse()["dead-after"], 30)
+        for bad in ("0", "0.5", "soon"):
+            self.assertRaises(usage.UsageError, parse, "--dead-after", bad)
+        opts = parse("--dead-after", "5", "--data-dir", self.mktemp(), "--port", "tcp:0:interface=127.0.0.1",
+                     "--api", "tcp:0:interface=127.0.0.1")
+        svc = tap.makeService(opts, Clock())
+        self.addCleanup(svc.node.stop)
+        self.assertEqual(svc.peers.settings.dead_after, 5)
+
 
 class PeerOptionsTests(SynchronousTestCase):
     """--bootstrap, --advertise and --gossip-interval."""
