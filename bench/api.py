@@ -16,20 +16,20 @@ from harness import GiB, MiB
 TARGET_RATIO = 0.70  # API put and get >= 70% of the pipeline alone
 TARGET_NODE_RSS_MIB = 100  # node peak RSS < 100 MiB
 TARGET_CLIENT_RSS_MIB = 60  # cas client peak RSS < 60 MiB
-ROWS = (("pipeline_put", "pipeline put (no HTTP)"), ("api_put", "API put (cas put)"),
-        ("pipeline_get", "pipeline get (no HTTP)"), ("api_get", "API get (cas get -o)"))
+ROWS = {"pipeline_put": "pipeline put (no HTTP)", "api_put": "API put (cas put)",
+        "pipeline_get": "pipeline get (no HTTP)", "api_get": "API get (cas get -o)"}
 
 
-def pipeline_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Namespace) -> dict[str, Any]:
+def pipeline_ops(size: int, work: str, s: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """The baseline: the pipelines alone, no HTTP (pipeline.py's cas ``put`` and ``get`` children)."""
-    data, key, out = os.path.join(work, "pipeline-data"), os.path.join(work, "pipeline.key"), os.path.join(work, "out.bin")
+    data, key, out = (os.path.join(work, x) for x in ("pipeline-data", "pipeline.key", "out.bin"))
     try:
-        put = pipeline.run_op("put", size, work, "pipeline put", a, src=src, data=data, key_out=key)
+        put = pipeline.run_op("put", size, work, "pipeline put", a, src=s["src"], data=data, key_out=key)
         get = pipeline.run_op("get", size, work, "pipeline get", a, data=data, key_in=key, out=out)
         harness.check(get, s, "pipeline get")
         return {"pipeline_put": put, "pipeline_get": get}
     finally:
-        pipeline.clean(data, key, out)
+        harness.clean(data, key, out)
 
 
 def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int, a: argparse.Namespace,
@@ -38,34 +38,34 @@ def api_op(node: harness.Node, args: list[str], work: str, name: str, size: int,
     with ``reset``, else its peak since start)."""
     if not a.no_prefault:
         harness.prefault(size + 64 * MiB)
-    with harness.timed_phase(a) as phase, harness.Watch({"node": node.pid}, reset=reset) as watch:
+    with harness.timed_phase(a) as phase, harness.Watch({"node": node.proc.pid}, reset=reset) as watch:
         r = harness.Cli(["--node", node.data, *args], work, name).wait(nbytes=size)
-    n = watch.result["node"]
-    gib = size / GiB
+    n, gib = watch.result["node"], size / GiB
     r.update(phase, node_peak_rss_mib=n["vmhwm_end_mib"], node_rss_end_mib=n["rss_end_mib"], node_peak_rss_reset=reset,
              node_rss_before_mib=n["idle_rss_mib"], node_cpu_user_seconds=n["cpu_user_seconds"],
              node_cpu_sys_seconds=n["cpu_sys_seconds"], node_disk_read_mib=n["disk_read_mib"],
-             node_disk_write_mib=n["disk_write_mib"], cli_cpu_seconds=r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"])
+             node_disk_write_mib=n["disk_write_mib"],
+             cli_cpu_seconds=r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"])
     r.update(node_cpu_s_per_gib=n["cpu_seconds"] / gib, cli_cpu_s_per_gib=r["cli_cpu_seconds"] / gib,
              cpu_s_per_gib=(n["cpu_seconds"] + r["cli_cpu_seconds"]) / gib)
-    harness.say(name, r, "request_seconds", "start_seconds", "node_peak_rss_mib", "cli_peak_rss_mib", "node_cpu_s_per_gib",
-                "cli_cpu_s_per_gib")
+    harness.say(name, r, "request_seconds", "start_seconds", "node_peak_rss_mib", "cli_peak_rss_mib",
+                "node_cpu_s_per_gib", "cli_cpu_s_per_gib")
     harness.settle()
     return r
 
 
-def api_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Namespace) -> dict[str, Any]:
+def api_ops(size: int, work: str, s: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """A fresh node (a real twistd process) and the CLI as a subprocess: cas put, then cas get -o."""
     node, out = harness.Node("node", os.path.join(work, "node-data")), os.path.join(work, "out.bin")
     try:
-        node.start()
-        node.wait_ready()
-        idle = harness.mem_status(node.pid).get("VmRSS")
-        print(f"  node {node.pid} up in {node.startup_seconds:.2f} s at {node.url}, idle RSS {idle:.1f} MiB", file=sys.stderr)
+        harness.start_nodes([node])
+        idle = harness.mem_status(node.proc.pid).get("VmRSS")
+        print(f"  node {node.proc.pid} up in {node.startup_seconds:.2f} s at {node.url}, idle RSS {idle:.1f} MiB",
+              file=sys.stderr)
         # The smallest CLI round trip (start-up, imports, one HTTP request): included in every command's e2e time.
         rt = harness.Cli(["--node", node.data, "status"], work, "status").wait()
         harness.settle()
-        put = api_op(node, ["put", src], work, "API put", size, a, reset=False)
+        put = api_op(node, ["put", s["src"]], work, "API put", size, a, reset=False)
         key = put.pop("stdout").strip()
         if not key.startswith("cas1") or "\n" in key:
             raise SystemExit(f"FAIL: cas put printed {key!r}, not one key")
@@ -80,17 +80,18 @@ def api_ops(size: int, work: str, s: dict[str, Any], src: str, a: argparse.Names
         return {"api_put": put, "api_get": get}
     finally:
         node.stop()
-        pipeline.clean(*([] if a.keep else [node.data]), out)
+        harness.clean(*([] if a.keep else [node.data]), out)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, _label in ROWS:
+    for key in ROWS:
         rs = [r[key] for r in rounds]
         for r in rs:
             r.setdefault("node_peak_rss_mib", r.get("peak_rss_mib"))
-        out[key] = harness.summary(rs, med=("cpu_s_per_gib", "node_cpu_s_per_gib", "cli_cpu_s_per_gib", "steal_share"),
-                                   top=("node_peak_rss_mib",) + (("cli_peak_rss_mib",) if key.startswith("api_") else ()))
+        top = ("node_peak_rss_mib",) + (("cli_peak_rss_mib",) if key.startswith("api_") else ())
+        out[key] = harness.summary(rs, top=top, med=("cpu_s_per_gib", "node_cpu_s_per_gib", "cli_cpu_s_per_gib",
+                                                     "steal_share"))
     for op in ("put", "get"):
         p, x = out[f"pipeline_{op}"], out[f"api_{op}"]
         # judged as since 2026-11-26: the CLI from its spawn (what a user waits) over the pipeline's timed part
@@ -103,22 +104,6 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    def cells(key: str, x: dict[str, Any]) -> list[str]:
-        api = key.startswith("api_")
-        return [harness.speed(x, a.repeat), harness.speed(x, a.repeat, "mib_s_end_to_end"), f"{x['node_peak_rss_mib']:.1f}",
-                f"{x['cli_peak_rss_mib']:.1f}" if api else "", f"{x['cpu_s_per_gib']:.2f}",
-                f"{x['ratio_vs_pipeline']:.3f}" if api else "", f"{x['ratio_from_request']:.3f}" if api else "",
-                f" >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; node < {TARGET_NODE_RSS_MIB}: "
-                f"{harness.ok(x['target_node_rss_met'])}; client < {TARGET_CLIENT_RSS_MIB}: "
-                f"{harness.ok(x['target_client_rss_met'])}" if api else ""]
-
-    mm, w = (" (min-max)", 20) if a.repeat > 1 else ("", 8)
-    cols = [("req MiB/s" + mm, w), ("e2e MiB/s" + mm, w), ("node RSS MiB", 13), ("client RSS MiB", 15), ("CPU s/GiB", 10),
-            ("API/pipe", 9), ("req", 6), (" target", -1)]
-    return harness.table(results, ("operation", -23), cols, dict(ROWS), cells)
-
-
 def run(a: argparse.Namespace) -> None:
     # source + one store (pipeline's, then the node's) + one read-back at a time; --keep keeps every node's store
     harness.require_room(a.dir, max(a.size) * (3 + (a.repeat if a.keep else 0)) + 512 * MiB)
@@ -127,16 +112,22 @@ def run(a: argparse.Namespace) -> None:
     def one_round(size: int, work: str, s: dict[str, Any], n: int) -> dict[str, Any]:
         rows: dict[str, Any] = {}  # alternate, so that drift (other work, page cache) favours neither side
         for side in ((api_ops, pipeline_ops) if n % 2 else (pipeline_ops, api_ops)):
-            rows.update(side(size, work, s, s["src"], a))
+            rows.update(side(size, work, s, a))
         return rows
 
     results = harness.bench_sizes(a, "api", one_round, summarise)
+    cols = [harness.speed_col(a, "req MiB/s"), harness.speed_col(a, "e2e MiB/s", "mib_s_end_to_end"),
+            ("node RSS MiB", 13, "node_peak_rss_mib:.1f"), ("client RSS MiB", 15, "cli_peak_rss_mib:.1f"),
+            ("CPU s/GiB", 10, "cpu_s_per_gib:.2f"), ("API/pipe", 9, "ratio_vs_pipeline:.3f"),
+            ("req", 6, "ratio_from_request:.3f"), (" target", -1, harness.targets(
+                (f">= {TARGET_RATIO:.2f}", "target_speed_met"),
+                (f"node < {TARGET_NODE_RSS_MIB}", "target_node_rss_met"),
+                (f"client < {TARGET_CLIENT_RSS_MIB}", "target_client_rss_met")))]
     harness.finish(a, "api", env, [
-        f"cas API + CLI benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s), "
-        f"page cache {a.cache}",
-        f"targets: API put and get >= {TARGET_RATIO:.0%} of the pipeline alone (API/pipe: the CLI from its spawn, e2e; req: "
-        f"from its request, not judged); node peak RSS < {TARGET_NODE_RSS_MIB} MiB; cas client peak RSS < "
-        f"{TARGET_CLIENT_RSS_MIB} MiB"], table(results, a),
+        harness.title("cas API + CLI benchmark", env, a) + f", page cache {a.cache}",
+        f"targets: API put and get >= {TARGET_RATIO:.0%} of the pipeline alone (API/pipe: the CLI from its spawn, e2e; "
+        f"req: from its request, not judged); node peak RSS < {TARGET_NODE_RSS_MIB} MiB; cas client peak RSS < "
+        f"{TARGET_CLIENT_RSS_MIB} MiB"], harness.table(results, ("operation", -23), cols, ROWS),
         {"targets": {"ratio_vs_pipeline": TARGET_RATIO, "node_peak_rss_mib": TARGET_NODE_RSS_MIB,
                      "client_peak_rss_mib": TARGET_CLIENT_RSS_MIB}, "sizes": results})
 

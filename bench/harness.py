@@ -33,6 +33,8 @@ SAMPLE_S, TIMELINE_S = 0.020, 1.0  # VmHWM sampling period; nodes' RSS (anonymou
 START_TIMEOUT, STOP_TIMEOUT = 60.0, 30.0  # seconds a child or node has to be ready / to exit
 LIVE: set[subprocess.Popen] = set()  # every live child, stopped on the way out
 
+# -- sizes, medians, tables ------------------------------------------------------------------------------------------
+
 
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
@@ -77,7 +79,23 @@ def rates(r: dict[str, Any], nbytes: int, request_s: float, start_s: float) -> d
 
 
 def speed(x: dict[str, Any], repeat: int, key: str = "mib_s") -> str:
-    return f"{x[key]:.1f}" + (f" ({x[key + '_min']:.0f}-{x[key + '_max']:.0f})" if repeat > 1 and key + "_min" in x else "")
+    spread = f" ({x[key + '_min']:.0f}-{x[key + '_max']:.0f})" if repeat > 1 and key + "_min" in x else ""
+    return f"{x[key]:.1f}{spread}"
+
+
+def speed_col(a: argparse.Namespace, title: str = "MiB/s", key: str = "mib_s") -> tuple[str, int, Callable]:
+    """The column of a median MiB/s, with min-max over several rounds."""
+    mm, w = (" (min-max)", 20) if a.repeat > 1 else ("", 8)
+    return title + mm, w, lambda x: speed(x, a.repeat, key)
+
+
+def ok(b: bool | None, yes: str = "ok") -> str:
+    return "n/a" if b is None else (yes if b else "MISSED")
+
+
+def targets(*judged: tuple[str, str]) -> Callable[[dict[str, Any]], str]:
+    """A table cell: " LABEL: ok; LABEL: MISSED" for each (label, key) of a row that has the key."""
+    return lambda x: " " + "; ".join(f"{t}: {ok(x[k])}" for t, k in judged) if judged[0][1] in x else ""
 
 
 def render(cols: list[tuple[str, int]], groups: list[list[list[str]]]) -> str:
@@ -92,18 +110,29 @@ def render(cols: list[tuple[str, int]], groups: list[list[list[str]]]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def table(results: list[dict[str, Any]], first: tuple[str, int], cols: list[tuple[str, int]], labels: dict[str, str],
-          cells: Callable[[str, dict[str, Any]], list[str]]) -> str:
+def cell(spec: str | Callable[[dict[str, Any]], str], x: dict[str, Any]) -> str:
+    """``spec(x)``, or "KEY:FORMAT" (blank where ``x`` has no KEY)."""
+    if callable(spec):
+        return spec(x)
+    key, fmt = spec.split(":")
+    return format(x[key], fmt) if x.get(key) is not None else ""
+
+
+def table(results: list[dict[str, Any]], first: tuple[str, int], cols: list[tuple[str, int, Any]],
+          labels: dict[str, str]) -> str:
     """A group of rows per size (``labels``: summary key -> row label; a key missing from a size is skipped): the
-    label, the size, then ``cells(key, its summary)`` under ``cols``."""
-    return render([first, ("size", 5), *cols], [[[label, fmt_size(e["size"]), *cells(k, e["summary"][k])]
-                                                 for k, label in labels.items() if k in e["summary"]] for e in results])
+    label, the size, then a ``cell`` per column of ``cols`` (title, width, spec)."""
+    return render([first, ("size", 5), *(c[:2] for c in cols)],
+                  [[[label, fmt_size(e["size"]), *(cell(c[2], e["summary"][k]) for c in cols)]
+                    for k, label in labels.items() if k in e["summary"]] for e in results])
 
 
 def say(label: str, r: dict[str, Any], *keys: str, **extra: Any) -> None:
     """A progress line on stderr: both rates, the figures ``keys`` of ``r`` and ``extra``, load and host steal."""
     def f(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else " ".join(f"{k} {x:.0f}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+        if isinstance(v, dict):
+            return " ".join(f"{k} {x:.0f}" for k, x in v.items())
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
 
     figs = {**{k: r.get(k) for k in keys}, **extra}
     print(f"  {label:<22} {r['mib_s']:8.1f} MiB/s (e2e {f(r.get('mib_s_end_to_end', '-'))})  "
@@ -111,22 +140,26 @@ def say(label: str, r: dict[str, Any], *keys: str, **extra: Any) -> None:
           + f"  load {r.get('loadavg_before')}  steal {r.get('steal_share') or 0:.0%}", file=sys.stderr)
 
 
-def ok(b: bool | None, yes: str = "ok") -> str:
-    return "n/a" if b is None else (yes if b else "MISSED")
+# -- what /proc says -------------------------------------------------------------------------------------------------
+
+
+def read_text(path: str, offset: int = 0) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def tail(path: str, offset: int = 0) -> str:
+    return "\n".join(read_text(path, offset).splitlines()[-30:])
 
 
 def _fields(path: str, keys: tuple[str, ...], unit: int) -> dict[str, float]:
     """``KEY: VALUE`` lines of a /proc file, values divided by ``unit`` ({} once the process is gone)."""
-    out: dict[str, float] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(keys):
-                    key, val = line.split(":", 1)
-                    out[key] = int(val.split()[0]) / unit
-    except (OSError, ValueError):
-        pass
-    return out
+    lines = (x.split(":", 1) for x in read_text(path).splitlines() if x.startswith(keys))
+    return {k: int(v.split()[0]) / unit for k, v in lines}
 
 
 def mem_status(pid: int | str = "self") -> dict[str, float]:
@@ -141,6 +174,33 @@ def cpu_split() -> tuple[float, float, int]:
     return ru.ru_utime, ru.ru_stime, ru.ru_minflt
 
 
+def proc_stat(pid: int) -> tuple[float, float, int]:
+    """User and system CPU seconds (all threads) and minor page faults of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return int(x[11]) / CLK_TCK, int(x[12]) / CLK_TCK, int(x[7])
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux >= 4.0). False if refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            return f.write("5") > 0
+    except OSError:
+        return False
+
+
+def loadavg() -> float | None:
+    x = read_text("/proc/loadavg").split()
+    return float(x[0]) if x else None
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, all) jiffies of the machine so far (/proc/stat)."""
+    x = [int(v) for v in read_text("/proc/stat").split("\n", 1)[0].split()[1:]]
+    return (x[7] if len(x) > 7 else 0), sum(x[:8])
+
+
 def emit(result: dict[str, Any]) -> None:
     """A child's result line: ``split0``/``split1`` (``cpu_split()`` around its timed part) become its CPU and
     page faults; its own peak RSS (VmHWM), ``ru_maxrss`` and disk bytes are added."""
@@ -149,7 +209,8 @@ def emit(result: dict[str, Any]) -> None:
                   disk_write_bytes_mib=m.get("write_bytes"))
     if "split0" in result:
         (u0, s0, f0), (u1, s1, f1) = result.pop("split0"), result.pop("split1", None) or cpu_split()
-        result.update(cpu_user_seconds=u1 - u0, cpu_sys_seconds=s1 - s0, minor_faults=f1 - f0, cpu_seconds=u1 - u0 + s1 - s0)
+        result.update(cpu_user_seconds=u1 - u0, cpu_sys_seconds=s1 - s0, minor_faults=f1 - f0,
+                      cpu_seconds=u1 - u0 + s1 - s0)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
 
@@ -171,41 +232,6 @@ def prefault(n: int) -> float:
             os._exit(0)
     os.waitpid(pid, 0)
     return time.perf_counter() - t
-
-
-def proc_stat(pid: int) -> tuple[float, float, int]:
-    """User and system CPU seconds (all threads) and minor page faults of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        x = f.read().rsplit(")", 1)[1].split()
-    return int(x[11]) / CLK_TCK, int(x[12]) / CLK_TCK, int(x[7])
-
-
-def reset_peak_rss(pid: int) -> bool:
-    """Reset a process's VmHWM to its current RSS (Linux >= 4.0). False if refused."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            return f.write("5") > 0
-    except OSError:
-        return False
-
-
-def first_line(path: str) -> list[str]:
-    try:
-        with open(path) as f:
-            return f.readline().split()
-    except OSError:
-        return []
-
-
-def loadavg() -> float | None:
-    x = first_line("/proc/loadavg")
-    return float(x[0]) if x else None
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(stolen, all) jiffies of the machine so far (/proc/stat)."""
-    x = [int(v) for v in first_line("/proc/stat")[1:]]
-    return (x[7] if len(x) > 7 else 0), sum(x[:8])
 
 
 def settle() -> None:
@@ -257,15 +283,15 @@ class Watch:
                 m = _fields(f"/proc/{pid}/status", ("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:"), 1024)
                 self.hwm[name] = max(self.hwm[name], m.get("VmHWM", 0.0))
                 if t >= next_t and m:
-                    self.timeline[name].append([round(t, 2)] + [round(m.get(k, 0), 1) for k in ("VmRSS", "RssAnon", "RssFile")])
+                    rss = [round(m.get(k, 0), 1) for k in ("VmRSS", "RssAnon", "RssFile")]
+                    self.timeline[name].append([round(t, 2), *rss])
             next_t += TIMELINE_S if t >= next_t else 0
             self.n += 1
             self._done.wait(SAMPLE_S)
 
     def __enter__(self) -> Watch:
-        self.before = {}
-        for name, pid in self.procs.items():
-            self.before[name] = (mem_status(pid), proc_stat(pid), reset_peak_rss(pid) if self.reset else False)
+        self.before = {name: (mem_status(pid), proc_stat(pid), reset_peak_rss(pid) if self.reset else False)
+                       for name, pid in self.procs.items()}
         self._thread.start()
         return self
 
@@ -291,17 +317,17 @@ class Watch:
             }
 
 
-def child_env() -> dict[str, str]:
+# -- child processes -------------------------------------------------------------------------------------------------
+
+
+def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAS_")}
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return {**env, **extra}
 
 
-def spawn(cmd: list[str], stdout: Any, stderr: Any, env: dict[str, str] | None = None, cwd: str | None = None,
-          stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env or child_env(), cwd=cwd)
-    LIVE.add(proc)
-    return proc
+def child_cmd(script: str, mode: str, **kw: Any) -> list[str]:
+    return [sys.executable, script, "--child", mode, json.dumps(kw)]
 
 
 def reap(proc: subprocess.Popen, timeout: float | None = None, term: bool = False) -> int | None:
@@ -320,32 +346,6 @@ def reap(proc: subprocess.Popen, timeout: float | None = None, term: bool = Fals
     return proc.returncode
 
 
-def terminate(signum: int, frame: Any) -> None:
-    """A signal handler that exits through the normal clean-up (finally blocks, atexit)."""
-    raise SystemExit(128 + signum)
-
-
-def read_text(path: str, offset: int = 0) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def tail(path: str, offset: int = 0) -> str:
-    return "\n".join(read_text(path, offset).splitlines()[-30:])
-
-
-def parse_result(text: str, what: str) -> dict[str, Any]:
-    """The last result line a child printed (``emit``); FAIL if there is none."""
-    lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
-    if not lines:
-        raise SystemExit(f"FAIL: {what} gave no result")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
-
-
 def wait_until(ready: Callable[[], Any], proc: subprocess.Popen, what: str, log: str, t0: float) -> Any:
     """Until ``ready()`` is true; FAIL if ``proc`` exits first or takes over START_TIMEOUT since ``t0``."""
     while not (x := ready()):
@@ -357,49 +357,60 @@ def wait_until(ready: Callable[[], Any], proc: subprocess.Popen, what: str, log:
     return x
 
 
-def wait_sampled(proc: subprocess.Popen, t0: float, timeout: float | None = None) -> tuple[Any, dict[str, float], float]:
-    """Reap ``proc`` with ``wait4`` while a ``Watch`` samples its VmHWM every 20 ms; kill it past ``timeout``
-    seconds or if we are interrupted. Returns (rusage, {"hwm": MiB, "n": samples}, seconds since ``t0``)."""
-    killer = threading.Timer(timeout or 0, proc.kill)
-    with Watch({"c": proc.pid}, reset=False) as w:
-        if timeout:
-            killer.start()
-        try:
-            _pid, status, ru = os.wait4(proc.pid, 0)
-        except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            killer.cancel()
-            dt = time.perf_counter() - t0
-            LIVE.discard(proc)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
-    return ru, {"hwm": w.hwm["c"], "n": w.n}, dt
+class Child:
+    """A process with its output in WORK/NAME.stdout and .stderr (``stdout``: elsewhere), timed from just before
+    its spawn; stopped on the way out if still running."""
 
+    def __init__(self, cmd: list[str], work: str, name: str, env: dict[str, str] | None = None,
+                 stdout: Any = None, stdin: Any = subprocess.DEVNULL, what: str = "") -> None:
+        self.what = what or name
+        self.out, self.err = (os.path.join(work, f"{name}.{x}") for x in ("stdout", "stderr"))
+        with open(self.out, "wb") as fo, open(self.err, "wb") as fe:
+            self.t0 = time.perf_counter()
+            self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout or fo, stderr=fe, env=env or child_env(),
+                                         cwd=work)
+        LIVE.add(self.proc)
 
-def failed(what: str, proc: subprocess.Popen, timeout: float | None, dt: float) -> str:
-    return f"FAIL: {what} " + (f"timed out after {timeout:.0f} s" if timeout and dt >= timeout else f"exited {proc.returncode}")
+    def wait(self, timeout: float | None = None) -> tuple[Any, dict[str, float], float]:
+        """Reaped with ``wait4`` while a ``Watch`` samples its VmHWM every 20 ms; killed past ``timeout`` seconds
+        or if we are interrupted; FAIL unless it exits 0. (rusage, {"hwm": MiB, "n": samples}, seconds)."""
+        proc, killer = self.proc, threading.Timer(timeout or 0, self.proc.kill)
+        with Watch({"c": proc.pid}, reset=False) as w:
+            if timeout:
+                killer.start()
+            try:
+                _pid, status, ru = os.wait4(proc.pid, 0)
+            except BaseException:  # interrupted (SIGINT/SIGTERM): do not leave the child running
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                killer.cancel()
+                dt = time.perf_counter() - self.t0
+                LIVE.discard(proc)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+        if proc.returncode != 0:
+            why = f"timed out after {timeout:.0f} s" if timeout and dt >= timeout else f"exited {proc.returncode}"
+            raise SystemExit(f"FAIL: {self.what} {why}:\n{tail(self.err)}")
+        return ru, {"hwm": w.hwm["c"], "n": w.n}, dt
 
-
-def child_cmd(script: str, mode: str, **kw: Any) -> list[str]:
-    return [sys.executable, script, "--child", mode, json.dumps(kw)]
+    def result(self) -> dict[str, Any]:
+        """The last result line it printed (``emit``); FAIL if there is none."""
+        lines = [x for x in read_text(self.out).splitlines() if x.startswith(RESULT_PREFIX)]
+        if not lines:
+            raise SystemExit(f"FAIL: {self.what} gave no result")
+        return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
 def run_child(script: str, mode: str, work: str, name: str, timeout: float | None = None, **kw: Any) -> dict[str, Any]:
     """A child to completion: its result, ``process_seconds`` (spawn to exit), and its peak RSS: its own VmHWM at
     the end and sampled every 20 ms, and ``ru_maxrss`` from ``wait4`` (unless it forked, see ``prefault``)."""
-    out, err = os.path.join(work, f"{name}.stdout"), os.path.join(work, f"{name}.stderr")
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        t0 = time.perf_counter()
-        proc = spawn(child_cmd(script, mode, **kw), fo, fe, cwd=work)
-        ru, samples, wall = wait_sampled(proc, t0, timeout)
-    for line in read_text(out).splitlines():
+    c = Child(child_cmd(script, mode, **kw), work, name)
+    ru, samples, wall = c.wait(timeout)
+    for line in read_text(c.out).splitlines():
         if not line.startswith(RESULT_PREFIX):
             print(f"  [{name}] {line}", file=sys.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(failed(name, proc, timeout, wall) + f":\n{tail(err)}")
-    r, w4 = parse_result(read_text(out), name), ru.ru_maxrss / 1024
+    r, w4 = c.result(), ru.ru_maxrss / 1024
     r.update(process_seconds=wall, process_cpu_seconds=ru.ru_utime + ru.ru_stime, wait4_ru_maxrss_mib=w4,
              vmhwm_sampled_mib=samples["hwm"] or None, vmhwm_end_mib=r["peak_rss_mib"],
              peak_rss_mib=max(r["peak_rss_mib"], samples["hwm"], 0.0 if r.get("prefault_seconds") else w4))
@@ -408,6 +419,22 @@ def run_child(script: str, mode: str, work: str, name: str, timeout: float | Non
     if r.get("cpu_seconds") is not None and r.get("bytes"):
         r["cpu_s_per_gib"] = r["cpu_seconds"] / (r["bytes"] / GiB)
     return r
+
+
+def start_server(script: str, mode: str, work: str, name: str, **kw: Any) -> tuple[Child, str]:
+    """A TLS server child (``listen_once``); (it, "PORT@NODEID" to dial) once it listens."""
+    port_file = os.path.join(work, f"{name}.port")
+    c = Child(child_cmd(script, mode, port_file=port_file, **kw), work, name)
+    port, nid = wait_until(lambda: os.path.exists(port_file) and read_text(port_file).split(), c.proc, name, c.err,
+                           c.t0)
+    return c, f"{port}@{nid}"
+
+
+def finish_server(c: Child, what: str) -> dict[str, Any]:
+    """Its result, once it has exited on its own (killed after STOP_TIMEOUT)."""
+    if reap(c.proc, STOP_TIMEOUT) != 0:
+        raise SystemExit(f"FAIL: {what} exited {c.proc.returncode}:\n{tail(c.err)}")
+    return c.result()
 
 
 def check(r: dict[str, Any], s: dict[str, Any], what: str) -> None:
@@ -459,6 +486,8 @@ def make_source(size: int, src: str) -> dict[str, Any]:
     return s
 
 
+# -- cas node processes and the CLI ----------------------------------------------------------------------------------
+
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile="]
 _LISTENING = re.compile(r"cas node (\S+) listening for peers on tcp:127\.0\.0\.1:(\d+)")
 _LOG_PROBLEM = re.compile(r"Traceback|Unhandled|#error\]|#critical\]|#failure\]")
@@ -468,15 +497,10 @@ class Node:
     """One ``twistd --nodaemon cas`` process, peer port and API on 127.0.0.1 (port 0 at the first start, then the
     same port again, so that a restart on the same data dir keeps its address). Its log is appended to."""
 
-    def __init__(self, name: str, data: str, extra: list[str] | None = None) -> None:
+    def __init__(self, name: str, data: str, extra: list[str] | None = None, log: str | None = None) -> None:
         self.name, self.data, self.extra = name, data, extra or []
-        self.log_path, self.port, self.node_id = data + ".log", 0, None
+        self.log_path, self.port, self.node_id = log or data + ".log", 0, None
         self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -489,18 +513,22 @@ class Node:
         self.offset = self.log.tell()
         cmd = TWISTD + ["cas", "--port", f"tcp:{self.port}:interface=127.0.0.1", "--api", "tcp:0:interface=127.0.0.1",
                         "--data-dir", self.data] + self.extra + (["--bootstrap", bootstrap] if bootstrap else [])
-        env = {**child_env(), "PYTHONUNBUFFERED": "1"}  # the log line with the node id and port must reach the file at once
-        self.t0 = time.perf_counter()
-        self.proc = spawn(cmd, self.log, subprocess.STDOUT, env=env, cwd=os.path.dirname(self.data))
+        self.t0 = time.perf_counter()  # unbuffered: the log line with the node id and port must reach the file at once
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=child_env(PYTHONUNBUFFERED="1"), cwd=os.path.dirname(self.data))
+        LIVE.add(self.proc)
 
     def wait_ready(self) -> None:
         """Until it has logged its node id and peer port and written api.url; then 0.2 s for its worker pool."""
         assert self.proc is not None
-        m = wait_until(lambda: os.path.exists(self.url_path) and _LISTENING.search(read_text(self.log_path, self.offset)),
-                       self.proc, f"node {self.name}", self.log_path, self.t0)
+        def ready() -> Any:
+            return os.path.exists(self.url_path) and _LISTENING.search(read_text(self.log_path, self.offset))
+
+        m = wait_until(ready, self.proc, f"node {self.name}", self.log_path, self.t0)
         node_id, port = m.group(1), int(m.group(2))
         if (self.port and port != self.port) or (self.node_id and node_id != self.node_id):
-            raise SystemExit(f"FAIL: node {self.name} came back as {node_id} on {port}, not {self.node_id} on {self.port}")
+            raise SystemExit(f"FAIL: node {self.name} came back as {node_id} on {port}, "
+                             f"not {self.node_id} on {self.port}")
         self.node_id, self.port = node_id, port
         time.sleep(0.2)
         self.startup_seconds = time.perf_counter() - self.t0
@@ -508,9 +536,6 @@ class Node:
 
     def contact(self) -> str:
         return f"{self.node_id}@127.0.0.1:{self.port}"
-
-    def tail(self) -> str:
-        return tail(self.log_path, self.offset)
 
     def stop(self, phase: str = "") -> dict[str, Any] | None:
         """SIGTERM; its exit code and the error lines of this run's log (both printed when not clean)."""
@@ -521,11 +546,26 @@ class Node:
         self.proc, text = None, read_text(self.log_path, self.offset)
         bad = [line for line in text.splitlines() if _LOG_PROBLEM.search(line)]
         if code not in (0, -signal.SIGTERM):  # twistd stops cleanly, then re-raises SIGTERM to exit with it
-            print(f"  note: node {self.name} exited {code} after SIGTERM {phase}:\n{self.tail()}", file=sys.stderr)
+            print(f"  note: node {self.name} exited {code} after SIGTERM {phase}:\n{tail(self.log_path, self.offset)}",
+                  file=sys.stderr)
         if bad:
-            print(f"  note: node {self.name} logged {len(bad)} error line(s) {phase}, first: {bad[0][:300]}", file=sys.stderr)
+            print(f"  note: node {self.name} logged {len(bad)} error line(s) {phase}, first: {bad[0][:300]}",
+                  file=sys.stderr)
         return {"exit_code": code, "error_lines": bad[:20], "error_line_count": len(bad),
                 "warning_lines": len(re.findall(r"#warn\]", text))}
+
+
+def start_nodes(nodes: list[Node]) -> None:
+    """The first node started alone (unless up), the others with it as their bootstrap contact; until all ready."""
+    first = nodes[0]
+    if not first.alive():
+        first.start()
+        first.wait_ready()
+    others = [n for n in nodes[1:] if not n.alive()]
+    for n in others:
+        n.start(first.contact())
+    for n in others:
+        n.wait_ready()
 
 
 # ``python -m cas.cli`` with an audit hook writing the monotonic time of the CLI's first ``socket.connect`` (its
@@ -544,31 +584,20 @@ _CONNECT_HOOK = (
 )
 
 
-class Cli:
+class Cli(Child):
     """``cas ARGS`` as a child (``python -c HOOK``, see above), timed from just before the spawn and from its
     request to its reap; peak RSS from wait4's ru_maxrss and VmHWM sampled every 20 ms."""
 
     def __init__(self, args: list[str], work: str, name: str, stdout: Any = None) -> None:
-        self.args = args
-        self.out_path, self.err_path, self.connect_path = (os.path.join(work, f"{name}.{x}") for x in ("stdout", "stderr", "connect"))
+        self.connect_path, self.piped = os.path.join(work, f"{name}.connect"), stdout is not None
         if os.path.exists(self.connect_path):
             os.unlink(self.connect_path)
-        self._out = open(self.out_path, "wb") if stdout is None else None  # noqa: SIM115
-        self._err = open(self.err_path, "wb")  # noqa: SIM115
-        env = {**child_env(), "BENCH_CONNECT_FILE": self.connect_path}
-        self.t0 = time.perf_counter()
-        self.proc = spawn([sys.executable, "-c", _CONNECT_HOOK, *args], self._out or stdout, self._err, env=env, cwd=work)
+        super().__init__([sys.executable, "-c", _CONNECT_HOOK, *args], work, name,
+                         child_env(BENCH_CONNECT_FILE=self.connect_path), stdout, what=f"cas {' '.join(args)}")
 
-    def wait(self, timeout: float | None = None, nbytes: int = 0) -> dict[str, Any]:
-        try:
-            ru, samples, dt = wait_sampled(self.proc, self.t0, timeout)
-        finally:
-            for f in (self._out, self._err):
-                if f is not None:
-                    f.close()
-        self.end, what = self.t0 + dt, f"cas {' '.join(self.args)}"
-        if self.proc.returncode != 0:
-            raise SystemExit(failed(what, self.proc, timeout, dt) + f": {read_text(self.err_path).strip()[-3000:]}")
+    def wait(self, timeout: float | None = None, nbytes: int = 0) -> dict[str, Any]:  # type: ignore[override]
+        ru, samples, dt = super().wait(timeout)
+        self.end, what = self.t0 + dt, self.what
         try:
             connect = float(read_text(self.connect_path)) - self.t0
         except ValueError:
@@ -580,11 +609,11 @@ class Cli:
              "cli_vmhwm_sampled_mib": samples["hwm"] or None, "cli_vmhwm_samples": samples["n"],
              "cli_peak_rss_mib": max(w4, samples["hwm"]), "cli_cpu_user_seconds": ru.ru_utime,
              "cli_cpu_sys_seconds": ru.ru_stime, "cli_minor_faults": ru.ru_minflt,
-             "stdout": read_text(self.out_path) if self._out is not None else ""}
+             "stdout": "" if self.piped else read_text(self.out)}
         return rates(r, nbytes, dt - connect, dt) if nbytes else r
 
 
-# -- TLS pieces of the baselines (children only: these import Twisted and cas)
+# -- TLS pieces of the baselines (children only: these import Twisted and cas) -----------------------------------------
 
 
 def identity(data: str) -> Any:
@@ -592,6 +621,15 @@ def identity(data: str) -> Any:
 
     os.makedirs(data, exist_ok=True)
     return load_or_create(os.path.join(data, "node.key"), os.path.join(data, "node.crt"))
+
+
+def tuned(result: dict[str, Any], tune: bool = True) -> dict[str, Any]:
+    """With ``tune``: the same allocator settings as a cas node (before Twisted is imported)."""
+    if tune:
+        from cas.base.malloc import tune as apply
+
+        result["tuned"] = apply()
+    return result
 
 
 def listen_once(port_file: str, ident: Any, make: Callable[[], Any], result: dict[str, Any]) -> None:
@@ -642,14 +680,20 @@ def dial(contact: str, ident: Any, proto: Any, result: dict[str, Any]) -> None:
     reactor.callWhenRunning(lambda: endpoints.connectProtocol(ep, proto).addErrback(failed))
 
 
+def run_reactor(result: dict[str, Any], what: str, need: str | None = "seconds") -> None:
+    """The reactor until it stops; then the child's result line, or SystemExit with its error."""
+    from twisted.internet import reactor
+
+    reactor.run()
+    if "error" in result or (need and need not in result):
+        raise SystemExit(f"{what}: {result.get('error', 'no result')}")
+    emit(result)
+
+
 def child_serve(a: argparse.Namespace) -> None:
     """The bare TLS sender of the baselines: once the client's first byte arrives, the files of ``a.paths`` in order
     (read on the reactor thread) through a registered push producer, no framing, then close."""
-    result: dict[str, Any] = {"op": "serve", "bytes": 0}
-    if a.tune:  # the same allocator settings as a cas node
-        from cas.base.malloc import tune
-
-        result["tuned"] = tune()
+    result = tuned({"op": "serve", "bytes": 0}, a.tune)
     from twisted.internet import reactor
     from twisted.internet.interfaces import IPushProducer
     from twisted.internet.protocol import Protocol
@@ -702,30 +746,15 @@ def child_serve(a: argparse.Namespace) -> None:
                 result["split1"] = cpu_split()
                 result["served_disk_read_mib"] = mem_status().get("read_bytes", 0.0) - result.pop("read0")
             result["blocks_sent"], result["complete"] = self.i, self.finished
+            if not self.finished:
+                result["error"] = f"the stream did not complete ({self.i} blocks sent)"
             reactor.callLater(0, reactor.stop)
 
     listen_once(a.port_file, identity(a.data), Streamer, result)
-    reactor.run()
-    if not result.get("complete"):
-        raise SystemExit(f"serve: the stream did not complete ({result.get('blocks_sent', 0)} blocks sent) "
-                         f"{result.get('error', '')}")
-    emit(result)
+    run_reactor(result, "serve", "complete")
 
 
-def start_server(script: str, mode: str, work: str, name: str, **kw: Any) -> tuple[subprocess.Popen, str, str, str]:
-    """A TLS server child (``listen_once``); (process, "PORT@NODEID" to dial, stdout, stderr) once it listens."""
-    port_file, out, err = (os.path.join(work, f"{name}.{x}") for x in ("port", "stdout", "stderr"))
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        t0, proc = time.perf_counter(), spawn(child_cmd(script, mode, port_file=port_file, **kw), fo, fe)
-    port, nid = wait_until(lambda: os.path.exists(port_file) and read_text(port_file).split(), proc, name, err, t0)
-    return proc, f"{port}@{nid}", out, err
-
-
-def finish_server(proc: subprocess.Popen, out: str, err: str, name: str) -> dict[str, Any]:
-    """Its result, once it has exited on its own (killed after STOP_TIMEOUT)."""
-    if reap(proc, STOP_TIMEOUT) != 0:
-        raise SystemExit(f"FAIL: {name} exited {proc.returncode}:\n{tail(err)}")
-    return parse_result(read_text(out), name)
+# -- options, the run, the result ------------------------------------------------------------------------------------
 
 
 def parser(description: str, cache: str = "warm", files: bool = True) -> argparse.ArgumentParser:
@@ -738,10 +767,15 @@ def parser(description: str, cache: str = "warm", files: bool = True) -> argpars
         p.add_argument("--size", type=parse_size, action="append", help="file size, e.g. 256M, 1G, 5G (repeatable)")
         p.add_argument("--dir", default=None, help="where temporary files go (default: the system's temp dir, "
                        f"{tempfile.gettempdir()} here); removed afterwards")
-        p.add_argument("--cache", choices=("cold", "warm"), default=cache, help="page cache at the start of each timed "
-                       "operation: cold (sync and drop it: needs root) or warm (leave it) (default %(default)s)")
-        p.add_argument("--keep", action="store_true", help="keep the temporary files (data dirs, logs, children's output)")
+        p.add_argument("--cache", choices=("cold", "warm"), default=cache, help="page cache at the start of each "
+                       "timed operation: cold (sync and drop it: needs root) or warm (leave it) (default %(default)s)")
+        p.add_argument("--keep", action="store_true", help="keep the temporary files (data dirs, logs, output)")
     return p
+
+
+def terminate(signum: int, frame: Any) -> None:
+    """A signal handler that exits through the normal clean-up (finally blocks, atexit)."""
+    raise SystemExit(128 + signum)
 
 
 def stop_children() -> None:
@@ -793,37 +827,39 @@ def environment() -> dict[str, Any]:
             return ""
 
     cpu = [x.split(":", 1)[1].strip() for x in read_text("/proc/cpuinfo").splitlines() if x.startswith("model name")]
-    mem = first_line("/proc/meminfo")
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": loadavg(),
-            "git": {"commit": git("rev-parse", "HEAD").strip() or None,
-                    "dirty_cas_files": [x[3:] for x in git("status", "--porcelain", "--", "cas").splitlines()]},
+    mem = read_text("/proc/meminfo").split()
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "loadavg": loadavg(), "git": {"commit": git("rev-parse", "HEAD").strip() or None,
+                                                   "dirty_cas_files": [x[3:] for x in git("status", "--porcelain",
+                                                                                           "--", "cas").splitlines()]},
             "cpu": cpu[0] if cpu else None, "mem_total_mib": int(mem[1]) // 1024 if mem else None}
 
 
-@contextmanager
-def workdir(a: argparse.Namespace, name: str) -> Iterator[str]:
-    """A temporary directory under ``--dir`` for one size; removed afterwards (unless ``--keep``), then synced."""
-    work = tempfile.mkdtemp(prefix=f"cas-{name}-", dir=a.dir)
-    print(f"== {name} in {work}", file=sys.stderr)
-    try:
-        yield work
-    finally:
-        if a.keep:
-            print(f"  kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        settle()
+def title(name: str, env: dict[str, Any], a: argparse.Namespace) -> str:
+    """The first header line of a table."""
+    return f"{name}, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s)"
+
+
+def clean(*paths: str) -> None:
+    """Files and directories removed (those that are there), then synced."""
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
+    settle()
 
 
 def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dict[str, Any]],
                 summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
-                prepare: Callable[[int, str], tuple[dict[str, Any], dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
-    """Per ``--size``: a work dir, ``prepare(size, work)`` (default: the random source), then ``--repeat`` rounds of
-    ``one_round(size, WORK/rN, prepared, n)`` (its rows), summarised."""
+                prepare: Callable[[int, str], tuple[Any, dict[str, Any]]] | None = None,
+                sizes: list[int] | None = None) -> list[dict[str, Any]]:
+    """Per size (``--size``): a temporary work dir under ``--dir`` (removed afterwards unless ``--keep``, then
+    synced), ``prepare(size, work)`` (default: the random source), then ``--repeat`` rounds of ``one_round(size,
+    WORK/rN, prepared, n)`` (its rows), summarised."""
     out = []
-    for size in a.size:
-        with workdir(a, f"{script}-{fmt_size(size)}") as work:
+    for size in sizes or a.size:
+        work = tempfile.mkdtemp(prefix=f"cas-{script}-{fmt_size(size)}-", dir=a.dir)
+        print(f"== {script}-{fmt_size(size)} in {work}", file=sys.stderr)
+        try:
             if prepare:
                 s, fields = prepare(size, work)
             else:
@@ -836,6 +872,10 @@ def bench_sizes(a: argparse.Namespace, script: str, one_round: Callable[..., dic
                 os.makedirs(rwork := os.path.join(work, f"r{n}"), exist_ok=True)
                 rounds.append(one_round(size, rwork, s, n))
             out.append({"size": size, **fields, "rounds": rounds, "summary": summarise(rounds)})
+        finally:
+            if a.keep:
+                print(f"  kept {work}", file=sys.stderr)
+            clean(*([] if a.keep else [work]))
     return out
 
 
@@ -850,8 +890,8 @@ def finish(a: argparse.Namespace, script: str, env: dict[str, Any], header: list
     path = a.json or os.path.join(RESULTS, f"{script}-{sizes or 'run'}-r{a.repeat}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"environment": env, "options": {k: v for k, v in vars(a).items() if k != "json"}, **doc, "table": text},
-                  f, indent=1)
+        json.dump({"environment": env, "options": {k: v for k, v in vars(a).items() if k != "json"}, **doc,
+                   "table": text}, f, indent=1)
         f.write("\n")
     print(f"JSON: {path}", file=sys.stderr)
 

@@ -16,7 +16,8 @@ from harness import GiB, MiB
 BLOCK = (1 << 20) + 16  # a sealed 1 MiB segment: the largest data block
 TARGET_RATIO = 0.80  # cas GET_BLOCK >= 80% of the bare TLS stream
 RUN_TIMEOUT_S_PER_GIB = 120.0  # a transfer slower than ~8.5 MiB/s is a hang: kill it
-LABELS = {"bare": "bare TLS stream", "bare_tuned": "bare, cas malloc", "bare_b3": "bare TLS + BLAKE3", "cas": "cas GET_BLOCK"}
+LABELS = {"bare": "bare TLS stream", "bare_tuned": "bare, cas malloc", "bare_b3": "bare TLS + BLAKE3",
+          "cas": "cas GET_BLOCK"}
 
 # == children (each imports what it needs) =========================================================================
 
@@ -73,16 +74,14 @@ def child_mkblocks(a: argparse.Namespace) -> None:
             raise SystemExit(f"block {c} is not where the store layout says")
     with open(a.paths, "w") as f:
         f.write("\n".join(block_path(s.path, c) for c in cids) + "\n")
-    harness.emit({"op": "mkblocks", "blocks": a.blocks, "seconds": time.perf_counter() - t0, "node_id": str(s.identity())})
+    harness.emit({"op": "mkblocks", "blocks": a.blocks, "seconds": time.perf_counter() - t0,
+                  "node_id": str(s.identity())})
 
 
 def child_recv0(a: argparse.Namespace) -> None:
     """The bare receiver (R's identity, S's key pinned): sends one byte, counts and drops what arrives; with
     ``hash``, also BLAKE3s each block's bytes as they arrive (no copy) and checks it against the block id."""
-    if a.tune:
-        from cas.base.malloc import tune
-
-        tune()
+    result = harness.tuned({"op": "recv0", "hash": a.hash, "bytes": 0}, a.tune)
     import hmac
 
     import blake3
@@ -94,8 +93,7 @@ def child_recv0(a: argparse.Namespace) -> None:
     from cas.store.datadir import prepare
 
     digests = [c.digest for c in _cids(a.cids)]
-    total = len(digests) * BLOCK
-    result: dict[str, Any] = {"op": "recv0", "hash": a.hash, "bytes": 0}
+    total, result["blocks"] = len(digests) * BLOCK, len(digests)
 
     @implementer(IHandshakeListener)
     class Counter(Protocol):
@@ -130,19 +128,13 @@ def child_recv0(a: argparse.Namespace) -> None:
             reactor.callLater(0, reactor.stop)
 
     harness.dial(a.contact, prepare(a.recv_data).identity(), Counter(), result)
-    reactor.run()
-    if "error" in result or "seconds" not in result:
-        raise SystemExit(f"recv0: {result.get('error', 'no result')}")
-    result["blocks"] = len(digests)
-    harness.emit(result)
+    harness.run_reactor(result, "recv0")
 
 
 def child_recv(a: argparse.Namespace) -> None:
     """The cas receiver: Node + PeerManager on R (neither started: no worker pool, gossip or probes), dials S
     pinned, GET_BLOCK for every block with --window in flight (PeerManager.get_block checks each), drops them."""
-    from cas.base.malloc import tune
-
-    tune()  # the receiver stands for a node: the same allocator settings as twistd cas
+    result = harness.tuned({"op": "recv", "window": a.window, "bytes": 0})  # the receiver stands for a node
     from twisted.internet import reactor
 
     from cas.base.nodeid import parse_node_id
@@ -153,7 +145,7 @@ def child_recv(a: argparse.Namespace) -> None:
 
     cids, expected = _cids(a.cids), parse_node_id(a.node_id)
     pm = PeerManager(Node(prepare(a.recv_data), reactor), reactor)
-    result: dict[str, Any] = {"op": "recv", "window": a.window, "bytes": 0}
+    result["blocks"] = len(cids)
     st: dict[str, Any] = {"next": 0, "done": 0}
 
     def finish(error: str | None = None) -> None:
@@ -176,6 +168,8 @@ def child_recv(a: argparse.Namespace) -> None:
         if st["done"] < len(cids):
             return launch()
         result["seconds"], result["split1"] = time.perf_counter() - st["t0"], harness.cpu_split()
+        if result["bytes"] != len(cids) * BLOCK:
+            result["error"] = f"got {result['bytes']} bytes, expected {len(cids) * BLOCK}"
         conn = pm.connections.get(expected)
         if conn is not None:
             result["wire_bytes_in"], result["wire_bytes_out"] = conn.bytes_in, conn.bytes_out
@@ -188,18 +182,10 @@ def child_recv(a: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(lambda: pm.dial(Address("tcp", "127.0.0.1", a.port).endpoint(reactor, timeout=10), expected)
                             .addCallbacks(connected, lambda f: finish(f"cannot connect: {f.getErrorMessage()}")))
-    reactor.run()
-    if "error" in result or "seconds" not in result:
-        raise SystemExit(f"recv: {result.get('error', 'no result')}")
-    if result["bytes"] != len(cids) * BLOCK:
-        raise SystemExit(f"recv: got {result['bytes']} bytes, expected {len(cids) * BLOCK}")
-    result["blocks"] = len(cids)
-    harness.emit(result)
+    harness.run_reactor(result, "recv")
 
 
 CHILDREN = {"mkblocks": child_mkblocks, "recv0": child_recv0, "recv": child_recv}
-
-# == parent (standard library only) ================================================================================
 
 
 def receive(mode: str, work: str, name: str, setup: dict[str, Any], a: argparse.Namespace,
@@ -207,49 +193,47 @@ def receive(mode: str, work: str, name: str, setup: dict[str, Any], a: argparse.
     """A receiver child to completion (page cache as --cache, host steal), with ``sender``'s CPU, faults and disk
     reads over its whole life (from /proc) when the sender is a node."""
     with harness.timed_phase(a) as phase, harness.Watch(sender) as watch:
-        r = harness.run_child(__file__, mode, work, name, setup["timeout"],
-                              recv_data=setup["recv_data"], cids=setup["cids"], **kw)
+        r = harness.run_child(__file__, mode, work, name, setup["timeout"], recv_data=setup["recv_data"],
+                              cids=setup["cids"], **kw)
     r.update(phase)
-    r.update({f"recv_{k}": r.pop(k) for k in ("cpu_user_seconds", "cpu_sys_seconds", "minor_faults", "wait4_ru_maxrss_mib",
-                                              "vmhwm_sampled_mib", "vmhwm_end_mib", "peak_rss_mib")})
+    r.update({f"recv_{k}": r.pop(k) for k in ("cpu_user_seconds", "cpu_sys_seconds", "minor_faults",
+                                              "wait4_ru_maxrss_mib", "vmhwm_sampled_mib", "vmhwm_end_mib",
+                                              "peak_rss_mib")})
     r.update(recv_cpu_s_per_gib=r.pop("cpu_s_per_gib"), recv_cpu_process_seconds=r.pop("process_cpu_seconds"),
              recv_ru_maxrss_mib=r["recv_wait4_ru_maxrss_mib"])
     if sender:
         s = watch.result["node"]
-        r.update(send_cpu_user_seconds=s["cpu_user_seconds"], send_cpu_sys_seconds=s["cpu_sys_seconds"],
-                 send_cpu_seconds=s["cpu_seconds"], send_disk_read_mib=s["disk_read_mib"], send_minor_faults=s["minor_faults"],
-                 send_peak_rss_mib=s["vmhwm_end_mib"], send_peak_rss_reset=s["hwm_reset"], send_idle_rss_mib=s["idle_rss_mib"],
-                 send_rss_end_mib=s["rss_end_mib"])
+        r.update({f"send_{k}": s[k] for k in ("cpu_user_seconds", "cpu_sys_seconds", "cpu_seconds", "disk_read_mib",
+                                              "minor_faults", "idle_rss_mib", "rss_end_mib")},
+                 send_peak_rss_mib=s["vmhwm_end_mib"], send_peak_rss_reset=s["hwm_reset"])
     return r
 
 
-def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool, tuned: bool = False) -> dict[str, Any]:
+def bare_op(setup: dict[str, Any], work: str, a: argparse.Namespace, hashing: bool,
+            tune: bool = False) -> dict[str, Any]:
     """S0 (harness.py's bare TLS server streaming the block files) and R0 (bare TLS client), both fresh processes;
-    with ``tuned`` both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
-    name = ("bare-b3" if hashing else "bare") + ("-tuned" if tuned else "")
-    server, contact, out, err = harness.start_server(harness.__file__, "serve", work, f"{name}-serve", data=setup["data"],
-                                                     paths=setup["paths"], tune=tuned)
+    with ``tune`` both apply cas's allocator settings (cas.base.malloc.tune), as a cas node does."""
+    name = ("bare-b3" if hashing else "bare") + ("-tuned" if tune else "")
+    server, contact = harness.start_server(harness.__file__, "serve", work, f"{name}-serve", data=setup["data"],
+                                           paths=setup["paths"], tune=tune)
     try:
-        r = receive("recv0", work, f"{name}-recv", setup, a, {}, contact=contact, hash=hashing, tune=tuned)
+        r = receive("recv0", work, f"{name}-recv", setup, a, {}, contact=contact, hash=hashing, tune=tune)
     finally:
-        srv = harness.finish_server(server, out, err, "the bare TLS server")
-    r.update(send_cpu_seconds=srv["cpu_seconds"], send_cpu_user_seconds=srv["cpu_user_seconds"],
-             send_cpu_sys_seconds=srv["cpu_sys_seconds"], send_minor_faults=srv["minor_faults"],
-             send_peak_rss_mib=srv["peak_rss_mib"], send_disk_read_mib=srv["served_disk_read_mib"], send_bytes=srv["bytes"])
+        srv = harness.finish_server(server, "the bare TLS server")
+    r.update({f"send_{k}": srv[k] for k in ("cpu_seconds", "cpu_user_seconds", "cpu_sys_seconds", "minor_faults",
+                                            "peak_rss_mib", "bytes")}, send_disk_read_mib=srv["served_disk_read_mib"])
     return say(name, r)
 
 
 def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str, Any]:
     """A real node S (twistd) on the block data dir, and the receiver R dialling it."""
-    node = harness.Node("S", setup["data"])
-    node.log_path = os.path.join(work, "node.log")
+    node = harness.Node("S", setup["data"], log=os.path.join(work, "node.log"))
     try:
-        node.start()
-        node.wait_ready()
+        harness.start_nodes([node])
         if node.node_id != setup["node_id"]:
             raise SystemExit(f"FAIL: the node says it is {node.node_id}, the data dir's identity is {setup['node_id']}")
-        r = receive("recv", work, "cas-recv", setup, a, {"node": node.pid}, port=node.port, node_id=node.node_id,
-                    window=a.window)
+        r = receive("recv", work, "cas-recv", setup, a, {"node": node.proc.pid}, port=node.port,
+                    node_id=node.node_id, window=a.window)
         r["node_startup_seconds"] = node.startup_seconds
     finally:
         r_stop = node.stop("after the transfer")
@@ -259,22 +243,23 @@ def cas_op(setup: dict[str, Any], work: str, a: argparse.Namespace) -> dict[str,
 
 def say(name: str, r: dict[str, Any]) -> dict[str, Any]:
     r["send_cpu_s_per_gib"] = r["send_cpu_seconds"] / (r["bytes"] / GiB)
-    harness.say(name, r, "seconds", "recv_peak_rss_mib", "send_peak_rss_mib", "recv_cpu_s_per_gib", "send_cpu_s_per_gib",
-                "send_disk_read_mib")
+    harness.say(name, r, "seconds", "recv_peak_rss_mib", "send_peak_rss_mib", "recv_cpu_s_per_gib",
+                "send_cpu_s_per_gib", "send_disk_read_mib")
     return r
 
 
 def prepare(size: int, work: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The node's block store (and the receiver's data dir), untimed: ``size // MiB`` blocks, synced."""
     blocks = max(1, size // MiB)
-    setup = {"data": os.path.join(work, "S"), "recv_data": os.path.join(work, "R"), "cids": os.path.join(work, "cids.txt"),
-             "paths": os.path.join(work, "paths.txt"), "timeout": max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)}
+    setup: dict[str, Any] = {k: os.path.join(work, v) for k, v in (("data", "S"), ("recv_data", "R"),
+                                                                  ("cids", "cids.txt"), ("paths", "paths.txt"))}
+    setup["timeout"] = max(60.0, RUN_TIMEOUT_S_PER_GIB * blocks * BLOCK / GiB)
     made = harness.run_child(__file__, "mkblocks", work, "mkblocks", data=setup["data"], recv_data=setup["recv_data"],
                              cids=setup["cids"], paths=setup["paths"], blocks=blocks)
     setup["node_id"] = made["node_id"]
     harness.settle()
-    print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in {made['seconds']:.1f} s; "
-          f"node {made['node_id']}", file=sys.stderr)
+    print(f"  {blocks} blocks of {BLOCK} bytes stored (DiskBlockStore.put, durable) and synced in "
+          f"{made['seconds']:.1f} s; node {made['node_id']}", file=sys.stderr)
     return setup, {"blocks": blocks, "block_bytes": BLOCK, "bytes": blocks * BLOCK, "setup_seconds": made["seconds"],
                    "node_id": made["node_id"]}
 
@@ -286,7 +271,7 @@ def one_round(size: int, work: str, setup: dict[str, Any], n: int, a: argparse.N
             rows["cas"] = cas_op(setup, work, a)
         else:
             rows["bare"] = bare_op(setup, work, a, False)
-            rows["bare_tuned"] = bare_op(setup, work, a, False, tuned=True)
+            rows["bare_tuned"] = bare_op(setup, work, a, False, tune=True)
             if a.hash_baseline:
                 rows["bare_b3"] = bare_op(setup, work, a, True)
     return rows
@@ -297,31 +282,22 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                                 med=("recv_cpu_s_per_gib", "send_cpu_s_per_gib", "steal_share"))
            for key in LABELS if any(key in r for r in rounds)}
     x = out["cas"]
-    x["ratio_vs_bare"] = x["mib_s"] / out["bare"]["mib_s"]
     x["ratio_per_round"] = [r["cas"]["mib_s"] / r["bare"]["mib_s"] for r in rounds]
-    x["ratio_vs_bare_tuned"] = x["mib_s"] / out["bare_tuned"]["mib_s"]
-    out["bare_tuned"]["ratio_vs_bare"] = out["bare_tuned"]["mib_s"] / out["bare"]["mib_s"]
+    for k in ("bare_tuned", "bare_b3", "cas"):
+        if k in out:
+            out[k]["ratio_vs_bare"] = out[k]["mib_s"] / out["bare"]["mib_s"]
+            if k != "cas":
+                x[f"ratio_vs_{k}"] = x["mib_s"] / out[k]["mib_s"]
     # Judged against the faster bare stream: the baseline must not be handicapped by glibc defaults cas tunes away.
     x["ratio_vs_best_bare"] = min(x["ratio_vs_bare"], x["ratio_vs_bare_tuned"])
     x["target_met"] = x["ratio_vs_best_bare"] >= TARGET_RATIO
-    if "bare_b3" in out:
-        x["ratio_vs_bare_b3"] = x["mib_s"] / out["bare_b3"]["mib_s"]
-        out["bare_b3"]["ratio_vs_bare"] = out["bare_b3"]["mib_s"] / out["bare"]["mib_s"]
     return out
 
 
-def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    def cells(key: str, x: dict[str, Any]) -> list[str]:
-        target = "" if key != "cas" else (
-            f" >= {TARGET_RATIO:.2f} of the faster bare: {harness.ok(x['target_met'])} (vs bare with cas malloc: "
-            f"{x['ratio_vs_bare_tuned']:.3f})" + (f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})" if "ratio_vs_bare_b3" in x else ""))
-        return [harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}", f"{x['recv_peak_rss_mib']:.1f}",
-                f"{x['send_peak_rss_mib']:.1f}", f"{x['recv_cpu_s_per_gib']:.2f}", f"{x['send_cpu_s_per_gib']:.2f}",
-                f"{x['ratio_vs_bare']:.3f}" if "ratio_vs_bare" in x else "", target]
-
-    cols = [("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), 20 if a.repeat > 1 else 8), ("e2e MiB/s", 9),
-            ("recv RSS MiB", 13), ("send RSS MiB", 13), ("CPU s/GiB recv", 15), ("send", 5), ("/bare", 6), (" target", -1)]
-    return harness.table(results, ("transfer", -19), cols, LABELS, cells)
+def target(x: dict[str, Any]) -> str:
+    b3 = f" (vs bare+BLAKE3: {x['ratio_vs_bare_b3']:.3f})" if "ratio_vs_bare_b3" in x else ""
+    return (f" >= {TARGET_RATIO:.2f} of the faster bare: {harness.ok(x['target_met'])} (vs bare with cas malloc: "
+            f"{x['ratio_vs_bare_tuned']:.3f}){b3}") if "target_met" in x else ""
 
 
 def run(a: argparse.Namespace) -> None:
@@ -329,11 +305,15 @@ def run(a: argparse.Namespace) -> None:
     harness.require_room(a.dir, max(a.size) // MiB * BLOCK + 512 * MiB)  # one block store at a time, logs, data dirs
     env = harness.environment()
     results = harness.bench_sizes(a, "peers", lambda *x: one_round(*x, a), summarise, prepare)
+    cols = [harness.speed_col(a), ("e2e MiB/s", 9, "mib_s_end_to_end:.1f"),
+            ("recv RSS MiB", 13, "recv_peak_rss_mib:.1f"), ("send RSS MiB", 13, "send_peak_rss_mib:.1f"),
+            ("CPU s/GiB recv", 15, "recv_cpu_s_per_gib:.2f"), ("send", 5, "send_cpu_s_per_gib:.2f"),
+            ("/bare", 6, "ratio_vs_bare:.3f"), (" target", -1, target)]
     harness.finish(a, "peers", env, [
-        f"cas peer GET_BLOCK benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
-        f"round(s), window {a.window}, page cache {a.cache}",
-        f"target: cas GET_BLOCK >= {TARGET_RATIO:.0%} of the bare TLS stream; receiver peak RSS flat in the size; MiB/s "
-        "from the receiver's first request, e2e from its spawn"], table(results, a),
+        harness.title("cas peer GET_BLOCK benchmark", env, a) + f", window {a.window}, page cache {a.cache}",
+        f"target: cas GET_BLOCK >= {TARGET_RATIO:.0%} of the bare TLS stream; receiver peak RSS flat in the size; "
+        "MiB/s from the receiver's first request, e2e from its spawn"],
+        harness.table(results, ("transfer", -19), cols, LABELS),
         {"window": a.window, "block_bytes": BLOCK, "targets": {"ratio_vs_bare": TARGET_RATIO}, "sizes": results})
 
 

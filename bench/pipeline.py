@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import struct
 import time
 from typing import Any
@@ -18,8 +17,8 @@ from harness import MiB
 SEG = 1 << 20  # plaintext bytes per block (cas.content.cipher.SEGMENT_SIZE)
 TARGET_RATIO = 0.70  # cas >= 70% of the plain loop, both ways
 TARGET_RSS_MIB = 100  # cas peak RSS < 100 MiB
-ROWS = (("loop_put", "loop put (1 thread)"), ("loop_put_threaded", "loop put ({threads} threads)"), ("cas_put", "cas put"),
-        ("loop_get", "loop get (1 thread)"), ("cas_get", "cas get"))
+ROWS = {"loop_put": "loop put (1 thread)", "loop_put_threaded": "loop put ({threads} threads)", "cas_put": "cas put",
+        "loop_get": "loop get (1 thread)", "cas_get": "cas get"}
 
 # -- the plain loop (no Twisted): 1 MiB segments, AES-256-GCM with cas's nonce and associated data, BLAKE3 of the
 # block, one file per block under blocks/<aa>/<bb>/ written to tmp/, fsynced, renamed, shard directory fsynced (new
@@ -256,8 +255,6 @@ def child_cas_get(a: argparse.Namespace) -> None:
 
 CHILDREN = {"loop-put": child_loop_put, "loop-get": child_loop_get, "put": child_cas_put, "get": child_cas_get}
 
-# -- parent --------------------------------------------------------------------------------------------------------
-
 
 def run_op(mode: str, size: int, work: str, name: str, a: argparse.Namespace, **kw: Any) -> dict[str, Any]:
     """One operation in a fresh child (also used by bench/api.py), the page cache as ``--cache`` says."""
@@ -270,42 +267,33 @@ def run_op(mode: str, size: int, work: str, name: str, a: argparse.Namespace, **
     return r
 
 
-def one_round(size: int, work: str, src: str, s: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+def one_round(size: int, work: str, s: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """The five operations, in order: loop put, threaded loop put, cas put, loop get, cas get."""
-    loop, loopt, cas, key, out = (os.path.join(work, d) for d in ("loop-store", "loop-threaded-store", "cas-data", "cas.key",
-                                                                  "out.bin"))
-    rows: dict[str, Any] = {}
+    loop, loopt, cas, key, out = (os.path.join(work, d) for d in ("loop-store", "loop-threaded-store", "cas-data",
+                                                                  "cas.key", "out.bin"))
+    thr, rows = f"loop put ({a.threads} threads)", {}
     try:
-        rows["loop_put"] = run_op("loop-put", size, work, "loop put (1 thread)", a, src=src, data=loop, threads=1, inflight=1)
-        rows["loop_put_threaded"] = run_op("loop-put", size, work, f"loop put ({a.threads} threads)", a, src=src,
-                                           data=loopt, threads=a.threads, inflight=a.inflight)
-        if not a.keep:
-            shutil.rmtree(loopt)
-            harness.settle()
-        rows["cas_put"] = run_op("put", size, work, "cas put", a, src=src, data=cas, key_out=key)
+        rows["loop_put"] = run_op("loop-put", size, work, "loop put (1 thread)", a, src=s["src"], data=loop,
+                                  threads=1, inflight=1)
+        rows["loop_put_threaded"] = run_op("loop-put", size, work, thr, a, src=s["src"], data=loopt,
+                                           threads=a.threads, inflight=a.inflight)
+        harness.clean(*([] if a.keep else [loopt]))
+        rows["cas_put"] = run_op("put", size, work, "cas put", a, src=s["src"], data=cas, key_out=key)
         rows["cas_put"]["disk_bytes"] = harness.du(cas)
         rows["loop_get"] = run_op("loop-get", size, work, "loop get (1 thread)", a, data=loop, out=out)
         harness.check(rows["loop_get"], s, "loop get")
-        os.unlink(out)
-        harness.settle()
+        harness.clean(out)
         rows["cas_get"] = run_op("get", size, work, "cas get", a, data=cas, key_in=key, out=out)
         harness.check(rows["cas_get"], s, "cas get")
     finally:
         if not a.keep:
-            clean(loop, loopt, cas, key, out)
+            harness.clean(loop, loopt, cas, key, out)
     return rows
-
-
-def clean(*paths: str) -> None:
-    """Files and directories removed (those that are there), then synced."""
-    for p in paths:
-        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
-    harness.settle()
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: harness.summary([r[k] for r in rounds], med=("cpu_s_per_gib", "steal_share"),
-                              top=("peak_rss_mib", "disk_read_bytes_mib")) for k, _ in ROWS}
+                              top=("peak_rss_mib", "disk_read_bytes_mib")) for k in ROWS}
     for op in ("put", "get"):
         x = out[f"cas_{op}"]
         x["ratio_vs_loop"] = x["mib_s"] / out[f"loop_{op}"]["mib_s"]
@@ -317,17 +305,13 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
-    def cells(key: str, x: dict[str, Any]) -> list[str]:
-        cas = key.startswith("cas_")
-        return [harness.speed(x, a.repeat), f"{x['mib_s_end_to_end']:.1f}", f"{x['peak_rss_mib']:.1f}",
-                f"{x['cpu_s_per_gib']:.2f}", f"{x['disk_read_bytes_mib']:.0f}", f"{x['ratio_vs_loop']:.2f}" if cas else "",
-                f"{x['ratio_vs_threaded_loop']:.2f}" if "ratio_vs_threaded_loop" in x else "",
-                f" cas/loop >= {TARGET_RATIO:.2f}: {harness.ok(x['target_speed_met'])}; RSS < {TARGET_RSS_MIB}: "
-                f"{harness.ok(x['target_rss_met'])}" if cas else ""]
-
-    cols = [("MiB/s" + (" (min-max)" if a.repeat > 1 else ""), 20 if a.repeat > 1 else 8), ("e2e MiB/s", 9),
-            ("peak RSS MiB", 13), ("CPU s/GiB", 10), ("disk rd MiB", 11), ("cas/loop", 9), ("cas/thr", 8), (" target", -1)]
-    return harness.table(results, ("operation", -22), cols, {k: v.format(threads=a.threads) for k, v in ROWS}, cells)
+    cols = [harness.speed_col(a), ("e2e MiB/s", 9, "mib_s_end_to_end:.1f"), ("peak RSS MiB", 13, "peak_rss_mib:.1f"),
+            ("CPU s/GiB", 10, "cpu_s_per_gib:.2f"), ("disk rd MiB", 11, "disk_read_bytes_mib:.0f"),
+            ("cas/loop", 9, "ratio_vs_loop:.2f"), ("cas/thr", 8, "ratio_vs_threaded_loop:.2f"),
+            (" target", -1, harness.targets((f"cas/loop >= {TARGET_RATIO:.2f}", "target_speed_met"),
+                                            (f"RSS < {TARGET_RSS_MIB}", "target_rss_met")))]
+    labels = {k: v.format(threads=a.threads) for k, v in ROWS.items()}
+    return harness.table(results, ("operation", -22), cols, labels)
 
 
 def run(a: argparse.Namespace) -> None:
@@ -336,22 +320,19 @@ def run(a: argparse.Namespace) -> None:
     # source + loop store + cas store + one read-back at a time (the threaded store is removed before cas put)
     harness.require_room(a.dir, max(a.size) * 4 * (a.repeat if a.keep else 1) + 256 * MiB)
     env = harness.environment()
-    results = harness.bench_sizes(a, "pipeline", lambda size, work, s, n: one_round(size, work, s["src"], s, a), summarise)
+    results = harness.bench_sizes(a, "pipeline", lambda size, work, s, n: one_round(size, work, s, a), summarise)
     harness.finish(a, "pipeline", env, [
-        f"cas pipeline benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} "
-        f"round(s), page cache {a.cache}",
+        harness.title("cas pipeline benchmark", env, a) + f", page cache {a.cache}",
         f"targets: cas >= {TARGET_RATIO:.0%} of the 1-thread loop both ways; cas peak RSS < {TARGET_RSS_MIB} MiB; "
         "MiB/s from the operation's start inside its process, e2e from the process's spawn (warm-up excluded)"],
-        table(results, a), {"targets": {"ratio_vs_loop": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB}, "sizes": results})
-
-
-def parser() -> argparse.ArgumentParser:
-    p = harness.parser("cas pipeline benchmark: cas put/get against a plain loop")
-    p.add_argument("--threads", type=int, default=4, help="threads of the threaded loop baseline (default 4)")
-    p.add_argument("--inflight", type=int, default=0, help="segments in flight in the threaded loop (default 2 x threads)")
-    p.add_argument("--no-prefault", action="store_true", help="no memory warm-up (untimed) before each operation")
-    return p
+        table(results, a), {"targets": {"ratio_vs_loop": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB},
+                            "sizes": results})
 
 
 if __name__ == "__main__":
-    harness.main(parser(), CHILDREN, run)
+    p = harness.parser("cas pipeline benchmark: cas put/get against a plain loop")
+    p.add_argument("--threads", type=int, default=4, help="threads of the threaded loop baseline (default 4)")
+    p.add_argument("--inflight", type=int, default=0,
+                   help="segments in flight in the threaded loop (default 2 x threads)")
+    p.add_argument("--no-prefault", action="store_true", help="no memory warm-up (untimed) before each operation")
+    harness.main(p, CHILDREN, run)

@@ -44,7 +44,8 @@ def measure(n_nodes: int, n_stripes: int, seed: int) -> dict[str, Any]:
     seconds, counts, mean = time.perf_counter() - t, list(held.values()), n_stripes * REPLICAS / n_nodes
     return {"nodes": n_nodes, "stripes": n_stripes, "replicas": REPLICAS, "held_mean": mean, "held_min": min(counts),
             "held_max": max(counts), "held_stdev": statistics.pstdev(counts), "held_max_over_mean": max(counts) / mean,
-            "held_min_over_mean": min(counts) / mean, "first_max_over_mean": max(first.values()) / (n_stripes / n_nodes),
+            "held_min_over_mean": min(counts) / mean,
+            "first_max_over_mean": max(first.values()) / (n_stripes / n_nodes),
             "moved_on_join": moved_join / n_stripes, "ideal_on_join": REPLICAS / (n_nodes + 1),
             "moved_on_leave": moved_leave / n_stripes, "ideal_on_leave": REPLICAS / n_nodes, "seconds": seconds}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -40,24 +39,16 @@ def run_timeout(nbytes: int) -> float:
 # == children (each imports what it needs) =========================================================================
 
 
-def _tuned_start(op: str) -> tuple[dict[str, Any], Any]:
-    from cas.base.malloc import tune
-
-    tuned = tune()  # the same allocator settings as a cas node
-    from twisted.internet import reactor
-
-    return {"op": op, "bytes": 0, "blocks": 0, "tuned": tuned}, reactor
-
-
 def child_brecv(a: argparse.Namespace) -> None:
     """A baseline holder: one TLS connection; every frame's block checked (BLAKE3) and written durably on a worker
     thread; the stream paused while --window blocks wait; one byte back once the end marker arrived and every
     block is durable."""
-    result, reactor = _tuned_start("brecv")
+    result = harness.tuned({"op": "brecv", "bytes": 0, "blocks": 0})
     import hmac
     import struct
 
     import blake3
+    from twisted.internet import reactor
     from twisted.internet.protocol import Protocol
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
@@ -143,21 +134,19 @@ def child_brecv(a: argparse.Namespace) -> None:
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     harness.listen_once(a.port_file, ident, Receiver, result)
-    reactor.run()
-    if "error" in result:
-        raise SystemExit(f"brecv: {result['error']}")
-    harness.emit(result)
+    harness.run_reactor(result, "brecv", None)
 
 
 def child_bsend(a: argparse.Namespace) -> None:
     """The baseline origin: dials the receivers (TLS 1.3, keys pinned), then reads, seals, hashes and stores each
     segment on a worker thread and writes it to every stream; timed to the last receiver's answer."""
-    result, reactor = _tuned_start("bsend")
+    result = harness.tuned({"op": "bsend", "bytes": 0, "blocks": 0})
     import struct
     from collections import deque
 
     import blake3
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from twisted.internet import reactor
     from twisted.internet.interfaces import IHandshakeListener, IPushProducer
     from twisted.internet.protocol import Protocol
     from twisted.internet.threads import deferToThreadPool
@@ -172,7 +161,7 @@ def child_bsend(a: argparse.Namespace) -> None:
     digests: list[bytes | None] = [None] * nseg
     sizes, links, paused = [0] * nseg, [], set()
     ready: deque[tuple[bytes, bytes]] = deque()  # sealed and stored, not yet written to the streams
-    st: dict[str, Any] = {"next": 0, "inflight": 0, "sent": 0, "acks": 0, "lost": 0, "finished": False, "pumping": False}
+    st: dict[str, Any] = dict(next=0, inflight=0, sent=0, acks=0, lost=0, finished=False, pumping=False)
     result.update(bytes=size, blocks=nseg, receivers=len(peers), window=a.window, threads=a.threads)
 
     def work(i: int) -> tuple[int, bytes, bytes]:
@@ -274,21 +263,18 @@ def child_bsend(a: argparse.Namespace) -> None:
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     for contact in peers:
         harness.dial(contact, ident, Link(), result)
-    reactor.run()
-    os.close(fd)
-    if "error" in result or "seconds" not in result:
-        raise SystemExit(f"bsend: {result.get('error', 'no result')}")
-    harness.emit(result)
+    harness.run_reactor(result, "bsend")
 
 
 def child_bfetch(a: argparse.Namespace) -> None:
     """The baseline reader: dials the block server (its key pinned), sends one byte, then checks each block's
     BLAKE3 against its id and decrypts it (AES-256-GCM at its position); the plaintext is dropped."""
-    result, reactor = _tuned_start("bfetch")
+    result = harness.tuned({"op": "bfetch", "bytes": 0, "blocks": 0})
     import hmac
 
     import blake3
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from twisted.internet import reactor
     from twisted.internet.interfaces import IHandshakeListener
     from twisted.internet.protocol import Protocol
     from zope.interface import implementer
@@ -334,6 +320,8 @@ def child_bfetch(a: argparse.Namespace) -> None:
             self.i, self.got, result["blocks"] = i + 1, 0, i + 1
             if self.i == n:
                 result["seconds"], result["split1"] = time.perf_counter() - self.t0, harness.cpu_split()
+                if result["bytes"] != lst["size"]:
+                    result["error"] = f"{result['bytes']} bytes of plaintext, the file has {lst['size']}"
                 self.transport.loseConnection()
             return True
 
@@ -343,17 +331,10 @@ def child_bfetch(a: argparse.Namespace) -> None:
             reactor.callLater(0, reactor.stop)
 
     harness.dial(a.peers, harness.identity(a.data), Reader(), result)
-    reactor.run()
-    if "error" in result or "seconds" not in result:
-        raise SystemExit(f"bfetch: {result.get('error', 'no result')}")
-    if result["bytes"] != lst["size"]:
-        raise SystemExit(f"bfetch: {result['bytes']} bytes of plaintext, the file has {lst['size']}")
-    harness.emit(result)
+    harness.run_reactor(result, "bfetch")
 
 
 CHILDREN = {"brecv": child_brecv, "bsend": child_bsend, "bfetch": child_bfetch}
-
-# == parent (standard library only) ================================================================================
 
 
 def make_nodes(cdir: str, count: int, a: argparse.Namespace) -> list[harness.Node]:
@@ -362,71 +343,76 @@ def make_nodes(cdir: str, count: int, a: argparse.Namespace) -> list[harness.Nod
     return [harness.Node(f"n{i}", os.path.join(cdir, f"n{i}"), extra) for i in range(count)]
 
 
-def peers_json(node: harness.Node) -> set[str]:
+def members(node: harness.Node) -> set[str]:
     """The node ids ``cas peers --json`` lists as members that are connected or alive."""
     try:
         out = subprocess.run([sys.executable, "-m", "cas.cli", "--node", node.data, "peers", "--json"],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, env=harness.child_env())
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                             env=harness.child_env())
         doc = json.loads(out.stdout) if out.returncode == 0 else {}
     except (subprocess.TimeoutExpired, ValueError):
         doc = {}
-    return {p.get("node_id") for p in doc.get("peers", []) if p.get("member") and p.get("state") in ("connected", "alive")}
+    return {p.get("node_id") for p in doc.get("peers", [])
+            if p.get("member") and p.get("state") in ("connected", "alive")}
 
 
-def network_up(nodes: list[harness.Node], first: harness.Node, what: str) -> float:
-    """``first`` started alone (unless up), the others with it as their bootstrap contact; then until every node
-    lists every other as a member that is connected or alive (twice in a row: a node may drop one meanwhile)."""
+def network_up(nodes: list[harness.Node], what: str) -> float:
+    """``harness.start_nodes``, then until every node lists every other as a member that is connected or alive
+    (twice in a row: a node may drop one meanwhile)."""
     t = time.perf_counter()
-    if not first.alive():
-        first.start()
-        first.wait_ready()
-    others = [n for n in nodes if n is not first and not n.alive()]
-    for n in others:
-        n.start(first.contact())
-    for n in others:
-        n.wait_ready()
+    harness.start_nodes(nodes)
     t0, ids, full, last = time.perf_counter(), {n.node_id for n in nodes}, set(), {}
     while True:
         for n in nodes:
             if not n.alive():
-                raise SystemExit(f"FAIL: node {n.name} exited while waiting for membership:\n{n.tail()}")
+                raise SystemExit(f"FAIL: node {n.name} exited while waiting for membership:\n"
+                                 f"{harness.tail(n.log_path)}")
             if n.name not in full:
-                last[n.name] = seen = peers_json(n)
+                last[n.name] = seen = members(n)
                 if ids - {n.node_id} <= seen:
                     full.add(n.name)
         if len(full) == len(nodes):
-            if all(ids - {n.node_id} <= peers_json(n) for n in nodes):
+            if all(ids - {n.node_id} <= members(n) for n in nodes):
                 break
             full.clear()
         if time.perf_counter() - t0 > MEMBERSHIP_TIMEOUT:
+            lacking = {k: sorted(map(str, v)) for k, v in last.items() if k not in full}
             raise SystemExit(f"FAIL: no full membership within {MEMBERSHIP_TIMEOUT:.0f} s; members seen by the nodes "
-                             f"that lack some: { {k: sorted(map(str, v)) for k, v in last.items() if k not in full} }")
+                             f"that lack some: {lacking}")
         time.sleep(0.3)
     print(f"  cas: {what}, full membership in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     harness.settle()
     return time.perf_counter() - t0
 
 
-def network_down(nodes: list[harness.Node], cdir: str, a: argparse.Namespace) -> None:
-    """Every node stopped, data dirs removed (unless --keep), synced."""
-    for n in nodes:
-        n.stop()
-    pipeline.clean(*([] if a.keep else [cdir]))
-
-
 def cas_phase(nodes: list[harness.Node], args: list[str], work: str, name: str, nbytes: int, a: argparse.Namespace,
-              conv: float) -> dict[str, Any]:
-    """A timed CLI command with every node watched (VmHWM reset first, sampled, CPU and disk over it)."""
-    with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
-        r = harness.Cli(["--node", *args], work, name).wait(run_timeout(nbytes), nbytes)
-    r.update(phase, membership_seconds=conv, nodes=nodes_result(watch, nodes, nbytes))
-    return cas_cpu(r)
-
-
-def nodes_result(watch: harness.Watch, nodes: list[harness.Node], nbytes: int) -> dict[str, Any]:
+              conv: float, files: list[str] | None = None) -> dict[str, Any]:
+    """A timed CLI command ``cas --node ARGS`` (with ``files``: ``cas put`` of each at once on the first node) with
+    every node watched (VmHWM reset first, sampled, CPU and disk over it)."""
+    with harness.timed_phase(a) as phase, harness.Watch({n.name: n.proc.pid for n in nodes}) as watch:
+        if not files:
+            r = harness.Cli(["--node", *args], work, name).wait(run_timeout(nbytes), nbytes)
+        else:
+            runs = [harness.Cli(["--node", nodes[0].data, "put", "--quiet", "--json", f], work, f"put{i}")
+                    for i, f in enumerate(files)]
+            with ThreadPoolExecutor(len(runs)) as ex:  # one waiter each: every exit timed as it happens
+                futures = [ex.submit(rn.wait, run_timeout(nbytes)) for rn in runs]
+    if files:
+        clis, wall, fsize = [f.result() for f in futures], max(rn.end for rn in runs) - runs[0].t0, nbytes // len(files)
+        for i, x in enumerate(clis):
+            x["key"] = put_answer(x, fsize, f"concurrent cas put {i}")["key"]
+        r = {"count": len(files), "file_bytes": fsize, "bytes": nbytes, "seconds": wall, "mib_s": nbytes / MiB / wall,
+             "clis": clis, "cli_peak_rss_mib": max(x["cli_peak_rss_mib"] for x in clis),
+             "cli_seconds": [x["seconds"] for x in clis],
+             **{k: sum(x[k] for x in clis) for k in ("cli_cpu_user_seconds", "cli_cpu_sys_seconds")}}
     for n in nodes:
-        watch.result[n.name].update(node_id=n.node_id, cpu_s_per_gib=watch.result[n.name]["cpu_seconds"] / (nbytes / GiB))
-    return {**watch.result, "_samples": {"n": watch.n}}
+        w = watch.result[n.name]
+        w.update(node_id=n.node_id, cpu_s_per_gib=w["cpu_seconds"] / (nbytes / GiB))
+    r.update(phase, membership_seconds=conv, nodes={**watch.result, "_samples": {"n": watch.n}})
+    node_cpu = sum(v["cpu_seconds"] for v in watch.result.values())  # the operation's: every node's and the CLIs'
+    cpu = node_cpu + r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"]
+    r.update(nodes_cpu_seconds=node_cpu, cpu_seconds=cpu, cpu_s_per_gib=cpu / (nbytes / GiB))
+    return r
 
 
 def put_answer(r: dict[str, Any], size: int, what: str) -> dict[str, Any]:
@@ -439,158 +425,119 @@ def put_answer(r: dict[str, Any], size: int, what: str) -> dict[str, Any]:
     return ans
 
 
-def cas_round(size: int, src: str, s: dict[str, Any], work: str, a: argparse.Namespace, verify: bool) -> dict[str, Any]:
+def stop_all(nodes: list[harness.Node], r: dict[str, Any], label: str, phase: str) -> dict[str, Any]:
+    """Every node stopped (its exit and log errors into ``r``), then the progress line."""
+    r["logs"] = {n.name: n.stop(phase) for n in nodes}
+    served = {k: v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}"}
+    harness.say(label, r, "seconds", "transfer_seconds", "cli_peak_rss_mib", "cpu_s_per_gib", "cache", "verified",
+                nodes=node_peaks(r), served_from_disk_mib=sum(served.values()) if f"n{NODES}" in r["nodes"] else None)
+    return r
+
+
+def cas_round(size: int, s: dict[str, Any], work: str, a: argparse.Namespace, verify: bool) -> dict[str, Any]:
     cdir = os.path.join(work, "cas")
     nodes = make_nodes(cdir, NODES + 1, a)
     four, reader = nodes[:NODES], nodes[NODES]
     try:
-        conv = network_up(four, four[0], f"{NODES} fresh nodes up")
-        put = cas_phase(four, [four[0].data, "put", "--quiet", "--json", src], cdir, "put", size, a, conv)
+        conv = network_up(four, f"{NODES} fresh nodes up")
+        put = cas_phase(four, [four[0].data, "put", "--quiet", "--json", s["src"]], cdir, "put", size, a, conv)
         ans = put_answer(put, size, "cas put")
         put.update(key=ans["key"], replicas=ans["replicas"])
-        put["logs"] = {n.name: n.stop("during the put") for n in four}
-        say_cas("cas put", put)
+        stop_all(four, put, "cas put", "during the put")
         harness.settle()
         # the 4 restarted (same data dirs and ports), a 5th fresh node reads
-        conv = network_up(nodes, four[0], f"{NODES} nodes restarted and a fresh n{NODES} joined")
-        get = cas_phase(nodes, [reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get", size, a, conv)
+        conv = network_up(nodes, f"{NODES} nodes restarted and a fresh n{NODES} joined")
+        get = cas_phase(nodes, [reader.data, "get", "--quiet", "-o", os.devnull, ans["key"]], cdir, "get", size, a,
+                        conv)
         get.pop("stdout")
         if verify:
             get["verified"] = verify_get(reader, ans["key"], s, cdir, run_timeout(size))
-        get["logs"] = {n.name: n.stop("during the get") for n in nodes}
-        say_cas("cas get", get)
-        return {"cas_put": put, "cas_get": get}
+        return {"cas_put": put, "cas_get": stop_all(nodes, get, "cas get", "during the get")}
     finally:
-        network_down(nodes, cdir, a)
+        for n in nodes:
+            n.stop()
+        harness.clean(*([] if a.keep else [cdir]))
 
 
 def verify_get(reader: harness.Node, key: str, s: dict[str, Any], work: str, timeout: float) -> str:
     """Untimed: ``cas get -o - KEY`` on the reader piped into a hashing child; BLAKE3 and size must match."""
-    out, err = os.path.join(work, "verify.b3"), os.path.join(work, "verify-b3.stderr")
-    with open(out, "wb") as hout, open(err, "wb") as herr:
-        cli = harness.Cli(["--node", reader.data, "get", "--quiet", "-o", "-", key], work, "verify-get", stdout=subprocess.PIPE)
-        hasher = harness.spawn(harness.child_cmd(harness.__file__, "b3sum", path=None), hout, herr, stdin=cli.proc.stdout)
-        cli.proc.stdout.close()  # the hasher holds the read end
-        try:
-            cli.wait(timeout)
-        finally:
-            harness.reap(hasher, 60)
-    if hasher.returncode != 0:
-        raise SystemExit(f"FAIL: hashing the output of cas get -o - failed (exit {hasher.returncode}):\n{harness.tail(err)}")
-    got = harness.parse_result(harness.read_text(out), "the hashing child")
+    cli = harness.Cli(["--node", reader.data, "get", "--quiet", "-o", "-", key], work, "verify-get",
+                      stdout=subprocess.PIPE)
+    hasher = harness.Child(harness.child_cmd(harness.__file__, "b3sum", path=None), work, "verify-b3",
+                           stdin=cli.proc.stdout)
+    cli.proc.stdout.close()  # the hasher holds the read end
+    try:
+        cli.wait(timeout)
+    finally:
+        hasher.wait(60)
+    got = hasher.result()
     harness.check(got, s, "cas get -o - on the node without a local copy")
     return got["blake3"]
-
-
 def base_phase(mode: str, a: argparse.Namespace, bdir: str, name: str, size: int, **kw: Any) -> dict[str, Any]:
     with harness.timed_phase(a) as phase:
-        r = harness.run_child(__file__, mode, bdir, name, run_timeout(size), window=a.window, threads=a.baseline_threads, **kw)
+        r = harness.run_child(__file__, mode, bdir, name, run_timeout(size), window=a.window,
+                              threads=a.baseline_threads, **kw)
     return {**r, **phase}
+
+
+def base_cpu(r: dict[str, Any], size: int, parts: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """CPU of the baseline: every process over its working part (sender/reader: the timed part; receivers and
+    server: from the connection or first byte to the end), per GiB; then the progress line."""
+    cpu = sum(x.get("cpu_user_seconds", 0.0) + x.get("cpu_sys_seconds", 0.0) for x in parts)
+    r.update(total_cpu_seconds=cpu, cpu_s_per_gib=cpu / (size / GiB))
+    harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib", "cache",
+                served_from_disk_mib=r["server"].get("served_disk_read_mib", 0.0) if "server" in r else None)
+    return r
 
 
 def base_round(size: int, src: str, work: str, a: argparse.Namespace) -> dict[str, Any]:
     bdir = os.path.join(work, "base")
     os.makedirs(bdir, exist_ok=True)
-    sender, lst = os.path.join(bdir, "S"), os.path.join(bdir, "blocks.json")
+    sender, lst, paths = (os.path.join(bdir, x) for x in ("S", "blocks.json", "paths.txt"))
     recv_dirs = [os.path.join(bdir, f"R{i + 1}") for i in range(REPLICAS)]
-    servers: list[subprocess.Popen] = []
+    servers: list[harness.Child] = []
     try:
-        started = [harness.start_server(__file__, "brecv", bdir, f"recv{i + 1}", data=d, window=a.window,
+        servers = [harness.start_server(__file__, "brecv", bdir, f"recv{i + 1}", data=d, window=a.window,
                                         threads=a.baseline_threads) for i, d in enumerate(recv_dirs)]
-        servers = [p for p, *_ in started]
         harness.settle()
-        put = base_phase("bsend", a, bdir, "send", size, data=sender, src=src, peers=",".join(c for _, c, _, _ in started),
-                         list_out=lst)
+        put = base_phase("bsend", a, bdir, "send", size, data=sender, src=src, list_out=lst,
+                         peers=",".join(contact for _c, contact in servers))
         time.sleep(BASE_PUT_PAUSE)
-        recvs = [harness.finish_server(p, o, e, f"baseline receiver {i + 1}") for i, (p, _c, o, e) in enumerate(started)]
+        recvs = [harness.finish_server(c, f"baseline receiver {i + 1}") for i, (c, _) in enumerate(servers)]
         for i, x in enumerate(recvs):
             if x["blocks"] != put["blocks"]:
                 raise SystemExit(f"FAIL: baseline receiver {i + 1} stored {x['blocks']} of {put['blocks']} blocks")
         put.update(receivers=recvs, recv_peak_rss_mib=max(x["peak_rss_mib"] for x in recvs))
-        base_cpu(put, size, [put, *recvs])
-        say_base("base put", put)
-        for d in recv_dirs:
-            shutil.rmtree(os.path.join(d, "store"), ignore_errors=True)
-        harness.settle()
+        base_cpu(put, size, [put, *recvs], "base put")
+        harness.clean(*(os.path.join(d, "store") for d in recv_dirs))
         # the sender's blocks streamed to one reader that checks and decrypts them
-        with open(lst) as f, open(os.path.join(bdir, "paths.txt"), "w") as p:
+        with open(lst) as f, open(paths, "w") as p:
             p.write("\n".join(pipeline.block_path(os.path.join(sender, "store"), h) for h in json.load(f)["blocks"]))
-        proc, contact, o, e = harness.start_server(harness.__file__, "serve", bdir, "serve", data=sender,
-                                                   paths=os.path.join(bdir, "paths.txt"), tune=True)
-        servers = [proc]
-        get = base_phase("bfetch", a, bdir, "fetch", size, data=recv_dirs[0], list=lst, peers=contact)
-        get["server"] = harness.finish_server(proc, o, e, "the baseline block server")
-        base_cpu(get, size, [get, get["server"]])
-        say_base("base get", get)
-        return {"base_put": put, "base_get": get}
+        servers = [harness.start_server(harness.__file__, "serve", bdir, "serve", data=sender, paths=paths, tune=True)]
+        get = base_phase("bfetch", a, bdir, "fetch", size, data=recv_dirs[0], list=lst, peers=servers[0][1])
+        get["server"] = harness.finish_server(servers[0][0], "the baseline block server")
+        return {"base_put": put, "base_get": base_cpu(get, size, [get, get["server"]], "base get")}
     finally:
-        for p in servers:
-            harness.reap(p, 0)
-        if not a.keep:
-            shutil.rmtree(bdir, ignore_errors=True)
-        harness.settle()
+        for c, _ in servers:
+            harness.reap(c.proc, 0)
+        harness.clean(*([] if a.keep else [bdir]))
 
 
-def concurrent_round(files: list[str], fsize: int, work: str, a: argparse.Namespace) -> dict[str, Any]:
+def concurrent_round(files: list[str], work: str, a: argparse.Namespace) -> dict[str, Any]:
     cdir = os.path.join(work, "cas-concurrent")
     nodes = make_nodes(cdir, NODES, a)
-    total = fsize * len(files)
     try:
-        conv = network_up(nodes, nodes[0], f"{NODES} fresh nodes up")
-        with harness.timed_phase(a) as phase, harness.Watch({n.name: n.pid for n in nodes}) as watch:
-            runs = [harness.Cli(["--node", nodes[0].data, "put", "--quiet", "--json", f], cdir, f"put{i}")
-                    for i, f in enumerate(files)]
-            with ThreadPoolExecutor(len(runs)) as ex:  # one waiter each: every exit timed as it happens
-                futures = [ex.submit(rn.wait, run_timeout(total)) for rn in runs]
-        results = [f.result() for f in futures]
-        wall = max(rn.end for rn in runs) - runs[0].t0
-        for i, x in enumerate(results):
-            x["key"] = put_answer(x, fsize, f"concurrent cas put {i}")["key"]
-        r: dict[str, Any] = {
-            "nodes": nodes_result(watch, nodes, total), "count": len(files), "file_bytes": fsize, "bytes": total,
-            "seconds": wall, "mib_s": total / MiB / wall, "membership_seconds": conv, **phase, "clis": results,
-            "cli_peak_rss_mib": max(x["cli_peak_rss_mib"] for x in results), "cli_seconds": [x["seconds"] for x in results],
-            "cli_cpu_user_seconds": sum(x["cli_cpu_user_seconds"] for x in results),
-            "cli_cpu_sys_seconds": sum(x["cli_cpu_sys_seconds"] for x in results)}
-        cas_cpu(r)
-        r["logs"] = {n.name: n.stop("during the concurrent puts") for n in nodes}
-        say_cas(f"{len(files)}x put", r)
-        return r
+        conv = network_up(nodes, f"{NODES} fresh nodes up")
+        r = cas_phase(nodes, [], cdir, "put", a.concurrent_size * len(files), a, conv, files)
+        return stop_all(nodes, r, f"{len(files)}x put", "during the concurrent puts")
     finally:
-        network_down(nodes, cdir, a)
-
-
-# -- reporting -------------------------------------------------------------------------------------------------------
-
-
-def cas_cpu(r: dict[str, Any]) -> dict[str, Any]:
-    """CPU of the operation: every node during the phase plus the CLI(s), per GiB."""
-    nodes = sum(v["cpu_seconds"] for k, v in r["nodes"].items() if not k.startswith("_"))
-    cli = r["cli_cpu_user_seconds"] + r["cli_cpu_sys_seconds"]
-    r.update(nodes_cpu_seconds=nodes, cpu_seconds=nodes + cli, cpu_s_per_gib=(nodes + cli) / (r["bytes"] / GiB))
-    return r
-
-
-def base_cpu(r: dict[str, Any], size: int, parts: list[dict[str, Any]]) -> None:
-    """CPU of the baseline: every process over its working part (sender/reader: the timed part; receivers and
-    server: from the connection or first byte to the end), per GiB."""
-    cpu = sum(x.get("cpu_user_seconds", 0.0) + x.get("cpu_sys_seconds", 0.0) for x in parts)
-    r.update(total_cpu_seconds=cpu, cpu_s_per_gib=cpu / (size / GiB))
+        for n in nodes:
+            n.stop()
+        harness.clean(*([] if a.keep else [cdir]))
 
 
 def node_peaks(r: dict[str, Any]) -> dict[str, float]:
     return {k: v["peak_rss_mib"] for k, v in r["nodes"].items() if not k.startswith("_")}
-
-
-def say_cas(label: str, r: dict[str, Any]) -> None:
-    served = {k: v["disk_read_mib"] for k, v in r["nodes"].items() if not k.startswith("_") and k != f"n{NODES}"}
-    harness.say(label, r, "seconds", "transfer_seconds", "cli_peak_rss_mib", "cpu_s_per_gib", "cache", "verified",
-                nodes=node_peaks(r), served_from_disk_mib=sum(served.values()) if f"n{NODES}" in r["nodes"] else None)
-
-
-def say_base(label: str, r: dict[str, Any]) -> None:
-    harness.say(label, r, "seconds", "process_seconds", "peak_rss_mib", "recv_peak_rss_mib", "cpu_s_per_gib", "cache",
-                served_from_disk_mib=r["server"].get("served_disk_read_mib", 0.0) if "server" in r else None)
 
 
 def node_peaks_over(rs: list[dict[str, Any]], x: dict[str, Any]) -> dict[str, Any]:
@@ -604,10 +551,10 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per operation: median MiB/s (min, max), each node's highest peak RSS, the CLI's; ratios from the medians."""
     out: dict[str, Any] = {}
     for key in ("cas_put", "cas_get", "base_put", "base_get"):
-        rs = [r[key] for r in rounds]
-        out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share", "transfer_seconds", "connect_seconds"),
-                                   top=("cli_peak_rss_mib",) if key.startswith("cas_") else ("peak_rss_mib",))
-        if key.startswith("cas_"):
+        rs, cas = [r[key] for r in rounds], key.startswith("cas_")
+        out[key] = harness.summary(rs, med=("seconds", "cpu_s_per_gib", "steal_share", "transfer_seconds",
+                                            "connect_seconds"), top=("cli_peak_rss_mib" if cas else "peak_rss_mib",))
+        if cas:
             node_peaks_over(rs, out[key])
     for op in ("put", "get"):
         c, b = out[f"cas_{op}"], out[f"base_{op}"]
@@ -625,7 +572,7 @@ def judge_rss(peaks: dict[str, float], ref: dict[str, float] | None) -> dict[str
             "flat": all(g <= TARGET_RSS_GROWTH for g in growth.values()) if growth else None}
 
 
-def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.Namespace) -> tuple[str, dict]:
     """The table of medians and the targets judged (also returned, for the JSON)."""
     ref = ([e for e in sizes if e["size"] == REFERENCE_SIZE] or sorted(sizes, key=lambda e: e["size"]))[0]
     ref_name, w, ok = harness.fmt_size(ref["size"]), 17 if a.repeat > 1 else 8, lambda b: harness.ok(b, "MET")
@@ -633,11 +580,11 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
             ("e2e MiB/s cas/base", 18), ("CPU s/GiB cas/base", 18), ("node peak RSS MiB: max (per node)", -46),
             ("CLI RSS", 7), (" targets", -1)]
     judged: dict[str, Any] = {"reference_size": ref["size"], "sizes": {}}
-    rows = []
+    rows, rss_limit = [], f"RSS < {TARGET_NODE_RSS_MIB:.0f}"
 
     def rss(x: dict[str, Any]) -> list[str]:
-        return [f"{x['node_peak_rss_max_mib']:.1f} (" + " ".join(f"{k} {v:.0f}" for k, v in x["node_peak_rss_mib"].items())
-                + ")", f"{x['cli_peak_rss_mib']:.1f}"]
+        peaks = " ".join(f"{k} {v:.0f}" for k, v in x["node_peak_rss_mib"].items())
+        return [f"{x['node_peak_rss_max_mib']:.1f} ({peaks})", f"{x['cli_peak_rss_mib']:.1f}"]
 
     for e in sizes:
         jz = judged["sizes"][harness.fmt_size(e["size"])] = {}
@@ -647,77 +594,78 @@ def table(sizes: list[dict[str, Any]], conc: dict[str, Any] | None, a: argparse.
             j["speed"] = c["target_speed_met"]
             rows.append([op, harness.fmt_size(e["size"]), harness.speed(c, a.repeat), harness.speed(b, a.repeat),
                          f"{c['ratio_vs_base']:.3f}", f"{c['ratio_end_to_end']:.2f}",
-                         f"{c['mib_s_end_to_end']:.1f}/{b['mib_s_end_to_end']:.1f}", f"{c['cpu_s_per_gib']:.1f}/{b['cpu_s_per_gib']:.1f}",
-                         *rss(c), f" speed >= {TARGET_RATIO:.2f}: {ok(c['target_speed_met'])}; RSS < {TARGET_NODE_RSS_MIB:.0f}: "
+                         f"{c['mib_s_end_to_end']:.1f}/{b['mib_s_end_to_end']:.1f}",
+                         f"{c['cpu_s_per_gib']:.1f}/{b['cpu_s_per_gib']:.1f}", *rss(c),
+                         f" speed >= {TARGET_RATIO:.2f}: {ok(c['target_speed_met'])}; {rss_limit}: "
                          f"{ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name}: "
                          f"{'(reference)' if e is ref else ok(j['flat'])}"])
     if conc:
         s = conc["summary"]
         j = judged["concurrent"] = judge_rss(s["node_peak_rss_mib"], ref["summary"]["cas_put"]["node_peak_rss_mib"])
-        rows.append(["put", f"{conc['count']}x{harness.fmt_size(conc['file_bytes'])}", harness.speed(s, a.repeat), "", "", "",
-                     "", f"{s['cpu_s_per_gib']:.1f}", *rss(s), f" concurrent, wall {s['seconds']:.1f} s; RSS < "
-                     f"{TARGET_NODE_RSS_MIB:.0f}: {ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: "
+        rows.append(["put", f"{conc['count']}x{harness.fmt_size(conc['file_bytes'])}", harness.speed(s, a.repeat),
+                     "", "", "", "", f"{s['cpu_s_per_gib']:.1f}", *rss(s), f" concurrent, wall {s['seconds']:.1f} s; "
+                     f"{rss_limit}: {ok(j['under_limit'])}; RSS <= {TARGET_RSS_GROWTH:.1f}x {ref_name} put: "
                      f"{ok(j['flat'])}"])
     return harness.render(cols, [rows]), judged
 
 
-# -- driver ------------------------------------------------------------------------------------------------------------
-
-
-def one_round(size: int, work: str, s: dict[str, Any], n: int, a: argparse.Namespace) -> dict[str, Any]:
-    rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
-    for side in (("cas", "base") if n % 2 else ("base", "cas")):
-        rows.update(cas_round(size, s["src"], s, work, a, verify=a.verify and n == 0) if side == "cas"
-                    else base_round(size, s["src"], work, a))
-    return rows
-
-
 def bench_concurrent(a: argparse.Namespace) -> dict[str, Any]:
-    with harness.workdir(a, f"replication-{a.concurrent}x{harness.fmt_size(a.concurrent_size)}") as work:
+    """``--concurrent`` puts at once of a ``--concurrent-size`` file each, ``--repeat`` rounds."""
+    def prepare(size: int, work: str) -> tuple[list[str], dict[str, Any]]:
         files = [os.path.join(work, f"source{i}.bin") for i in range(a.concurrent)]
         for f in files:
             harness.make_source(a.concurrent_size, f)
-        rounds = []
-        for n in range(a.repeat):
-            if a.repeat > 1:
-                print(f" round {n + 1}/{a.repeat}", file=sys.stderr)
-            os.makedirs(os.path.join(work, f"r{n}"), exist_ok=True)
-            rounds.append(concurrent_round(files, a.concurrent_size, os.path.join(work, f"r{n}"), a))
-        x = node_peaks_over(rounds, harness.summary(rounds, med=("seconds", "cpu_s_per_gib"), top=("cli_peak_rss_mib",)))
-        return {"count": a.concurrent, "file_bytes": a.concurrent_size, "rounds": rounds, "summary": x}
+        return files, {}
+
+    def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+        return node_peaks_over(rounds, harness.summary(rounds, med=("seconds", "cpu_s_per_gib"),
+                                                       top=("cli_peak_rss_mib",)))
+
+    [e] = harness.bench_sizes(a, f"replication-{a.concurrent}x", lambda _size, work, files, _n: concurrent_round(
+        files, work, a), summarise, prepare, sizes=[a.concurrent_size])
+    return {"count": a.concurrent, "file_bytes": a.concurrent_size, "rounds": e["rounds"], "summary": e["summary"]}
 
 
 def run(a: argparse.Namespace) -> None:
     a.window, a.baseline_threads, a.concurrent = max(1, a.window), max(1, a.baseline_threads), max(0, a.concurrent)
     # one size at a time: the source, then 4 copies (cas: origin + 3 holders; baseline: sender + 3 receivers)
-    need = max(a.size) * (1 + NODES) + a.concurrent * a.concurrent_size * (1 + NODES) + 1024 * MiB
-    if a.keep:
-        need = sum(a.size) * (1 + 2 * NODES * a.repeat) + a.concurrent * a.concurrent_size * (1 + NODES * a.repeat) + 1024 * MiB
-    harness.require_room(a.dir, need)
+    conc, n = a.concurrent * a.concurrent_size, a.repeat if a.keep else 1
+    harness.require_room(a.dir, (sum(a.size) * (1 + 2 * NODES * n) if a.keep else max(a.size) * (1 + NODES))
+                         + conc * (1 + NODES * n) + 1024 * MiB)
     env = harness.environment()
-    results = harness.bench_sizes(a, "replication", lambda *x: one_round(*x, a), summarise)
+
+    def one_round(size: int, work: str, s: dict[str, Any], n: int) -> dict[str, Any]:
+        rows: dict[str, Any] = {}  # alternate, so that drift favours neither side
+        for side in (("cas", "base") if n % 2 else ("base", "cas")):
+            rows.update(cas_round(size, s, work, a, verify=a.verify and n == 0) if side == "cas"
+                        else base_round(size, s["src"], work, a))
+        return rows
+
+    results = harness.bench_sizes(a, "replication", one_round, summarise)
     conc = bench_concurrent(a) if a.concurrent else None
     text, judged = table(results, conc, a)
     harness.finish(a, "replication", env, [
-        f"cas replication benchmark, {env['date']}, {env['cpus']} CPUs, load {env['loadavg']} at start, {a.repeat} round(s), "
-        f"{NODES} nodes, replicas {REPLICAS}, page cache at each phase's start: {a.cache}, "
-        f"baseline threads {a.baseline_threads}",
-        f"targets: cas put and get >= {TARGET_RATIO:.0%} of the baseline (cas timed from the CLI's request, as the baselines "
-        f"from theirs; e2e: cas from the CLI's spawn, not judged; e2e MiB/s: both sides from their command's spawn); every "
-        f"node's peak RSS < {TARGET_NODE_RSS_MIB:.0f} MiB and within +{TARGET_RSS_GROWTH - 1:.0%} of its "
+        harness.title("cas replication benchmark", env, a) + f", {NODES} nodes, replicas {REPLICAS}, page cache at "
+        f"each phase's start: {a.cache}, baseline threads {a.baseline_threads}",
+        f"targets: cas put and get >= {TARGET_RATIO:.0%} of the baseline (cas timed from the CLI's request, as the "
+        f"baselines from theirs; e2e: cas from the CLI's spawn, not judged; e2e MiB/s: both sides from their command's "
+        f"spawn); every node's peak RSS < {TARGET_NODE_RSS_MIB:.0f} MiB and within +{TARGET_RSS_GROWTH - 1:.0%} of its "
         f"{harness.fmt_size(REFERENCE_SIZE)} figure (also with {a.concurrent} concurrent puts)",
         "put: n0 origin, n1-n3 holders; get: n4 reads (no local copy), n0-n3 serve"], text,
-        {"nodes": NODES, "replicas": REPLICAS, "targets": {"ratio_vs_base": TARGET_RATIO, "node_peak_rss_mib": TARGET_NODE_RSS_MIB,
-         "rss_growth_vs_reference": TARGET_RSS_GROWTH, "reference_size": REFERENCE_SIZE}, "judged": judged, "sizes": results,
-         "concurrent": conc})
+        {"nodes": NODES, "replicas": REPLICAS, "targets": {
+            "ratio_vs_base": TARGET_RATIO, "node_peak_rss_mib": TARGET_NODE_RSS_MIB,
+            "rss_growth_vs_reference": TARGET_RSS_GROWTH, "reference_size": REFERENCE_SIZE},
+         "judged": judged, "sizes": results, "concurrent": conc})
 
 
 if __name__ == "__main__":
     p = harness.parser("cas put/get across 4 node processes against the same work over bare TLS", cache="cold")
-    p.add_argument("--concurrent", type=int, default=8, help="concurrent cas put processes (default 8; 0 skips the phase)")
-    p.add_argument("--concurrent-size", type=harness.parse_size, default=64 * MiB, help="each concurrent file (default 64M)")
+    p.add_argument("--concurrent", type=int, default=8, help="concurrent cas put processes (default 8; 0: none)")
+    p.add_argument("--concurrent-size", type=harness.parse_size, default=64 * MiB,
+                   help="each concurrent file (default 64M)")
     p.add_argument("--baseline-threads", type=int, default=1, help="worker threads per baseline process (default 1)")
-    p.add_argument("--window", type=int, default=8, help="blocks in flight in the baseline put (default 8, as Node.window)")
+    p.add_argument("--window", type=int, default=8,
+                   help="blocks in flight in the baseline put (default 8, as Node.window)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the untimed read-back (cas get -o - into BLAKE3) in each size's first round")
     p.add_argument("--gossip-interval", type=float, default=None, help="passed to the nodes (default: cas's own)")

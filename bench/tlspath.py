@@ -68,7 +68,8 @@ def run(a: argparse.Namespace) -> None:
 
     def connected(proto_app: Protocol) -> tuple:
         """A server PeerTLSProtocol (on an FDTransport) and a client one (on a StringTransport), handshaken."""
-        server = peertls.PeerTLSFactory(peertls.server_creator(srv_id), False, Factory.forProtocol(Protocol)).buildProtocol(None)
+        server = peertls.PeerTLSFactory(peertls.server_creator(srv_id), False,
+                                        Factory.forProtocol(Protocol)).buildProtocol(None)
         st = FDTransport()
         server.makeConnection(st)
         client = peertls.PeerTLSFactory(peertls.client_creator(cli_id, srv_id.node_id), True,
@@ -134,6 +135,7 @@ if __name__ == "__main__":
     p = harness.parser(__doc__.split("\n")[0], files=False)
     p.add_argument("--root", default=harness.REPO, help="the tree whose cas package is measured (default: this one)")
     p.add_argument("--blocks", type=int, default=512, help="1 MiB frames per measurement (default 512)")
-    p.add_argument("--chunk", type=int, default=1 << 18, help="bytes per socket read on the recv side (default 256 KiB)")
+    p.add_argument("--chunk", type=int, default=1 << 18,
+                   help="bytes per socket read on the recv side (default 256 KiB)")
     p.set_defaults(repeat=3)
     harness.main(p, {}, run)
