@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,10 +31,27 @@ class Benchmarks(SynchronousTestCase):
         out = os.path.join(work, "result.json")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAS_")}
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), *args, "--json", out],
-                              cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=TIMEOUT)
-        self.assertEqual(proc.returncode, 0, f"{script} failed after {time.perf_counter() - t:.1f} s:\n{proc.stdout[-5000:]}")
+        # its own process group: past the timeout the script and every node it started are stopped (SIGTERM,
+        # which the harness turns into stopping its children, then SIGKILL to the group), none left running
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", script), *args, "--json", out],
+                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            stdout, _ = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                stdout, _ = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, _ = proc.communicate()
+            self.fail(f"{script} did not finish within {TIMEOUT} s:\n{stdout[-5000:]}")
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still there
+            except ProcessLookupError:
+                pass
+        self.assertEqual(proc.returncode, 0, f"{script} failed after {time.perf_counter() - t:.1f} s:\n{stdout[-5000:]}")
         with open(out) as f:
             doc = json.load(f)
         # everything it wrote is gone, but for the JSON asked for
