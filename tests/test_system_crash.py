@@ -18,6 +18,7 @@ from cas.base.crash import EXIT, POINTS
 
 from .test_system_files import CLI, cli, make_file
 from .test_system_peers import NodeProcess, eventually
+from .test_system_repair import blocks as block_files
 
 MiB = 1 << 20
 SCENARIO = {
@@ -25,14 +26,6 @@ SCENARIO = {
     "hold.block_stored": "hold", "hold.after_record": "hold", "lease.after_grant": "hold",
     "gc.after_rows": "gc", "gc.after_unlink": "gc", "repair.after_send": "drain",
 }
-
-
-def block_files(node: NodeProcess) -> dict[str, str]:
-    out = {}
-    for root, _dirs, files in os.walk(os.path.join(node.data_dir, "blocks")):
-        for name in files:
-            out[name] = os.path.join(root, name)
-    return out
 
 
 def indexed(node: NodeProcess) -> set[str]:

@@ -433,24 +433,14 @@ class PeerManager:
         if frame.type == frames.REPORT:
             # The reporter received bytes from us that did not match the id: check our copy. Rate-limited, and a
             # report of a good copy counts against the reporter.
-            now = self.reactor.seconds()
-            bucket = self._reports.get(conn)
-            if bucket is None:
-                bucket = self._reports[conn] = TokenBucket(REPORTS_PER_MINUTE, 60.0, now)
-            if not bucket.take(now):
-                raise RemoteError(BUSY, f"at most {REPORTS_PER_MINUTE} REPORTs a minute")
+            self._per_minute(self._reports, conn, REPORTS_PER_MINUTE, "REPORT")
             cid = _cid(h.get("cid"))
             assert conn.peer_id is not None
             peer = conn.peer_id
             return self.node.check_reported(cid).addCallback(lambda found: self._reported(peer, cid, found))
         if frame.type == frames.CHALLENGE:
             # Prove we hold the block: BLAKE3 keyed with the challenger's fresh nonce over a range of it.
-            now = self.reactor.seconds()
-            bucket = self._challenges.get(conn)
-            if bucket is None:
-                bucket = self._challenges[conn] = TokenBucket(CHALLENGES_PER_MINUTE, 60.0, now)
-            if not bucket.take(now):
-                raise RemoteError(BUSY, f"at most {CHALLENGES_PER_MINUTE} CHALLENGEs a minute")
+            self._per_minute(self._challenges, conn, CHALLENGES_PER_MINUTE, "CHALLENGE")
             cid = _cid(h.get("cid"))
             nonce, offset, length = h.get("nonce"), h.get("offset"), h.get("length")
             if not isinstance(nonce, bytes) or len(nonce) != 32:
@@ -812,6 +802,15 @@ class PeerManager:
             return data
 
         return d.addCallback(check)
+
+    def _per_minute(self, buckets: dict[PeerProtocol, TokenBucket], conn: PeerProtocol, rate: int, what: str) -> None:
+        """A request of a kind a connection may make ``rate`` times a minute (a burst of ``rate``): else busy."""
+        now = self.reactor.seconds()
+        bucket = buckets.get(conn)
+        if bucket is None:
+            bucket = buckets[conn] = TokenBucket(rate, 60.0, now)
+        if not bucket.take(now):
+            raise RemoteError(BUSY, f"at most {rate} {what}s a minute")
 
     def _reported(self, peer: bytes, cid: CID, found: str) -> Response:
         if found == "good":

@@ -79,23 +79,28 @@ class IntervalTests(SynchronousTestCase):
         self.assertEqual(a.interval(), 3600 / PER_HOUR)
 
 
+def fake_peers() -> tuple[Any, list[bytes]]:
+    """Six members and a track record, as an upload or a read sees them; the rank of ``b"key"`` over them."""
+    members = [bytes([i]) * 32 for i in range(6)]
+
+    class Peers:
+        node_id = b"o" * 32
+        track = TrackRecords(lambda: 0.0)
+
+        def members(self) -> list[bytes]:
+            return members
+
+        def in_flight(self, node: bytes) -> int:
+            return 0
+
+    return Peers(), Rendezvous().rank(b"key", members)
+
+
 class UploadTests(SynchronousTestCase):
     def test_an_upload_skips_a_peer_that_failed_an_audit(self) -> None:
-        members = [bytes([i]) * 32 for i in range(6)]
-        track = TrackRecords(lambda: 0.0)
-        rank = Rendezvous().rank(b"key", members)
-        track.audit_failed(rank[0], "no answer")
-
-        class Peers:
-            node_id = b"o" * 32
-
-            def __init__(self) -> None:
-                self.track = track
-
-            def members(self) -> list[bytes]:
-                return members
-
-        r = Replicator(Peers(), Rendezvous(), 3)  # type: ignore[arg-type]
+        peers, rank = fake_peers()
+        peers.track.audit_failed(rank[0], "no answer")
+        r = Replicator(peers, Rendezvous(), 3)  # type: ignore[arg-type]
         self.assertEqual(r._key(b"key").holders, rank[1:4])
 
 
@@ -105,25 +110,10 @@ class ReaderTests(SynchronousTestCase):
 
         from cas.network.retrieval import BlockTimes, Retriever
 
-        members = [bytes([i]) * 32 for i in range(6)]
-        track = TrackRecords(lambda: 0.0)
-        rank = Rendezvous().rank(b"key", members)
-
-        class Peers:
-            node_id = b"o" * 32
-
-            def __init__(self) -> None:
-                self.track = track
-
-            def members(self) -> list[bytes]:
-                return members
-
-            def in_flight(self, node: bytes) -> int:
-                return 0
-
-        r = Retriever(Peers(), Rendezvous(), 3, times=BlockTimes(Clock()))  # type: ignore[arg-type]
+        peers, rank = fake_peers()
+        r = Retriever(peers, Rendezvous(), 3, times=BlockTimes(Clock()))  # type: ignore[arg-type]
         self.assertEqual(r.candidates(b"key")[:3], rank[:3])
-        track.audit_failed(rank[0], "no answer")
+        peers.track.audit_failed(rank[0], "no answer")
         self.assertEqual(r.candidates(b"key")[:3], [rank[1], rank[2], rank[0]])
 
 
