@@ -24,6 +24,7 @@ from cas.base.cid import CID
 from cas.base.nodeid import short_node_id
 from cas.network.placement import RANK_SLACK
 from cas.peer import frames
+from cas.peer.connection import BUSY, RemoteError
 
 log = Logger()
 
@@ -109,10 +110,20 @@ class Auditor:
         if not blocks:
             return await self._audit_next()
         cid, key = self.rng.choice(blocks)
-        targets = [h for h in holders[key] if (self.peers.version_of(h) or 0) >= 3]
+        # a recorded holder may never have had this block (planned, replaced, refused): only one that says it
+        # holds it under a lease is challenged
+        targets = [h for h in holders[key] if (self.peers.version_of(h) or 0) >= 3 and await self._claims(h, cid)]
         if not targets:
             return None
         return await self.challenge(self.rng.choice(targets), key, cid, owner=True)
+
+    async def _claims(self, node: bytes, cid: CID) -> bool:
+        """Whether ``node`` says (HAS) it holds ``cid`` under a lease."""
+        try:
+            _held, leased = await self.peers.has_leased(node, [cid]).addTimeout(30, self.node.reactor)
+        except Exception:
+            return False
+        return bool(leased and leased[0])
 
     async def _audit_next(self) -> bool | None:
         keys = self.node.index.leases.held_keys(self._cursor, 1)
@@ -139,26 +150,20 @@ class Auditor:
         me = self.node.identity.node_id
         members = list(self.peers.members())
         rank = [m for m in self.node.placement.rank(key, [*members, me]) if m not in (origin, me)]
-        out = []
-        for m in rank[: max(n, 1) + RANK_SLACK]:
-            if (self.peers.version_of(m) or 0) < 3:
-                continue
-            try:
-                _held, leased = await self.peers.has_leased(m, [cid]).addTimeout(30, self.node.reactor)
-            except Exception:
-                continue
-            if leased and leased[0]:
-                out.append(m)
-        return out
+        return [m for m in rank[: max(n, 1) + RANK_SLACK]
+                if (self.peers.version_of(m) or 0) >= 3 and await self._claims(m, cid)]
 
     async def challenge(self, target: bytes, key: bytes, cid: CID, owner: bool = False) -> bool | None:
-        """Challenge ``target`` on ``cid`` (held here under ``key``, or a block of this node's own file with
-        ``owner``): True if it proved it has the block, False if not (counted against it, and the key repaired);
-        None if this node's own copy cannot be read."""
+        """Challenge ``target``, which said it holds ``cid`` (held here under ``key``, or a block of this node's
+        own file with ``owner``): True if it proved it, False if not (counted against it, and the block
+        repaired); None if nothing was learned (this node's copy cannot be read, or the target was busy: it
+        may refuse more than 10 challenges a minute)."""
         try:
             data = await self.node.fetch(cid)
         except Exception:
             return None  # our copy is bad or gone (the scrub replaces it): nothing to check against
+        if not len(data):
+            return None
         nonce = os.urandom(32)
         length = self.rng.randint(1, min(len(data), MAX_RANGE))
         offset = self.rng.randint(0, len(data) - length)
@@ -167,6 +172,10 @@ class Auditor:
         try:
             r = await self.peers.request(target, frames.CHALLENGE, header, timeout=self.deadline)
             ok, why = r.header.get("mac") == expected, "a wrong answer"
+        except RemoteError as e:
+            if e.code == BUSY:
+                return None  # its allowance of challenges is used up: no verdict
+            ok, why = False, f"no answer: {e}"  # it said it holds the block, and cannot prove it
         except Exception as e:
             ok, why = False, f"no answer: {e}"
         track = self.peers.track

@@ -199,7 +199,7 @@ class Renewer:
         if rows:
             self.index.add_underplaced(rows)
             if self.node.repairer is not None:
-                self.node.repairer.kick()  # the origin's part of repair: cas/network/repair.py
+                self.node.repairer.top_up_soon()  # the origin's part of repair: cas/network/repair.py
 
 
 def _batches(keys: list[bytes], announced: dict[bytes, list[CID]] | None) -> list[tuple[int, list[bytes]]]:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
 from twisted.internet.task import Cooperator, SchedulerStopped, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,6 +40,7 @@ from cas.base.cid import CID
 from cas.base.errors import BlockNotFound, CorruptBlock
 from cas.base.nodeid import short_node_id
 from cas.network.placement import RANK_SLACK
+from cas.peer.gossip import TokenBucket
 from cas.peer.peers import MAX_HAS
 from cas.store.index import Underplaced
 from cas.store.leases import LEGACY
@@ -56,6 +57,8 @@ OWN_LEASE = 60  # seconds of the repairer's own lease on a copy it makes (the ca
 ARRIVAL = 120.0  # seconds a key's newest block waits before the key is repaired (at most --repair-after)
 IN_FLIGHT = 4  # blocks a repair of one key keeps in flight (each waits for its slot of --repair-rate)
 TOP_UP_BATCH = 64  # the origin's short blocks read from the index at a time
+TOP_UP_PERIOD = 60.0  # seconds between two looks at the origin's short blocks, unless something changed
+EXTRA_AUDITS = 6  # audits a minute before releasing extra copies (a burst of 6): under a peer's 10 a minute
 
 
 class Repairer:
@@ -73,6 +76,10 @@ class Repairer:
         self._queued: set[bytes] = set()
         self._forced: set[bytes] = set()  # keys to repair from here, first holder or not (a failed audit)
         self._forced_cids: set[CID] = set()  # blocks of this node's files a holder failed to prove (the same)
+        self._extra_audits = TokenBucket(EXTRA_AUDITS, 60.0, 0.0)  # audits before releasing extra copies
+        self.top_up_period = TOP_UP_PERIOD
+        self._top_up_at = -TOP_UP_PERIOD  # when the origin's rows were last looked at (real time)
+        self._top_up_soon = False  # a join, a shortfall or a lost copy: look at them at the next pass
         self._cursor = b""  # the sweep's position in the held keys
         self._timer: Any = None
         self._running: Deferred[None] | None = None
@@ -190,7 +197,7 @@ class Repairer:
         if change.member:
             self._affected(change.node_id, joined=True)
             if self.node.replicas > 0 and self.index.count_underplaced():
-                self.kick()  # the origin's short blocks may have a place now
+                self.top_up_soon()  # the origin's short blocks may have a place now
         else:
             call = self.clock.callLater(self.repair_after, self._affected, change.node_id, False)
             self._later.add(call)
@@ -242,6 +249,12 @@ class Repairer:
         here to the next live node of the rank, whoever else holds it."""
         self.index.add_underplaced([Underplaced(cid, key, ())])
         self._forced_cids.add(cid)
+        self.top_up_soon()
+
+    def top_up_soon(self) -> None:
+        """Something changed for the origin's short blocks (a member joined, a renewal found keys short, a copy
+        was lost): look at them in a pass now, not at the next period."""
+        self._top_up_soon = True
         self.kick()
 
     def _enqueue(self, key: bytes) -> None:
@@ -250,7 +263,10 @@ class Repairer:
             self._queue.append(key)
 
     async def _pass(self) -> None:
-        await self._top_up()
+        now = self.node.reactor.seconds()
+        if self._top_up_soon or now - self._top_up_at >= self.top_up_period:  # each HAS round costs the rank's nodes
+            self._top_up_soon, self._top_up_at = False, now
+            await self._top_up()
         keys = self.index.leases.held_keys(self._cursor, self.sweep)
         self._cursor = keys[-1] if len(keys) == self.sweep else b""
         for k in keys:
@@ -267,19 +283,19 @@ class Repairer:
         """Bring the key's blocks held here to N copies; ``leaving`` (a drain): as if this node were gone, and
         it sends whatever the others lack. The blocks left short of N (no node to send them to)."""
         me = self.node.identity.node_id
+        forced = key in self._forced
+        self._forced.discard(key)
         cids, newest = self.index.leases.blocks_of(key)
         cids = [c for c in cids if self.node.store.has(c)]
         if not cids:
             self._top.pop(key, None)
             return 0
-        if not leaving and key not in self._forced and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
+        if not leaving and not forced and newest > self.clock.seconds() - min(self.repair_after, ARRIVAL):
             return 0  # blocks still arriving (an upload, or another repair): the sweep comes back
         origin, n, dead, top = self._rank(key)
         if n <= 0:
             return 0
         self.keys_checked += 1
-        forced = key in self._forced
-        self._forced.discard(key)
         if leaving:
             top = tuple(m for m in top if m != me)
         failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
@@ -306,15 +322,16 @@ class Repairer:
             return missing > 0
 
         window = DeferredSemaphore(IN_FLIGHT)  # blocks in flight: a round trip per block would cap the rate
-        jobs = []
+        jobs: list[Deferred[bool]] = []
         for cid in cids:
             holders = [m for m in live if cid in (have.get(m) or ())]
             missing = n - len(holders) - assumed - (0 if leaving else silent)
             if missing <= 0 or not (leaving or forced) and (not holders or holders[0] != me):
                 continue  # enough copies, or another holder ranks first: it repairs
             jobs.append(window.run(lambda c=cid, k=missing: ensureDeferred(one(c, k))))
-        results = await gatherResults(jobs, consumeErrors=True) if jobs else []
-        return sum(results)
+        # every job ends before the next key's start (a failed one must not free the window early)
+        results = await DeferredList(jobs, consumeErrors=True) if jobs else []
+        return sum(1 for ok, short in results if not ok or short)
 
     async def _extra(self, key: bytes, cids: list[CID], top: tuple[bytes, ...], live: list[bytes],
                      have: dict[bytes, set[CID] | None], n: int) -> bool:
@@ -329,10 +346,14 @@ class Repairer:
         above = [m for m in top[: top.index(me) if me in top else len(top)] if m in live and m != me]
         if any(sum(1 for m in above if c in (have.get(m) or ())) < n for c in cids):
             return False
-        cid = cids[0]
-        target = next(m for m in above if cid in (have.get(m) or ()))
+        if not self._extra_audits.take(self.node.reactor.seconds()):
+            return False  # the audits before a release share a small allowance: the sweep comes back
+        cid = auditor.rng.choice(cids)  # any block, at any of the nodes above that hold it: none can be guessed
+        target = auditor.rng.choice([m for m in above if cid in (have.get(m) or ())])
         if await auditor.challenge(target, key, cid) is not True:
             return False
+        if set(self.index.leases.blocks_of(key)[0]) != set(cids):
+            return False  # blocks arrived under the key meanwhile (or went): the next look decides again
         freed = await self.node.drop_extra(key)
         self.extra_released += 1
         log.info("{n} extra copies under a placement key released: {k} nodes ranked above this one hold them (an "
@@ -458,7 +479,12 @@ class Repairer:
                 if self._stopped:
                     return  # the node is stopping (its index may be closed): the rows wait for the next start
                 here = [r for r in krows if self.node.store.has(r.cid)]
-                done += [r.cid for r in krows if r not in here]  # the file was forgotten and collected
+                for r in krows:
+                    if r not in here:
+                        self._forced_cids.discard(r.cid)
+                        if not self.index.owners_of(r.cid):
+                            done.append(r.cid)  # the file was forgotten and collected
+                        # else: the copy here is being replaced (scrub): the row waits for it
                 top = [m for m in self.node.placement.rank(key, members) if m != me][: n + RANK_SLACK]
                 failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
                 live = [m for m in top if m not in dead and self.peers.version_of(m) != 1 and not failing(m)]
@@ -498,6 +524,8 @@ class Repairer:
         try:
             data = await self.node.fetch(row.cid)
         except (BlockNotFound, CorruptBlock) as e:
+            if self.index.owners_of(row.cid):
+                return []  # still this node's: the scrub fetches a good copy (found by this read), the row waits
             log.warn("block {cid} of a file stored here, which no other node holds, cannot be read here: {e}",
                      cid=str(row.cid), e=e)
             return None

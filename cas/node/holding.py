@@ -235,10 +235,13 @@ class Holding:
                 d.errback(f)
             return
         crash.point("hold.after_record")
-        if getattr(self, "repairer", None) is not None:
-            self.repairer.note_keys({row[4] for row, _d in batch})  # a new key's rank, kept for changes
         for _row, d in batch:
             d.callback(None)
+        if getattr(self, "repairer", None) is not None:
+            try:
+                self.repairer.note_keys({row[4] for row, _d in batch})  # a new key's rank, kept for changes
+            except Exception:
+                log.failure("ranking newly held keys failed (the sweep ranks them later)")
 
     def drop_extra(self, key: bytes) -> Deferred[int]:
         """This node's copies under ``key`` are extra (repair checked that N nodes ranked above hold them, and

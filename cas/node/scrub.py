@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +33,7 @@ GROUPS = SHARDS >> 8
 START_DELAY = 60.0  # seconds after start before the first shard (start-up work first)
 RETRY = 600.0  # seconds before a block that could not be replaced is tried again (then by the next pass)
 RETRIES = 1000  # blocks waiting for such a retry at most
+AT_ONCE = 4  # blocks fetched at a time to replace bad or missing copies
 
 
 class Scrubber:
@@ -43,6 +44,7 @@ class Scrubber:
         self._recovering: dict[CID, Deferred[bool]] = {}
         self._retries: dict[CID, Any] = {}  # blocks that could not be replaced: tried again RETRY later, once
         self._retried: set[CID] = set()  # blocks being tried the second time (a failure then waits for the pass)
+        self._window = DeferredSemaphore(AT_ONCE)
         self._running: Deferred[None] | None = None
         self._stopped = True  # the pass is not running
         self._closed = False  # stopped by the node's service: no retries either
@@ -143,15 +145,17 @@ class Scrubber:
         """A share of the index walk: blocks the index says are here, whose file is gone (deleted behind the
         node's back, or lost by the disk), are fetched again from other holders."""
         if group == 0 or not self._page:
+            # A pass starts, or this node did (at any group): the whole index is walked over the groups left, so
+            # a node restarted every day mid-pass still looks at every row.
             self._after = ""
-            self._page = max(1, -(-self.node.index.count_stored() // GROUPS))
+            self._page = max(1, -(-self.node.index.count_stored() // (GROUPS - group)))
         cids = self.node.index.stored_cids(self._after, self._page)
         if not cids:
             return
         self._after = str(cids[-1])
         present = await self.node.run(lambda: [self.store.has(c) for c in cids])
         for cid, here in zip(cids, present):
-            if not here and cid not in self._recovering:
+            if not here and cid not in self._recovering and cid not in self._retries:
                 self.missing += 1
                 log.warn("block {cid} is recorded on this node but its file is gone: fetching a good copy",
                          cid=str(cid))
@@ -176,16 +180,21 @@ class Scrubber:
         return self.recover(cid)
 
     def recover(self, cid: CID) -> Deferred[bool]:
-        """Fetch a good copy of ``cid`` from another node and store it here (once at a time per block)."""
+        """Fetch a good copy of ``cid`` from another node and store it here (once at a time per block, and
+        ``AT_ONCE`` blocks at a time: a disk that lost a directory must not start thousands of fetches)."""
         if cid in self._recovering:
             return self._recovering[cid]
-        d = self._recovering[cid] = ensureDeferred(self._recover(cid))
+        d = self._recovering[cid] = self._window.run(lambda: ensureDeferred(self._recover(cid)))
 
         def done(result: Any) -> Any:
             self._recovering.pop(cid, None)
             return result
 
         return d.addBoth(done)
+
+    def _wanted(self, cid: CID) -> bool:
+        """Whether the index still refers to ``cid`` here (a file, an upload, a local pin, or a hold)."""
+        return bool(self.node.index.owners_of(cid) or self.node.index.hold_keys(cid))
 
     def _retry(self, cid: CID) -> None:
         self._retries.pop(cid, None)
@@ -195,18 +204,23 @@ class Scrubber:
 
     async def _recover(self, cid: CID) -> bool:
         node = self.node
+        retried = cid in self._retried  # the second try: a failure now waits for the next pass
+        self._retried.discard(cid)
         if node.peers is None or not node.peers.members():
             self.unrecovered += 1
             log.warn("block {cid} cannot be replaced: no other node is known", cid=str(cid))
             return False
+        if not self._wanted(cid):
+            return False  # collected meanwhile (its key's leases ended, or the file was forgotten): nothing to do
         try:
             key = await node.placement_key(cid)
             data = await node.retrieve(cid, key)
+            if not self._wanted(cid):
+                return False  # collected while it was fetched: do not bring it back
             await node.run(self.store.put, cid, data)
         except Exception as e:
             self.unrecovered += 1
-            again = not self._closed and cid not in self._retried and len(self._retries) < RETRIES
-            self._retried.discard(cid)
+            again = not self._closed and not retried and len(self._retries) < RETRIES
             log.warn("block {cid} could not be replaced: {e}; {when}", cid=str(cid), e=e,
                      when=f"trying again in {RETRY / 60:.0f} minutes" if again else "the next scrub pass tries again")
             if again:

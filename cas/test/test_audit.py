@@ -184,6 +184,9 @@ class AuditTests(TestCase):
         with self.assertRaises(RemoteError) as e:
             await auditor.peers.request(them, frames.CHALLENGE, header)
         self.assertIn("10 CHALLENGEs a minute", str(e.exception))
+        # a busy answer is no verdict: nothing counts against the holder
+        self.assertIsNone(await auditor.auditor.challenge(them, _key, cid))
+        self.assertIsNone(auditor.peers.track.describe(them))
 
     async def test_the_owner_audits_its_holders_and_replaces_a_lost_copy(self) -> None:
         nodes, holder, _auditor, cid, key = await self.setup_file()

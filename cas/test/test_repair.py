@@ -37,7 +37,7 @@ async def advance(clock: Clock, seconds: float, nodes: list[NodeService], step: 
 def fast_repair(nodes: list[NodeService], period: float = 0.3) -> None:
     for s in nodes:
         s.repairer.stop()
-        s.repairer.period = period
+        s.repairer.period = s.repairer.top_up_period = period
         s.repairer.start()
 
 

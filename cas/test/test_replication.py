@@ -793,6 +793,7 @@ class FetchPlacedThenTests(SynchronousTestCase):
         block = os.urandom(1000)
         cid = CID.of(block)
         node.store.put(cid, block)
+        node.index.add_refs("file:x", [cid])  # a block of a file of this node's
         with open(node.store._path(cid), "r+b") as f:
             f.write(b"\xff" if block[0] != 0xFF else b"\x00")  # the local copy rots
         clock = Clock()

@@ -222,6 +222,7 @@ class RetryTests(SynchronousTestCase):
         node.placement_key = lambda cid: succeed(b"k")  # type: ignore[method-assign]
         node.retrieve = lambda cid, key: asked.append(cid) or fail(BlockNotFound("nobody has it"))  # type: ignore
         cid = CID.of(b"lost")
+        node.index.add_refs("file:x", [cid])  # a block of a file of this node's, gone from its disk
         s = node.scrubber
         self.assertFalse(self.successResultOf(s.found_corrupt(cid, "test")))
         self.assertEqual(len(asked), 1)
@@ -231,3 +232,37 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(asked), 2)  # ... then left to the next pass
         self.assertEqual((s.corrupt, s.unrecovered, s.recovered), (1, 2, 0))
         self.assertEqual(s._retries, {})
+
+    def test_a_block_collected_meanwhile_is_not_fetched_back(self) -> None:
+        from twisted.internet.defer import succeed
+
+        node = make_node(self)
+        asked: list[CID] = []
+
+        class Peers:
+            def members(self) -> list[bytes]:
+                return [b"a" * 32]
+
+        node.peers = Peers()  # type: ignore[assignment]
+        node.placement_key = lambda cid: succeed(b"k")  # type: ignore[method-assign]
+        node.retrieve = lambda cid, key: asked.append(cid) or succeed(b"x")  # type: ignore
+        self.assertFalse(self.successResultOf(node.scrubber.recover(CID.of(b"x"))))  # nothing refers to it
+        self.assertEqual(asked, [])
+        self.assertFalse(node.store.has(CID.of(b"x")))
+
+
+class IndexWalkTests(SynchronousTestCase):
+    def test_a_node_started_mid_pass_still_walks_every_row_before_the_pass_ends(self) -> None:
+        node = make_node(self, scrub_interval=GROUPS * 2)
+        cids = [CID.of(bytes([i])) for i in range(40)]
+        node.index.add_refs("file:x", cids)  # recorded here, no file on disk: each one is looked for
+        looked: list[CID] = []
+        node.scrubber.recover = lambda cid: looked.append(cid) or None  # type: ignore[method-assign]
+        node.index.set_counter(CURSOR, 250)  # a restart six groups before the pass ends
+        s = node.scrubber
+        s.start_delay = 0
+        s.start()
+        self.addCleanup(s.stop)
+        run_for(node.reactor, 6 * 1.0 + 0.5)  # a second per group: up to group 0
+        self.assertEqual(set(looked), set(cids))  # (group 0 starts the next pass: a row may come twice)
+
