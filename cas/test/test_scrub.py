@@ -205,11 +205,9 @@ class CorruptionTests(TestCase):
 
 
 class RetryTests(SynchronousTestCase):
-    def test_a_block_no_node_could_send_is_tried_once_more_then_left_to_the_next_pass(self) -> None:
-        from twisted.internet.defer import fail, succeed
-
-        from cas.base.errors import BlockNotFound
-        from cas.node.scrub import RETRY
+    def node_asking(self, answer: Any) -> tuple[Any, list[CID]]:
+        """A node with one peer whose every fetch of a block is noted and answered by ``answer()``."""
+        from twisted.internet.defer import succeed
 
         node = make_node(self)
         asked: list[CID] = []
@@ -220,7 +218,16 @@ class RetryTests(SynchronousTestCase):
 
         node.peers = Peers()  # type: ignore[assignment]
         node.placement_key = lambda cid: succeed(b"k")  # type: ignore[method-assign]
-        node.retrieve = lambda cid, key: asked.append(cid) or fail(BlockNotFound("nobody has it"))  # type: ignore
+        node.retrieve = lambda cid, key: asked.append(cid) or answer()  # type: ignore
+        return node, asked
+
+    def test_a_block_no_node_could_send_is_tried_once_more_then_left_to_the_next_pass(self) -> None:
+        from twisted.internet.defer import fail
+
+        from cas.base.errors import BlockNotFound
+        from cas.node.scrub import RETRY
+
+        node, asked = self.node_asking(lambda: fail(BlockNotFound("nobody has it")))
         cid = CID.of(b"lost")
         node.index.add_refs("file:x", [cid])  # a block of a file of this node's, gone from its disk
         s = node.scrubber
@@ -236,16 +243,7 @@ class RetryTests(SynchronousTestCase):
     def test_a_block_collected_meanwhile_is_not_fetched_back(self) -> None:
         from twisted.internet.defer import succeed
 
-        node = make_node(self)
-        asked: list[CID] = []
-
-        class Peers:
-            def members(self) -> list[bytes]:
-                return [b"a" * 32]
-
-        node.peers = Peers()  # type: ignore[assignment]
-        node.placement_key = lambda cid: succeed(b"k")  # type: ignore[method-assign]
-        node.retrieve = lambda cid, key: asked.append(cid) or succeed(b"x")  # type: ignore
+        node, asked = self.node_asking(lambda: succeed(b"x"))
         self.assertFalse(self.successResultOf(node.scrubber.recover(CID.of(b"x"))))  # nothing refers to it
         self.assertEqual(asked, [])
         self.assertFalse(node.store.has(CID.of(b"x")))
