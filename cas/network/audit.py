@@ -45,7 +45,7 @@ class Auditor:
         self.node, self.peers, self.clock, self.deadline = node, peers, clock, deadline
         self.rng = rng or random.SystemRandom()
         self._cursor = b""
-        self._own_turn = False  # challenges alternate between held keys and this node's own files
+        self.own_next: bool | None = None  # the next audit's kind (tests); None: drawn, files against held keys
         self._timer: Any = None
         self._running: Deferred[None] | None = None
         self._stopped = True
@@ -92,8 +92,11 @@ class Auditor:
                 return None
             return result
 
-        self._own_turn = not self._own_turn
-        d = self._running = ensureDeferred(self._audit_own() if self._own_turn else self._audit_next())
+        own, self.own_next = self.own_next, None
+        if own is None:  # each held key and each file of this node's about once a day: drawn in proportion
+            files, held = self.node.index.count(), self.node.index.leases.count_held_keys()
+            own = self.rng.random() * (files + held) < files
+        d = self._running = ensureDeferred(self._audit_own() if own else self._audit_next())
         return d.addBoth(done)
 
     async def _audit_own(self) -> bool | None:

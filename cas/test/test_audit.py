@@ -96,6 +96,36 @@ def fake_peers() -> tuple[Any, list[bytes]]:
     return Peers(), Rendezvous().rank(b"key", members)
 
 
+class KindTests(SynchronousTestCase):
+    def test_owner_and_holder_audits_in_proportion_to_files_and_held_keys(self) -> None:
+        import random
+
+        class Leases:
+            def count_held_keys(self) -> int:
+                return 300
+
+        class Index:
+            leases = Leases()
+
+            def count(self) -> int:
+                return 100
+
+        node = type("N", (), {"index": Index()})()
+        a = Auditor(node, None, None, rng=random.Random(7))
+        kinds: list[str] = []
+
+        async def own() -> None:
+            kinds.append("own")
+
+        async def held() -> None:
+            kinds.append("held")
+
+        a._audit_own, a._audit_next = own, held  # type: ignore[method-assign]
+        for _ in range(4000):
+            a.audit_next()
+        self.assertAlmostEqual(kinds.count("own") / len(kinds), 0.25, delta=0.03)
+
+
 class UploadTests(SynchronousTestCase):
     def test_an_upload_skips_a_peer_that_failed_an_audit(self) -> None:
         peers, rank = fake_peers()
@@ -191,7 +221,7 @@ class AuditTests(TestCase):
     async def test_the_owner_audits_its_holders_and_replaces_a_lost_copy(self) -> None:
         nodes, holder, _auditor, cid, key = await self.setup_file()
         origin = nodes[0].auditor
-        origin._own_turn = False  # the next audit is the owner's: a random block of its file, at a recorded holder
+        origin.own_next = True  # the next audit is the owner's: a random block of its file, at a recorded holder
         self.assertIs(await origin.audit_next(), True)
         self.assertEqual(origin.passed, 1)
         them = holder.node.identity.node_id
