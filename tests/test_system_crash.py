@@ -4,7 +4,6 @@ block files and its accounting, and every file it acknowledged reads back byte f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cas.base.cid import CID
 from cas.base.crash import EXIT, POINTS
 
-from .test_system_files import CLI, cli, make_file
+from .test_system_files import CLI, cli, make_file, sha256_of
 from .test_system_peers import NodeProcess, eventually
 from .test_system_repair import blocks as block_files
 
@@ -35,11 +34,6 @@ def indexed(node: NodeProcess) -> set[str]:
         return {c for (c,) in db.execute("SELECT cid FROM refs UNION SELECT cid FROM holds")}
     finally:
         db.close()
-
-
-def sha(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 class CrashPoints(SynchronousTestCase):
@@ -73,7 +67,7 @@ class CrashPoints(SynchronousTestCase):
     def readable(self, node: NodeProcess, key: str, digest: str, where: str) -> None:
         out = os.path.join(where, "out.bin")
         cli(node, "get", "-o", out, key)
-        self.assertEqual(sha(out), digest)
+        self.assertEqual(sha256_of(out), digest)
         os.unlink(out)
 
     def run_point(self, point: str) -> None:

@@ -237,6 +237,11 @@ class Repairer:
 
         return self._cooperator.cooperate(work()).whenDone().addCallbacks(done, _stopped)
 
+    def _failing(self, node: bytes) -> bool:
+        """A recent failed audit of ``node`` (cas/peer/track.py): it counts as holding nothing, and gets nothing."""
+        track = getattr(self.peers, "track", None)
+        return track is not None and track.failing(node)
+
     def check_now(self, key: bytes) -> None:
         """A copy under ``key`` was found lost (an audit failed): repair it now, from here whatever this node's place
         in the rank (the first holder may not know yet); the failing holder counts as holding nothing."""
@@ -298,8 +303,7 @@ class Repairer:
         self.keys_checked += 1
         if leaving:
             top = tuple(m for m in top if m != me)
-        failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
-        live = [m for m in top if m not in dead and not failing(m)]  # a failed audit: holds nothing, gets nothing
+        live = [m for m in top if m not in dead and not self._failing(m)]  # a failed audit: holds nothing, gets nothing
         assumed = sum(1 for m in top[:n] if m in dead)  # recently dead: still holding what they held
         have: dict[bytes, set[CID] | None] = {me: set(cids)}  # None: did not answer
         for m in live:
@@ -486,8 +490,7 @@ class Repairer:
                             done.append(r.cid)  # the file was forgotten and collected
                         # else: the copy here is being replaced (scrub): the row waits for it
                 top = [m for m in self.node.placement.rank(key, members) if m != me][: n + RANK_SLACK]
-                failing = self.peers.track.failing if hasattr(self.peers, "track") else (lambda _m: False)
-                live = [m for m in top if m not in dead and self.peers.version_of(m) != 1 and not failing(m)]
+                live = [m for m in top if m not in dead and self.peers.version_of(m) != 1 and not self._failing(m)]
                 have = {m: await self._has(m, [r.cid for r in here]) for m in live} if here else {}
                 sent: list[bytes] = []
                 for row in here:

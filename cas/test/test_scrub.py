@@ -120,21 +120,11 @@ class CorruptionTests(TestCase):
     timeout = 60
 
     async def test_a_flipped_byte_on_a_holder_is_quarantined_and_replaced(self) -> None:
-        _net, nodes = await network(self, 5)
-        path, data = content(self, 3 * 64 * 1024)
-        stored = await put(nodes[0], path)
-        blocks = await placed_blocks(nodes[0], stored)
-        holder = next(s for s in nodes[1:] if any(s.node.store.has(c) for c, _k in blocks))
-        cid = next(c for c, _k in blocks if holder.node.store.has(c))
-        good = holder.node.store.get(cid)
+        _nodes, holder, cid, good = await self.setup_corrupt()
         with open(holder.node.store._path(cid), "r+b") as f:
             f.seek(len(good) // 2)
             f.write(bytes([good[len(good) // 2] ^ 1]))
-        s = holder.node.scrubber
-        s.stop()
-        s.start_delay, s.interval = 0, 2.0  # the blocks before it in its group rest briefly
-        holder.node.index.set_counter(CURSOR, group_of(cid))
-        s.start()
+        s = self.scrub_from(holder, group_of(cid))
         await wait_for(lambda: s.recovered == 1, "the corrupt copy replaced", 30)
         self.assertEqual(s.corrupt, 1)
         self.assertEqual(holder.node.store.get(cid), good)
@@ -143,6 +133,16 @@ class CorruptionTests(TestCase):
         status = holder.node.status()
         self.assertEqual(status["storage"]["quarantined"], len(good))
         self.assertEqual((status["scrub"]["corrupt"], status["scrub"]["recovered"]), (1, 1))
+
+    @staticmethod
+    def scrub_from(holder: Any, group: int) -> Any:
+        """The holder's scrub started again at ``group``, at once, a whole pass in about 2 s."""
+        s = holder.node.scrubber
+        s.stop()
+        s.start_delay, s.interval = 0, 2.0
+        holder.node.index.set_counter(CURSOR, group)
+        s.start()
+        return s
 
     async def setup_corrupt(self) -> tuple[list[Any], Any, CID, bytes]:
         _net, nodes = await network(self, 5)
@@ -192,11 +192,7 @@ class CorruptionTests(TestCase):
         nodes, holder, cid, good = await self.setup_corrupt()
         used = holder.node.store.used()
         os.unlink(holder.node.store._path(cid))
-        s = holder.node.scrubber
-        s.stop()
-        s.start_delay, s.interval = 0, 2.0  # a whole pass in about 2 s
-        holder.node.index.set_counter(CURSOR, 0)
-        s.start()
+        s = self.scrub_from(holder, 0)
         await wait_for(lambda: s.recovered == 1, "the deleted block fetched again", 30)
         self.assertEqual(s.missing, 1)
         self.assertEqual(holder.node.store.get(cid), good)
